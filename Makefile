@@ -1,0 +1,33 @@
+# The two commands of the README's set-up. Each creates or updates .venv and installs what it needs.
+#   make demo   run the main job on the embedded default (tiny local models, local data)
+#   make test   run the test suite (offline)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU installs pin torch to the CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
+CONSTRAINTS := .ci/constraints-cpu.txt
+STAMP := $(VENV)/.evohub-installed
+
+.PHONY: demo test lint clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	@# pytest exit 5 (nothing collected) means the set-up is broken, not that all is well
+	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: the set-up is broken" >&2; exit 1; fi; \
+	exit $$rc
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check evohub tests
+	$(VENV)/bin/ruff format --check evohub tests
+
+demo: $(STAMP)
+	$(VENV)/bin/evohub validate jobs/*.yaml
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,5 @@
+import sys
+
+from evohub.cli import main
+
+sys.exit(main())

@@ -1,0 +1,4 @@
+"""Tensors in, tensors out: merge methods, parameter-space and data-flow-space merges.
+
+Nothing here talks to the Hub or scores a model (see DESIGN.md, layers).
+"""

@@ -1,0 +1,268 @@
+"""What a job will cost before it runs: search-space size, evaluations, model sizes, memory, disk.
+
+    >>> plan = make_plan(load_job("jobs/evollm-jp.yaml"))     # doctest: +SKIP
+    >>> plan.stages[0].dims, plan.stages[0].evaluations
+    (6, 1000)
+
+Model sizes come from each source's config.json (a local directory, or the Hub through
+:mod:`evohub.hub`), counted exactly by building the model on PyTorch's meta device.
+
+Memory model (weights only; the scoring backend's KV cache comes on top):
+- PS in memory: the base and K task vectors stay resident in the job's dtype, plus the resident
+  model the candidates are written into: (K + 2) x P x bytes (K + 1 for ``linear``: no base).
+- DFS: the layers of A and B stay resident and paths are executed over them: (P_a + P_b) x bytes.
+- Streaming merge to disk (host RAM): (K + 1) float32 copies of the largest tensor plus one shard.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from evohub.merge.arch import ParamCount, count_parameters, dtype_bytes, stored_dtype
+from evohub.spec import DENSITY_METHODS, JobSpec, ModelRef
+
+#: Output shard size of ``evohub merge`` (bytes); the streaming writer holds one shard at a time.
+SHARD_BYTES = 2 * 1024**3
+#: Bytes per candidates.jsonl row (genotype, recipe hash, metrics, timings): a generous estimate.
+LOG_ROW_BYTES = 2048
+
+
+@dataclass
+class SourcePlan:
+    name: str
+    ref: str
+    pinned: bool
+    model_type: str
+    layers: int
+    params: int
+    per_layer: int
+    hidden: int
+    vocab: int
+    stored_dtype: str
+    bytes: int
+
+
+@dataclass
+class StagePlan:
+    name: str
+    dims: int
+    dims_detail: str
+    popsize: int
+    evaluations: int | None
+    generations: int | None
+    max_hours: float | None
+
+
+@dataclass
+class Plan:
+    job: str
+    seed: int
+    sources: list[SourcePlan]
+    stages: list[StagePlan]
+    fitness: str
+    evaluation: list[str]
+    output_params: int
+    output_bytes: int
+    accelerator_bytes: int
+    host_bytes: int
+    disk_bytes: int
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _text_cfg(config: dict) -> dict:
+    return config.get("text_config") or config
+
+
+def _source_plan(name: str, ref: ModelRef, config: dict) -> SourcePlan:
+    counts: ParamCount = count_parameters(config)
+    dtype = stored_dtype(config)
+    text = _text_cfg(config)
+    return SourcePlan(
+        name=name,
+        ref=ref.display(),
+        pinned=ref.pinned,
+        model_type=str(config.get("model_type")),
+        layers=counts.layers,
+        params=counts.total,
+        per_layer=counts.per_layer,
+        hidden=int(text.get("hidden_size") or 0),
+        vocab=int(text.get("vocab_size") or 0),
+        stored_dtype=dtype,
+        bytes=counts.total * dtype_bytes(dtype),
+    )
+
+
+def make_plan(spec: JobSpec, configs: dict[str, dict] | None = None) -> Plan:
+    """Plan ``spec``; ``configs`` maps source names ('base' too) to config dicts (fetched if absent)."""
+    from evohub.hub import fetch_config
+
+    refs: list[tuple[str, ModelRef]] = []
+    if spec.base_model is not None:
+        refs.append(("base", spec.base_model))
+    refs += [(s.key, s.ref()) for s in spec.sources]
+    configs = dict(configs or {})
+    for name, ref in refs:
+        if name not in configs:
+            configs[name] = fetch_config(ref)
+    sources = [_source_plan(name, ref, configs[name]) for name, ref in refs]
+    by_name = {s.name: s for s in sources}
+    b = dtype_bytes(spec.dtype)
+    stages: list[StagePlan] = []
+    notes: list[str] = []
+    accel = 0
+    extra_disk = 0
+    merged = [by_name[s.key] for s in spec.sources]
+    # The merged model has the architecture of the largest source (a VLM holds the LLM it merges).
+    out = max(merged, key=lambda s: s.params)
+    out_params = out.params
+
+    if (ps := spec.parameter_space) is not None:
+        K, G = len(spec.sources), ps.layer_groups
+        if ps.method == "slerp":
+            dims, detail = G, f"{G} layer group(s) x t"
+        else:
+            genes = "weight, density" if ps.method in DENSITY_METHODS else "weight"
+            dims = K * G * ps.genes_per_group()
+            detail = f"{K} sources x {G} layer group(s) x {{{genes}}}"
+        stages.append(_stage("parameter_space", dims, detail, ps.optimizer))
+        resident = (K + (1 if ps.method == "linear" else 2)) * out_params * b
+        accel = max(accel, resident)
+
+    if (dfs := spec.data_flow_space) is not None:
+        a = out if dfs.a == "ps" else by_name[dfs.a]
+        bsrc = by_name[dfs.b]
+        M = a.layers + bsrc.layers
+        T = M * dfs.repeats
+        scale_dims = M * M if dfs.parameterization == "matrix" else 2 * M
+        scale_detail = (
+            f"{M}x{M} scale matrix" if dfs.parameterization == "matrix" else f"2x{M} compact scales"
+        )
+        dims = T + scale_dims
+        detail = f"{T} slot indicators (M={M} layers x r={dfs.repeats}) + {scale_detail}"
+        stages.append(_stage("data_flow_space", dims, detail, dfs.optimizer))
+        hops = min(T, dfs.max_path_length or T)
+        out_params = a.params - a.layers * a.per_layer + hops * max(a.per_layer, bsrc.per_layer)
+        accel = max(accel, (a.params + bsrc.params) * b)
+        if dfs.a == "ps":
+            extra_disk += a.params * b  # stage 1's merged model, kept in the run dir
+        notes.append(
+            f"DFS output is at most {hops} layers (every slot on); typical paths are shorter"
+        )
+
+    K = len(spec.sources)
+    largest_tensor = max(max(s.vocab * s.hidden, s.per_layer // 4) for s in sources)
+    host = (K + 1) * largest_tensor * 4 + min(SHARD_BYTES, out_params * b)
+    evals = sum(s.evaluations or 0 for s in stages)
+    output_bytes = out_params * b
+    download = sum(s.bytes for s in sources)
+    disk = download + output_bytes + extra_disk + evals * LOG_ROW_BYTES
+    notes.append(
+        "accelerator memory counts weights only; the scoring backend's KV cache comes on top"
+    )
+    if any(not s.pinned for s in sources):
+        notes.append("unpinned sources are resolved to commits at pull time (job.lock.yaml)")
+    if any(s.max_hours for s in stages):
+        notes.append(
+            "a stage has a wall-time budget: its evaluation count is known only at run time"
+        )
+
+    fit = spec.fitness
+    fitness = f"{fit.task} on {fit.data.display()}"
+    if fit.limit:
+        fitness += f", fixed subset of {fit.limit}"
+    if fit.minibatch:
+        fitness += f", minibatch {fit.minibatch} per generation"
+    if fit.validation:
+        fitness += f"; best chosen on {fit.validation.display()}"
+    return Plan(
+        job=spec.name,
+        seed=spec.seed,
+        sources=sources,
+        stages=stages,
+        fitness=fitness,
+        evaluation=list(spec.evaluation.suites) if spec.evaluation else [],
+        output_params=out_params,
+        output_bytes=output_bytes,
+        accelerator_bytes=accel,
+        host_bytes=host,
+        disk_bytes=disk,
+        notes=notes,
+    )
+
+
+def _stage(name: str, dims: int, detail: str, opt) -> StagePlan:
+    pop = opt.population(dims)
+    evals = opt.evaluations(dims)
+    return StagePlan(
+        name=name,
+        dims=dims,
+        dims_detail=detail,
+        popsize=pop,
+        evaluations=evals,
+        generations=math.ceil(evals / pop) if evals else None,
+        max_hours=opt.max_hours,
+    )
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def human_count(n: float) -> str:
+    for unit in ("", "K", "M", "B"):
+        if abs(n) < 1000 or unit == "B":
+            return f"{n:.0f}" if unit == "" else f"{n:.2f}{unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def render(plan: Plan) -> None:
+    """Print the plan as tables (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]job[/bold] {plan.job}  (seed {plan.seed})")
+    t = Table("source", "ref", "type", "layers", "params", "stored", "size", title="sources")
+    for s in plan.sources:
+        ref = s.ref + ("" if s.pinned else " (unpinned)")
+        t.add_row(
+            s.name,
+            ref,
+            s.model_type,
+            str(s.layers),
+            human_count(s.params),
+            s.stored_dtype,
+            human_bytes(s.bytes),
+        )
+    console.print(t)
+    t = Table("stage", "dims", "popsize", "evaluations", "generations", title="search (CMA-ES)")
+    for st in plan.stages:
+        evals = str(st.evaluations) if st.evaluations else "-"
+        if st.max_hours:
+            evals += f" (or {st.max_hours:g} h)"
+        t.add_row(st.name, str(st.dims), str(st.popsize), evals, str(st.generations or "-"))
+    console.print(t)
+    for st in plan.stages:
+        console.print(f"  {st.name}: {st.dims_detail}")
+    t = Table("resource", "estimate", title="resources")
+    t.add_row("fitness", plan.fitness)
+    t.add_row("evaluation", ", ".join(plan.evaluation) or "-")
+    t.add_row(
+        "output model",
+        f"{human_count(plan.output_params)} params, {human_bytes(plan.output_bytes)}",
+    )
+    t.add_row("accelerator memory / worker", human_bytes(plan.accelerator_bytes))
+    t.add_row("host memory (merge to disk)", human_bytes(plan.host_bytes))
+    t.add_row("disk (downloads + output + run dir)", human_bytes(plan.disk_bytes))
+    console.print(t)
+    for n in plan.notes:
+        console.print(f"note: {n}")
