@@ -318,8 +318,8 @@ class Recipe(Frozen):
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     seed: int = 0
     tokenizer_source: Annotated[
-        Union[Literal["base", "a"], Annotated[int, Field(ge=0)]], Field(union_mode="left_to_right")
-    ] = "base"  # noqa: UP007
+        Literal["base", "a"] | Annotated[int, Field(ge=0)], Field(union_mode="left_to_right")
+    ] = "base"
     parameter_space: PSRecipe | None = None
     data_flow_space: DFSRecipe | None = None
 

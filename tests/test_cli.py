@@ -70,9 +70,10 @@ def test_validate_reports_every_file(tmp_path, run_cli):
 def test_debug_shows_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("evohub_job: 1\nname: x\n")
-    run = lambda *a: subprocess.run(
-        [sys.executable, "-m", "evohub", *a], capture_output=True, text=True
-    )  # noqa: E731
+
+    def run(*a: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "evohub", *a], capture_output=True, text=True)
+
     quiet = run("plan", str(bad))
     assert (
         quiet.returncode == 2
