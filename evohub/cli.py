@@ -72,6 +72,70 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    import time
+
+    from evohub.hub import snapshot
+    from evohub.merge.build import input_refs, merge_to_disk
+    from evohub.merge.io import parse_size
+    from evohub.spec import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    shard = parse_size(args.shard_size)
+    device = _device(args.device)
+    dirs = [snapshot(ref) for ref in input_refs(recipe)]
+    start = time.perf_counter()
+    out = merge_to_disk(
+        recipe,
+        dirs,
+        args.out,
+        device=device,
+        shard_bytes=shard,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(f"merged {args.recipe} into {out} in {time.perf_counter() - start:.1f} s")
+    return EXIT_OK
+
+
+def cmd_export_mergekit(args: argparse.Namespace) -> int:
+    from evohub.merge.arch import num_decoder_layers
+    from evohub.merge.export import to_mergekit
+    from evohub.spec import load_recipe, read_local_config
+
+    recipe = load_recipe(args.recipe)
+    layers = args.layers
+    if layers is None and recipe.parameter_space is not None:
+        ref = recipe.base_model or recipe.parameter_space.models[0].source
+        cfg = read_local_config(ref)
+        layers = num_decoder_layers(cfg) if cfg else None
+    text = to_mergekit(recipe, layers=layers)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    else:
+        print(text, end="")
+    return EXIT_OK
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            from evohub.errors import EvohubError
+
+            raise EvohubError(
+                f"--device {name}: no CUDA device is available here; use --device cpu"
+            )
+    return name
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -129,6 +193,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("job", metavar="JOB", help="job spec (jobs/*.yaml)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    p = add(
+        "merge",
+        cmd_merge,
+        "build a merged model from a recipe",
+        "Rebuild the model a recipe (evohub_recipe: 1) describes, bit-for-bit: tensors are read\n"
+        "lazily from each source's safetensors, merged in float32 and written as sharded\n"
+        "safetensors in the recipe's dtype, with config.json, generation_config.json, the\n"
+        "tokenizer files of tokenizer_source and the recipe itself. Hub sources are downloaded\n"
+        "(safetensors and configs only) into the HF cache. The output appears only when complete.",
+    )
+    p.add_argument("recipe", metavar="RECIPE", help="recipe.yaml")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="output directory (must be empty or absent)"
+    )
+    p.add_argument(
+        "--device", default="cpu", help="where to compute: cpu, cuda, cuda:N or auto (default cpu)"
+    )
+    p.add_argument(
+        "--shard-size", default="2GB", metavar="SIZE", help="maximum shard size (default 2GB)"
+    )
+    p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+
+    p = add(
+        "export-mergekit",
+        cmd_export_mergekit,
+        "print a parameter-space recipe as a mergekit config",
+        "Translate a parameter-space recipe into a mergekit YAML config (merge_method, models,\n"
+        "weights and densities per layer group as mergekit filters, normalize, dtypes), so that\n"
+        "mergekit users can reproduce it. DARE masks cannot carry over: mergekit draws its own.",
+    )
+    p.add_argument("recipe", metavar="RECIPE", help="recipe.yaml")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    p.add_argument(
+        "--layers",
+        type=int,
+        help="decoder layers of the model (read from a local config if omitted)",
+    )
     return parser
 
 

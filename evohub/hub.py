@@ -60,3 +60,27 @@ def fetch_config(ref: ModelRef) -> dict:
         ) from e
     except ValueError as e:
         raise EvohubError(f"{path}: not valid JSON: {e}") from e
+
+
+#: What a merge needs from a model repo: weights (safetensors only), configs, tokenizer files.
+MODEL_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "*.txt", "*.jinja"]
+
+
+def snapshot(ref: ModelRef) -> Path:
+    """Local directory of a model: its ``path``, or a Hub snapshot (safetensors + configs only)."""
+    if ref.path is not None:
+        return Path(ref.path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(
+            snapshot_download(ref.repo, revision=ref.revision, allow_patterns=MODEL_PATTERNS)
+        )  # type: ignore[arg-type]
+    except Exception as e:
+        raise _explain(ref, "the model files", e) from e
+    if not any(path.glob("*.safetensors")):
+        raise HubError(
+            f"{ref.repo}@{ref.revision or 'main'} has no safetensors weights (pickle checkpoints are never loaded); "
+            "pick a revision with safetensors or convert the model"
+        )
+    return path

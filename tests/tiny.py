@@ -32,15 +32,33 @@ def mistral_config(
     )
 
 
+def save_tokenizer(path: str | Path, vocab: int = 128) -> None:
+    """A word-level tokenizer over tokens t0..t{vocab-3} plus <unk> and </s>."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {f"t{i}": i for i in range(vocab - 2)} | {"<unk>": vocab - 2, "</s>": vocab - 1}
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", eos_token="</s>"
+    ).save_pretrained(path)
+
+
 def make_mistral(
     path: str | Path,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     base: str | Path | None = None,
     noise: float = 0.02,
+    shard: str | None = None,
+    tokenizer: bool = False,
     **cfg,
 ) -> Path:
-    """Save a random tiny Mistral to ``path``; with ``base``, a fine-tune = base + noise."""
+    """Save a random tiny Mistral to ``path``; with ``base``, a fine-tune = base + noise.
+
+    ``shard`` (e.g. "100KB") saves sharded safetensors with an index.
+    """
     from transformers import MistralForCausalLM
 
     torch.manual_seed(seed)
@@ -53,5 +71,7 @@ def make_mistral(
         model = MistralForCausalLM(mistral_config(**cfg))
     model = model.to(dtype)
     path = Path(path)
-    model.save_pretrained(path)
+    model.save_pretrained(path, **({"max_shard_size": shard} if shard else {}))
+    if tokenizer:
+        save_tokenizer(path, model.config.vocab_size)
     return path

@@ -23,6 +23,39 @@ __all__ = [
 _DECODER_LAYER = re.compile(r"^(?:model\.)?(?:language_model\.)?(?:model\.)?layers\.(\d+)\.")
 
 
+#: Prefixes of the language model inside LLaVA-style VLMs, and what they are called in an LLM.
+_VLM_LM_PREFIXES = (
+    ("language_model.model.", "model."),  # checkpoints written by transformers < 5
+    ("language_model.lm_head.", "lm_head."),
+    ("model.language_model.", "model."),  # transformers >= 5
+    ("lm_head.", "lm_head."),
+)
+
+
+def is_vlm(config: dict) -> bool:
+    """True for a LLaVA-style config: a vision tower plus a language model (``text_config``)."""
+    return "vision_config" in config and "text_config" in config
+
+
+def lm_name(name: str, vlm: bool) -> str | None:
+    """The LLM-style name of a language-model tensor (``model.layers.3.mlp.up_proj.weight``).
+
+    In an LLM every tensor keeps its name. In a VLM the language model's tensors lose their
+    prefix and everything else (vision tower, projector, image newline) gives None.
+    """
+    if not vlm:
+        return name
+    for prefix, replacement in _VLM_LM_PREFIXES:
+        if name.startswith(prefix):
+            return replacement + name[len(prefix) :]
+    return None
+
+
+def is_embedding(name: str) -> bool:
+    """Input embeddings (they take layer group 0's values)."""
+    return "embed_tokens" in name or ".wte." in name or "word_embeddings" in name
+
+
 def decoder_layer_index(name: str) -> int | None:
     """Decoder layer of a tensor name, or None for embeddings, norms, heads, vision towers."""
     m = _DECODER_LAYER.match(name)

@@ -1,0 +1,214 @@
+"""Checkpoint I/O: a lazy reader of (sharded) safetensors and a sharded, crash-safe writer.
+
+    >>> with CheckpointReader("models/base") as ckpt:           # doctest: +SKIP
+    ...     w = ckpt.get("model.embed_tokens.weight")            # read on demand, nothing else
+    >>> with ShardedWriter("out", shard_bytes=2 << 30) as out:  # doctest: +SKIP
+    ...     out.add("model.embed_tokens.weight", w)
+
+Pickle checkpoints (``*.bin``, ``*.pt``) are never loaded: a directory that has only those is
+refused with a message saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from evohub.errors import EvohubError
+
+INDEX = "model.safetensors.index.json"
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+              "U8": torch.uint8, "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn,
+              "F8_E5M2": torch.float8_e5m2}  # fmt: skip
+
+
+class CheckpointReader:
+    """Tensor names, shapes and dtypes from safetensors headers; tensor data read on demand."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise EvohubError(f"{self.directory}: no such model directory")
+        index = self.directory / INDEX
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (ValueError, KeyError) as e:
+                raise EvohubError(f"{index}: not a safetensors index ({e})") from e
+            files = sorted(set(weight_map.values()))
+        else:
+            files = sorted(p.name for p in self.directory.glob("*.safetensors"))
+            weight_map = None
+        if not files:
+            pickles = [
+                p.name
+                for p in self.directory.iterdir()
+                if p.suffix in (".bin", ".pt", ".pth", ".ckpt")
+            ]
+            if pickles:
+                raise EvohubError(
+                    f"{self.directory}: only pickle weights ({', '.join(sorted(pickles)[:3])}); evohub loads "
+                    "safetensors only — convert the checkpoint or use a revision that has safetensors"
+                )
+            raise EvohubError(f"{self.directory}: no *.safetensors weights")
+        self._handles: dict[str, object] = {}
+        self._where: dict[str, str] = {}
+        for f in files:
+            path = self.directory / f
+            if not path.is_file():
+                raise EvohubError(f"{index}: lists {f}, which is missing")
+            h = self._open(f)
+            for name in h.keys():  # noqa: SIM118 - safe_open has no __iter__
+                if weight_map is None or weight_map.get(name) == f:
+                    self._where[name] = f
+
+    def _open(self, f: str):
+        if f not in self._handles:
+            try:
+                self._handles[f] = safe_open(str(self.directory / f), framework="pt", device="cpu")
+            except Exception as e:  # safetensors raises SafetensorError for corrupt headers
+                raise EvohubError(
+                    f"{self.directory / f}: cannot read safetensors header: {e}"
+                ) from e
+        return self._handles[f]
+
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def _slice(self, name: str):
+        try:
+            f = self._where[name]
+        except KeyError:
+            raise EvohubError(f"{self.directory}: has no tensor {name!r}") from None
+        return self._open(f).get_slice(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._slice(name).get_shape())
+
+    def dtype(self, name: str) -> torch.dtype:
+        return _ST_DTYPES[self._slice(name).get_dtype()]
+
+    def get(self, name: str) -> torch.Tensor:
+        """The tensor, copied out of the file into memory."""
+        self._slice(name)  # raises the one-line error for an unknown name
+        return self._open(self._where[name]).get_tensor(name)
+
+    def nbytes(self) -> int:
+        return sum((self.directory / f).stat().st_size for f in set(self._where.values()))
+
+    def close(self) -> None:
+        self._handles.clear()
+
+    def __enter__(self) -> CheckpointReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ShardedWriter:
+    """Writes tensors into ``model-0000i-of-0000N.safetensors`` shards plus the index.
+
+    At most one shard is held in memory. Shards are written under temporary names and renamed
+    when the writer closes; the index is written last, so a crash never leaves a loadable but
+    incomplete checkpoint.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        shard_bytes: int = 2 << 30,
+        metadata: dict[str, str] | None = None,
+    ):
+        if shard_bytes <= 0:
+            raise EvohubError(f"shard size must be positive, got {shard_bytes}")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.shard_bytes = shard_bytes
+        self.metadata = {"format": "pt", **(metadata or {})}
+        self._pending: dict[str, torch.Tensor] = {}
+        self._pending_bytes = 0
+        self._shards: list[tuple[Path, list[str]]] = []
+        self.total_bytes = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        """Queue ``tensor`` (copied to CPU, contiguous) under ``name``; flushes full shards."""
+        nbytes = tensor.numel() * tensor.element_size()
+        if self._pending and self._pending_bytes + nbytes > self.shard_bytes:
+            self._flush()
+        self._pending[name] = tensor.detach().to("cpu", copy=True).contiguous()
+        self._pending_bytes += nbytes
+        self.total_bytes += nbytes
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        tmp = self.directory / f".shard-{len(self._shards) + 1:05d}.safetensors.tmp"
+        save_file(self._pending, str(tmp), metadata=self.metadata)
+        self._shards.append((tmp, list(self._pending)))
+        self._pending, self._pending_bytes = {}, 0
+
+    def close(self) -> dict:
+        """Write the last shard, name the shards, write the index; returns the index."""
+        self._flush()
+        n = len(self._shards)
+        weight_map: dict[str, str] = {}
+        for i, (tmp, names) in enumerate(self._shards, start=1):
+            final = f"model-{i:05d}-of-{n:05d}.safetensors"
+            os.replace(tmp, self.directory / final)
+            weight_map.update(dict.fromkeys(names, final))
+        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+        write_json_atomic(self.directory / INDEX, index)
+        return index
+
+    def __enter__(self) -> ShardedWriter:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    """Write JSON to a temporary file, fsync it, rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def parse_size(text: str) -> int:
+    """'2GB' → 2_000_000_000, '500MB', '1GiB', or a plain number of bytes."""
+    units = {
+        "": 1,
+        "B": 1,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+        "KIB": 2**10,
+        "MIB": 2**20,
+        "GIB": 2**30,
+    }
+    t = text.strip().upper().replace(" ", "")
+    num = t.rstrip("KMGIB")
+    unit = t[len(num) :]
+    try:
+        value = float(num)
+    except ValueError:
+        value = -1
+    if unit not in units or value <= 0:
+        raise EvohubError(f"{text!r} is not a size (e.g. 2GB, 500MB, 1GiB)")
+    return int(value * units[unit])

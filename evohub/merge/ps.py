@@ -1,0 +1,317 @@
+"""Parameter-space merges: a recipe's ``parameter_space`` applied tensor by tensor.
+
+The same generator, :func:`merged_tensors`, feeds both consumers:
+
+- :func:`evohub.merge.build.merge_to_disk` streams it into sharded safetensors (``evohub merge``);
+- :class:`ResidentMerge` keeps the sources in (accelerator) memory and writes each candidate
+  recipe into a resident model's parameters in place (evolution).
+
+so a recipe gives bit-identical weights either way on the same device.
+
+Which tensor gets which values: decoder layer i of L belongs to layer group ⌊i·G/L⌋; the input
+embeddings take group 0's values and every other tensor outside the decoder layers (final norm,
+LM head) the last group's. A model's ``overrides`` are searched in order with ``re.search``
+against the tensor's language-model name (``model.layers.3.self_attn.q_proj.weight``, the same
+in an LLM and in a VLM); the first match supplies the values it sets.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Protocol
+
+import torch
+
+from evohub.errors import EvohubError
+from evohub.merge import methods
+from evohub.merge.arch import decoder_layer_index, is_embedding, is_vlm, lm_name, num_decoder_layers
+from evohub.spec import DELTA_METHODS, PSRecipe, Recipe
+
+
+class TensorSource(Protocol):
+    """A model's tensors by name (a lazy checkpoint reader, or tensors resident in memory)."""
+
+    def names(self) -> list[str]: ...
+    def shape(self, name: str) -> tuple[int, ...]: ...
+    def dtype(self, name: str) -> torch.dtype: ...
+    def get(self, name: str) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class Model:
+    """One input of a merge: its tensors, its config and how to call it in messages."""
+
+    label: str
+    tensors: TensorSource
+    config: dict
+
+    @cached_property
+    def vlm(self) -> bool:
+        return is_vlm(self.config)
+
+    @cached_property
+    def by_lm_name(self) -> dict[str, str]:
+        """LLM-style name → this model's own name, for its language-model tensors."""
+        out = {}
+        for name in self.tensors.names():
+            key = lm_name(name, self.vlm)
+            if key is not None:
+                out[key] = name
+        return out
+
+
+@dataclass(frozen=True)
+class Task:
+    """One output tensor: where it comes from and which layer group it is in."""
+
+    name: str  # output name (the primary model's)
+    key: str | None  # language-model name; None: copied from the primary model
+    shape: tuple[int, ...]
+    group: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The per-tensor work of a parameter-space merge, checked against every input."""
+
+    tasks: tuple[Task, ...]
+    primary: int  # index into the inputs of the model whose architecture the output has
+    has_base: bool
+    largest: int  # elements of the largest merged tensor
+
+    def input_index(self, model_index: int) -> int:
+        return model_index + (1 if self.has_base else 0)
+
+
+def used_inputs(method: str, n_inputs: int, has_base: bool) -> range:
+    """Indices of the inputs a method reads: the base only for the task-vector methods."""
+    return range(0 if method in DELTA_METHODS or not has_base else 1, n_inputs)
+
+
+def make_plan(ps: PSRecipe, inputs: Sequence[Model], has_base: bool) -> Plan:
+    """Check that every input has every merged tensor with one shape, and order the work.
+
+    ``inputs`` are the base (when ``has_base``) followed by the recipe's models, in order. The
+    output has the architecture of the VLM among the inputs the method reads, else of the
+    first of them (the base for task-vector methods).
+    """
+    used = [inputs[i] for i in used_inputs(ps.method, len(inputs), has_base)]
+    primary = next(
+        (i for i in used_inputs(ps.method, len(inputs), has_base) if inputs[i].vlm), None
+    )
+    if primary is None:
+        primary = used_inputs(ps.method, len(inputs), has_base)[0]
+    p = inputs[primary]
+    layers = num_decoder_layers(p.config)
+    if layers is None:
+        raise EvohubError(
+            f"{p.label}: config.json does not say how many decoder layers the model has"
+        )
+    groups = ps.layer_groups
+    if groups > layers:
+        raise EvohubError(f"layer_groups is {groups} but {p.label} has {layers} decoder layers")
+    tasks: list[Task] = []
+    largest = 0
+    for name in p.tensors.names():
+        key = lm_name(name, p.vlm)
+        shape = p.tensors.shape(name)
+        if key is not None and not p.tensors.dtype(name).is_floating_point:
+            key = None  # integer buffers are copied
+        if key is not None:
+            for m in used:
+                own = m.by_lm_name.get(key)
+                if own is None:
+                    raise EvohubError(
+                        f"tensor {key!r} is in {p.label} but not in {m.label}; these models cannot be merged"
+                    )
+                other = m.tensors.shape(own)
+                if other != shape:
+                    if is_embedding(key) or key.startswith("lm_head."):
+                        raise EvohubError(
+                            f"vocabulary size mismatch: {key!r} is {tuple(shape)} in {p.label} but {tuple(other)} in "
+                            f"{m.label}; merge models that share a tokenizer vocabulary"
+                        )
+                    raise EvohubError(
+                        f"tensor {key!r} has shape {tuple(shape)} in {p.label} but {tuple(other)} in {m.label}"
+                    )
+            largest = max(largest, math.prod(shape))
+            layer = decoder_layer_index(key)
+            group = (
+                layer * groups // layers
+                if layer is not None
+                else (0 if is_embedding(key) else groups - 1)
+            )
+        else:
+            group = groups - 1
+        tasks.append(Task(name=name, key=key, shape=tuple(shape), group=group))
+    for m in used:
+        extra = sorted(set(m.by_lm_name) - {t.key for t in tasks if t.key})
+        if extra:
+            raise EvohubError(
+                f"tensor {extra[0]!r} is in {m.label} but not in {p.label}; these models cannot be merged"
+            )
+    return Plan(tasks=tuple(tasks), primary=primary, has_base=has_base, largest=largest)
+
+
+def _pick(value: float | tuple[float, ...], group: int) -> float:
+    return value[group] if isinstance(value, tuple) else value
+
+
+def values_for(ps: PSRecipe, k: int, key: str, group: int) -> tuple[float, float]:
+    """(weight, density) of model ``k`` for tensor ``key`` in layer group ``group``."""
+    m = ps.models[k]
+    weight, density = m.weight, m.density if m.density is not None else 1.0
+    for o in m.overrides:
+        if re.search(o.pattern, key):
+            weight = o.weight if o.weight is not None else weight
+            density = o.density if o.density is not None else density
+            break
+    return _pick(weight, group), _pick(density, group)
+
+
+def merged_tensors(
+    recipe: Recipe,
+    plan: Plan,
+    inputs: Sequence[Model],
+    ws: methods.Workspace,
+    copied: bool = True,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (output name, tensor) for every tensor of the merged model, in plan order.
+
+    Merged tensors are float32 views into ``ws``, valid until the next item; copied tensors
+    (outside the language model, e.g. a VLM's vision tower) are the primary model's own and are
+    left out when ``copied`` is False. Tensors are read one at a time and moved to the
+    workspace's device.
+    """
+    ps = recipe.parameter_space
+    assert ps is not None
+    K = len(ps.models)
+    dev = ws.device
+    for task in plan.tasks:
+        if task.key is None:
+            if copied:
+                yield task.name, inputs[plan.primary].tensors.get(task.name)
+            continue
+        vals = [values_for(ps, k, task.key, task.group) for k in range(K)]
+        weights = [w for w, _ in vals]
+        xs = [_fetch(inputs[plan.input_index(k)], task.key, dev) for k in range(K)]
+        if ps.method == "linear":
+            out = methods.linear(xs, weights, ps.normalize, ws)
+        elif ps.method == "slerp":
+            total = weights[0] + weights[1]
+            out = methods.slerp(weights[1] / total, xs[0], xs[1], ws)
+        else:
+            base = _fetch(inputs[0], task.key, dev)
+            keys = [methods.dare_key(recipe.seed, k, task.key) for k in range(K)]
+            out = methods.merge_deltas(
+                ps.method, base, xs, weights, [d for _, d in vals], keys, ps.normalize, ws
+            )
+        yield task.name, out
+
+
+def _fetch(m: Model, key: str, device: torch.device) -> torch.Tensor:
+    t = m.tensors.get(m.by_lm_name[key])
+    return t if t.device == device else t.to(device, non_blocking=True)
+
+
+def workspace_for(recipe: Recipe, plan: Plan, device: torch.device | str) -> methods.Workspace:
+    ps = recipe.parameter_space
+    assert ps is not None
+    return methods.Workspace(plan.largest, methods.workspace_slots(ps.method, ps.normalize), device)
+
+
+# ----------------------------------------------------------------------------------------------
+# In memory, for evolution
+
+
+class ResidentTensors:
+    """A model's tensors held in memory (on ``device``), loaded once from a reader."""
+
+    def __init__(
+        self, reader: TensorSource, names: Sequence[str], device: torch.device | str = "cpu"
+    ):
+        self._t = {n: reader.get(n).to(device) for n in names}
+
+    def names(self) -> list[str]:
+        return list(self._t)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._t[name].shape)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._t[name].dtype
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._t[name]
+
+
+class ResidentMerge:
+    """The inputs of a parameter-space search, resident on one device, merged per candidate.
+
+    The base and source models are loaded once, as stored (a task vector is formed per tensor
+    in the workspace, exactly as the on-disk merge forms it, so both give the same bits). Each
+    :meth:`apply` writes one candidate recipe into a resident model's parameters in place: no
+    disk I/O, and no allocation beyond the workspace of the largest tensor.
+
+        >>> rm = ResidentMerge(inputs, template_recipe, device="cuda")     # doctest: +SKIP
+        >>> rm.apply(candidate_recipe, dict(model.named_parameters()))
+    """
+
+    def __init__(self, inputs: Sequence[Model], recipe: Recipe, device: torch.device | str = "cpu"):
+        ps = recipe.parameter_space
+        if ps is None:
+            raise EvohubError("ResidentMerge needs a recipe with a parameter_space section")
+        has_base = recipe.base_model is not None
+        plan = make_plan(ps, inputs, has_base)
+        used = set(used_inputs(ps.method, len(inputs), has_base))
+        needed: list[list[str]] = [[] for _ in inputs]
+        for t in plan.tasks:
+            for i, m in enumerate(inputs):
+                if t.key is not None and i in used:
+                    needed[i].append(m.by_lm_name[t.key])
+                elif t.key is None and i == plan.primary:
+                    needed[i].append(t.name)
+        self.device = torch.device(device)
+        self.inputs = [
+            Model(m.label, ResidentTensors(m.tensors, names, self.device), m.config)
+            for m, names in zip(inputs, needed, strict=True)
+        ]
+        self.plan = make_plan(ps, self.inputs, has_base)
+        self._structure = _structure(recipe)
+        self.ws = workspace_for(recipe, self.plan, self.device)
+
+    def tensors(self, recipe: Recipe, copied: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+        """The merged tensors of ``recipe`` (views valid until the next item)."""
+        if _structure(recipe) != self._structure:
+            raise EvohubError(
+                "this recipe merges other models or another method than the resident inputs"
+            )
+        return merged_tensors(recipe, self.plan, self.inputs, self.ws, copied=copied)
+
+    @torch.no_grad()
+    def apply(
+        self, recipe: Recipe, params: Mapping[str, torch.Tensor], skip_copied: bool = True
+    ) -> int:
+        """Write ``recipe``'s merged tensors into ``params`` (by output name) in place.
+
+        Tensors copied unchanged from the primary model (a VLM's vision tower) are written only
+        when ``skip_copied`` is False: they never change between candidates. Returns how many
+        tensors were written.
+        """
+        n = 0
+        for name, t in self.tensors(recipe, copied=not skip_copied):
+            if name not in params:
+                raise EvohubError(f"the resident model has no parameter {name!r}")
+            params[name].copy_(t)
+            n += 1
+        return n
+
+
+def _structure(recipe: Recipe) -> tuple:
+    ps = recipe.parameter_space
+    assert ps is not None
+    return (recipe.base_model, ps.method, tuple(m.source for m in ps.models))

@@ -1,0 +1,487 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from ref_merge import ref_keep, ref_key, ref_merge
+
+from evohub.errors import EvohubError
+from evohub.merge import methods
+from evohub.merge.arch import decoder_layer_index, lm_name
+from evohub.merge.build import input_refs, merge_to_disk, open_inputs
+from evohub.merge.export import to_mergekit
+from evohub.merge.io import CheckpointReader, ShardedWriter
+from evohub.merge.ps import ResidentMerge
+from evohub.spec import Recipe
+
+ALL = ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp"]
+
+
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory) -> dict[str, Path]:
+    """Two worlds of a base + 2 fine-tunes (3 layers): float32 single-file, bfloat16 sharded."""
+    from tiny import make_mistral
+
+    out = {}
+    for kind, dtype, shard in (("f32", torch.float32, None), ("bf16", torch.bfloat16, "60KB")):
+        root = tmp_path_factory.mktemp(kind)
+        base = make_mistral(
+            root / "base", seed=0, layers=3, dtype=dtype, shard=shard, tokenizer=True
+        )
+        make_mistral(root / "ft1", seed=1, base=base, dtype=dtype, shard=shard, noise=0.05)
+        make_mistral(root / "ft2", seed=2, base=base, dtype=dtype, shard=shard, noise=0.05)
+        out[kind] = root
+    return out
+
+
+def recipe_for(
+    root: Path, method: str, dtype: str = "float32", seed: int = 7, groups: int = 1, **extra
+) -> Recipe:
+    w = {"linear": (0.7, 0.5), "slerp": (0.3, 0.7)}.get(method, (0.9, -0.4))
+    models = []
+    for i, name in enumerate(["ft1", "ft2"]):
+        m = {"source": {"path": str(root / name)}, "weight": w[i]}
+        if method in ("ties", "dare_ties", "dare_linear"):
+            m["density"] = (0.35, 0.8)[i]
+        models.append(m | extra.get(f"m{i}", {}))
+    data = {
+        "evohub_recipe": 1,
+        "dtype": dtype,
+        "seed": seed,
+        "tokenizer_source": "base" if method not in ("linear", "slerp") else 0,
+        "parameter_space": {
+            "method": method,
+            "normalize": extra.get("normalize", False),
+            "layer_groups": groups,
+            "models": models,
+        },
+    }
+    if method not in ("linear", "slerp"):
+        data["base_model"] = {"path": str(root / "base")}
+    return Recipe.model_validate(data)
+
+
+def load_dir(d: Path) -> dict[str, torch.Tensor]:
+    r = CheckpointReader(d)
+    return {n: r.get(n) for n in r.names()}
+
+
+def reference(recipe: Recipe, root: Path) -> dict[str, torch.Tensor]:
+    ps = recipe.parameter_space
+    base = load_dir(root / "base")
+    srcs = [load_dir(root / n) for n in ("ft1", "ft2")]
+    out = {}
+    for name in base:
+        layer = decoder_layer_index(name)
+        G = ps.layer_groups
+        g = layer * G // 3 if layer is not None else (0 if "embed" in name else G - 1)
+        ws = [m.weight[g] if isinstance(m.weight, tuple) else m.weight for m in ps.models]
+        ds = [
+            (m.density[g] if isinstance(m.density, tuple) else m.density)
+            if m.density is not None
+            else 1
+            for m in ps.models
+        ]
+        keys = [ref_key(recipe.seed, k, name) for k in range(2)]
+        out[name] = ref_merge(
+            ps.method, base[name], [s[name] for s in srcs], ws, ds, keys, ps.normalize
+        )
+    return out
+
+
+@pytest.mark.parametrize("kind", ["f32", "bf16"])
+@pytest.mark.parametrize("method", ALL)
+def test_every_method_matches_reference(worlds, tmp_path, kind, method):
+    root = worlds[kind]
+    dtype = "float32" if kind == "f32" else "bfloat16"
+    recipe = recipe_for(root, method, dtype=dtype)
+    out = merge_to_disk(recipe, [Path(r.path) for r in input_refs(recipe)], tmp_path / "out")
+    got = load_dir(out)
+    want = reference(recipe, root)
+    assert set(got) == set(want)
+    for name, w in want.items():
+        g = got[name]
+        assert g.dtype == getattr(torch, dtype), name
+        if kind == "f32":
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=name)
+        else:  # both round the same float32 value to bfloat16, up to float32 summation order
+            assert (
+                (g.float() - w.to(torch.bfloat16).float()).abs() <= w.abs() * 2**-7 + 1e-12
+            ).all(), name
+
+
+def test_output_directory_is_a_loadable_model(worlds, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = worlds["bf16"]
+    recipe = recipe_for(root, "dare_ties", dtype="bfloat16")
+    out = merge_to_disk(
+        recipe, [Path(r.path) for r in input_refs(recipe)], tmp_path / "m", shard_bytes=50_000
+    )
+    files = sorted(p.name for p in out.iterdir())
+    shards = [f for f in files if f.startswith("model-")]
+    assert len(shards) > 1 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert {
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "recipe.yaml",
+        "model.safetensors.index.json",
+    } <= set(files)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == set(shards)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert Recipe.from_yaml((out / "recipe.yaml").read_text()) == recipe
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok("t1 t2 t3", return_tensors="pt").input_ids
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, 6)
+    assert not list(tmp_path.glob(".m.partial-*"))
+
+
+def test_ties_sign_election_and_trimming_by_hand():
+    ws = methods.Workspace(4, 8)
+    base = torch.zeros(4)
+    a = torch.tensor([3.0, -1.0, 0.5, 2.0])
+    b = torch.tensor([-1.0, -2.0, 4.0, -3.0])
+    # density 0.5 keeps the two largest magnitudes: a -> [3, 0, 0, 2], b -> [0, 0, 4, -3]
+    out = methods.merge_deltas(
+        "ties", base, [a, b], [1.0, 1.0], [0.5, 0.5], [(0, 0), (0, 0)], False, ws
+    )
+    # sums [3, 0, 4, -1] -> signs +,+,+,- (0 counts as +); agreeing entries: [3, 0, 4, -3]
+    assert out.tolist() == [3.0, 0.0, 4.0, -3.0]
+    # density 0.75 keeps three: a -> [3, -1, 0, 2], b -> [0, -2, 4, -3]; sums [3, -3, 4, -1]
+    out = methods.merge_deltas(
+        "ties", base, [a, b], [1.0, 1.0], [0.75, 0.75], [(0, 0), (0, 0)], False, ws
+    )
+    assert out.tolist() == [3.0, -3.0, 4.0, -3.0]
+    out = methods.merge_deltas(
+        "ties", base, [a, b], [1.0, 1.0], [0.75, 0.75], [(0, 0), (0, 0)], True, ws
+    )
+    assert out.tolist() == [3.0, -1.5, 4.0, -3.0]  # divided by the agreeing weights [1, 2, 1, 1]
+    out = methods.merge_deltas(
+        "ties", base, [a, b], [2.0, 1.0], [1.0, 1.0], [(0, 0), (0, 0)], True, ws
+    )
+    # weighted: [6,-2,1,4] and [-1,-2,4,-3]; sums [5,-4,5,1] -> +,-,+,+
+    # agreeing sums: [6, -4, 5, 4]; divisors (agreeing weights): [2, 3, 3, 2]
+    assert out.tolist() == pytest.approx([3.0, -4 / 3, 5 / 3, 2.0])
+    # a zero sum elects +: only the positive delta is added
+    out = methods.merge_deltas(
+        "ties", base[:1], [a[:1] - 1, -a[:1] + 1], [1.0, 1.0], [1.0, 1.0], [(0, 0)] * 2, False, ws
+    )
+    assert out.tolist() == [2.0]
+    # exactly k entries survive trimming even when magnitudes tie; the lowest indices win
+    tied = torch.tensor([1.0, -1.0, 1.0, 1.0])
+    ws2 = methods.Workspace(4, 8)
+    assert methods.trim_(tied.clone(), 0.5, ws2, 5).tolist() == [1.0, -1.0, 0.0, 0.0]
+
+
+def test_dare_keep_fraction_and_unbiased_rescale():
+    n, density = 1_000_000, 0.3
+    ws = methods.Workspace(n, 1)
+    x = torch.ones(n)
+    methods.dare_(x, density, methods.dare_key(0, 0, "w"), ws)
+    kept = int((x != 0).sum())
+    sigma = math.sqrt(n * density * (1 - density))
+    assert abs(kept - n * density) < 5 * sigma
+    assert x.unique().tolist() == pytest.approx([0.0, 1 / density])
+    assert abs(x.mean().item() - 1.0) < 5 * sigma / (n * density)  # E[dare(x)] = x
+    # two different tensors' masks are independent: joint keep rate ~ density^2
+    y = torch.ones(n)
+    methods.dare_(y, density, methods.dare_key(0, 0, "v"), ws)
+    both = int(((x != 0) & (y != 0)).sum())
+    assert abs(both - n * density**2) < 5 * math.sqrt(n * density**2)
+
+
+def test_dare_mask_matches_reference_hash_and_is_chunk_independent():
+    n = 700_001  # not a multiple of the chunk size
+    key = ref_key(3, 1, "model.layers.0.mlp.up_proj.weight")
+    assert key == methods.dare_key(3, 1, "model.layers.0.mlp.up_proj.weight")
+    x = torch.ones(n)
+    methods.dare_(x, 0.6, key, methods.Workspace(n, 1))
+    assert torch.equal(x != 0, ref_keep(n, key, 0.6))
+
+
+def test_slerp_endpoints_and_midpoint():
+    ws = methods.Workspace(2, 2)
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
+    assert methods.slerp(0.0, a, b, ws).tolist() == pytest.approx([1.0, 0.0])
+    assert methods.slerp(1.0, a, b, ws).tolist() == pytest.approx([0.0, 2.0])
+    mid = methods.slerp(0.5, a, b, ws).tolist()
+    assert mid == pytest.approx([math.sqrt(0.5), 2 * math.sqrt(0.5)])
+    near = torch.tensor([1.0, 1e-3])  # nearly collinear: linear interpolation
+    assert methods.slerp(0.25, a, near, ws).tolist() == pytest.approx([1.0, 0.25e-3])
+
+
+def test_deterministic_across_runs_orders_and_threads(worlds, tmp_path):
+    root = worlds["bf16"]
+    recipe = recipe_for(root, "dare_ties", dtype="bfloat16", seed=11)
+    dirs = [Path(r.path) for r in input_refs(recipe)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = load_dir(merge_to_disk(recipe, dirs, tmp_path / "a"))
+        torch.set_num_threads(2)
+        two = load_dir(merge_to_disk(recipe, dirs, tmp_path / "b"))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    # reversed tensor order: the same bits per tensor
+    inputs = open_inputs(recipe, dirs)
+    from evohub.merge.ps import make_plan, merged_tensors, workspace_for
+
+    plan = make_plan(recipe.parameter_space, inputs, True)
+    rev = type(plan)(
+        tasks=plan.tasks[::-1], primary=plan.primary, has_base=True, largest=plan.largest
+    )
+    ws = workspace_for(recipe, rev, "cpu")
+    for name, t in merged_tensors(recipe, rev, inputs, ws):
+        assert torch.equal(t.to(torch.bfloat16), one[name]), name
+    # another seed gives other masks
+    other = load_dir(merge_to_disk(recipe.model_copy(update={"seed": 12}), dirs, tmp_path / "c"))
+    assert not torch.equal(
+        other["model.layers.0.mlp.up_proj.weight"], one["model.layers.0.mlp.up_proj.weight"]
+    )
+
+
+@pytest.mark.parametrize("method", ["dare_ties", "ties", "linear"])
+def test_in_memory_equals_on_disk(worlds, tmp_path, method):
+    from transformers import AutoModelForCausalLM
+
+    root = worlds["bf16"]
+    template = recipe_for(root, method, dtype="bfloat16")
+    dirs = [Path(r.path) for r in input_refs(template)]
+    model = AutoModelForCausalLM.from_pretrained(root / "base", dtype=torch.bfloat16)
+    resident = ResidentMerge(open_inputs(template, dirs), template, device="cpu")
+    params = dict(model.named_parameters())
+    ws_before = [b.data_ptr() for b in resident.ws._f32]
+    for weights in ((0.2, 0.9), (1.1, -0.3)):  # two candidates, one resident model
+        cand = template.model_copy(
+            update={
+                "parameter_space": template.parameter_space.model_copy(
+                    update={
+                        "models": tuple(
+                            m.model_copy(update={"weight": w})
+                            for m, w in zip(template.parameter_space.models, weights, strict=False)
+                        )
+                    }
+                )
+            }
+        )
+        n = resident.apply(cand, params)
+        assert n == len(params)
+        disk = load_dir(merge_to_disk(cand, dirs, tmp_path / f"{method}{weights}"))
+        for name, p in params.items():
+            assert torch.equal(p.data, disk[name]), name
+    assert [b.data_ptr() for b in resident.ws._f32] == ws_before  # scratch reused, not reallocated
+
+
+def test_layer_groups_and_overrides_pick_the_right_values(worlds, tmp_path):
+    root = worlds["f32"]
+    recipe = recipe_for(
+        root,
+        "linear",
+        groups=3,
+        m0={
+            "weight": [1.0, 0.0, 0.0],
+            "overrides": [{"pattern": r"self_attn\.q_proj", "weight": 0.5}],
+        },
+        m1={"weight": [0.0, 1.0, 0.0]},
+    )
+    got = load_dir(
+        merge_to_disk(recipe, [Path(r.path) for r in input_refs(recipe)], tmp_path / "o")
+    )
+    ft1, ft2 = load_dir(root / "ft1"), load_dir(root / "ft2")
+    torch.testing.assert_close(
+        got["model.embed_tokens.weight"], ft1["model.embed_tokens.weight"]
+    )  # group 0
+    torch.testing.assert_close(
+        got["model.layers.0.mlp.up_proj.weight"], ft1["model.layers.0.mlp.up_proj.weight"]
+    )
+    torch.testing.assert_close(
+        got["model.layers.1.mlp.up_proj.weight"], ft2["model.layers.1.mlp.up_proj.weight"]
+    )
+    assert got["model.layers.2.mlp.up_proj.weight"].abs().max() == 0  # group 2: both weights 0
+    assert got["lm_head.weight"].abs().max() == 0  # the last group's values
+    q = "model.layers.1.self_attn.q_proj.weight"  # override: 0.5*ft1 + 1*ft2 in group 1
+    torch.testing.assert_close(got[q], 0.5 * ft1[q] + ft2[q])
+
+
+def test_vlm_language_model_merges_with_llm(tmp_path):
+    """A LLaVA-style checkpoint (old and new naming) merges its LM with an LLM; vision stays."""
+    from tiny import make_mistral
+
+    base = make_mistral(tmp_path / "base", seed=0)
+    llm = make_mistral(tmp_path / "llm", seed=1, base=base)
+    lm = load_dir(make_mistral(tmp_path / "lm", seed=2, base=base))
+    cfg = json.loads((base / "config.json").read_text())
+    for style, prefix, head in (
+        ("old", "language_model.model.", "language_model.lm_head."),
+        ("new", "model.language_model.", "lm_head."),
+    ):
+        vlm = tmp_path / f"vlm-{style}"
+        vision = {
+            "model.vision_tower.x.weight"
+            if style == "new"
+            else "vision_tower.x.weight": torch.randn(4, 4)
+        }
+        tensors = {
+            (
+                prefix + k[len("model.") :]
+                if k.startswith("model.")
+                else head + k[len("lm_head.") :]
+            ): v
+            for k, v in lm.items()
+        }
+        with ShardedWriter(vlm) as w:
+            for k, v in {**tensors, **vision}.items():
+                w.add(k, v)
+        (vlm / "config.json").write_text(
+            json.dumps(
+                {"model_type": "llava", "text_config": cfg, "vision_config": {"hidden_size": 4}}
+            )
+        )
+        recipe = Recipe.model_validate(
+            {
+                "evohub_recipe": 1,
+                "dtype": "float32",
+                "base_model": {"path": str(base)},
+                "parameter_space": {
+                    "method": "task_arithmetic",
+                    "models": [
+                        {"source": {"path": str(llm)}, "weight": 0.5},
+                        {"source": {"path": str(vlm)}, "weight": 1.0},
+                    ],
+                },
+            }
+        )
+        out = load_dir(merge_to_disk(recipe, [base, llm, vlm], tmp_path / f"out-{style}"))
+        assert set(out) == set(tensors) | set(vision)  # the VLM's architecture and names
+        for k in vision:
+            assert torch.equal(out[k], vision[k])
+        b, l1 = load_dir(base), load_dir(llm)
+        key = "model.layers.1.mlp.down_proj.weight"
+        own = prefix + key[len("model.") :]
+        torch.testing.assert_close(out[own], b[key] + 0.5 * (l1[key] - b[key]) + (lm[key] - b[key]))
+        assert (
+            json.loads((tmp_path / f"out-{style}" / "config.json").read_text())["model_type"]
+            == "llava"
+        )
+
+
+def test_lm_name_mapping():
+    assert (
+        lm_name("model.layers.3.mlp.up_proj.weight", vlm=False)
+        == "model.layers.3.mlp.up_proj.weight"
+    )
+    assert lm_name("language_model.model.layers.3.x", vlm=True) == "model.layers.3.x"
+    assert lm_name("language_model.lm_head.weight", vlm=True) == "lm_head.weight"
+    assert (
+        lm_name("model.language_model.embed_tokens.weight", vlm=True) == "model.embed_tokens.weight"
+    )
+    assert lm_name("model.vision_tower.encoder.layers.0.x", vlm=True) is None
+    assert lm_name("multi_modal_projector.linear_1.weight", vlm=True) is None
+
+
+def _corrupt(root: Path, tmp: Path, name: str, fn) -> Path:
+    d = tmp / name
+    d.mkdir()
+    tensors = load_dir(root / "ft2")
+    fn(tensors)
+    with ShardedWriter(d) as w:
+        for k, v in tensors.items():
+            w.add(k, v)
+    (d / "config.json").write_text((root / "ft2" / "config.json").read_text())
+    return d
+
+
+@pytest.mark.parametrize(
+    "case,words",
+    [
+        ("missing", "tensor 'model.layers.1.mlp.up_proj.weight' is in"),
+        ("shape", "has shape (96, 64) in"),
+        ("vocab", "vocabulary size mismatch: 'model.embed_tokens.weight' is (128, 64) in"),
+        ("extra", "tensor 'model.extra.weight' is in"),
+    ],
+)
+def test_bad_inputs_are_one_line_errors(worlds, tmp_path, run_cli, case, words):
+    root = worlds["f32"]
+    fns = {
+        "missing": lambda t: t.pop("model.layers.1.mlp.up_proj.weight"),
+        "shape": lambda t: t.update({"model.layers.1.mlp.up_proj.weight": torch.zeros(96, 32)}),
+        "vocab": lambda t: t.update({"model.embed_tokens.weight": torch.zeros(130, 64)}),
+        "extra": lambda t: t.update({"model.extra.weight": torch.zeros(2)}),
+    }
+    bad = _corrupt(root, tmp_path, case, fns[case])
+    recipe = recipe_for(root, "task_arithmetic")
+    text = recipe.to_yaml().replace(str(root / "ft2"), str(bad))
+    (tmp_path / "r.yaml").write_text(text)
+    code, _, err = run_cli("merge", tmp_path / "r.yaml", "--out", tmp_path / "o", "-q")
+    assert code == 2 and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("evohub: error: ") and words in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_pickle_only_directory_is_refused(tmp_path):
+    d = tmp_path / "pickled"
+    d.mkdir()
+    (d / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(EvohubError, match=r"only pickle weights.*safetensors only"):
+        CheckpointReader(d)
+
+
+def test_cli_merge_and_refuse_to_overwrite(worlds, tmp_path, run_cli):
+    root = worlds["bf16"]
+    r = tmp_path / "recipe.yaml"
+    r.write_text(recipe_for(root, "ties", dtype="bfloat16").to_yaml())
+    code, _out, err = run_cli("merge", r, "--out", tmp_path / "m", "--shard-size", "100KB", "-q")
+    assert code == 0, err
+    code, _, err = run_cli("merge", r, "--out", tmp_path / "m", "-q")
+    assert code == 2 and "exists and is not empty" in err
+    code, _, err = run_cli("merge", r, "--out", tmp_path / "m", "-q", "--force")
+    assert code == 0, err
+    code, _, err = run_cli("merge", r, "--out", tmp_path / "x", "--shard-size", "lots")
+    assert code == 2 and "not a size" in err
+
+
+def test_export_mergekit(worlds, tmp_path, run_cli):
+    root = worlds["f32"]
+    recipe = recipe_for(
+        root,
+        "dare_ties",
+        groups=3,
+        m0={"weight": [0.1, 0.2, 0.3], "overrides": [{"pattern": "self_attn", "density": 0.5}]},
+    )
+    r = tmp_path / "recipe.yaml"
+    r.write_text(recipe.to_yaml())
+    code, out, err = run_cli("export-mergekit", r)
+    assert code == 0, err
+    cfg = yaml.safe_load(out)
+    assert cfg["merge_method"] == "dare_ties" and cfg["base_model"] == str(root / "base")
+    assert cfg["parameters"] == {"normalize": False, "rescale": True}
+    assert (cfg["dtype"], cfg["out_dtype"]) == ("float32", "float32")
+    w0 = cfg["models"][0]["parameters"]["weight"]
+    assert w0[:3] == [
+        {"filter": "layers.0.", "value": 0.1},
+        {"filter": "layers.1.", "value": 0.2},
+        {"filter": "layers.2.", "value": 0.3},
+    ]
+    assert w0[-2:] == [{"filter": "embed_tokens", "value": 0.1}, {"value": 0.3}]
+    assert cfg["models"][0]["parameters"]["density"] == [
+        {"filter": "self_attn", "value": 0.5},
+        {"value": 0.35},
+    ]
+    assert cfg["models"][1]["parameters"] == {"weight": -0.4, "density": 0.8}
+    slerp = recipe_for(root, "slerp")
+    assert yaml.safe_load(to_mergekit(slerp))["parameters"] == {"t": 0.7}
+    bad = recipe_for(
+        root, "ties", m0={"overrides": [{"pattern": r"layers\.[0-3]\.", "weight": 1.0}]}
+    )
+    with pytest.raises(EvohubError, match="regex"):
+        to_mergekit(bad)
