@@ -144,48 +144,69 @@ def test_output_directory_is_a_loadable_model(worlds, tmp_path):
     assert not list(tmp_path.glob(".m.partial-*"))
 
 
+def ties(base, xs, weights, densities, normalize=False, method="ties", chunk=None):
+    ws = methods.Workspace(methods.slots_for(method, normalize), chunk=chunk)
+    keys = [methods.dare_key(0, k, "t") for k in range(len(xs))]
+    return methods.merge_deltas(
+        method, base, xs, weights, densities, keys, normalize, torch.empty_like(base), ws
+    )
+
+
 def test_ties_sign_election_and_trimming_by_hand():
-    ws = methods.Workspace(4, 8)
     base = torch.zeros(4)
     a = torch.tensor([3.0, -1.0, 0.5, 2.0])
     b = torch.tensor([-1.0, -2.0, 4.0, -3.0])
     # density 0.5 keeps the two largest magnitudes: a -> [3, 0, 0, 2], b -> [0, 0, 4, -3]
-    out = methods.merge_deltas(
-        "ties", base, [a, b], [1.0, 1.0], [0.5, 0.5], [(0, 0), (0, 0)], False, ws
-    )
     # sums [3, 0, 4, -1] -> signs +,+,+,- (0 counts as +); agreeing entries: [3, 0, 4, -3]
-    assert out.tolist() == [3.0, 0.0, 4.0, -3.0]
+    assert ties(base, [a, b], [1.0, 1.0], [0.5, 0.5]).tolist() == [3.0, 0.0, 4.0, -3.0]
     # density 0.75 keeps three: a -> [3, -1, 0, 2], b -> [0, -2, 4, -3]; sums [3, -3, 4, -1]
-    out = methods.merge_deltas(
-        "ties", base, [a, b], [1.0, 1.0], [0.75, 0.75], [(0, 0), (0, 0)], False, ws
-    )
-    assert out.tolist() == [3.0, -3.0, 4.0, -3.0]
-    out = methods.merge_deltas(
-        "ties", base, [a, b], [1.0, 1.0], [0.75, 0.75], [(0, 0), (0, 0)], True, ws
-    )
-    assert out.tolist() == [3.0, -1.5, 4.0, -3.0]  # divided by the agreeing weights [1, 2, 1, 1]
-    out = methods.merge_deltas(
-        "ties", base, [a, b], [2.0, 1.0], [1.0, 1.0], [(0, 0), (0, 0)], True, ws
-    )
+    assert ties(base, [a, b], [1.0, 1.0], [0.75, 0.75]).tolist() == [3.0, -3.0, 4.0, -3.0]
+    # divided by the agreeing weights [1, 2, 1, 1]
+    assert ties(base, [a, b], [1.0, 1.0], [0.75, 0.75], normalize=True).tolist() == [
+        3.0,
+        -1.5,
+        4.0,
+        -3.0,
+    ]
     # weighted: [6,-2,1,4] and [-1,-2,4,-3]; sums [5,-4,5,1] -> +,-,+,+
     # agreeing sums: [6, -4, 5, 4]; divisors (agreeing weights): [2, 3, 3, 2]
+    out = ties(base, [a, b], [2.0, 1.0], [1.0, 1.0], normalize=True)
     assert out.tolist() == pytest.approx([3.0, -4 / 3, 5 / 3, 2.0])
     # a zero sum elects +: only the positive delta is added
-    out = methods.merge_deltas(
-        "ties", base[:1], [a[:1] - 1, -a[:1] + 1], [1.0, 1.0], [1.0, 1.0], [(0, 0)] * 2, False, ws
-    )
-    assert out.tolist() == [2.0]
+    assert ties(base[:1], [a[:1] - 1, 1 - a[:1]], [1.0, 1.0], [1.0, 1.0]).tolist() == [2.0]
     # exactly k entries survive trimming even when magnitudes tie; the lowest indices win
     tied = torch.tensor([1.0, -1.0, 1.0, 1.0])
-    ws2 = methods.Workspace(4, 8)
-    assert methods.trim_(tied.clone(), 0.5, ws2, 5).tolist() == [1.0, -1.0, 0.0, 0.0]
+    assert ties(base, [tied], [1.0], [0.5]).tolist() == [1.0, -1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, None])
+def test_trim_is_exact_top_k_with_ties_across_chunks(chunk):
+    g = torch.Generator().manual_seed(0)
+    base = torch.zeros(1000)
+    x = torch.randint(-6, 7, (1000,), generator=g).float() / 4  # many equal magnitudes
+    for density in (0.01, 0.3, 0.5, 0.77, 0.999):
+        got = ties(base, [x], [1.0], [density], chunk=chunk)
+        want = ref_merge("ties", base, [x], [1.0], [density], [None], False)
+        assert torch.equal(got, want), density
+        assert int((got != 0).sum()) == min(max(1, int(density * 1000)), int((x != 0).sum()))
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "dare_linear", "task_arithmetic"])
+def test_results_do_not_depend_on_chunk_size(method):
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(5000, generator=g).bfloat16()
+    xs = [base.float() + 0.1 * torch.randn(5000, generator=g) for _ in range(3)]
+    xs = [x.bfloat16() for x in xs]
+    ws, ds = [0.7, -0.2, 1.1], [0.3, 0.6, 0.9]
+    outs = [ties(base, xs, ws, ds, normalize=True, method=method, chunk=c) for c in (3, 1000, None)]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])
 
 
 def test_dare_keep_fraction_and_unbiased_rescale():
     n, density = 1_000_000, 0.3
-    ws = methods.Workspace(n, 1)
+    ws = methods.Workspace(0, chunk=n)
     x = torch.ones(n)
-    methods.dare_(x, density, methods.dare_key(0, 0, "w"), ws)
+    methods.dare_(x, 0, density, methods.dare_key(0, 0, "w"), ws)
     kept = int((x != 0).sum())
     sigma = math.sqrt(n * density * (1 - density))
     assert abs(kept - n * density) < 5 * sigma
@@ -193,29 +214,34 @@ def test_dare_keep_fraction_and_unbiased_rescale():
     assert abs(x.mean().item() - 1.0) < 5 * sigma / (n * density)  # E[dare(x)] = x
     # two different tensors' masks are independent: joint keep rate ~ density^2
     y = torch.ones(n)
-    methods.dare_(y, density, methods.dare_key(0, 0, "v"), ws)
+    methods.dare_(y, 0, density, methods.dare_key(0, 0, "v"), ws)
     both = int(((x != 0) & (y != 0)).sum())
     assert abs(both - n * density**2) < 5 * math.sqrt(n * density**2)
 
 
-def test_dare_mask_matches_reference_hash_and_is_chunk_independent():
-    n = 700_001  # not a multiple of the chunk size
+def test_dare_mask_matches_reference_hash_in_any_chunking():
+    n = 700_001
     key = ref_key(3, 1, "model.layers.0.mlp.up_proj.weight")
     assert key == methods.dare_key(3, 1, "model.layers.0.mlp.up_proj.weight")
+    ws = methods.Workspace(0, chunk=65_537)
     x = torch.ones(n)
-    methods.dare_(x, 0.6, key, methods.Workspace(n, 1))
+    for s, e in ws.spans(n):
+        methods.dare_(x[s:e], s, 0.6, key, ws)
     assert torch.equal(x != 0, ref_keep(n, key, 0.6))
 
 
 def test_slerp_endpoints_and_midpoint():
-    ws = methods.Workspace(2, 2)
+    ws = methods.Workspace(1)
+
+    def sl(t, a, b):
+        return methods.slerp(t, a, b, torch.empty_like(a), ws).tolist()
+
     a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
-    assert methods.slerp(0.0, a, b, ws).tolist() == pytest.approx([1.0, 0.0])
-    assert methods.slerp(1.0, a, b, ws).tolist() == pytest.approx([0.0, 2.0])
-    mid = methods.slerp(0.5, a, b, ws).tolist()
-    assert mid == pytest.approx([math.sqrt(0.5), 2 * math.sqrt(0.5)])
+    assert sl(0.0, a, b) == pytest.approx([1.0, 0.0])
+    assert sl(1.0, a, b) == pytest.approx([0.0, 2.0])
+    assert sl(0.5, a, b) == pytest.approx([math.sqrt(0.5), 2 * math.sqrt(0.5)])
     near = torch.tensor([1.0, 1e-3])  # nearly collinear: linear interpolation
-    assert methods.slerp(0.25, a, near, ws).tolist() == pytest.approx([1.0, 0.25e-3])
+    assert sl(0.25, a, near) == pytest.approx([1.0, 0.25e-3])
 
 
 def test_deterministic_across_runs_orders_and_threads(worlds, tmp_path):
@@ -236,12 +262,10 @@ def test_deterministic_across_runs_orders_and_threads(worlds, tmp_path):
     from evohub.merge.ps import make_plan, merged_tensors, workspace_for
 
     plan = make_plan(recipe.parameter_space, inputs, True)
-    rev = type(plan)(
-        tasks=plan.tasks[::-1], primary=plan.primary, has_base=True, largest=plan.largest
-    )
-    ws = workspace_for(recipe, rev, "cpu")
-    for name, t in merged_tensors(recipe, rev, inputs, ws):
-        assert torch.equal(t.to(torch.bfloat16), one[name]), name
+    rev = type(plan)(tasks=plan.tasks[::-1], primary=plan.primary, has_base=True)
+    ws = workspace_for(recipe, "cpu", chunk=999)  # and another chunk size
+    for name, t in merged_tensors(recipe, rev, inputs, ws, torch.bfloat16):
+        assert torch.equal(t, one[name]), name
     # another seed gives other masks
     other = load_dir(merge_to_disk(recipe.model_copy(update={"seed": 12}), dirs, tmp_path / "c"))
     assert not torch.equal(

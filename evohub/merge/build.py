@@ -111,15 +111,15 @@ def merge_to_disk(
     ps = recipe.parameter_space
     assert ps is not None
     plan = make_plan(ps, inputs, has_base=recipe.base_model is not None)
-    ws = workspace_for(recipe, plan, device)
+    ws = workspace_for(recipe, device)
     dtype = DTYPES[recipe.dtype]
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     try:
         bar = tqdm(total=len(plan.tasks), unit="tensor", desc="merge", disable=not progress)
         with bar, ShardedWriter(partial, shard_bytes) as writer:
-            for name, t in merged_tensors(recipe, plan, inputs, ws):
-                writer.add(name, t.to(dtype) if t.is_floating_point() else t)
+            for name, t in merged_tensors(recipe, plan, inputs, ws, dtype):
+                writer.add(name, t)
                 bar.update()
         primary_dir = Path(dirs[plan.primary])
         write_json_atomic(

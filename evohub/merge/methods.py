@@ -1,10 +1,11 @@
-"""Merge methods as pure tensor functions (float32 in, float32 out).
+"""Merge methods as pure tensor functions: float32 arithmetic, any storage dtype in and out.
 
 Semantics (DESIGN.md; the same as mergekit's for the shared methods):
 
 - ``linear``: Σ w_k θ_k (the base is not used).
 - ``task_arithmetic``: θ_b + Σ w_k δ_k with task vectors δ_k = θ_k − θ_b.
-- ``ties``: each δ_k keeps its top ``density`` fraction by magnitude, then sign election.
+- ``ties``: each δ_k keeps its k = max(1, ⌊density·n⌋) entries largest in magnitude (exactly k;
+  among entries tied at the threshold, the lowest flat indices), then sign election.
 - ``dare_ties`` / ``dare_linear``: each entry of δ_k is kept with probability ``density`` and
   rescaled by 1/density; ``dare_ties`` then elects signs, ``dare_linear`` adds all.
 - Sign election (ties, dare_ties): the weighted deltas w_k δ_k vote with their sum; per entry only
@@ -14,26 +15,33 @@ Semantics (DESIGN.md; the same as mergekit's for the shared methods):
 - ``slerp``: spherical interpolation of two whole tensors with t = w₁ / (w₀ + w₁); nearly
   collinear tensors (|cos| > 0.9995) are interpolated linearly.
 
+Every method streams over a tensor in chunks of ``Workspace.chunk`` elements, so the passes over
+memory stay in cache on a CPU and the scratch space is a few chunks, not a few tensors. Results
+do not depend on the chunk size, since everything per entry is elementwise and TIES thresholds
+are found exactly in a first pass; only slerp's norms are sums of per-chunk float32 sums.
+
 DARE masks are counter-based: entry i of a tensor is kept iff ``hash32(i; key) < density·2³²``,
 where the 64-bit key derives from (recipe seed, source index, tensor name) alone. The hash is
 integer arithmetic that never overflows int64, so masks are identical on CPU and GPU, in any
-tensor order, with any number of threads, and are computed on the tensor's own device.
+tensor order, with any chunk size and any number of threads, and are computed on the device.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
 METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp")
 _M32 = 0xFFFFFFFF
 _C1, _C2 = 0x7FEB352D, 0x31848BAB  # odd multipliers < 2^31: products of 32-bit values fit in int64
-_CHUNK = 1 << 18
 DOT_THRESHOLD = 0.9995
 EPS = 1e-8
+#: Elements per chunk: cache-sized on a CPU; on a GPU large, to keep kernel launches few.
+CHUNK = {"cpu": 1 << 19, "cuda": 1 << 26}
 
 
 def dare_key(seed: int, source_index: int, tensor_name: str) -> tuple[int, int]:
@@ -44,27 +52,43 @@ def dare_key(seed: int, source_index: int, tensor_name: str) -> tuple[int, int]:
     return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")
 
 
+def slots_for(method: str, normalize: bool) -> int:
+    """Float32 chunk buffers ``method`` needs."""
+    if method in ("ties", "dare_ties"):
+        return 8 if normalize else 6
+    if method in ("task_arithmetic", "dare_linear"):
+        return 3
+    return 1  # linear, slerp
+
+
 class Workspace:
-    """Scratch buffers reused for every tensor, so merging allocates nothing per tensor."""
+    """Chunk-sized scratch buffers, reused for every chunk of every tensor."""
 
-    def __init__(self, numel: int, count: int, device: torch.device | str = "cpu"):
+    def __init__(self, slots: int, device: torch.device | str = "cpu", chunk: int | None = None):
         self.device = torch.device(device)
-        self.numel = numel
+        self.chunk = chunk or CHUNK.get(self.device.type, CHUNK["cuda"])
+        dev = self.device
+        self.mask_slot = slots  # one more float32 buffer, for DARE's keep mask
         self._f32 = [
-            torch.empty(numel, dtype=torch.float32, device=self.device) for _ in range(count)
+            torch.empty(self.chunk, dtype=torch.float32, device=dev) for _ in range(slots + 1)
         ]
-        chunk = min(_CHUNK, max(numel, 1))
-        self._i64 = [torch.empty(chunk, dtype=torch.int64, device=self.device) for _ in range(2)]
-        self._mask = torch.empty(chunk, dtype=torch.bool, device=self.device)
+        self._i64 = [torch.empty(self.chunk, dtype=torch.int64, device=dev) for _ in range(2)]
+        self._iota = torch.arange(self.chunk, dtype=torch.int64, device=dev)
+        self._bool = [torch.empty(self.chunk, dtype=torch.bool, device=dev) for _ in range(2)]
 
-    def f32(self, i: int, shape: Sequence[int]) -> torch.Tensor:
-        n = math.prod(shape)
-        if n > self.numel:
-            raise ValueError(f"workspace holds {self.numel} elements, tensor needs {n}")
-        return self._f32[i][:n].view(*shape)
+    def f32(self, i: int, n: int) -> torch.Tensor:
+        return self._f32[i][:n]
+
+    def spans(self, n: int) -> Iterator[tuple[int, int]]:
+        for start in range(0, n, self.chunk):
+            yield start, min(start + self.chunk, n)
 
 
-def hash32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1) if not t.is_contiguous() else t.view(-1)
+
+
+def _hash32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
     """In place: a 32-bit integer mix (xorshift-multiply) of int64 values in [0, 2³²)."""
     torch.bitwise_right_shift(x, 16, out=tmp)
     x.bitwise_xor_(tmp).mul_(_C1).bitwise_and_(_M32)
@@ -74,59 +98,110 @@ def hash32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
     return x.bitwise_xor_(tmp)
 
 
-def dare_(delta: torch.Tensor, density: float, key: tuple[int, int], ws: Workspace) -> torch.Tensor:
-    """In place: keep each entry with probability ``density``, rescale survivors by 1/density."""
+def dare_mask_(
+    d: torch.Tensor, start: int, density: float, key: tuple[int, int], ws: Workspace
+) -> torch.Tensor:
+    """In place on a flat chunk whose first entry has flat index ``start``: zero each entry with
+    probability 1 − ``density`` (the survivors are not rescaled here; see :func:`dare_`)."""
     if density >= 1:
-        return delta
+        return d
     if density <= 0:
-        return delta.zero_()
-    threshold = int(density * 2**32)
-    flat = delta.view(-1)
-    x_buf, t_buf = ws._i64
-    m_buf = ws._mask
-    for start in range(0, flat.numel(), x_buf.numel()):
-        n = min(x_buf.numel(), flat.numel() - start)
-        x, t, m = x_buf[:n], t_buf[:n], m_buf[:n]
-        torch.arange(start, start + n, out=x)
-        x.bitwise_xor_(key[0])
-        hash32_(x, t).bitwise_xor_(key[1])
-        hash32_(x, t)
-        torch.lt(x, threshold, out=m)
-        flat[start : start + n].mul_(m)
-    return delta.div_(density)
+        return d.zero_()
+    n = d.numel()
+    x, t, keep = ws._i64[0][:n], ws._i64[1][:n], ws.f32(ws.mask_slot, n)
+    torch.add(ws._iota[:n], start, out=x)
+    x.bitwise_xor_(key[0])
+    _hash32_(x, t).bitwise_xor_(key[1])
+    _hash32_(x, t)
+    torch.lt(x, int(density * 2**32), out=keep)  # 1.0 / 0.0: multiplying by it beats a bool mask
+    return d.mul_(keep)
 
 
-def trim_(delta: torch.Tensor, density: float, ws: Workspace, slot: int) -> torch.Tensor:
-    """In place: keep the k = max(1, ⌊density·n⌋) entries largest in magnitude (TIES).
+def dare_(
+    d: torch.Tensor, start: int, density: float, key: tuple[int, int], ws: Workspace
+) -> torch.Tensor:
+    """DARE on a flat chunk: keep each entry with probability ``density``, rescale by 1/density."""
+    dare_mask_(d, start, density, key, ws)
+    return d.div_(density) if 0 < density < 1 else d
 
-    Exactly k entries survive; among entries tied with the k-th largest magnitude the ones with
-    the lowest flat index are kept. ``slot`` is a free workspace buffer.
-    """
-    n = delta.numel()
+
+# ----------------------------------------------------------------------------------------------
+# TIES trimming: an exact top-k threshold by radix selection on float bits
+
+
+@dataclass(frozen=True)
+class Trim:
+    """Keep entries whose |δ| bits exceed ``bits``, and those equal with flat index <= ``cutoff``."""
+
+    bits: int
+    cutoff: int
+
+
+def _abs_bits(x: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """int32 bit patterns of |x − b| (float32): for non-negative floats they sort like the values."""
+    return out.copy_(x).sub_(b).abs_().view(torch.int32)
+
+
+def trim_threshold(
+    x: torch.Tensor, base: torch.Tensor, density: float, ws: Workspace, slot: int
+) -> Trim | None:
+    """Where TIES cuts δ = x − base: None keeps everything, else a :class:`Trim`."""
+    n = x.numel()
     if density >= 1 or n == 0:
-        return delta
+        return None
     if density <= 0:
-        return delta.zero_()
+        return Trim(bits=2**31 - 1, cutoff=-1)  # nothing is above the largest bit pattern
     k = max(1, int(density * n))
-    mag = ws.f32(slot, (n,))
-    torch.abs(delta.view(-1), out=mag)
-    threshold = torch.kthvalue(mag, n - k + 1).values
-    keep = mag > threshold
-    room = k - int(keep.sum())
-    tied = mag == threshold
-    if room < int(tied.sum()):
-        tied &= torch.cumsum(tied, 0) <= room
-    keep |= tied
-    return delta.mul_(keep.view_as(delta))
+    xf, bf = _flat(x), _flat(base)
+    dev = ws.device
+    hi = torch.zeros(1 << 15, dtype=torch.int64, device=dev)
+    for s, e in ws.spans(n):
+        bits = _abs_bits(xf[s:e], bf[s:e], ws.f32(slot, e - s))
+        hi += torch.bincount(torch.bitwise_right_shift(bits, 16), minlength=1 << 15)
+    bucket, above = _select(hi, k)
+    lo_per_span = []  # low-16-bit histograms inside the bucket, per span (to place ties later)
+    for s, e in ws.spans(n):
+        bits = _abs_bits(xf[s:e], bf[s:e], ws.f32(slot, e - s))
+        inside = bits[torch.bitwise_right_shift(bits, 16) == bucket]
+        lo_per_span.append(torch.bincount(torch.bitwise_and(inside, 0xFFFF), minlength=1 << 16))
+    lo = torch.stack(lo_per_span).sum(0)
+    low, above_lo = _select(lo, k - above)
+    threshold = (bucket << 16) | low
+    room = k - above - above_lo  # entries equal to the threshold that are kept
+    if room >= int(lo[low]):
+        return Trim(bits=threshold, cutoff=n)
+    tied_before = torch.cumsum(torch.stack([h[low] for h in lo_per_span]), 0).tolist()
+    i = next(j for j, c in enumerate(tied_before) if c >= room)  # the span holding the cutoff
+    s, e = i * ws.chunk, min((i + 1) * ws.chunk, n)
+    bits = _abs_bits(xf[s:e], bf[s:e], ws.f32(slot, e - s))
+    tied = (bits == threshold).nonzero().view(-1)
+    seen = int(tied_before[i - 1]) if i else 0
+    return Trim(bits=threshold, cutoff=s + int(tied[room - seen - 1]))
 
 
-def workspace_slots(method: str, normalize: bool) -> int:
-    """How many float32 buffers of the largest tensor's size ``method`` needs."""
-    if method in ("ties", "dare_ties"):
-        return 8 if normalize else 6
-    if method in ("task_arithmetic", "dare_linear"):
-        return 3
-    return 2  # linear, slerp
+def _select(counts: torch.Tensor, k: int) -> tuple[int, int]:
+    """The bucket holding the k-th largest entry, and how many entries lie in higher buckets."""
+    above = torch.cumsum(counts.flip(0), 0).flip(0) - counts  # entries in strictly higher buckets
+    bucket = int(torch.nonzero((above < k) & (above + counts >= k)).max())
+    return bucket, int(above[bucket])
+
+
+def _apply_trim(d: torch.Tensor, start: int, trim: Trim, ws: Workspace, slot: int) -> None:
+    bits = torch.abs(d, out=ws.f32(slot, d.numel())).view(torch.int32)
+    end = start + d.numel()
+    keep = ws._bool[1][: d.numel()]
+    if trim.cutoff >= end - 1:
+        torch.ge(bits, trim.bits, out=keep)
+    elif trim.cutoff < start:
+        torch.gt(bits, trim.bits, out=keep)
+    else:
+        tied_ok = (bits == trim.bits) & (torch.arange(start, end, device=d.device) <= trim.cutoff)
+        torch.gt(bits, trim.bits, out=keep).logical_or_(tied_ok)
+    d.mul_(keep)
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole tensors
 
 
 def merge_deltas(
@@ -137,84 +212,123 @@ def merge_deltas(
     densities: Sequence[float],
     keys: Sequence[tuple[int, int]],
     normalize: bool,
+    out: torch.Tensor,
     ws: Workspace,
 ) -> torch.Tensor:
-    """task_arithmetic, ties, dare_ties, dare_linear on one tensor; returns a workspace view.
+    """task_arithmetic, ties, dare_ties or dare_linear of one tensor, written into ``out``.
 
-    ``base`` and ``sources`` may have any float dtype; arithmetic is float32 and the deltas are
-    accumulated one source at a time, in source order.
+    Inputs and ``out`` may have any float dtype and must be on the workspace's device; the
+    arithmetic is float32, accumulating the deltas one source at a time, in source order.
     """
-    shape = base.shape
-    b, d, total = ws.f32(0, shape), ws.f32(1, shape), ws.f32(2, shape)
-    b.copy_(base)
-    total.zero_()
+    n = base.numel()
     elect = method in ("ties", "dare_ties")
-    if elect:
-        pos, neg, tmp = ws.f32(3, shape), ws.f32(4, shape), ws.f32(5, shape)
-        pos.zero_()
-        neg.zero_()
-        if normalize:
-            wpos, wneg = ws.f32(6, shape), ws.f32(7, shape)
-            wpos.zero_()
-            wneg.zero_()
-    for x, w, density, key in zip(sources, weights, densities, keys, strict=True):
-        torch.sub(x, b, out=d)  # promotes to float32
-        if method == "ties":
-            trim_(d, density, ws, slot=5)
-        elif method in ("dare_ties", "dare_linear"):
-            dare_(d, density, key, ws)
-        d.mul_(w)
-        total.add_(d)
+    dare = method in ("dare_ties", "dare_linear")
+    # DARE's 1/density rescale is folded into the weight: one pass less per source
+    scales = [
+        w / dens if dare and 0 < dens < 1 else w for w, dens in zip(weights, densities, strict=True)
+    ]
+    trims = (
+        [
+            trim_threshold(x, base, dens, ws, slot=1)
+            for x, dens in zip(sources, densities, strict=True)
+        ]
+        if method == "ties"
+        else None
+    )
+    bf, of = _flat(base), _flat(out)
+    xs = [_flat(x) for x in sources]
+    for s, e in ws.spans(n):
+        m = e - s
+        d, total = ws.f32(0, m), ws.f32(1, m)
+        total.zero_()
         if elect:
-            pos.add_(torch.clamp(d, min=0, out=tmp))
-            neg.add_(torch.clamp(d, max=0, out=tmp))
+            pos, neg, tmp = ws.f32(2, m), ws.f32(3, m), ws.f32(4, m)
+            pos.zero_()
+            neg.zero_()
             if normalize:
-                wpos.add_(torch.gt(d, 0).float(), alpha=w)
-                wneg.add_(torch.lt(d, 0).float(), alpha=w)
-    if elect:
-        up = total >= 0
-        torch.where(up, pos, neg, out=total)
-        if normalize:
-            div = torch.where(up, wpos, wneg)
-            div[div == 0] = 1
-            total.div_(div)
-    elif normalize:
-        s = float(sum(weights))
-        if abs(s) >= EPS:
-            total.div_(s)
-    return total.add_(b)
-
-
-def linear(
-    sources: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool, ws: Workspace
-) -> torch.Tensor:
-    """Σ w_k θ_k (divided by Σ w_k when ``normalize``); returns a workspace view."""
-    out = ws.f32(0, sources[0].shape)
-    out.zero_()
-    x32 = ws.f32(1, sources[0].shape)
-    for x, w in zip(sources, weights, strict=True):
-        x32.copy_(x)
-        out.add_(x32, alpha=w)
-    s = float(sum(weights))
-    if normalize and abs(s) >= EPS:
-        out.div_(s)
+                wpos, wneg = ws.f32(6, m), ws.f32(7, m)
+                wpos.zero_()
+                wneg.zero_()
+        b = ws.f32(2 if not elect else 5, m).copy_(bf[s:e])  # float32, so x − b is float32
+        for k, (x, w) in enumerate(zip(xs, weights, strict=True)):
+            torch.sub(x[s:e], b, out=d)
+            if trims is not None:
+                if trims[k] is not None:
+                    _apply_trim(d, s, trims[k], ws, slot=4)
+            elif dare:
+                dare_mask_(d, s, densities[k], keys[k], ws)
+            d.mul_(scales[k])
+            total.add_(d)
+            if elect:
+                pos.add_(torch.clamp(d, min=0, out=tmp))
+                neg.add_(torch.clamp(d, max=0, out=tmp))
+                if normalize:
+                    wpos.add_(torch.gt(d, 0, out=ws._bool[1][:m]), alpha=w)
+                    wneg.add_(torch.lt(d, 0, out=ws._bool[1][:m]), alpha=w)
+        if elect:
+            # total ≥ 0 ? pos : neg, by arithmetic on a 1/0 mask (exact: one term is ±0), which
+            # is several times faster on a CPU than torch.where with a random mask
+            up = torch.ge(total, 0, out=ws.f32(ws.mask_slot, m))
+            pos.mul_(up)
+            if normalize:
+                wpos.mul_(up)
+            down = up.sub_(1)  # 0 where up, -1 where not
+            torch.sub(pos, neg.mul_(down), out=total)
+            if normalize:
+                div = wpos.sub_(wneg.mul_(down))
+                div.masked_fill_(div == 0, 1)
+                total.div_(div)
+        elif normalize:
+            sw = float(sum(weights))
+            if abs(sw) >= EPS:
+                total.div_(sw)
+        of[s:e].copy_(total.add_(b))
     return out
 
 
-def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, ws: Workspace) -> torch.Tensor:
-    """Spherical interpolation between two whole tensors (t = 0 gives ``v0``)."""
-    a, b = ws.f32(0, v0.shape), ws.f32(1, v0.shape)
-    a.copy_(v0)
-    b.copy_(v1)
-    na = torch.linalg.vector_norm(a).item()
-    nb = torch.linalg.vector_norm(b).item()
-    na = na if na > EPS else 1.0
-    nb = nb if nb > EPS else 1.0
-    dot = max(-1.0, min(1.0, (torch.dot(a.view(-1), b.view(-1)) / (na * nb)).item()))
+def linear(
+    sources: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    normalize: bool,
+    out: torch.Tensor,
+    ws: Workspace,
+) -> torch.Tensor:
+    """Σ w_k θ_k (divided by Σ w_k when ``normalize``), written into ``out``."""
+    xs = [_flat(x) for x in sources]
+    of = _flat(out)
+    sw = float(sum(weights))
+    for s, e in ws.spans(of.numel()):
+        acc = ws.f32(0, e - s).zero_()
+        for x, w in zip(xs, weights, strict=True):
+            acc.add_(x[s:e], alpha=w)
+        if normalize and abs(sw) >= EPS:
+            acc.div_(sw)
+        of[s:e].copy_(acc)
+    return out
+
+
+def slerp(
+    t: float, v0: torch.Tensor, v1: torch.Tensor, out: torch.Tensor, ws: Workspace
+) -> torch.Tensor:
+    """Spherical interpolation between two whole tensors (t = 0 gives ``v0``), into ``out``."""
+    a, b, of = _flat(v0), _flat(v1), _flat(out)
+    aa = bb = ab = 0.0
+    for s, e in ws.spans(a.numel()):
+        x = ws.f32(0, e - s).copy_(a[s:e])
+        y = b[s:e].float()
+        aa += float(torch.dot(x, x))
+        bb += float(torch.dot(y, y))
+        ab += float(torch.dot(x, y))
+    na = math.sqrt(aa) if math.sqrt(aa) > EPS else 1.0
+    nb = math.sqrt(bb) if math.sqrt(bb) > EPS else 1.0
+    dot = max(-1.0, min(1.0, ab / (na * nb)))
     if abs(dot) > DOT_THRESHOLD:
         ca, cb = 1 - t, t
     else:
         theta = math.acos(dot)
         ca = math.sin((1 - t) * theta) / math.sin(theta)
         cb = math.sin(t * theta) / math.sin(theta)
-    return a.mul_(ca).add_(b, alpha=cb)
+    for s, e in ws.spans(a.numel()):
+        acc = ws.f32(0, e - s).copy_(a[s:e]).mul_(ca)
+        of[s:e].copy_(acc.add_(b[s:e], alpha=cb))
+    return out

@@ -1,10 +1,11 @@
 """Parameter-space merges: a recipe's ``parameter_space`` applied tensor by tensor.
 
-The same generator, :func:`merged_tensors`, feeds both consumers:
+One function, :func:`merge_into`, merges a tensor for both consumers:
 
-- :func:`evohub.merge.build.merge_to_disk` streams it into sharded safetensors (``evohub merge``);
+- :func:`merged_tensors` → :func:`evohub.merge.build.merge_to_disk` streams the merged tensors
+  into sharded safetensors (``evohub merge``);
 - :class:`ResidentMerge` keeps the sources in (accelerator) memory and writes each candidate
-  recipe into a resident model's parameters in place (evolution).
+  recipe straight into a resident model's parameters (evolution);
 
 so a recipe gives bit-identical weights either way on the same device.
 
@@ -17,7 +18,6 @@ in an LLM and in a VLM); the first match supplies the values it sets.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -81,7 +81,6 @@ class Plan:
     tasks: tuple[Task, ...]
     primary: int  # index into the inputs of the model whose architecture the output has
     has_base: bool
-    largest: int  # elements of the largest merged tensor
 
     def input_index(self, model_index: int) -> int:
         return model_index + (1 if self.has_base else 0)
@@ -115,7 +114,6 @@ def make_plan(ps: PSRecipe, inputs: Sequence[Model], has_base: bool) -> Plan:
     if groups > layers:
         raise EvohubError(f"layer_groups is {groups} but {p.label} has {layers} decoder layers")
     tasks: list[Task] = []
-    largest = 0
     for name in p.tensors.names():
         key = lm_name(name, p.vlm)
         shape = p.tensors.shape(name)
@@ -138,7 +136,6 @@ def make_plan(ps: PSRecipe, inputs: Sequence[Model], has_base: bool) -> Plan:
                     raise EvohubError(
                         f"tensor {key!r} has shape {tuple(shape)} in {p.label} but {tuple(other)} in {m.label}"
                     )
-            largest = max(largest, math.prod(shape))
             layer = decoder_layer_index(key)
             group = (
                 layer * groups // layers
@@ -154,7 +151,7 @@ def make_plan(ps: PSRecipe, inputs: Sequence[Model], has_base: bool) -> Plan:
             raise EvohubError(
                 f"tensor {extra[0]!r} is in {m.label} but not in {p.label}; these models cannot be merged"
             )
-    return Plan(tasks=tuple(tasks), primary=primary, has_base=has_base, largest=largest)
+    return Plan(tasks=tuple(tasks), primary=primary, has_base=has_base)
 
 
 def _pick(value: float | tuple[float, ...], group: int) -> float:
@@ -173,44 +170,47 @@ def values_for(ps: PSRecipe, k: int, key: str, group: int) -> tuple[float, float
     return _pick(weight, group), _pick(density, group)
 
 
-def merged_tensors(
+def merge_into(
     recipe: Recipe,
     plan: Plan,
+    task: Task,
     inputs: Sequence[Model],
+    out: torch.Tensor,
     ws: methods.Workspace,
-    copied: bool = True,
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (output name, tensor) for every tensor of the merged model, in plan order.
-
-    Merged tensors are float32 views into ``ws``, valid until the next item; copied tensors
-    (outside the language model, e.g. a VLM's vision tower) are the primary model's own and are
-    left out when ``copied`` is False. Tensors are read one at a time and moved to the
-    workspace's device.
-    """
+) -> torch.Tensor:
+    """Merge one language-model tensor of ``recipe`` into ``out`` (any float dtype, on ws's device)."""
     ps = recipe.parameter_space
-    assert ps is not None
+    assert ps is not None and task.key is not None
     K = len(ps.models)
-    dev = ws.device
+    vals = [values_for(ps, k, task.key, task.group) for k in range(K)]
+    weights = [w for w, _ in vals]
+    xs = [_fetch(inputs[plan.input_index(k)], task.key, ws.device) for k in range(K)]
+    if ps.method == "linear":
+        return methods.linear(xs, weights, ps.normalize, out, ws)
+    if ps.method == "slerp":
+        return methods.slerp(weights[1] / (weights[0] + weights[1]), xs[0], xs[1], out, ws)
+    base = _fetch(inputs[0], task.key, ws.device)
+    keys = [methods.dare_key(recipe.seed, k, task.key) for k in range(K)]
+    return methods.merge_deltas(
+        ps.method, base, xs, weights, [d for _, d in vals], keys, ps.normalize, out, ws
+    )
+
+
+def merged_tensors(
+    recipe: Recipe, plan: Plan, inputs: Sequence[Model], ws: methods.Workspace, dtype: torch.dtype
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (output name, new CPU tensor in ``dtype``) for every tensor of the merged model.
+
+    Tensors outside the language model (a VLM's vision tower) are the primary model's, converted.
+    """
     for task in plan.tasks:
         if task.key is None:
-            if copied:
-                yield task.name, inputs[plan.primary].tensors.get(task.name)
+            t = inputs[plan.primary].tensors.get(task.name)
+            yield task.name, t.to(dtype) if t.is_floating_point() else t
             continue
-        vals = [values_for(ps, k, task.key, task.group) for k in range(K)]
-        weights = [w for w, _ in vals]
-        xs = [_fetch(inputs[plan.input_index(k)], task.key, dev) for k in range(K)]
-        if ps.method == "linear":
-            out = methods.linear(xs, weights, ps.normalize, ws)
-        elif ps.method == "slerp":
-            total = weights[0] + weights[1]
-            out = methods.slerp(weights[1] / total, xs[0], xs[1], ws)
-        else:
-            base = _fetch(inputs[0], task.key, dev)
-            keys = [methods.dare_key(recipe.seed, k, task.key) for k in range(K)]
-            out = methods.merge_deltas(
-                ps.method, base, xs, weights, [d for _, d in vals], keys, ps.normalize, ws
-            )
-        yield task.name, out
+        out = torch.empty(task.shape, dtype=dtype, device=ws.device)
+        merge_into(recipe, plan, task, inputs, out, ws)
+        yield task.name, out.cpu()
 
 
 def _fetch(m: Model, key: str, device: torch.device) -> torch.Tensor:
@@ -218,10 +218,12 @@ def _fetch(m: Model, key: str, device: torch.device) -> torch.Tensor:
     return t if t.device == device else t.to(device, non_blocking=True)
 
 
-def workspace_for(recipe: Recipe, plan: Plan, device: torch.device | str) -> methods.Workspace:
+def workspace_for(
+    recipe: Recipe, device: torch.device | str, chunk: int | None = None
+) -> methods.Workspace:
     ps = recipe.parameter_space
     assert ps is not None
-    return methods.Workspace(plan.largest, methods.workspace_slots(ps.method, ps.normalize), device)
+    return methods.Workspace(methods.slots_for(ps.method, ps.normalize), device, chunk)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,10 +254,10 @@ class ResidentTensors:
 class ResidentMerge:
     """The inputs of a parameter-space search, resident on one device, merged per candidate.
 
-    The base and source models are loaded once, as stored (a task vector is formed per tensor
+    The base and source models are loaded once, as stored (a task vector is formed per chunk
     in the workspace, exactly as the on-disk merge forms it, so both give the same bits). Each
-    :meth:`apply` writes one candidate recipe into a resident model's parameters in place: no
-    disk I/O, and no allocation beyond the workspace of the largest tensor.
+    :meth:`apply` writes one candidate recipe straight into a resident model's parameters: no
+    disk I/O, and no scratch beyond the workspace's few chunk-sized buffers.
 
         >>> rm = ResidentMerge(inputs, template_recipe, device="cuda")     # doctest: +SKIP
         >>> rm.apply(candidate_recipe, dict(model.named_parameters()))
@@ -282,31 +284,31 @@ class ResidentMerge:
         ]
         self.plan = make_plan(ps, self.inputs, has_base)
         self._structure = _structure(recipe)
-        self.ws = workspace_for(recipe, self.plan, self.device)
+        self.ws = workspace_for(recipe, self.device)
 
-    def tensors(self, recipe: Recipe, copied: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
-        """The merged tensors of ``recipe`` (views valid until the next item)."""
+    @torch.no_grad()
+    def apply(self, recipe: Recipe, params: Mapping[str, torch.Tensor]) -> int:
+        """Write ``recipe``'s merged language-model tensors into ``params`` (by name) in place.
+
+        Tensors copied unchanged from the primary model (a VLM's vision tower) are not written:
+        they never change between candidates. Returns how many tensors were written.
+        """
         if _structure(recipe) != self._structure:
             raise EvohubError(
                 "this recipe merges other models or another method than the resident inputs"
             )
-        return merged_tensors(recipe, self.plan, self.inputs, self.ws, copied=copied)
-
-    @torch.no_grad()
-    def apply(
-        self, recipe: Recipe, params: Mapping[str, torch.Tensor], skip_copied: bool = True
-    ) -> int:
-        """Write ``recipe``'s merged tensors into ``params`` (by output name) in place.
-
-        Tensors copied unchanged from the primary model (a VLM's vision tower) are written only
-        when ``skip_copied`` is False: they never change between candidates. Returns how many
-        tensors were written.
-        """
         n = 0
-        for name, t in self.tensors(recipe, copied=not skip_copied):
-            if name not in params:
-                raise EvohubError(f"the resident model has no parameter {name!r}")
-            params[name].copy_(t)
+        for task in self.plan.tasks:
+            if task.key is None:
+                continue
+            dest = params.get(task.name)
+            if dest is None:
+                raise EvohubError(f"the resident model has no parameter {task.name!r}")
+            if dest.device != self.device or not dest.is_contiguous():
+                raise EvohubError(
+                    f"parameter {task.name!r} must be contiguous and on {self.device}"
+                )
+            merge_into(recipe, self.plan, task, self.inputs, dest, self.ws)
             n += 1
         return n
 
