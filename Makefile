@@ -27,7 +27,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check evohub tests
 
 demo: $(STAMP)
-	$(VENV)/bin/evohub validate jobs/*.yaml
+	$(VENV)/bin/evohub validate -q jobs/*.yaml
+	$(VENV)/bin/evohub demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -119,6 +119,14 @@ def cmd_export_mergekit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from evohub.demo import run
+
+    return run(Path(args.dir), seed=args.seed)
+
+
 def _device(name: str) -> str:
     if name == "auto":
         import torch
@@ -232,6 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="decoder layers of the model (read from a local config if omitted)",
     )
+
+    p = add(
+        "demo",
+        cmd_demo,
+        "run the embedded default job on a tiny local world",
+        "Build a tiny local world (a random Mistral base and two fine-tunes, with a tokenizer),\n"
+        "then run every stage evohub has on it: validate, plan, merge, export to mergekit, load\n"
+        "and generate. Offline, deterministic from --seed, seconds on a CPU.",
+    )
+    p.add_argument("--dir", default=".cache/evohub-demo", help="where the world is built (default .cache/evohub-demo)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the world and the merge (default 0)")
     return parser
 
 

@@ -11,7 +11,8 @@ Memory model (weights only; the scoring backend's KV cache comes on top):
 - PS in memory: the base and K task vectors stay resident in the job's dtype, plus the resident
   model the candidates are written into: (K + 2) x P x bytes (K + 1 for ``linear``: no base).
 - DFS: the layers of A and B stay resident and paths are executed over them: (P_a + P_b) x bytes.
-- Streaming merge to disk (host RAM): (K + 1) float32 copies of the largest tensor plus one shard.
+- Streaming merge to disk (host RAM): the largest tensor of each input as stored, the merged
+  tensor, and one output shard (the arithmetic runs in cache-sized chunks).
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ def make_plan(spec: JobSpec, configs: dict[str, dict] | None = None) -> Plan:
 
     K = len(spec.sources)
     largest_tensor = max(max(s.vocab * s.hidden, s.per_layer // 4) for s in sources)
-    host = (K + 1) * largest_tensor * 4 + min(SHARD_BYTES, out_params * b)
+    stored = max(dtype_bytes(s.stored_dtype) for s in sources)
+    host = (K + 1) * largest_tensor * stored + largest_tensor * b + min(SHARD_BYTES, out_params * b)
     evals = sum(s.evaluations or 0 for s in stages)
     output_bytes = out_params * b
     download = sum(s.bytes for s in sources)

@@ -21,7 +21,7 @@ PROBLEM = re.compile(r"^.+:\d+: .+: .+$")
 def test_help_lists_commands_and_each_command_has_help(run_cli):
     code, out, _ = run_cli("--help")
     assert code == 0 and "validate" in out and "plan" in out
-    for cmd in ("validate", "plan"):
+    for cmd in ("validate", "plan", "merge", "export-mergekit", "demo"):
         code, out, _ = run_cli(cmd, "--help")
         assert code == 0 and f"usage: evohub {cmd}" in out
 
@@ -258,3 +258,11 @@ def test_fuzz_tree_mutations(run_cli, seed, rnd, value):
 @given(text=st.lists(st.sampled_from(ALPHABET), max_size=60).map("".join))
 def test_fuzz_random_text(run_cli, text):
     _check(run_cli, text)
+
+
+def test_demo_runs_every_existing_stage(tmp_path, run_cli):
+    code, out, err = run_cli("demo", "--dir", tmp_path / "world", "--seed", "1")
+    assert code == 0, err
+    assert "demo complete" in out and "merge_method: dare_ties" in out
+    merged = tmp_path / "world" / "merged"
+    assert (merged / "model.safetensors.index.json").is_file() and (merged / "recipe.yaml").is_file()

@@ -24,7 +24,9 @@ def test_dare_mask_identical_on_cpu_and_gpu():
     masks = []
     for dev in ("cpu", "cuda"):
         x = torch.ones(n, device=dev)
-        methods.dare_(x, 0.37, key, methods.Workspace(n, 1, dev))
+        ws = methods.Workspace(0, dev, chunk=1 << 20)
+        for s, e in ws.spans(n):
+            methods.dare_(x[s:e], s, 0.37, key, ws)
         masks.append((x != 0).cpu())
     assert torch.equal(masks[0], masks[1])
 

@@ -460,6 +460,17 @@ def test_pickle_only_directory_is_refused(tmp_path):
         CheckpointReader(d)
 
 
+def test_corrupt_safetensors_is_one_line_error(tmp_path):
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
+    with pytest.raises(EvohubError, match=r"model.safetensors: not a readable safetensors file"):
+        CheckpointReader(d)
+    (d / "model.safetensors").write_bytes(b"\x02")
+    with pytest.raises(EvohubError, match="not a readable safetensors file"):
+        CheckpointReader(d)
+
+
 def test_cli_merge_and_refuse_to_overwrite(worlds, tmp_path, run_cli):
     root = worlds["bf16"]
     r = tmp_path / "recipe.yaml"

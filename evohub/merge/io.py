@@ -12,11 +12,13 @@ refused with a message saying so.
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from evohub.errors import EvohubError
 
@@ -28,10 +30,49 @@ _ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32
               "F8_E5M2": torch.float8_e5m2}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _Entry:
+    file: Path
+    offset: int  # absolute byte offset of the data in the file
+    nbytes: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+def read_header(path: Path) -> dict[str, _Entry]:
+    """The tensor table of a safetensors file (8-byte little-endian length, then JSON)."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100 << 20:
+                raise ValueError(f"header of {n} bytes")
+            header = json.loads(f.read(n))
+        size = path.stat().st_size
+        out = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, stop = info["data_offsets"]
+            dtype = _ST_DTYPES[info["dtype"]]
+            shape = tuple(int(d) for d in info["shape"])
+            nbytes = stop - start
+            if nbytes != math.prod(shape) * torch.empty(0, dtype=dtype).element_size() or 8 + n + stop > size:
+                raise ValueError(f"tensor {name!r} has inconsistent offsets")
+            out[name] = _Entry(path, 8 + n + start, nbytes, dtype, shape)
+        return out
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+        raise EvohubError(f"{path}: not a readable safetensors file ({e})") from e
+
+
 class CheckpointReader:
-    """Tensor names, shapes and dtypes from safetensors headers; tensor data read on demand."""
+    """Tensor names, shapes and dtypes from safetensors headers; tensor data read on demand.
+
+    :meth:`get` reads one tensor into fresh memory with positioned reads (no memory map), so the
+    memory a merge holds is the tensors it is working on, whatever the size of the inputs.
+    """
 
     def __init__(self, directory: str | Path):
+        self._fds: dict[Path, int] = {}
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise EvohubError(f"{self.directory}: no such model directory")
@@ -57,61 +98,64 @@ class CheckpointReader:
                     "safetensors only — convert the checkpoint or use a revision that has safetensors"
                 )
             raise EvohubError(f"{self.directory}: no *.safetensors weights")
-        self._handles: dict[str, object] = {}
-        self._where: dict[str, str] = {}
+        self._entries: dict[str, _Entry] = {}
         for f in files:
             path = self.directory / f
             if not path.is_file():
                 raise EvohubError(f"{index}: lists {f}, which is missing")
-            h = self._open(f)
-            for name in h.keys():  # noqa: SIM118 - safe_open has no __iter__
+            for name, entry in read_header(path).items():
                 if weight_map is None or weight_map.get(name) == f:
-                    self._where[name] = f
-
-    def _open(self, f: str):
-        if f not in self._handles:
-            try:
-                self._handles[f] = safe_open(str(self.directory / f), framework="pt", device="cpu")
-            except Exception as e:  # safetensors raises SafetensorError for corrupt headers
-                raise EvohubError(
-                    f"{self.directory / f}: cannot read safetensors header: {e}"
-                ) from e
-        return self._handles[f]
+                    self._entries[name] = entry
 
     def names(self) -> list[str]:
-        return list(self._where)
+        return list(self._entries)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._where
+        return name in self._entries
 
-    def _slice(self, name: str):
+    def _entry(self, name: str) -> _Entry:
         try:
-            f = self._where[name]
+            return self._entries[name]
         except KeyError:
             raise EvohubError(f"{self.directory}: has no tensor {name!r}") from None
-        return self._open(f).get_slice(name)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._slice(name).get_shape())
+        return self._entry(name).shape
 
     def dtype(self, name: str) -> torch.dtype:
-        return _ST_DTYPES[self._slice(name).get_dtype()]
+        return self._entry(name).dtype
 
     def get(self, name: str) -> torch.Tensor:
-        """The tensor, copied out of the file into memory."""
-        self._slice(name)  # raises the one-line error for an unknown name
-        return self._open(self._where[name]).get_tensor(name)
+        """The tensor, read from its file into new memory."""
+        e = self._entry(name)
+        fd = self._fds.get(e.file)
+        if fd is None:
+            fd = self._fds[e.file] = os.open(e.file, os.O_RDONLY)
+        out = torch.empty(e.nbytes, dtype=torch.uint8)
+        view = memoryview(out.numpy())
+        done = 0
+        while done < e.nbytes:
+            got = os.preadv(fd, [view[done:]], e.offset + done)
+            if got <= 0:
+                raise EvohubError(f"{e.file}: file ended inside tensor {name!r}")
+            done += got
+        return out.view(e.dtype).view(e.shape)
 
     def nbytes(self) -> int:
-        return sum((self.directory / f).stat().st_size for f in set(self._where.values()))
+        return sum(e.nbytes for e in self._entries.values())
 
     def close(self) -> None:
-        self._handles.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def __enter__(self) -> CheckpointReader:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
         self.close()
 
 

@@ -61,11 +61,19 @@ def slots_for(method: str, normalize: bool) -> int:
     return 1  # linear, slerp
 
 
+def resolve_device(device: torch.device | str) -> torch.device:
+    """``cuda`` → ``cuda:<current>``, so devices compare equal to tensors' devices."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
 class Workspace:
     """Chunk-sized scratch buffers, reused for every chunk of every tensor."""
 
     def __init__(self, slots: int, device: torch.device | str = "cpu", chunk: int | None = None):
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.chunk = chunk or CHUNK.get(self.device.type, CHUNK["cuda"])
         dev = self.device
         self.mask_slot = slots  # one more float32 buffer, for DARE's keep mask

@@ -277,7 +277,7 @@ class ResidentMerge:
                     needed[i].append(m.by_lm_name[t.key])
                 elif t.key is None and i == plan.primary:
                     needed[i].append(t.name)
-        self.device = torch.device(device)
+        self.device = methods.resolve_device(device)
         self.inputs = [
             Model(m.label, ResidentTensors(m.tensors, names, self.device), m.config)
             for m, names in zip(inputs, needed, strict=True)
