@@ -19,29 +19,29 @@ from pathlib import Path
 
 import torch
 
-from evohub.merge.ps import Model, ResidentMerge
 from evohub.merge.methods import Workspace, slots_for
+from evohub.merge.ps import Model, ResidentMerge
 from evohub.spec import Recipe
 
-H, I, V, KV = 4096, 14336, 32000, 1024
+HIDDEN, INTER, VOCAB, KV = 4096, 14336, 32000, 1024
 
 
 def shapes(layers: int) -> dict[str, tuple[int, ...]]:
-    out = {"model.embed_tokens.weight": (V, H)}
+    out = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
     for i in range(layers):
         p = f"model.layers.{i}."
         out |= {
-            p + "self_attn.q_proj.weight": (H, H),
-            p + "self_attn.k_proj.weight": (KV, H),
-            p + "self_attn.v_proj.weight": (KV, H),
-            p + "self_attn.o_proj.weight": (H, H),
-            p + "mlp.gate_proj.weight": (I, H),
-            p + "mlp.up_proj.weight": (I, H),
-            p + "mlp.down_proj.weight": (H, I),
-            p + "input_layernorm.weight": (H,),
-            p + "post_attention_layernorm.weight": (H,),
+            p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
+            p + "self_attn.k_proj.weight": (KV, HIDDEN),
+            p + "self_attn.v_proj.weight": (KV, HIDDEN),
+            p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+            p + "mlp.gate_proj.weight": (INTER, HIDDEN),
+            p + "mlp.up_proj.weight": (INTER, HIDDEN),
+            p + "mlp.down_proj.weight": (HIDDEN, INTER),
+            p + "input_layernorm.weight": (HIDDEN,),
+            p + "post_attention_layernorm.weight": (HIDDEN,),
         }
-    return out | {"model.norm.weight": (H,), "lm_head.weight": (V, H)}
+    return out | {"model.norm.weight": (HIDDEN,), "lm_head.weight": (VOCAB, HIDDEN)}
 
 
 class Tensors:
@@ -62,7 +62,9 @@ class Tensors:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--runs", type=int, default=5)
     a = p.parse_args()
@@ -73,7 +75,20 @@ def main() -> None:
     cfg = {"model_type": "mistral", "num_hidden_layers": a.layers}
     inputs = [Model("base", Tensors(base), cfg)]
     for k in range(3):
-        inputs.append(Model(f"src{k}", Tensors({n: (t.float() + 0.002 * torch.randn(t.shape, device=dev, generator=g)).bfloat16() for n, t in base.items()}), cfg))
+        inputs.append(
+            Model(
+                f"src{k}",
+                Tensors(
+                    {
+                        n: (
+                            t.float() + 0.002 * torch.randn(t.shape, device=dev, generator=g)
+                        ).bfloat16()
+                        for n, t in base.items()
+                    }
+                ),
+                cfg,
+            )
+        )
     tmp = Path(tempfile.mkdtemp())
     for d in ("b", "s0", "s1", "s2"):
         (tmp / d).mkdir()

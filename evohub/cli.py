@@ -249,8 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
         "then run every stage evohub has on it: validate, plan, merge, export to mergekit, load\n"
         "and generate. Offline, deterministic from --seed, seconds on a CPU.",
     )
-    p.add_argument("--dir", default=".cache/evohub-demo", help="where the world is built (default .cache/evohub-demo)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the world and the merge (default 0)")
+    p.add_argument(
+        "--dir",
+        default=".cache/evohub-demo",
+        help="where the world is built (default .cache/evohub-demo)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the world and the merge (default 0)"
+    )
     return parser
 
 

@@ -23,7 +23,9 @@ def _tokenizer(path: Path) -> None:
     words = {f"w{i}": i for i in range(VOCAB - 2)} | {"<unk>": VOCAB - 2, "</s>": VOCAB - 1}
     tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>").save_pretrained(path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", eos_token="</s>"
+    ).save_pretrained(path)
 
 
 def build_world(root: Path, seed: int = 0) -> dict[str, Path]:
@@ -129,6 +131,6 @@ def run(root: Path, seed: int = 0) -> int:
     tok = AutoTokenizer.from_pretrained(root / "merged")
     ids = tok("w1 w2 w3", return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=6, do_sample=False)
-    console.print(f"prompt 'w1 w2 w3' → {tok.decode(out[0, ids.shape[1]:])!r}")
+    console.print(f"prompt 'w1 w2 w3' → {tok.decode(out[0, ids.shape[1] :])!r}")
     console.print("\n[green]demo complete[/green]: every stage that exists ran on the local world.")
     return 0

@@ -265,4 +265,6 @@ def test_demo_runs_every_existing_stage(tmp_path, run_cli):
     assert code == 0, err
     assert "demo complete" in out and "merge_method: dare_ties" in out
     merged = tmp_path / "world" / "merged"
-    assert (merged / "model.safetensors.index.json").is_file() and (merged / "recipe.yaml").is_file()
+    assert (merged / "model.safetensors.index.json").is_file() and (
+        merged / "recipe.yaml"
+    ).is_file()
