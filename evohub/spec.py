@@ -27,7 +27,7 @@ import types
 import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -50,19 +50,15 @@ from evohub.yamlio import Loc, YamlDoc, dump_yaml, format_loc, read_yaml
 # ----------------------------------------------------------------------------------------------
 # Vocabulary shared by both documents
 
-MERGE_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp")
 DELTA_METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear")  # need a base model
 DENSITY_METHODS = ("ties", "dare_ties", "dare_linear")
-DTYPES = ("bfloat16", "float16", "float32")
 #: Domains the values of each merge parameter must lie in (bounds in a job spec too).
 WEIGHT_DOMAIN = (-10.0, 10.0)  # a sanity limit: task vectors scaled beyond this are noise
 SLERP_WEIGHT_DOMAIN = (0.0, 1.0)
 DENSITY_DOMAIN = (0.0, 1.0)
 SCALE_DOMAIN = (0.0, 10.0)  # DFS hidden-state scales; must be > 0 (the fold divides by them)
 
-FITNESS_TASKS = ("ja-math", "ja-vqa")
 EVAL_SUITES = ("mgsm-ja", "jp-lmeh", "ja-vg-vqa-500", "ja-vlm-bench-itw", "jcola")
-CARD_TEMPLATES = ("llm", "vlm")
 
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _REPO_ID = re.compile(r"^(?:[A-Za-z0-9](?:[\w.-]{0,94}[\w])?/)?[A-Za-z0-9](?:[\w.-]{0,94}[\w])?$")
@@ -312,7 +308,6 @@ class DFSRecipe(Frozen):
 class Recipe(Frozen):
     """One concrete merge. ``evohub merge recipe.yaml --out DIR`` rebuilds it bit-for-bit."""
 
-    kind: ClassVar[str] = "recipe"
     evohub_recipe: Literal[1]
     base_model: ModelRef | None = None
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
@@ -608,7 +603,6 @@ class Publish(Frozen):
 class JobSpec(Frozen):
     """A whole evolution job: sources, search spaces, optimiser budgets, fitness, eval, publish."""
 
-    kind: ClassVar[str] = "job spec"
     evohub_job: Literal[1]
     name: Name
     description: str = ""

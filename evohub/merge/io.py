@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -70,12 +71,13 @@ def read_header(path: Path) -> dict[str, _Entry]:
 class CheckpointReader:
     """Tensor names, shapes and dtypes from safetensors headers; tensor data read on demand.
 
-    :meth:`get` reads one tensor into fresh memory with positioned reads (no memory map), so the
-    memory a merge holds is the tensors it is working on, whatever the size of the inputs.
+    :meth:`get` returns a zero-copy view of the memory-mapped file; :meth:`release` tells the
+    kernel this process is done with a tensor's pages, so a streaming merge holds only the
+    tensors it is working on, whatever the size of the inputs (the page cache keeps the data).
     """
 
     def __init__(self, directory: str | Path):
-        self._fds: dict[Path, int] = {}
+        self._maps: dict[Path, mmap.mmap] = {}
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise EvohubError(f"{self.directory}: no such model directory")
@@ -128,37 +130,46 @@ class CheckpointReader:
     def dtype(self, name: str) -> torch.dtype:
         return self._entry(name).dtype
 
+    def _map(self, path: Path) -> mmap.mmap:
+        mm = self._maps.get(path)
+        if mm is None:
+            with open(path, "rb") as f:
+                # copy-on-write: writable for torch.frombuffer, never written back
+                mm = self._maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        return mm
+
     def get(self, name: str) -> torch.Tensor:
-        """The tensor, read from its file into new memory."""
+        """The tensor, as a view of the memory-mapped file (copy it to keep it past close())."""
         e = self._entry(name)
-        fd = self._fds.get(e.file)
-        if fd is None:
-            fd = self._fds[e.file] = os.open(e.file, os.O_RDONLY)
-        out = torch.empty(e.nbytes, dtype=torch.uint8)
-        view = memoryview(out.numpy())
-        done = 0
-        while done < e.nbytes:
-            got = os.preadv(fd, [view[done:]], e.offset + done)
-            if got <= 0:
-                raise EvohubError(f"{e.file}: file ended inside tensor {name!r}")
-            done += got
-        return out.view(e.dtype).view(e.shape)
+        if e.nbytes == 0:
+            return torch.empty(e.shape, dtype=e.dtype)
+        raw = torch.frombuffer(
+            self._map(e.file), dtype=torch.uint8, count=e.nbytes, offset=e.offset
+        )
+        return raw.view(e.dtype).view(e.shape)
+
+    def release(self, name: str) -> None:
+        """Drop this process's pages of a tensor read with :meth:`get` (the data stays cached)."""
+        e = self._entry(name)
+        mm = self._maps.get(e.file)
+        if mm is None or not hasattr(mm, "madvise"):
+            return
+        start = -(-e.offset // mmap.PAGESIZE) * mmap.PAGESIZE
+        stop = (e.offset + e.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if stop > start:
+            mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
     def nbytes(self) -> int:
         return sum(e.nbytes for e in self._entries.values())
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        """Forget the file maps; each is unmapped once no tensor from :meth:`get` views it."""
+        self._maps.clear()
 
     def __enter__(self) -> CheckpointReader:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
         self.close()
 
 

@@ -39,6 +39,7 @@ class TensorSource(Protocol):
     def shape(self, name: str) -> tuple[int, ...]: ...
     def dtype(self, name: str) -> torch.dtype: ...
     def get(self, name: str) -> torch.Tensor: ...
+    def release(self, name: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,9 @@ def merged_tensors(
             continue
         out = torch.empty(task.shape, dtype=dtype, device=ws.device)
         merge_into(recipe, plan, task, inputs, out, ws)
+        for m in inputs:
+            if task.key in m.by_lm_name:
+                m.tensors.release(m.by_lm_name[task.key])
         yield task.name, out.cpu()
 
 
@@ -236,7 +240,7 @@ class ResidentTensors:
     def __init__(
         self, reader: TensorSource, names: Sequence[str], device: torch.device | str = "cpu"
     ):
-        self._t = {n: reader.get(n).to(device) for n in names}
+        self._t = {n: reader.get(n).to(device, copy=True) for n in names}
 
     def names(self) -> list[str]:
         return list(self._t)
@@ -249,6 +253,9 @@ class ResidentTensors:
 
     def get(self, name: str) -> torch.Tensor:
         return self._t[name]
+
+    def release(self, name: str) -> None:
+        """Resident tensors stay."""
 
 
 class ResidentMerge:
