@@ -213,6 +213,7 @@ def main() -> None:
                 check=True,
             )
         results[f"read_floor_s_{layers}L"] = read_floor(root, a.runs)
+        results[f"params_{layers}L"] = json.loads((root / "info.json").read_text())["params"]
         for method in ("linear", "ties", "dare_ties"):
             recipe, mkcfg = write_configs(root, method)
             ev_out, mk_out = root / f"evohub_{method}", root / f"mergekit_{method}"
@@ -234,26 +235,26 @@ def main() -> None:
             }
             row["wall_ratio"] = row["evohub_wall_s"] / row["mergekit_wall_s"]
             row["rss_ratio"] = row["evohub_rss_mb"] / row["mergekit_rss_mb"]
-            if layers == sizes[0]:
-                tmp = root / "inproc"
-                row["evohub_inprocess_s"] = float(subprocess.run(
-                    [sys.executable, "-c", EVOHUB_INPROC, str(recipe), str(tmp), str(a.runs)],
+            # in-process timings at every size (for scaling); the rest at the first size
+            tmp = root / "inproc"
+            row["evohub_inprocess_s"] = float(subprocess.run(
+                [sys.executable, "-c", EVOHUB_INPROC, str(recipe), str(tmp), str(a.runs)],
+                check=True, capture_output=True, text=True).stdout.split()[-1])  # fmt: skip
+            row["mergekit_inprocess_s"] = float(subprocess.run(
+                [python_of(a.mergekit_venv), "-c", MERGEKIT_INPROC, str(mkcfg), str(tmp), str(a.runs)],
+                check=True, capture_output=True, text=True).stdout.split()[-1])  # fmt: skip
+            row["inprocess_vs_floor"] = (
+                row["evohub_inprocess_s"] / results[f"read_floor_s_{layers}L"]
+            )
+            if method == "dare_ties" and layers == sizes[0]:
+                row["resident_apply_s"] = float(subprocess.run(
+                    [sys.executable, "-c", RESIDENT, str(recipe), str(a.runs)],
                     check=True, capture_output=True, text=True).stdout.split()[-1])  # fmt: skip
-                row["mergekit_inprocess_s"] = float(subprocess.run(
-                    [python_of(a.mergekit_venv), "-c", MERGEKIT_INPROC, str(mkcfg), str(tmp), str(a.runs)],
-                    check=True, capture_output=True, text=True).stdout.split()[-1])  # fmt: skip
-                row["inprocess_vs_floor"] = (
-                    row["evohub_inprocess_s"] / results[f"read_floor_s_{layers}L"]
+                row["resident_vs_mergekit_inprocess"] = (
+                    row["resident_apply_s"] / row["mergekit_inprocess_s"]
                 )
-                if method == "dare_ties":
-                    row["resident_apply_s"] = float(subprocess.run(
-                        [sys.executable, "-c", RESIDENT, str(recipe), str(a.runs)],
-                        check=True, capture_output=True, text=True).stdout.split()[-1])  # fmt: skip
-                    row["resident_vs_mergekit_inprocess"] = (
-                        row["resident_apply_s"] / row["mergekit_inprocess_s"]
-                    )
-                if method in ("linear", "ties"):
-                    row["equality"] = compare_in_child(root, method, ev_out, mk_out)
+            if method in ("linear", "ties") and layers == sizes[0]:
+                row["equality"] = compare_in_child(root, method, ev_out, mk_out)
             results["methods"][f"{method}@{layers}L"] = row
             print(method, layers, json.dumps(row), flush=True)
         if layers == sizes[0]:  # task_arithmetic: equality only
@@ -291,6 +292,11 @@ def print_table(r: dict) -> None:
         if "equality" in row:
             print(f"{key}: equality {row['equality']}")
     print("task_arithmetic equality", r.get("task_arithmetic_equality"))
+    if "params_16L" in r:
+        ratio = r["params_16L"] / r["params_8L"]
+        for m in ("linear", "ties", "dare_ties"):
+            t8, t16 = (r["methods"][f"{m}@{n}L"]["evohub_inprocess_s"] for n in (8, 16))
+            print(f"scaling {m}: in-process time x{t16 / t8:.2f} for x{ratio:.2f} parameters (8 -> 16 layers)")
     for k, v in r.items():
         if k.startswith("read_floor"):
             print(f"{k}: {v:.3f}")
