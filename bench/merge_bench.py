@@ -296,7 +296,9 @@ def print_table(r: dict) -> None:
         ratio = r["params_16L"] / r["params_8L"]
         for m in ("linear", "ties", "dare_ties"):
             t8, t16 = (r["methods"][f"{m}@{n}L"]["evohub_inprocess_s"] for n in (8, 16))
-            print(f"scaling {m}: in-process time x{t16 / t8:.2f} for x{ratio:.2f} parameters (8 -> 16 layers)")
+            print(
+                f"scaling {m}: in-process time x{t16 / t8:.2f} for x{ratio:.2f} parameters (8 -> 16 layers)"
+            )
     for k, v in r.items():
         if k.startswith("read_floor"):
             print(f"{k}: {v:.3f}")

@@ -44,7 +44,7 @@ from pydantic import (
 )
 from pydantic.functional_serializers import PlainSerializer
 
-from evohub.errors import SpecError
+from evohub.errors import EvohubError, SpecError
 from evohub.yamlio import Loc, YamlDoc, dump_yaml, format_loc, read_yaml
 
 # ----------------------------------------------------------------------------------------------
@@ -66,8 +66,8 @@ _SPLIT = re.compile(r"^[A-Za-z_][\w-]*(\[[-\d%:\s]*\])?$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
-class _Invalid(Exception):
-    """Raised by the whole-document checks with exact field paths; turned into SpecError."""
+class _Invalid(EvohubError):  # not a ValueError, so pydantic lets it through
+    """Raised by the whole-document checks with exact field paths (a SpecError when loading)."""
 
     def __init__(self, problems: list[tuple[Loc, str]]):
         self.problems = problems

@@ -197,24 +197,62 @@ def merge_into(
     )
 
 
+class MergedTensors:
+    """The merged model as a :class:`TensorSource`: each tensor is merged when it is asked for.
+
+    Merged tensors are new CPU tensors in ``dtype`` (what a merged checkpoint would hold);
+    tensors outside the language model (a VLM's vision tower) are the primary model's,
+    converted. After a tensor is merged the inputs' pages for it are released.
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        plan: Plan,
+        inputs: Sequence[Model],
+        ws: methods.Workspace,
+        dtype: torch.dtype,
+    ):
+        self.recipe, self.plan, self.inputs, self.ws, self._dtype = recipe, plan, inputs, ws, dtype
+        self._tasks = {t.name: t for t in plan.tasks}
+
+    def names(self) -> list[str]:
+        return list(self._tasks)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._tasks[name].shape
+
+    def dtype(self, name: str) -> torch.dtype:
+        task = self._tasks[name]
+        return (
+            self._dtype
+            if task.key is not None
+            else self.inputs[self.plan.primary].tensors.dtype(name)
+        )
+
+    def get(self, name: str) -> torch.Tensor:
+        task = self._tasks[name]
+        if task.key is None:
+            t = self.inputs[self.plan.primary].tensors.get(name)
+            return t.to(self._dtype) if t.is_floating_point() else t
+        out = torch.empty(task.shape, dtype=self._dtype, device=self.ws.device)
+        merge_into(self.recipe, self.plan, task, self.inputs, out, self.ws)
+        for m in self.inputs:
+            if task.key in m.by_lm_name:
+                m.tensors.release(m.by_lm_name[task.key])
+        return out.cpu()
+
+    def release(self, name: str) -> None:
+        """Nothing is kept."""
+
+
 def merged_tensors(
     recipe: Recipe, plan: Plan, inputs: Sequence[Model], ws: methods.Workspace, dtype: torch.dtype
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (output name, new CPU tensor in ``dtype``) for every tensor of the merged model.
-
-    Tensors outside the language model (a VLM's vision tower) are the primary model's, converted.
-    """
-    for task in plan.tasks:
-        if task.key is None:
-            t = inputs[plan.primary].tensors.get(task.name)
-            yield task.name, t.to(dtype) if t.is_floating_point() else t
-            continue
-        out = torch.empty(task.shape, dtype=dtype, device=ws.device)
-        merge_into(recipe, plan, task, inputs, out, ws)
-        for m in inputs:
-            if task.key in m.by_lm_name:
-                m.tensors.release(m.by_lm_name[task.key])
-        yield task.name, out.cpu()
+    """Yield (output name, new CPU tensor in ``dtype``) for every tensor of the merged model."""
+    merged = MergedTensors(recipe, plan, inputs, ws, dtype)
+    for name in merged.names():
+        yield name, merged.get(name)
 
 
 def _fetch(m: Model, key: str, device: torch.device) -> torch.Tensor:

