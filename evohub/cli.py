@@ -119,12 +119,66 @@ def cmd_export_mergekit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from evohub.job import run_job
+
+    summary = run_job(
+        args.job,
+        args.run_dir,
+        resume=args.resume,
+        max_evals=args.max_evals,
+        device=_device(args.device),
+        ray_actors=args.ray,
+        progress=not args.quiet,
+    )
+    table = Table(
+        "stage",
+        "evaluations",
+        "generations",
+        "failed",
+        "best fitness",
+        "validation",
+        "time",
+        title=f"run {summary.run_dir}",
+    )
+    for st in summary.stages:
+        val = f"{st.validation:.4g}" if st.validation is not None else "-"
+        table.add_row(
+            st.stage,
+            str(st.evaluations),
+            str(st.generations),
+            str(st.failed),
+            f"{st.best_fitness:.4g}",
+            val,
+            f"{st.seconds:.1f} s",
+        )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"recipe: {summary.run_dir / 'recipe.yaml'}\nmodel:  {summary.model_dir}\nfitness curve: {summary.run_dir / 'fitness.png'}"
+    )
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from evohub.demo import run
 
     return run(Path(args.dir), seed=args.seed)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
 
 
 def _device(name: str) -> str:
@@ -240,6 +294,35 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="decoder layers of the model (read from a local config if omitted)",
     )
+
+    p = add(
+        "run",
+        cmd_run,
+        "run a job: pull, evolve, merge the best",
+        "Run a job spec in a run directory (default runs/<name>): pull the sources (pinned in\n"
+        "job.lock.yaml), evolve each search stage with CMA-ES (every candidate appended to\n"
+        "candidates.jsonl, a checkpoint after every generation), choose the best (on the\n"
+        "validation split when the spec has one), write recipe.yaml and fitness.png, and merge the\n"
+        "winner into model/. --resume continues a stopped run exactly where it was; nothing\n"
+        "already evaluated is evaluated again.",
+    )
+    p.add_argument("job", metavar="JOB", help="job spec (jobs/*.yaml)")
+    p.add_argument("--run-dir", metavar="DIR", help="run directory (default runs/<job name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument(
+        "--max-evals",
+        type=_positive,
+        metavar="N",
+        help="cap each stage's evaluations (below the spec's budget)",
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    p.add_argument(
+        "--ray",
+        type=int,
+        metavar="N",
+        help="evaluate on N Ray actors (RAY_ADDRESS joins a cluster; one GPU each on cuda)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     p = add(
         "demo",

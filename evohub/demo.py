@@ -1,10 +1,12 @@
 """The embedded default: a tiny local world and every stage of a job that exists so far.
 
 ``evohub demo`` builds, in ``--dir`` (default ``.cache/evohub-demo``), a random tiny Mistral base
-and two fine-tunes of it (safetensors, with a tokenizer), writes a job spec and a recipe for
-them, and runs what evohub can do today on that world: validate → plan → merge (dare_ties) →
-export the recipe to mergekit → load the merged model with transformers and generate.
-Everything is deterministic from ``--seed``, offline, and takes seconds on a CPU.
+and two fine-tunes of it (safetensors, with a tokenizer) and a text set, writes a job spec for
+them, and runs what evohub can do today on that world: validate → plan → run (evolve a
+dare_ties merge, then a layer path through it, scored by language-model loss; merge the
+winner) → export the recipe to mergekit → load the evolved model and generate. Deterministic
+from ``--seed``, offline, seconds on a CPU. (The demo of the full job, where the evolved merge
+gains a skill no source has, replaces this world when it lands.)
 """
 
 from __future__ import annotations
@@ -58,39 +60,41 @@ def build_world(root: Path, seed: int = 0) -> dict[str, Path]:
 JOB = """\
 evohub_job: 1
 name: demo
-description: A tiny local world; evolution, evaluation and publishing join as they land.
+description: A tiny local world; the skill world of the full demo replaces it.
 seed: {seed}
 base_model: {{path: base}}
 sources:
   - {{name: a, path: ft-a}}
   - {{name: b, path: ft-b}}
-dtype: bfloat16
+dtype: float32
 tokenizer_source: base
 parameter_space:
   method: dare_ties
   layer_groups: 2
   weight: {{bounds: [0, 1]}}
   density: {{bounds: [0.1, 1]}}
-  optimizer: {{max_evals: 40, popsize: 8}}
+  optimizer: {{max_evals: 32, popsize: 8}}
+data_flow_space:
+  a: ps
+  b: b
+  repeats: 2
+  optimizer: {{max_evals: 16, popsize: 8}}
 fitness:
-  task: ja-math
-  data: {{path: data.jsonl}}
-  backend: hf
+  task: lm-loss
+  data: {{path: data.jsonl, split: "train[:48]"}}
+  validation: {{path: data.jsonl, split: "train[48:]"}}
 """
 
-RECIPE = """\
-evohub_recipe: 1
-base_model: {{path: base}}
-dtype: bfloat16
-seed: {seed}
-tokenizer_source: base
-parameter_space:
-  method: dare_ties
-  layer_groups: 2
-  models:
-    - {{source: {{path: ft-a}}, weight: [0.8, 0.3], density: 0.7}}
-    - {{source: {{path: ft-b}}, weight: [0.2, 0.9], density: [0.5, 0.9]}}
-"""
+
+def _texts(seed: int, n: int = 64) -> str:
+    import random
+
+    rng = random.Random(seed)
+    rows = [
+        json.dumps({"text": " ".join(f"w{rng.randrange(VOCAB - 2)}" for _ in range(16))})
+        for _ in range(n)
+    ]
+    return "\n".join(rows) + "\n"
 
 
 def run(root: Path, seed: int = 0) -> int:
@@ -110,25 +114,25 @@ def run(root: Path, seed: int = 0) -> int:
     say(f"build the local world in {root} (seed {seed})")
     t = time.perf_counter()
     build_world(root, seed)
-    (root / "data.jsonl").write_text(json.dumps({"question": "w1 w2", "answer_number": 3}) + "\n")
+    (root / "data.jsonl").write_text(_texts(seed))
     (root / "job.yaml").write_text(JOB.format(seed=seed))
-    (root / "recipe.yaml").write_text(RECIPE.format(seed=seed))
     console.print(f"base + 2 fine-tunes written in {time.perf_counter() - t:.1f} s")
+    run_dir = root / "run"
     for what, args in (
-        ("validate the job spec and the recipe", ["validate", str(root / "job.yaml"), str(root / "recipe.yaml")]),
+        ("validate the job spec", ["validate", str(root / "job.yaml")]),
         ("plan the job", ["plan", str(root / "job.yaml")]),
-        ("merge the recipe (dare_ties, 2 layer groups)", ["merge", str(root / "recipe.yaml"), "--out", str(root / "merged"), "--force"]),
-        ("the recipe as a mergekit config", ["export-mergekit", str(root / "recipe.yaml")]),
+        ("run it: evolve PS (dare_ties), then DFS (layer paths), merge the winner", ["run", str(root / "job.yaml"), "--run-dir", str(run_dir), "--device", "cpu"] + (["--resume"] if (run_dir / "job.yaml").exists() else [])),
+        ("the evolved parameter-space recipe as a mergekit config", ["export-mergekit", str(run_dir / "stages" / "ps" / "recipe.yaml")]),
     ):  # fmt: skip
         say(what)
         code = cli(args)
         if code:
             return code
-    say("load the merged model with transformers and generate")
+    say("load the evolved model with transformers and generate")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(root / "merged")
-    tok = AutoTokenizer.from_pretrained(root / "merged")
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    tok = AutoTokenizer.from_pretrained(run_dir / "model")
     ids = tok("w1 w2 w3", return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=6, do_sample=False)
     console.print(f"prompt 'w1 w2 w3' → {tok.decode(out[0, ids.shape[1] :])!r}")

@@ -84,3 +84,29 @@ def snapshot(ref: ModelRef) -> Path:
             "pick a revision with safetensors or convert the model"
         )
     return path
+
+
+def pull(models: list[tuple[str, ModelRef]], progress: bool = False) -> list[dict]:
+    """Resolve and fetch models; returns job.lock.yaml entries (commit and local directory).
+
+    Local ``path`` models are recorded as they are; Hub models are snapshotted (safetensors and
+    configs only) and pinned to the commit their revision resolved to.
+    """
+    entries = []
+    for name, ref in models:
+        if ref.path is not None:
+            entries.append({"name": name, "path": ref.path, "local": ref.path})
+            continue
+        local = snapshot(ref)
+        entries.append(
+            {
+                "name": name,
+                "repo": ref.repo,
+                "requested": ref.revision,
+                "revision": local.name,
+                "local": str(local),
+            }
+        )
+        if progress:
+            print(f"pulled {ref.repo}@{ref.revision or 'main'} -> {local.name[:12]}")
+    return entries

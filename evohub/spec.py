@@ -341,7 +341,11 @@ class Recipe(Frozen):
         return list(dict.fromkeys(refs))
 
     def to_yaml(self) -> str:
-        return dump_yaml(self.model_dump(mode="json", exclude_none=True, exclude_defaults=False))
+        data = self.model_dump(mode="json", exclude_none=True)
+        for m in (data.get("parameter_space") or {}).get("models", []):
+            if not m.get("overrides"):
+                m.pop("overrides", None)  # the common case reads better without "overrides: []"
+        return dump_yaml(data)
 
     @classmethod
     def from_yaml(cls, text: str, filename: str = "<recipe>", base_dir: str | Path = ".") -> Recipe:
@@ -558,7 +562,7 @@ class DFSSearch(Frozen):
 class Fitness(Frozen):
     """What evolution maximises: a task on a fixed data split (and optionally a validation split)."""
 
-    task: Literal["ja-math", "ja-vqa"]
+    task: Literal["ja-math", "ja-vqa", "lm-loss"]
     data: DataRef
     validation: DataRef | None = None
     limit: int | None = Field(None, gt=0, description="fixed subset size, drawn once from the seed")

@@ -21,7 +21,7 @@ PROBLEM = re.compile(r"^.+:\d+: .+: .+$")
 def test_help_lists_commands_and_each_command_has_help(run_cli):
     code, out, _ = run_cli("--help")
     assert code == 0 and "validate" in out and "plan" in out
-    for cmd in ("validate", "plan", "merge", "export-mergekit", "demo"):
+    for cmd in ("validate", "plan", "merge", "export-mergekit", "run", "demo"):
         code, out, _ = run_cli(cmd, "--help")
         assert code == 0 and f"usage: evohub {cmd}" in out
 
@@ -264,7 +264,8 @@ def test_demo_runs_every_existing_stage(tmp_path, run_cli):
     code, out, err = run_cli("demo", "--dir", tmp_path / "world", "--seed", "1")
     assert code == 0, err
     assert "demo complete" in out and "merge_method: dare_ties" in out
-    merged = tmp_path / "world" / "merged"
-    assert (merged / "model.safetensors.index.json").is_file() and (
-        merged / "recipe.yaml"
+    run = tmp_path / "world" / "run"
+    assert (run / "model" / "model.safetensors.index.json").is_file() and (
+        run / "fitness.png"
     ).is_file()
+    assert len((run / "candidates.jsonl").read_text().splitlines()) == 32 + 16

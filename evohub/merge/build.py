@@ -155,15 +155,23 @@ def build_output(
         count = sum(1 for n in a.tensors.names() if decoder_layer_index(n) is None)
         count += sum(per_layer[who].get(layer, 0) for who, layer in dfs.path)
         arch = a
-    if ts == "base":
-        tok = dirs[0]
-    elif ts == "a":
-        tok = arch.directory
-    else:
-        tok = dirs[ts + (1 if has_base else 0)]
+    tok = arch.directory if ts == "a" else tokenizer_dir(recipe, dirs)
     return Output(
         tensors=tensors, count=count, config=config, arch_dir=arch.directory, tokenizer_dir=tok
     )
+
+
+def tokenizer_dir(recipe: Recipe, dirs: Sequence[Path]) -> Path:
+    """Directory of the tokenizer a recipe names: the base's, or a parameter-space model's.
+
+    (``a``, model A of the data-flow part, is resolved by :func:`build_output`.)
+    """
+    ts = recipe.tokenizer_source
+    if ts == "base":
+        return Path(dirs[0])
+    if isinstance(ts, int):
+        return Path(dirs[ts + (1 if recipe.base_model is not None else 0)])
+    raise EvohubError("tokenizer_source 'a' is resolved with the data-flow part")
 
 
 def _layer_sizes(src: TensorSource) -> dict[int, int]:

@@ -1,0 +1,207 @@
+"""Search spaces as vectors in [0, 1]^n: CMA-ES searches the cube, :meth:`decode` gives a Recipe.
+
+    >>> g = PSGenome.for_job(spec)                   # doctest: +SKIP
+    >>> g.dims, g.x0()[:2]
+    (6, [0.5, 0.5])
+    >>> recipe = g.decode(x)                         # a Recipe (schema 1)
+
+Parameter space: one gene per (source, layer group, parameter), parameters ``weight`` then
+``density`` (ties / dare_* only), each mapped linearly from [0, 1] to the spec's bounds. slerp
+has one gene per layer group, t, written as weights (1 − t, t).
+
+Data-flow space (the paper's DFS): the M = L_a + L_b layers of A and B laid out in order and
+repeated r times give T = M·r slots. Gene t < T is slot t's indicator (on when > 0.5); the rest
+parameterise the scale entering layer j after layer i: the M×M matrix W (``matrix``, the
+paper's), or W_ij = sqrt(u_i·v_j) from two vectors of M (``compact``). Scales map geometrically
+from [0, 1] to the spec's bounds, so 0.5 means 1.0 for bounds [0.5, 2]. The path always starts
+at A's first layer, entering it with scale 1, and ends at A's last layer: at its last selected
+slot (later slots are dropped), or appended when no slot of it is on. At most
+``max_path_length`` hops are kept: the earliest ones, then A's last layer.
+The start point switches A's first-repetition slots likely on (0.75) and the rest likely off
+(0.25), so the mean of the first generation is model A itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from evohub.spec import DENSITY_METHODS, DFSSearch, JobSpec, ModelRef, PSSearch, Recipe
+
+
+def _lin(g: float, lo: float, hi: float) -> float:
+    return lo + min(max(g, 0.0), 1.0) * (hi - lo)
+
+
+def _geo(g: float, lo: float, hi: float) -> float:
+    return lo * (hi / lo) ** min(max(g, 0.0), 1.0)
+
+
+@dataclass(frozen=True)
+class PSGenome:
+    """Parameter-space genes of a job: K sources × G layer groups × {weight[, density]}."""
+
+    search: PSSearch
+    sources: tuple[ModelRef, ...]
+    base: ModelRef | None
+    seed: int
+    dtype: str
+    tokenizer_source: str | int
+
+    @classmethod
+    def for_job(cls, spec: JobSpec, pin: Callable[[ModelRef], ModelRef] = lambda r: r) -> PSGenome:
+        """The job's parameter-space genome; ``pin`` maps references to resolved ones."""
+        ps = spec.parameter_space
+        assert ps is not None
+        names = [s.key for s in spec.sources]
+        ts = spec.tokenizer_source
+        return cls(
+            search=ps,
+            sources=tuple(pin(s.ref()) for s in spec.sources),
+            base=pin(spec.base_model) if spec.base_model else None,
+            seed=spec.seed,
+            dtype=spec.dtype,
+            tokenizer_source="base" if ts == "base" else names.index(ts),
+        )
+
+    @property
+    def dims(self) -> int:
+        G = self.search.layer_groups
+        if self.search.method == "slerp":
+            return G
+        return len(self.sources) * G * self.search.genes_per_group()
+
+    def x0(self) -> list[float]:
+        return [self.search.optimizer.x0] * self.dims
+
+    def decode(self, x: Sequence[float]) -> Recipe:
+        ps, G, K = self.search, self.search.layer_groups, len(self.sources)
+        if len(x) != self.dims:
+            raise ValueError(f"expected {self.dims} genes, got {len(x)}")
+        models: list[dict] = []
+        if ps.method == "slerp":
+            t = [_lin(x[g], *ps.weight.bounds) for g in range(G)]
+            weights = ([1 - v for v in t], t)
+            models = [{"source": self.sources[k], "weight": _one(weights[k])} for k in range(2)]
+        else:
+            per = ps.genes_per_group()
+            for k in range(K):
+                genes = [x[(k * G + g) * per : (k * G + g + 1) * per] for g in range(G)]
+                m: dict = {
+                    "source": self.sources[k],
+                    "weight": _one([_lin(gg[0], *ps.weight.bounds) for gg in genes]),
+                }
+                if ps.method in DENSITY_METHODS:
+                    assert ps.density is not None
+                    m["density"] = _one([_lin(gg[1], *ps.density.bounds) for gg in genes])
+                models.append(m)
+        return Recipe.model_validate(
+            {
+                "evohub_recipe": 1,
+                "base_model": self.base,
+                "dtype": self.dtype,
+                "seed": self.seed,
+                "tokenizer_source": self.tokenizer_source,
+                "parameter_space": {
+                    "method": ps.method,
+                    "normalize": ps.normalize,
+                    "layer_groups": G,
+                    "models": models,
+                },
+            }
+        )
+
+
+def _one(values: list[float]) -> float | list[float]:
+    """A single number when there is one layer group."""
+    return values[0] if len(values) == 1 else values
+
+
+@dataclass(frozen=True)
+class DFSGenome:
+    """Data-flow-space genes: T slot indicators, then the scale parameters."""
+
+    search: DFSSearch
+    layers_a: int
+    layers_b: int
+    a: ModelRef | str  # 'ps' or a reference
+    b: ModelRef
+    base: Recipe | None  # the stage-1 recipe when a == 'ps' (its PS part is kept)
+    seed: int
+    dtype: str
+
+    @property
+    def M(self) -> int:
+        """Layers of A and B together (the paper's M)."""
+        return self.layers_a + self.layers_b
+
+    @property
+    def T(self) -> int:
+        """Slots: M layers repeated r times (the paper's T)."""
+        return self.M * self.search.repeats
+
+    @property
+    def dims(self) -> int:
+        scale_genes = self.M * self.M if self.search.parameterization == "matrix" else 2 * self.M
+        return self.T + scale_genes
+
+    def x0(self) -> list[float]:
+        on = [0.75 if t < self.layers_a else 0.25 for t in range(self.T)]
+        lo, hi = self.search.scales.bounds
+        one = (
+            0.5 if lo >= 1 or hi <= 1 else math.log(1 / lo) / math.log(hi / lo)
+        )  # the gene of scale 1
+        return on + [one] * (self.dims - self.T)
+
+    def slot(self, t: int) -> tuple[str, int]:
+        j = t % self.M
+        return ("a", j) if j < self.layers_a else ("b", j - self.layers_a)
+
+    def scale(self, x: Sequence[float], i: int, j: int) -> float:
+        lo, hi = self.search.scales.bounds
+        if self.search.parameterization == "matrix":
+            return _geo(x[self.T + i * self.M + j], lo, hi)
+        u, v = x[self.T + i], x[self.T + self.M + j]
+        return math.sqrt(_geo(u, lo, hi) * _geo(v, lo, hi))
+
+    def path(self, x: Sequence[float]) -> tuple[list[tuple[str, int]], list[float]]:
+        """The (path, scales) gene vector ``x`` encodes."""
+        if len(x) != self.dims:
+            raise ValueError(f"expected {self.dims} genes, got {len(x)}")
+        end = self.layers_a - 1  # A's last layer, in the combined layer order
+        slots = [0] + [t for t in range(1, self.T) if x[t] > 0.5]
+        ends = [k for k, t in enumerate(slots) if t % self.M == end]
+        slots = slots[: ends[-1] + 1] if ends else [*slots, end]
+        cap = self.search.max_path_length
+        if cap is not None and len(slots) > cap:
+            slots = [*slots[: max(cap - 1, 1)], end] if cap > 1 else [end]
+        path = [self.slot(t) for t in slots]
+        scales = [1.0] + [
+            self.scale(x, slots[k - 1] % self.M, slots[k] % self.M) for k in range(1, len(slots))
+        ]
+        return path, scales
+
+    def decode(self, x: Sequence[float]) -> Recipe:
+        path, scales = self.path(x)
+        data: dict = {
+            "evohub_recipe": 1,
+            "dtype": self.dtype,
+            "seed": self.seed,
+            "data_flow_space": {
+                "a": self.a,
+                "b": self.b,
+                "path": [list(h) for h in path],
+                "scales": scales,
+            },
+        }
+        if self.base is not None:  # PS then DFS: keep stage 1's merge
+            data |= {
+                "base_model": self.base.base_model,
+                "seed": self.base.seed,
+                "tokenizer_source": self.base.tokenizer_source,
+                "parameter_space": self.base.parameter_space,
+            }
+        else:
+            data["tokenizer_source"] = "a"
+        return Recipe.model_validate(data)

@@ -1,0 +1,123 @@
+"""A worker: the inputs of one search stage resident on a device, a scoring model, the fitness data.
+
+A worker is built once (in the driver process, or inside a Ray actor) from a picklable
+:class:`WorkerSpec` and then evaluates genotypes: decode → merge in memory (parameter space:
+:class:`~evohub.merge.ps.ResidentMerge` writes straight into the scoring model's parameters;
+data flow: :class:`~evohub.merge.path.PathExecutor` switches the path over resident layers) →
+score on the generation's fitness examples → :class:`~evohub.evolve.search.Outcome`.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from evohub.evolve.search import Outcome
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, as plain data: the run directory and the stage."""
+
+    run_dir: str
+    stage: str  # "ps" or "dfs"
+    device: str = "cpu"
+    threads: int | None = None
+
+    def build(self) -> Worker:
+        return Worker(self)
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from evohub.evolve import stages
+        from evohub.merge.io import DTYPES
+        from evohub.score.data import fixed_subset, load_rows
+        from evohub.score.tasks import get_task
+
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        self.spec = spec
+        run = stages.RunFiles(Path(spec.run_dir))
+        job = run.job()
+        self.job = job
+        self.genome = stages.genome_for(run, job, spec.stage)
+        self.task = get_task(job.fitness.task)
+        self.rows = load_rows(job.fitness.data)
+        self.task.check(self.rows)
+        self.subset = fixed_subset(len(self.rows), job.fitness.limit, job.seed)
+        self._validation: list[dict] | None = None
+        dtype = DTYPES[job.dtype]
+        device = torch.device(spec.device)
+        if spec.stage == "ps":
+            from evohub.merge.build import input_refs, open_inputs
+            from evohub.merge.ps import ResidentMerge, make_plan
+
+            template = self.genome.decode(self.genome.x0())
+            dirs = [run.local_dir(r) for r in input_refs(template)]
+            inputs = open_inputs(template, dirs)
+            plan = make_plan(template.parameter_space, inputs, template.base_model is not None)
+            self.model = (
+                AutoModelForCausalLM.from_pretrained(dirs[plan.primary], dtype=dtype)
+                .to(device)
+                .eval()
+            )
+            self.merge = ResidentMerge(inputs, template, device=device)
+            self.params = dict(self.model.named_parameters())
+            tok_dir = stages.tokenizer_dir(run, template, dirs)
+        else:
+            from evohub.merge.path import PathExecutor
+
+            a_dir, b_dir = stages.dfs_dirs(run, job)
+            model_a = AutoModelForCausalLM.from_pretrained(a_dir, dtype=dtype).to(device).eval()
+            model_b = AutoModelForCausalLM.from_pretrained(b_dir, dtype=dtype).to(device).eval()
+            self.executor = PathExecutor(model_a, model_b)
+            self.model = self.executor.model
+            tok_dir = a_dir
+        self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def _examples(self, generation: int, split: str) -> list[dict]:
+        from evohub.score.data import load_rows, minibatch
+
+        if split == "validation":
+            if self._validation is None:
+                assert self.job.fitness.validation is not None
+                self._validation = load_rows(self.job.fitness.validation)
+                self.task.check(self._validation)
+            return self._validation
+        idx = minibatch(self.subset, self.job.fitness.minibatch, self.job.seed, generation)
+        return [self.rows[i] for i in idx]
+
+    def evaluate(
+        self, genotype: Sequence[float], generation: int, split: str = "fitness"
+    ) -> Outcome:
+        """Score one genotype on the ``split`` examples of ``generation``; errors become outcomes."""
+
+        start = time.perf_counter()
+        try:
+            if self.spec.stage == "ps":
+                self.merge.apply(self.genome.decode(genotype), self.params)
+            else:
+                self.executor.set_path(*self.genome.path(genotype))
+            merged = time.perf_counter()
+            batch = self.job.fitness.batch_size or 16
+            examples = self._examples(generation, split)
+            metrics = self.task.score(self.model, self.tokenizer, examples, batch_size=batch)
+            done = time.perf_counter()
+            metrics = dict(metrics) | {
+                "merge_s": round(merged - start, 4),
+                "score_s": round(done - merged, 4),
+            }
+            return Outcome(float(metrics[self.task.fitness_metric]), metrics, None, done - start)
+        except Exception as e:  # a failing candidate must not stop the run: it becomes a row
+            last = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+            where = f" ({Path(last.filename).name}:{last.lineno})" if last else ""
+            return Outcome(None, {}, f"{type(e).__name__}: {e}{where}", time.perf_counter() - start)

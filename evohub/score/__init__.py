@@ -1,0 +1,1 @@
+"""Scoring: backends that run a model, tasks that turn its outputs into metrics, data loading."""

@@ -1,0 +1,16 @@
+"""Fitness and evaluation tasks. ``get_task(name)`` returns the task a job spec names."""
+
+from __future__ import annotations
+
+from evohub.errors import EvohubError
+
+
+def get_task(name: str):
+    """The task object for a job spec's ``fitness.task``."""
+    if name == "lm-loss":
+        from evohub.score.tasks.lm_loss import LMLoss
+
+        return LMLoss()
+    raise EvohubError(
+        f"fitness task {name!r} is not available in this evohub yet (available: lm-loss)"
+    )

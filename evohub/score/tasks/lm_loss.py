@@ -1,0 +1,66 @@
+"""``lm-loss``: fitness = −(mean negative log-likelihood per token) of texts under the model.
+
+Rows have a ``text`` field, or ``prompt`` + ``completion`` (then only the completion is scored).
+A generic, deterministic objective: evolve a merge towards a domain corpus, or test the
+evolution machinery on tiny models with no generation involved.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from evohub.errors import EvohubError
+
+
+class LMLoss:
+    name = "lm-loss"
+    fitness_metric = "neg_nll"
+
+    def check(self, rows: list[dict]) -> None:
+        for i, r in enumerate(rows):
+            if not isinstance(r.get("text"), str) and not (
+                isinstance(r.get("prompt"), str) and isinstance(r.get("completion"), str)
+            ):
+                raise EvohubError(
+                    f"lm-loss: row {i} needs a 'text' string, or 'prompt' and 'completion' strings"
+                )
+
+    @torch.no_grad()
+    def score(self, model, tokenizer, rows: list[dict], batch_size: int = 16) -> dict[str, float]:
+        """Token-weighted mean NLL over ``rows``; returns ``neg_nll`` (higher is better) and ``ppl``."""
+        device = next(model.parameters()).device
+        total_nll, total_tokens = 0.0, 0
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            seqs, starts = [], []
+            for r in batch:
+                if "text" in r and isinstance(r.get("text"), str):
+                    ids = tokenizer(r["text"], add_special_tokens=True).input_ids
+                    seqs.append(ids)
+                    starts.append(1)
+                else:
+                    p = tokenizer(r["prompt"], add_special_tokens=True).input_ids
+                    c = tokenizer(r["completion"], add_special_tokens=False).input_ids
+                    seqs.append(p + c)
+                    starts.append(len(p))
+            width = max(len(s) for s in seqs)
+            ids = torch.zeros(len(seqs), width, dtype=torch.long)
+            mask = torch.zeros(len(seqs), width, dtype=torch.long)
+            for i, s in enumerate(seqs):
+                ids[i, : len(s)] = torch.tensor(s)
+                mask[i, : len(s)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], -1)
+            target = ids[:, 1:].to(device)
+            nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            scored = torch.zeros_like(nll, dtype=torch.bool)
+            for i, (s, st) in enumerate(zip(seqs, starts, strict=True)):
+                scored[i, max(st, 1) - 1 : len(s) - 1] = True
+            total_nll += float(nll[scored].sum())
+            total_tokens += int(scored.sum())
+        if total_tokens == 0:
+            raise EvohubError("lm-loss: no tokens to score")
+        mean = total_nll / total_tokens
+        return {"neg_nll": -mean, "ppl": math.exp(min(mean, 50.0)), "tokens": float(total_tokens)}
