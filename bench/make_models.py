@@ -17,6 +17,19 @@ import torch
 from safetensors.torch import save_file
 
 
+def save_tokenizer(path: Path, vocab: int) -> None:
+    """A word-level tokenizer: w0 .. w{vocab-3}, <unk>, </s>."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {f"w{i}": i for i in range(vocab - 2)} | {"<unk>": vocab - 2, "</s>": vocab - 1}
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", eos_token="</s>"
+    ).save_pretrained(path)
+
+
 def build(out: Path, layers: int, seed: int = 0, noise: float = 0.01) -> None:
     from transformers import MistralConfig, MistralForCausalLM
 
@@ -49,6 +62,7 @@ def build(out: Path, layers: int, seed: int = 0, noise: float = 0.01) -> None:
         )
         save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
         base.config.to_json_file(d / "config.json")
+        save_tokenizer(d, cfg.vocab_size)
     n = sum(v.numel() for v in state.values())
     (out / "info.json").write_text(json.dumps({"params": n, "layers": layers}))
     print(f"{out}: 3 models x {n / 1e6:.1f}M params (bf16)")

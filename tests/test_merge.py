@@ -273,28 +273,38 @@ def test_deterministic_across_runs_orders_and_threads(worlds, tmp_path):
     )
 
 
-@pytest.mark.parametrize("method", ["dare_ties", "ties", "linear"])
-def test_in_memory_equals_on_disk(worlds, tmp_path, method):
+@pytest.mark.parametrize(
+    "method,tables",
+    [
+        ("dare_ties", True),
+        ("dare_ties", False),
+        ("dare_linear", True),
+        ("ties", None),
+        ("linear", None),
+    ],
+)
+def test_in_memory_equals_on_disk(worlds, tmp_path, method, tables):
     from transformers import AutoModelForCausalLM
 
     root = worlds["bf16"]
     template = recipe_for(root, method, dtype="bfloat16")
     dirs = [Path(r.path) for r in input_refs(template)]
     model = AutoModelForCausalLM.from_pretrained(root / "base", dtype=torch.bfloat16)
-    resident = ResidentMerge(open_inputs(template, dirs), template, device="cpu")
+    resident = ResidentMerge(
+        open_inputs(template, dirs), template, device="cpu", mask_tables=tables
+    )
+    assert resident.mask_tables == bool(tables)
     params = dict(model.named_parameters())
     ws_before = [b.data_ptr() for b in resident.ws._f32]
-    for weights in ((0.2, 0.9), (1.1, -0.3)):  # two candidates, one resident model
+    # two candidates into one resident model: other weights, and other densities where there are any
+    for weights, dens in (((0.2, 0.9), (0.3, 0.95)), ((1.1, -0.3), (0.8, 0.1))):
+        models = tuple(
+            m.model_copy(update={"weight": w} | ({"density": d} if m.density is not None else {}))
+            for m, w, d in zip(template.parameter_space.models, weights, dens, strict=True)
+        )
         cand = template.model_copy(
             update={
-                "parameter_space": template.parameter_space.model_copy(
-                    update={
-                        "models": tuple(
-                            m.model_copy(update={"weight": w})
-                            for m, w in zip(template.parameter_space.models, weights, strict=False)
-                        )
-                    }
-                )
+                "parameter_space": template.parameter_space.model_copy(update={"models": models})
             }
         )
         n = resident.apply(cand, params)

@@ -106,22 +106,53 @@ def _hash32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
     return x.bitwise_xor_(tmp)
 
 
+def _hash_chunk(
+    x: torch.Tensor, t: torch.Tensor, start: int, key: tuple[int, int], ws: Workspace
+) -> torch.Tensor:
+    """hash32 of the flat indices start .. start + len(x), keyed, into ``x`` (int64)."""
+    torch.add(ws._iota[: x.numel()], start, out=x)
+    x.bitwise_xor_(key[0])
+    _hash32_(x, t).bitwise_xor_(key[1])
+    return _hash32_(x, t)
+
+
+def dare_table(n: int, key: tuple[int, int], ws: Workspace) -> torch.Tensor:
+    """The whole DARE hash of an n-entry tensor, stored as int32 (hash − 2³¹), on ws's device.
+
+    Evolution re-merges the same tensors with other densities; with this table a mask costs one
+    comparison per entry instead of the hash (4 bytes per entry per source of memory).
+    """
+    table = torch.empty(n, dtype=torch.int32, device=ws.device)
+    for s, e in ws.spans(n):
+        x = _hash_chunk(ws._i64[0][: e - s], ws._i64[1][: e - s], s, key, ws)
+        table[s:e].copy_(x.sub_(2**31))
+    return table
+
+
 def dare_mask_(
-    d: torch.Tensor, start: int, density: float, key: tuple[int, int], ws: Workspace
+    d: torch.Tensor,
+    start: int,
+    density: float,
+    key: tuple[int, int],
+    ws: Workspace,
+    table: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """In place on a flat chunk whose first entry has flat index ``start``: zero each entry with
-    probability 1 − ``density`` (the survivors are not rescaled here; see :func:`dare_`)."""
+    probability 1 − ``density`` (the survivors are not rescaled here; see :func:`dare_`).
+
+    ``table`` is the tensor's :func:`dare_table` when one was kept: the same mask, faster.
+    """
     if density >= 1:
         return d
     if density <= 0:
         return d.zero_()
     n = d.numel()
-    x, t, keep = ws._i64[0][:n], ws._i64[1][:n], ws.f32(ws.mask_slot, n)
-    torch.add(ws._iota[:n], start, out=x)
-    x.bitwise_xor_(key[0])
-    _hash32_(x, t).bitwise_xor_(key[1])
-    _hash32_(x, t)
-    torch.lt(x, int(density * 2**32), out=keep)  # 1.0 / 0.0: multiplying by it beats a bool mask
+    keep = ws.f32(ws.mask_slot, n)  # 1.0 / 0.0: multiplying by it beats a bool mask
+    threshold = int(density * 2**32)
+    if table is not None:
+        torch.lt(table[start : start + n], threshold - 2**31, out=keep)
+    else:
+        torch.lt(_hash_chunk(ws._i64[0][:n], ws._i64[1][:n], start, key, ws), threshold, out=keep)
     return d.mul_(keep)
 
 
@@ -222,11 +253,13 @@ def merge_deltas(
     normalize: bool,
     out: torch.Tensor,
     ws: Workspace,
+    tables: Sequence[torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """task_arithmetic, ties, dare_ties or dare_linear of one tensor, written into ``out``.
 
     Inputs and ``out`` may have any float dtype and must be on the workspace's device; the
     arithmetic is float32, accumulating the deltas one source at a time, in source order.
+    ``tables`` are the sources' :func:`dare_table` where kept (same result, faster).
     """
     n = base.numel()
     elect = method in ("ties", "dare_ties")
@@ -264,7 +297,7 @@ def merge_deltas(
                 if trims[k] is not None:
                     _apply_trim(d, s, trims[k], ws, slot=4)
             elif dare:
-                dare_mask_(d, s, densities[k], keys[k], ws)
+                dare_mask_(d, s, densities[k], keys[k], ws, tables[k] if tables else None)
             d.mul_(scales[k])
             total.add_(d)
             if elect:

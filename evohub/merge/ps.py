@@ -18,8 +18,10 @@ in an LLM and in a VLM); the first match supplies the values it sets.
 
 from __future__ import annotations
 
+import math
+import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol
@@ -178,8 +180,12 @@ def merge_into(
     inputs: Sequence[Model],
     out: torch.Tensor,
     ws: methods.Workspace,
+    tables: Callable[[tuple[int, int], int], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
-    """Merge one language-model tensor of ``recipe`` into ``out`` (any float dtype, on ws's device)."""
+    """Merge one language-model tensor of ``recipe`` into ``out`` (any float dtype, on ws's device).
+
+    ``tables(key, numel)`` may give the kept DARE hash table of a mask key (see ResidentMerge).
+    """
     ps = recipe.parameter_space
     assert ps is not None and task.key is not None
     K = len(ps.models)
@@ -192,8 +198,13 @@ def merge_into(
         return methods.slerp(weights[1] / (weights[0] + weights[1]), xs[0], xs[1], out, ws)
     base = _fetch(inputs[0], task.key, ws.device)
     keys = [methods.dare_key(recipe.seed, k, task.key) for k in range(K)]
+    kept = (
+        [tables(key, base.numel()) for key in keys]
+        if tables and ps.method.startswith("dare")
+        else None
+    )
     return methods.merge_deltas(
-        ps.method, base, xs, weights, [d for _, d in vals], keys, ps.normalize, out, ws
+        ps.method, base, xs, weights, [d for _, d in vals], keys, ps.normalize, out, ws, kept
     )
 
 
@@ -306,9 +317,20 @@ class ResidentMerge:
 
         >>> rm = ResidentMerge(inputs, template_recipe, device="cuda")     # doctest: +SKIP
         >>> rm.apply(candidate_recipe, dict(model.named_parameters()))
+
+    ``mask_tables`` keeps each DARE mask's hash (4 bytes per source entry) after its first use,
+    so later candidates compare against it instead of hashing again (the same masks). ``None``
+    keeps them on a CPU when they take at most a quarter of the machine's memory; a GPU hashes
+    fast enough that its memory is better spent elsewhere.
     """
 
-    def __init__(self, inputs: Sequence[Model], recipe: Recipe, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        inputs: Sequence[Model],
+        recipe: Recipe,
+        device: torch.device | str = "cpu",
+        mask_tables: bool | None = None,
+    ):
         ps = recipe.parameter_space
         if ps is None:
             raise EvohubError("ResidentMerge needs a recipe with a parameter_space section")
@@ -330,6 +352,21 @@ class ResidentMerge:
         self.plan = make_plan(ps, self.inputs, has_base)
         self._structure = _structure(recipe)
         self.ws = workspace_for(recipe, self.device)
+        if mask_tables is None:
+            entries = sum(math.prod(t.shape) for t in self.plan.tasks if t.key is not None) * len(
+                ps.models
+            )
+            mask_tables = self.device.type == "cpu" and 4 * entries <= _memory_bytes() // 4
+        self.mask_tables = bool(mask_tables) and ps.method.startswith("dare")
+        self._tables: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _table(self, key: tuple[int, int], numel: int) -> torch.Tensor | None:
+        if not self.mask_tables:
+            return None
+        table = self._tables.get(key)
+        if table is None:
+            table = self._tables[key] = methods.dare_table(numel, key, self.ws)
+        return table
 
     @torch.no_grad()
     def apply(self, recipe: Recipe, params: Mapping[str, torch.Tensor]) -> int:
@@ -353,9 +390,16 @@ class ResidentMerge:
                 raise EvohubError(
                     f"parameter {task.name!r} must be contiguous and on {self.device}"
                 )
-            merge_into(recipe, self.plan, task, self.inputs, dest, self.ws)
+            merge_into(recipe, self.plan, task, self.inputs, dest, self.ws, self._table)
             n += 1
         return n
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def _structure(recipe: Recipe) -> tuple:
