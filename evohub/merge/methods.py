@@ -281,11 +281,8 @@ def merge_deltas(
     for s, e in ws.spans(n):
         m = e - s
         d, total = ws.f32(0, m), ws.f32(1, m)
-        total.zero_()
         if elect:
             pos, neg, tmp = ws.f32(2, m), ws.f32(3, m), ws.f32(4, m)
-            pos.zero_()
-            neg.zero_()
             if normalize:
                 wpos, wneg = ws.f32(6, m), ws.f32(7, m)
                 wpos.zero_()
@@ -298,14 +295,22 @@ def merge_deltas(
                     _apply_trim(d, s, trims[k], ws, slot=4)
             elif dare:
                 dare_mask_(d, s, densities[k], keys[k], ws, tables[k] if tables else None)
-            d.mul_(scales[k])
-            total.add_(d)
-            if elect:
-                pos.add_(torch.clamp(d, min=0, out=tmp))
-                neg.add_(torch.clamp(d, max=0, out=tmp))
-                if normalize:
-                    wpos.add_(torch.gt(d, 0, out=ws._bool[1][:m]), alpha=w)
-                    wneg.add_(torch.lt(d, 0, out=ws._bool[1][:m]), alpha=w)
+            # weighted deltas, summed in source order; the first initialises the sums
+            if k == 0:
+                torch.mul(d, scales[k], out=total)
+                if elect:
+                    torch.clamp(total, min=0, out=pos)
+                    torch.clamp(total, max=0, out=neg)
+            else:
+                d.mul_(scales[k])
+                total.add_(d)
+                if elect:
+                    pos.add_(torch.clamp(d, min=0, out=tmp))
+                    neg.add_(torch.clamp(d, max=0, out=tmp))
+            if elect and normalize:
+                weighted = total if k == 0 else d  # this source's weighted delta
+                wpos.add_(torch.gt(weighted, 0, out=ws._bool[1][:m]), alpha=w)
+                wneg.add_(torch.lt(weighted, 0, out=ws._bool[1][:m]), alpha=w)
         if elect:
             # total ≥ 0 ? pos : neg, by arithmetic on a 1/0 mask (exact: one term is ±0), which
             # is several times faster on a CPU than torch.where with a random mask
