@@ -17,7 +17,7 @@ VLLM_STAMP := $(VLLM_VENV)/.evohub-installed
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev,eval]'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from evohub import __version__
 
@@ -160,6 +161,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(
         f"recipe: {summary.run_dir / 'recipe.yaml'}\nmodel:  {summary.model_dir}\nfitness curve: {summary.run_dir / 'fitness.png'}"
     )
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from evohub.errors import EvohubError
+
+    if args.predictions:
+        from evohub.evaluate import rescore_predictions
+
+        print(json.dumps(rescore_predictions(args.task or "ja-math", args.predictions), indent=2))
+        return EXIT_OK
+    if not args.model or not args.suite:
+        raise EvohubError(
+            "give a MODEL directory and at least one --suite (or --task ja-math --predictions FILE)"
+        )
+    from rich.console import Console
+    from rich.table import Table
+
+    from evohub.evaluate import evaluate, table_rows
+
+    data = {}
+    for item in args.data or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise EvohubError(
+                f"--data {item!r}: expected NAME=FILE (a suite such as mgsm-ja, or an lm-eval task)"
+            )
+        data[name] = path
+    out = args.out or str(Path(args.model) / "eval")
+    results = evaluate(args.model, args.suite, backend=args.backend, device=_device(args.device), data=data,
+                       limit=args.limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, out_dir=out)  # fmt: skip
+    table = Table("suite", "metric", "value", title=f"evaluation of {args.model}")
+    for row in table_rows(results):
+        table.add_row(*row)
+    Console().print(table)
+    print(f"results: {Path(out) / 'results.json'}")
     return EXIT_OK
 
 
@@ -323,6 +362,57 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate on N Ray actors (RAY_ADDRESS joins a cluster; one GPU each on cuda)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    p = add(
+        "evaluate",
+        cmd_evaluate,
+        "evaluate a model on held-out suites, or re-score saved outputs",
+        "Evaluate a model directory on suites: mgsm-ja (the paper's MGSM-JA protocol: acc, and acc_ja\n"
+        "which also requires a Japanese answer), jp-lmeh (lm-eval japanese_leaderboard + JCoLA),\n"
+        "jcola, lmeval:<task>. Writes results.json (metrics, config, versions) and per-sample JSONL\n"
+        "to --out (default MODEL/eval) and prints a table. --data NAME=FILE reads a suite's or an\n"
+        "lm-eval task's examples from a local JSON/JSONL file instead of the Hub.\n"
+        "With --task ja-math --predictions FILE.jsonl (rows: output, answer_number), re-score saved\n"
+        "outputs and print the metrics as JSON.",
+    )
+    p.add_argument("model", nargs="?", metavar="MODEL", help="model directory")
+    p.add_argument(
+        "--suite", action="append", help="mgsm-ja | jp-lmeh | jcola | lmeval:<task> (repeatable)"
+    )
+    p.add_argument(
+        "--backend", choices=["hf", "vllm"], default="hf", help="generation backend (default hf)"
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    p.add_argument(
+        "--data",
+        action="append",
+        metavar="NAME=FILE",
+        help="local examples for a suite or lm-eval task",
+    )
+    p.add_argument(
+        "--limit", type=_positive, metavar="N", help="only the first N examples of each suite/task"
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=_positive,
+        default=1024,
+        metavar="N",
+        help="generation budget (default 1024)",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive, default=8, metavar="N", help="batch size (default 8)"
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="where results.json and samples go (default MODEL/eval)"
+    )
+    p.add_argument(
+        "--task", choices=["ja-math"], help="with --predictions: the task whose metrics to compute"
+    )
+    p.add_argument(
+        "--predictions",
+        metavar="FILE",
+        help="re-score saved outputs (JSONL: output, answer_number)",
+    )
 
     p = add(
         "demo",

@@ -83,6 +83,7 @@ fitness:
   task: lm-loss
   data: {{path: data.jsonl, split: "train[:48]"}}
   validation: {{path: data.jsonl, split: "train[48:]"}}
+  backend: hf
 """
 
 

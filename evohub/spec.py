@@ -715,6 +715,8 @@ def _job_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:
             yield ("tokenizer_source",), "'base' needs a 'base_model' (or name a source)"
     elif ts not in names:
         yield ("tokenizer_source",), _unknown_name(ts, ["base", *names])
+    if j.fitness.task == "lm-loss" and j.fitness.backend != "hf":
+        yield ("fitness", "backend"), "lm-loss reads the model's logits: set 'backend: hf'"
     if j.fitness.limit and j.fitness.minibatch and j.fitness.minibatch > j.fitness.limit:
         yield (
             ("fitness", "minibatch"),

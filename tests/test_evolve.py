@@ -38,6 +38,7 @@ parameter_space:
   task: lm-loss
   data: {{path: fit.jsonl, split: "train[:16]"}}
   validation: {{path: fit.jsonl, split: "train[16:]"}}
+  backend: hf
 """
 
 

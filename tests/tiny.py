@@ -28,6 +28,7 @@ def mistral_config(
         head_dim=hidden // heads,
         max_position_embeddings=256,
         tie_word_embeddings=False,
+        eos_token_id=vocab - 1,  # the </s> of save_tokenizer, so transformers and vLLM stop alike
         **kw,
     )
 

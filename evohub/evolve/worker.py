@@ -38,6 +38,7 @@ class Worker:
 
         from evohub.evolve import stages
         from evohub.merge.io import DTYPES
+        from evohub.score.backends.hf import HFBackend
         from evohub.score.data import fixed_subset, load_rows
         from evohub.score.tasks import get_task
 
@@ -55,6 +56,7 @@ class Worker:
         self._validation: list[dict] | None = None
         dtype = DTYPES[job.dtype]
         device = torch.device(spec.device)
+        batch = job.fitness.batch_size or 16
         if spec.stage == "ps":
             from evohub.merge.build import input_refs, open_inputs
             from evohub.merge.ps import ResidentMerge, make_plan
@@ -62,27 +64,37 @@ class Worker:
             template = self.genome.decode(self.genome.x0())
             dirs = [run.local_dir(r) for r in input_refs(template)]
             inputs = open_inputs(template, dirs)
-            plan = make_plan(template.parameter_space, inputs, template.base_model is not None)
-            self.model = (
-                AutoModelForCausalLM.from_pretrained(dirs[plan.primary], dtype=dtype)
-                .to(device)
-                .eval()
-            )
-            self.merge = ResidentMerge(inputs, template, device=device)
-            self.params = dict(self.model.named_parameters())
+            primary = dirs[
+                make_plan(template.parameter_space, inputs, template.base_model is not None).primary
+            ]
             tok_dir = stages.tokenizer_dir(run, template, dirs)
+            self.merge = ResidentMerge(inputs, template, device=device)
+            if job.fitness.backend == "vllm":
+                # the engine holds the model; merged tensors are handed to it by name
+                from evohub.score.backends.vllm import VLLMBackend
+
+                self.backend = VLLMBackend(
+                    primary, dtype=job.dtype, seed=job.seed, tokenizer=str(tok_dir)
+                )
+                self._apply = lambda recipe: self.backend.load_weights(self.merge.tensors(recipe))
+            else:
+                model = AutoModelForCausalLM.from_pretrained(primary, dtype=dtype).to(device).eval()
+                self.backend = HFBackend(model, AutoTokenizer.from_pretrained(tok_dir), batch)
+                params = dict(model.named_parameters())
+                self._apply = lambda recipe: self.merge.apply(recipe, params)
         else:
+            # data-flow paths run over resident layers with the path executor (transformers):
+            # a vLLM engine cannot change its number of layers between candidates
             from evohub.merge.path import PathExecutor
 
             a_dir, b_dir = stages.dfs_dirs(run, job)
             model_a = AutoModelForCausalLM.from_pretrained(a_dir, dtype=dtype).to(device).eval()
             model_b = AutoModelForCausalLM.from_pretrained(b_dir, dtype=dtype).to(device).eval()
             self.executor = PathExecutor(model_a, model_b)
-            self.model = self.executor.model
-            tok_dir = a_dir
-        self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+            self.backend = HFBackend(
+                self.executor.model, AutoTokenizer.from_pretrained(a_dir), batch
+            )
+            self._apply = lambda recipe: None
 
     def _examples(self, generation: int, split: str) -> list[dict]:
         from evohub.score.data import load_rows, minibatch
@@ -100,17 +112,19 @@ class Worker:
         self, genotype: Sequence[float], generation: int, split: str = "fitness"
     ) -> Outcome:
         """Score one genotype on the ``split`` examples of ``generation``; errors become outcomes."""
-
         start = time.perf_counter()
         try:
             if self.spec.stage == "ps":
-                self.merge.apply(self.genome.decode(genotype), self.params)
+                self._apply(self.genome.decode(genotype))
             else:
                 self.executor.set_path(*self.genome.path(genotype))
             merged = time.perf_counter()
-            batch = self.job.fitness.batch_size or 16
-            examples = self._examples(generation, split)
-            metrics = self.task.score(self.model, self.tokenizer, examples, batch_size=batch)
+            metrics = self.task.score(
+                self.backend,
+                self._examples(generation, split),
+                max_new_tokens=self.job.fitness.max_new_tokens,
+                batch_size=self.job.fitness.batch_size or 16,
+            )
             done = time.perf_counter()
             metrics = dict(metrics) | {
                 "merge_s": round(merged - start, 4),

@@ -31,6 +31,7 @@ import torch
 from evohub.errors import EvohubError
 from evohub.merge import methods
 from evohub.merge.arch import decoder_layer_index, is_embedding, is_vlm, lm_name, num_decoder_layers
+from evohub.merge.io import DTYPES
 from evohub.spec import DELTA_METHODS, PSRecipe, Recipe
 
 
@@ -367,6 +368,25 @@ class ResidentMerge:
         if table is None:
             table = self._tables[key] = methods.dare_table(numel, key, self.ws)
         return table
+
+    @torch.no_grad()
+    def tensors(
+        self, recipe: Recipe, dtype: torch.dtype = torch.bfloat16
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """``recipe``'s merged language-model tensors as new tensors in ``dtype`` (for engines
+        such as vLLM that take weights by name); the copied ones (a VLM's vision tower) are left out."""
+        if _structure(recipe) != self._structure:
+            raise EvohubError(
+                "this recipe merges other models or another method than the resident inputs"
+            )
+        dtype = DTYPES.get(recipe.dtype, dtype)
+        for task in self.plan.tasks:
+            if task.key is not None:
+                out = torch.empty(task.shape, dtype=dtype, device=self.device)
+                yield (
+                    task.name,
+                    merge_into(recipe, self.plan, task, self.inputs, out, self.ws, self._table),
+                )
 
     @torch.no_grad()
     def apply(self, recipe: Recipe, params: Mapping[str, torch.Tensor]) -> int:

@@ -1,4 +1,8 @@
-"""Fitness and evaluation tasks. ``get_task(name)`` returns the task a job spec names."""
+"""Fitness and evaluation tasks. ``get_task(name)`` returns the task a job spec names.
+
+A task has ``name``, ``fitness_metric``, ``check(rows)`` (one-line errors for bad rows) and
+``score(backend, rows, max_new_tokens=..., batch_size=...) -> metrics``.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,10 @@ def get_task(name: str):
         from evohub.score.tasks.lm_loss import LMLoss
 
         return LMLoss()
+    if name == "ja-math":
+        from evohub.score.tasks.ja_math import JaMath
+
+        return JaMath()
     raise EvohubError(
-        f"fitness task {name!r} is not available in this evohub yet (available: lm-loss)"
+        f"fitness task {name!r} is not available in this evohub yet (available: lm-loss, ja-math)"
     )

@@ -28,8 +28,14 @@ class LMLoss:
                 )
 
     @torch.no_grad()
-    def score(self, model, tokenizer, rows: list[dict], batch_size: int = 16) -> dict[str, float]:
-        """Token-weighted mean NLL over ``rows``; returns ``neg_nll`` (higher is better) and ``ppl``."""
+    def score(self, backend, rows: list[dict], batch_size: int = 16, **_) -> dict[str, float]:
+        """Token-weighted mean NLL over ``rows``; returns ``neg_nll`` (higher is better) and ``ppl``.
+
+        Needs the transformers backend (it reads logits).
+        """
+        model, tokenizer = getattr(backend, "model", None), getattr(backend, "tokenizer", None)
+        if model is None or not hasattr(model, "parameters"):
+            raise EvohubError("lm-loss needs the hf backend (fitness.backend: hf)")
         device = next(model.parameters()).device
         total_nll, total_tokens = 0.0, 0
         for start in range(0, len(rows), batch_size):

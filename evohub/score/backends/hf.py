@@ -1,0 +1,137 @@
+"""The transformers backend: batched generation with left padding, stop strings, chat templates.
+
+    >>> be = HFBackend.load("runs/x/model", device="cuda")                       # doctest: +SKIP
+    >>> be.generate(["問題: 2+3は?"], Sampling(max_new_tokens=64, stop=("###",)))
+
+Prompts are tokenised once (cached by text) and generated in batches of similar length;
+outputs are cut at the first stop string (the stop string is not included, as in vLLM).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from evohub.score.backends import Prompt, Sampling, cut_at_stop
+
+
+class _StopStrings:
+    """Stops a row once its decoded continuation contains a stop string (any tokenizer)."""
+
+    def __init__(self, tokenizer, stop: Sequence[str], prompt_width: int):
+        self.tokenizer, self.stop, self.width = tokenizer, tuple(stop), prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.width :], skip_special_tokens=True)
+        return torch.tensor(
+            [any(s in t for s in self.stop) for t in texts], device=input_ids.device
+        )
+
+
+class HFBackend:
+    def __init__(self, model, tokenizer, batch_size: int = 16):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.batch_size = batch_size
+        self._ids: dict[str, list[int]] = {}
+        self._params = None
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        batch_size: int = 16,
+    ) -> HFBackend:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto").to(device)
+        return cls(model, AutoTokenizer.from_pretrained(path), batch_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def render(self, prompt: Prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        return self.tokenizer.apply_chat_template(
+            prompt, tokenize=False, add_generation_prompt=True
+        )
+
+    def _encode(self, text: str) -> list[int]:
+        ids = self._ids.get(text)
+        if ids is None:
+            ids = self._ids[text] = self.tokenizer(text).input_ids
+        return ids
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[str]:
+        encoded = [self._encode(self.render(p)) for p in prompts]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        out: list[str] = [""] * len(encoded)
+        pad = self.tokenizer.pad_token_id
+        greedy = sampling.temperature == 0
+        if not greedy:
+            torch.manual_seed(sampling.seed)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            width = max(len(encoded[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):  # left padding
+                ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+                mask[row, width - len(encoded[i]) :] = 1
+            kwargs = {
+                "do_sample": not greedy,
+                "max_new_tokens": sampling.max_new_tokens,
+                "pad_token_id": pad,
+            }
+            if not greedy:
+                kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p}
+            else:
+                kwargs |= {"temperature": None, "top_p": None, "top_k": None}
+            if sampling.stop:
+                from transformers import StoppingCriteriaList
+
+                kwargs["stopping_criteria"] = StoppingCriteriaList(
+                    [_StopStrings(self.tokenizer, sampling.stop, width)]
+                )
+            gen = self.model.generate(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs
+            )
+            for row, i in enumerate(idx):
+                out[i] = cut_at_stop(
+                    self._continuation(encoded[i], gen[row, width:].tolist()), sampling.stop
+                )
+        return out
+
+    def _continuation(self, prompt: list[int], new: list[int]) -> str:
+        """The generated text as it continues the prompt (decoded in context, as vLLM does:
+        a leading space that belongs to the first new token is kept)."""
+        pad = self.tokenizer.pad_token_id
+        while new and new[-1] == pad and pad != self.tokenizer.eos_token_id:
+            new.pop()
+        head = self.tokenizer.decode(prompt, skip_special_tokens=True)
+        full = self.tokenizer.decode(prompt + new, skip_special_tokens=True)
+        return (
+            full[len(head) :]
+            if full.startswith(head)
+            else self.tokenizer.decode(new, skip_special_tokens=True)
+        )
+
+    @torch.no_grad()
+    def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy tensors into the model's parameters (by checkpoint name), in place."""
+        if self._params is None:
+            self._params = dict(self.model.named_parameters())
+        for name, t in named:
+            self._params[name].copy_(t)
+
+    def close(self) -> None:
+        self.model = None

