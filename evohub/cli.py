@@ -158,6 +158,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     console = Console()
     console.print(table)
+    if summary.results:
+        from evohub.evaluate import table_rows
+
+        ev = Table("model", "suite", "metric", "value", title="held-out evaluation")
+        for name, res in summary.results["models"].items():
+            for row in table_rows(res):
+                ev.add_row(name, *row)
+        console.print(ev)
     console.print(
         f"recipe: {summary.run_dir / 'recipe.yaml'}\nmodel:  {summary.model_dir}\nfitness curve: {summary.run_dir / 'fitness.png'}"
     )

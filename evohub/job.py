@@ -46,6 +46,7 @@ class RunSummary:
     recipe: Recipe
     model_dir: Path
     stages: list[StageSummary] = field(default_factory=list)
+    results: dict | None = None
 
 
 def _start(spec_path: Path, run_dir: Path, resume: bool) -> tuple[JobSpec, RunFiles]:
@@ -292,4 +293,39 @@ def run_job(
     model_dir = run.root / "model"
     if not model_dir.exists():
         merge_to_disk(final, _dirs(run, final), model_dir, progress=progress)
-    return RunSummary(run_dir=run.root, recipe=final, model_dir=model_dir, stages=summaries)
+    results = _evaluate(spec, run, model_dir, device) if spec.evaluation else None
+    return RunSummary(
+        run_dir=run.root, recipe=final, model_dir=model_dir, stages=summaries, results=results
+    )
+
+
+def _evaluate(spec: JobSpec, run: RunFiles, model_dir: Path, device: str) -> dict:
+    """results.json: the evolved model on the held-out suites, and each source when asked."""
+    from evohub.evaluate import evaluate
+
+    path = run.root / "results.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    ev = spec.evaluation
+    assert ev is not None
+    kw = {
+        "backend": ev.backend,
+        "device": device,
+        "data": ev.data,
+        "limit": ev.limit,
+        "max_new_tokens": ev.max_new_tokens,
+    }
+    models = {"evolved": model_dir}
+    if ev.compare_sources:
+        models |= {s.key: run.local_dir(s.ref()) for s in spec.sources}
+    out: dict = {"suites": list(ev.suites), "models": {}}
+    for name, directory in models.items():
+        eval_dir = run.root / "eval" / name
+        done = eval_dir / "results.json"
+        out["models"][name] = (
+            json.loads(done.read_text())
+            if done.exists()
+            else evaluate(directory, list(ev.suites), out_dir=eval_dir, **kw)
+        )
+    write_json(path, out)
+    return out

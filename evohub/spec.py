@@ -592,6 +592,22 @@ class Evaluation(Frozen):
     suites: tuple[Annotated[str, AfterValidator(_suite_name)], ...] = Field(min_length=1)
     compare_sources: bool = True
     backend: Literal["vllm", "hf"] = "vllm"
+    data: dict[str, str] = Field(
+        default_factory=dict, description="suite or lm-eval task -> local JSON/JSONL file"
+    )
+    limit: int | None = Field(None, gt=0)
+    max_new_tokens: int = Field(1024, gt=0)
+
+    @field_validator("data")
+    @classmethod
+    def _files_exist(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        out = {}
+        for name, path in v.items():
+            p = (_base_dir(info) / Path(path).expanduser()).resolve()
+            if not p.is_file():
+                raise ValueError(f"local data file {str(p)!r} for {name!r} does not exist")
+            out[name] = str(p)
+        return out
 
 
 class Publish(Frozen):

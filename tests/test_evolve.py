@@ -48,8 +48,8 @@ def world(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("evo")
     base = make_mistral(root / "base", seed=0, tokenizer=True)
-    make_mistral(root / "ft1", seed=1, base=base, noise=0.05)
-    make_mistral(root / "ft2", seed=2, base=base, noise=0.05)
+    make_mistral(root / "ft1", seed=1, base=base, noise=0.05, tokenizer=True)
+    make_mistral(root / "ft2", seed=2, base=base, noise=0.05, tokenizer=True)
     rng = random.Random(0)
     rows = [
         json.dumps({"text": " ".join(f"t{rng.randrange(60)}" for _ in range(12))})
@@ -312,3 +312,21 @@ def test_ray_pool_matches_in_process_and_survives_a_dead_actor(world, tmp_path):
 def test_plan_counts_match_the_genome(world):
     spec = JobSpec.from_yaml(job_file(world, "p.yaml").read_text(), base_dir=world)
     assert PSGenome.for_job(spec).dims == 2 * 2 * 2
+
+
+def test_run_evaluates_the_winner_and_the_sources(world, tmp_path, run_cli):
+    (world / "mgsm.jsonl").write_text(
+        "".join(
+            json.dumps({"question": f"t{i} t{i + 1}", "answer_number": i}) + "\n" for i in range(4)
+        )
+    )
+    extra = "evaluation:\n  suites: [mgsm-ja]\n  backend: hf\n  data: {mgsm-ja: mgsm.jsonl}\n  limit: 2\n  max_new_tokens: 3\n"
+    job = job_file(world, "eval.yaml", method="linear", evals=6, extra=extra)
+    code, out, err = run_cli("run", job, "--run-dir", tmp_path / "r", "--device", "cpu", "-q")
+    assert code == 0, err
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert set(res["models"]) == {"evolved", "one", "two"}
+    for r in res["models"].values():
+        assert r["suites"]["mgsm-ja"]["metrics"]["n"] == 2
+    assert (tmp_path / "r" / "eval" / "evolved" / "samples_mgsm-ja.jsonl").exists()
+    assert "held-out evaluation" in out
