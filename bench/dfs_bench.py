@@ -26,18 +26,14 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--hops", type=int, default=12)
     p.add_argument("--out", type=Path, default=HERE / "out")
     a = p.parse_args()
     root = a.out / "models-8L"
     if not (root / "ft2" / "tokenizer.json").exists():
-        subprocess.run(
-            [sys.executable, str(HERE / "make_models.py"), str(root), "--layers", "8"], check=True
-        )
+        subprocess.run([sys.executable, str(HERE / "make_models.py"), str(root), "--layers", "8"], check=True)
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -53,11 +49,7 @@ def main() -> None:
     t: dict[str, list[float]] = {"switch": [], "forward": [], "fold_to_disk": [], "load": []}
     for i in range(a.runs):
         rng = random.Random(i)
-        path = (
-            [("a", 0)]
-            + [(w, rng.randrange(8)) for w in (rng.choice("ab") for _ in range(a.hops - 2))]
-            + [("a", 7)]
-        )
+        path = [("a", 0)] + [(w, rng.randrange(8)) for w in (rng.choice("ab") for _ in range(a.hops - 2))] + [("a", 7)]
         scales = [1.0] + [rng.uniform(0.5, 2.0) for _ in range(a.hops - 1)]
         s = time.perf_counter()
         ex.set_path(path, scales)

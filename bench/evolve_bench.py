@@ -31,9 +31,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--texts", type=int, default=64)
     p.add_argument("--tokens", type=int, default=64)
@@ -41,9 +39,7 @@ def main() -> None:
     a = p.parse_args()
     root = a.out / "models-8L"
     if not (root / "ft2" / "tokenizer.json").exists():
-        subprocess.run(
-            [sys.executable, str(HERE / "make_models.py"), str(root), "--layers", "8"], check=True
-        )
+        subprocess.run([sys.executable, str(HERE / "make_models.py"), str(root), "--layers", "8"], check=True)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -58,8 +54,7 @@ def main() -> None:
     data = root / "texts.jsonl"
     data.write_text(
         "".join(
-            json.dumps({"text": " ".join(f"w{rng.randrange(31998)}" for _ in range(a.tokens))})
-            + "\n"
+            json.dumps({"text": " ".join(f"w{rng.randrange(31998)}" for _ in range(a.tokens))}) + "\n"
             for _ in range(a.texts)
         )
     )

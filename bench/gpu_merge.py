@@ -62,9 +62,7 @@ class Tensors:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--runs", type=int, default=5)
     a = p.parse_args()
@@ -80,9 +78,7 @@ def main() -> None:
                 f"src{k}",
                 Tensors(
                     {
-                        n: (
-                            t.float() + 0.002 * torch.randn(t.shape, device=dev, generator=g)
-                        ).bfloat16()
+                        n: (t.float() + 0.002 * torch.randn(t.shape, device=dev, generator=g)).bfloat16()
                         for n, t in base.items()
                     }
                 ),

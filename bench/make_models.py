@@ -25,9 +25,7 @@ def save_tokenizer(path: Path, vocab: int) -> None:
     words = {f"w{i}": i for i in range(vocab - 2)} | {"<unk>": vocab - 2, "</s>": vocab - 1}
     tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", eos_token="</s>"
-    ).save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>").save_pretrained(path)
 
 
 def build(out: Path, layers: int, seed: int = 0, noise: float = 0.01) -> None:
@@ -56,8 +54,7 @@ def build(out: Path, layers: int, seed: int = 0, noise: float = 0.01) -> None:
             state
             if name == "base"
             else {
-                k: (v.float() + noise * torch.randn(v.shape, generator=g)).to(torch.bfloat16)
-                for k, v in state.items()
+                k: (v.float() + noise * torch.randn(v.shape, generator=g)).to(torch.bfloat16) for k, v in state.items()
             }
         )
         save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
@@ -69,9 +66,7 @@ def build(out: Path, layers: int, seed: int = 0, noise: float = 0.01) -> None:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path)
     p.add_argument("--layers", type=int, default=8)
     a = p.parse_args()

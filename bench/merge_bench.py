@@ -183,15 +183,9 @@ def compare_in_child(root: Path, method: str, ev: Path, mk: Path) -> dict:
 
 def main() -> None:
     if len(sys.argv) == 6 and sys.argv[1] == "--compare":
-        print(
-            json.dumps(
-                compare(Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4]), Path(sys.argv[5]))
-            )
-        )
+        print(json.dumps(compare(Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4]), Path(sys.argv[5]))))
         return
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mergekit-venv", type=Path, default=HERE / ".venv-mergekit")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--scale", action="store_true", help="also time 2x the layers")
@@ -222,11 +216,7 @@ def main() -> None:
                 shutil.rmtree(ev_out, ignore_errors=True)
                 ev.append(run_process([evohub, "merge", str(recipe), "--out", str(ev_out), "-q"]))
                 shutil.rmtree(mk_out, ignore_errors=True)
-                mk.append(
-                    run_process(
-                        [str(a.mergekit_venv / "bin" / "mergekit-yaml"), str(mkcfg), str(mk_out)]
-                    )
-                )
+                mk.append(run_process([str(a.mergekit_venv / "bin" / "mergekit-yaml"), str(mkcfg), str(mk_out)]))
             row = {
                 "evohub_wall_s": statistics.median(x[0] for x in ev),
                 "mergekit_wall_s": statistics.median(x[0] for x in mk),
@@ -243,16 +233,12 @@ def main() -> None:
             row["mergekit_inprocess_s"] = float(subprocess.run(
                 [python_of(a.mergekit_venv), "-c", MERGEKIT_INPROC, str(mkcfg), str(tmp), str(a.runs)],
                 check=True, capture_output=True, text=True).stdout.split()[-1])  # fmt: skip
-            row["inprocess_vs_floor"] = (
-                row["evohub_inprocess_s"] / results[f"read_floor_s_{layers}L"]
-            )
+            row["inprocess_vs_floor"] = row["evohub_inprocess_s"] / results[f"read_floor_s_{layers}L"]
             if method == "dare_ties" and layers == sizes[0]:
                 row["resident_apply_s"] = float(subprocess.run(
                     [sys.executable, "-c", RESIDENT, str(recipe), str(a.runs)],
                     check=True, capture_output=True, text=True).stdout.split()[-1])  # fmt: skip
-                row["resident_vs_mergekit_inprocess"] = (
-                    row["resident_apply_s"] / row["mergekit_inprocess_s"]
-                )
+                row["resident_vs_mergekit_inprocess"] = row["resident_apply_s"] / row["mergekit_inprocess_s"]
             if method in ("linear", "ties") and layers == sizes[0]:
                 row["equality"] = compare_in_child(root, method, ev_out, mk_out)
             results["methods"][f"{method}@{layers}L"] = row
@@ -264,9 +250,7 @@ def main() -> None:
                 shutil.rmtree(o, ignore_errors=True)
             run_process([evohub, "merge", str(recipe), "--out", str(ev_out), "-q"])
             run_process([str(a.mergekit_venv / "bin" / "mergekit-yaml"), str(mkcfg), str(mk_out)])
-            results["task_arithmetic_equality"] = compare_in_child(
-                root, "task_arithmetic", ev_out, mk_out
-            )
+            results["task_arithmetic_equality"] = compare_in_child(root, "task_arithmetic", ev_out, mk_out)
     (a.out / "merge_results.json").write_text(json.dumps(results, indent=2))
     print_table(results)
 
@@ -296,9 +280,7 @@ def print_table(r: dict) -> None:
         ratio = r["params_16L"] / r["params_8L"]
         for m in ("linear", "ties", "dare_ties"):
             t8, t16 = (r["methods"][f"{m}@{n}L"]["evohub_inprocess_s"] for n in (8, 16))
-            print(
-                f"scaling {m}: in-process time x{t16 / t8:.2f} for x{ratio:.2f} parameters (8 -> 16 layers)"
-            )
+            print(f"scaling {m}: in-process time x{t16 / t8:.2f} for x{ratio:.2f} parameters (8 -> 16 layers)")
     for k, v in r.items():
         if k.startswith("read_floor"):
             print(f"{k}: {v:.3f}")

@@ -134,6 +134,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=_device(args.device),
         ray_actors=args.ray,
         progress=not args.quiet,
+        publish=not args.no_publish,
+        state_repo=args.state_repo,
     )
     table = Table(
         "stage",
@@ -169,6 +171,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(
         f"recipe: {summary.run_dir / 'recipe.yaml'}\nmodel:  {summary.model_dir}\nfitness curve: {summary.run_dir / 'fitness.png'}"
     )
+    if summary.published:
+        p = summary.published
+        console.print(f"published: {p['repo']}@{p['revision']} commit {str(p['commit'])[:12]} tag {p['tag']}")
     return EXIT_OK
 
 
@@ -183,9 +188,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(rescore_predictions(args.task or "ja-math", args.predictions), indent=2))
         return EXIT_OK
     if not args.model or not args.suite:
-        raise EvohubError(
-            "give a MODEL directory and at least one --suite (or --task ja-math --predictions FILE)"
-        )
+        raise EvohubError("give a MODEL directory and at least one --suite (or --task ja-math --predictions FILE)")
     from rich.console import Console
     from rich.table import Table
 
@@ -195,9 +198,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for item in args.data or []:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise EvohubError(
-                f"--data {item!r}: expected NAME=FILE (a suite such as mgsm-ja, or an lm-eval task)"
-            )
+            raise EvohubError(f"--data {item!r}: expected NAME=FILE (a suite such as mgsm-ja, or an lm-eval task)")
         data[name] = path
     out = args.out or str(Path(args.model) / "eval")
     results = evaluate(args.model, args.suite, backend=args.backend, device=_device(args.device), data=data,
@@ -207,6 +208,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         table.add_row(*row)
     Console().print(table)
     print(f"results: {Path(out) / 'results.json'}")
+    return EXIT_OK
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from evohub.hub import publish_run
+
+    done, card = publish_run(
+        args.run_dir, args.repo, revision=args.revision, private=args.private, force=args.force, dry_run=args.dry_run
+    )
+    if args.dry_run:
+        print(f"would publish {len(done.files)} files to {done.repo_id}@{done.revision}, tagged {done.tag}:")
+        for f in done.files:
+            print(f"  {f}")
+        print("\n" + card)
+    else:
+        print(
+            f"published {len(done.files)} files to {done.repo_id}@{done.revision} in commit {done.commit}, tagged {done.tag}"
+        )
+    return EXIT_OK
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    from evohub.hub import publish_run
+
+    _, card = publish_run(args.run_dir, args.repo, dry_run=True)
+    if args.output:
+        Path(args.output).write_text(card)
+    else:
+        print(card)
     return EXIT_OK
 
 
@@ -239,9 +269,7 @@ def _device(name: str) -> str:
         if not torch.cuda.is_available():
             from evohub.errors import EvohubError
 
-            raise EvohubError(
-                f"--device {name}: no CUDA device is available here; use --device cpu"
-            )
+            raise EvohubError(f"--device {name}: no CUDA device is available here; use --device cpu")
     return name
 
 
@@ -287,9 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="YAML files to check")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print warnings")
-    p.add_argument(
-        "--strict", action="store_true", help="treat warnings (unpinned revisions) as errors"
-    )
+    p.add_argument("--strict", action="store_true", help="treat warnings (unpinned revisions) as errors")
 
     p = add(
         "plan",
@@ -314,15 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(safetensors and configs only) into the HF cache. The output appears only when complete.",
     )
     p.add_argument("recipe", metavar="RECIPE", help="recipe.yaml")
-    p.add_argument(
-        "--out", required=True, metavar="DIR", help="output directory (must be empty or absent)"
-    )
-    p.add_argument(
-        "--device", default="cpu", help="where to compute: cpu, cuda, cuda:N or auto (default cpu)"
-    )
-    p.add_argument(
-        "--shard-size", default="2GB", metavar="SIZE", help="maximum shard size (default 2GB)"
-    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (must be empty or absent)")
+    p.add_argument("--device", default="cpu", help="where to compute: cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--shard-size", default="2GB", metavar="SIZE", help="maximum shard size (default 2GB)")
     p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
@@ -369,7 +389,39 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="evaluate on N Ray actors (RAY_ADDRESS joins a cluster; one GPU each on cuda)",
     )
+    p.add_argument("--no-publish", action="store_true", help="stop before publishing (the spec's publish section)")
+    p.add_argument(
+        "--state-repo", metavar="ID", help="Hub dataset repo: push the run state every generation; --resume fetches it"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    p = add(
+        "publish",
+        cmd_publish,
+        "publish a finished run to the Hub in one commit",
+        "Publish a finished run: ONE commit to --repo holding the merged model (sharded\n"
+        "safetensors, config, tokenizer), recipe.yaml, results.json, fitness.png, the compressed\n"
+        "candidates log, a model card (cards/*.md.j2) and .eval_results/, tagged with the run id.\n"
+        "Refuses to overwrite a model already on the target branch unless --force; --revision\n"
+        "publishes to a branch. The token comes from HF_TOKEN or the HF cache (hf auth login).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
+    p.add_argument("--repo", required=True, metavar="ID", help="model repo id (owner/name)")
+    p.add_argument("--revision", metavar="BRANCH", help="publish to this branch (created if needed)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--force", action="store_true", help="publish over a model already on the branch")
+    p.add_argument("--dry-run", action="store_true", help="print the file list and the card; upload nothing")
+
+    p = add(
+        "card",
+        cmd_card,
+        "render a finished run's model card",
+        "Render the model card a publish would upload (cards/*.md.j2 through ModelCard), to stdout\n"
+        "or -o FILE. Licenses are read from the sources' cards (the Hub, or a local README.md).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
+    p.add_argument("--repo", required=True, metavar="ID", help="the repo id the card names")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
 
     p = add(
         "evaluate",
@@ -384,12 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
         "outputs and print the metrics as JSON.",
     )
     p.add_argument("model", nargs="?", metavar="MODEL", help="model directory")
-    p.add_argument(
-        "--suite", action="append", help="mgsm-ja | jp-lmeh | jcola | lmeval:<task> (repeatable)"
-    )
-    p.add_argument(
-        "--backend", choices=["hf", "vllm"], default="hf", help="generation backend (default hf)"
-    )
+    p.add_argument("--suite", action="append", help="mgsm-ja | jp-lmeh | jcola | lmeval:<task> (repeatable)")
+    p.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="generation backend (default hf)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     p.add_argument(
         "--data",
@@ -397,9 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=FILE",
         help="local examples for a suite or lm-eval task",
     )
-    p.add_argument(
-        "--limit", type=_positive, metavar="N", help="only the first N examples of each suite/task"
-    )
+    p.add_argument("--limit", type=_positive, metavar="N", help="only the first N examples of each suite/task")
     p.add_argument(
         "--max-new-tokens",
         type=_positive,
@@ -407,15 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="generation budget (default 1024)",
     )
-    p.add_argument(
-        "--batch-size", type=_positive, default=8, metavar="N", help="batch size (default 8)"
-    )
-    p.add_argument(
-        "--out", metavar="DIR", help="where results.json and samples go (default MODEL/eval)"
-    )
-    p.add_argument(
-        "--task", choices=["ja-math"], help="with --predictions: the task whose metrics to compute"
-    )
+    p.add_argument("--batch-size", type=_positive, default=8, metavar="N", help="batch size (default 8)")
+    p.add_argument("--out", metavar="DIR", help="where results.json and samples go (default MODEL/eval)")
+    p.add_argument("--task", choices=["ja-math"], help="with --predictions: the task whose metrics to compute")
     p.add_argument(
         "--predictions",
         metavar="FILE",
@@ -435,9 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=".cache/evohub-demo",
         help="where the world is built (default .cache/evohub-demo)",
     )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of the world and the merge (default 0)"
-    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the world and the merge (default 0)")
     return parser
 
 

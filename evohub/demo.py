@@ -25,9 +25,7 @@ def _tokenizer(path: Path) -> None:
     words = {f"w{i}": i for i in range(VOCAB - 2)} | {"<unk>": VOCAB - 2, "</s>": VOCAB - 1}
     tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", eos_token="</s>"
-    ).save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>").save_pretrained(path)
 
 
 def build_world(root: Path, seed: int = 0) -> dict[str, Path]:
@@ -91,10 +89,7 @@ def _texts(seed: int, n: int = 64) -> str:
     import random
 
     rng = random.Random(seed)
-    rows = [
-        json.dumps({"text": " ".join(f"w{rng.randrange(VOCAB - 2)}" for _ in range(16))})
-        for _ in range(n)
-    ]
+    rows = [json.dumps({"text": " ".join(f"w{rng.randrange(VOCAB - 2)}" for _ in range(16))}) for _ in range(n)]
     return "\n".join(rows) + "\n"
 
 

@@ -26,9 +26,7 @@ from pathlib import Path
 from evohub.errors import EvohubError
 from evohub.spec import DataRef
 
-MGSM_JA = DataRef.model_construct(
-    repo="juletxara/mgsm", config="ja", revision=None, path=None, split="test"
-)
+MGSM_JA = DataRef.model_construct(repo="juletxara/mgsm", config="ja", revision=None, path=None, split="test")
 JP_LMEH = ["japanese_leaderboard", "jcola"]
 
 
@@ -138,37 +136,23 @@ def evaluate(
             task = JaMath()
             task.check(rows)
             scored = task.run(model.generator(), rows, max_new_tokens=max_new_tokens)
-            results.append(
-                SuiteResult(suite, scored.metrics | {"dataset": ref.display()}, scored.samples)
-            )
+            results.append(SuiteResult(suite, scored.metrics | {"dataset": ref.display()}, scored.samples))
         elif suite in ("jp-lmeh", "jcola") or suite.startswith("lmeval:"):
             from evohub.score.tasks.lmeval import run_lmeval
 
-            tasks = (
-                JP_LMEH
-                if suite == "jp-lmeh"
-                else ["jcola"]
-                if suite == "jcola"
-                else [suite.split(":", 1)[1]]
-            )
+            tasks = JP_LMEH if suite == "jp-lmeh" else ["jcola"] if suite == "jcola" else [suite.split(":", 1)[1]]
             overrides = {k: v for k, v in data.items() if k not in ("mgsm-ja",)}
             hf = model.hf()
-            res = run_lmeval(
-                hf.model, hf.tokenizer, tasks, data=overrides, limit=limit, batch_size=batch_size
-            )
+            res = run_lmeval(hf.model, hf.tokenizer, tasks, data=overrides, limit=limit, batch_size=batch_size)
             results.append(SuiteResult(suite, {"lm_eval": res}))
         elif suite in ("ja-vg-vqa-500", "ja-vlm-bench-itw"):
             raise EvohubError(f"suite {suite!r} evaluates VLMs; it arrives with the VLM support")
         else:
-            raise EvohubError(
-                f"unknown suite {suite!r} (known: mgsm-ja, jp-lmeh, jcola, lmeval:<task>)"
-            )
+            raise EvohubError(f"unknown suite {suite!r} (known: mgsm-ja, jp-lmeh, jcola, lmeval:<task>)")
         results[-1].seconds = time.perf_counter() - start
     out = {
         "model": str(model_dir),
-        "suites": {
-            r.suite: {"metrics": r.metrics, "seconds": round(r.seconds, 2)} for r in results
-        },
+        "suites": {r.suite: {"metrics": r.metrics, "seconds": round(r.seconds, 2)} for r in results},
         "config": {
             "backend": backend,
             "device": device,
@@ -206,8 +190,7 @@ def table_rows(results: dict) -> list[tuple[str, str, str]]:
                             (
                                 suite,
                                 f"{task} {key}",
-                                f"{value:.4f}"
-                                + (f" ± {err:.4f}" if isinstance(err, float) else ""),
+                                f"{value:.4f}" + (f" ± {err:.4f}" if isinstance(err, float) else ""),
                             )
                         )
         else:

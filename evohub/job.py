@@ -47,6 +47,7 @@ class RunSummary:
     model_dir: Path
     stages: list[StageSummary] = field(default_factory=list)
     results: dict | None = None
+    published: dict | None = None
 
 
 def _start(spec_path: Path, run_dir: Path, resume: bool) -> tuple[JobSpec, RunFiles]:
@@ -64,21 +65,23 @@ def _start(spec_path: Path, run_dir: Path, resume: bool) -> tuple[JobSpec, RunFi
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = run.job_path.with_name(".job.yaml.tmp")
-        tmp.write_text(
-            f"# {spec_path} as run by evohub (local paths made absolute)\n" + spec.to_yaml()
-        )
+        tmp.write_text(f"# {spec_path} as run by evohub (local paths made absolute)\n" + spec.to_yaml())
         tmp.replace(run.job_path)
     return spec, run
 
 
 def _pull(spec: JobSpec, run: RunFiles) -> None:
-    if run.lock_path.exists():
-        return
+    """Resolve and fetch the sources into job.lock.yaml; a lock from another machine (a run
+    continued from its Hub state) is re-fetched at the same pinned commits."""
     from evohub.hub import pull
 
-    models = ([("base", spec.base_model)] if spec.base_model else []) + [
-        (s.key, s.ref()) for s in spec.sources
-    ]
+    models = ([("base", spec.base_model)] if spec.base_model else []) + [(s.key, s.ref()) for s in spec.sources]
+    if run.lock_path.exists():
+        entries = run.lock()
+        if all(Path(e["local"]).is_dir() for e in entries):
+            return
+        pinned = {e["name"]: e for e in entries}
+        models = [(n, r if r.path else r.model_copy(update={"revision": pinned[n]["revision"]})) for n, r in models]
     entries = pull(models, progress=True)
     tmp = run.lock_path.with_name(".job.lock.yaml.tmp")
     tmp.write_text(yaml.safe_dump({"evohub_lock": 1, "models": entries}, sort_keys=False))
@@ -111,11 +114,7 @@ def _validate(pool, run: RunFiles, stage: str, log: Log, genome) -> tuple[dict, 
     if path.exists():
         rows = json.loads(path.read_text())
     else:
-        ok = [
-            r
-            for r in log.stage_rows(stage)
-            if r["fitness"] is not None and math.isfinite(r["fitness"])
-        ]
+        ok = [r for r in log.stage_rows(stage) if r["fitness"] is not None and math.isfinite(r["fitness"])]
         seen, top = set(), []
         for r in sorted(ok, key=lambda r: (-r["fitness"], r["generation"], r["index"])):
             if r["recipe_hash"] not in seen:
@@ -136,15 +135,11 @@ def _validate(pool, run: RunFiles, stage: str, log: Log, genome) -> tuple[dict, 
         ]
         scores: dict = {}
         pool.evaluate(cands, lambda c, out: scores.__setitem__(c.key, out))
-        rows = [
-            r | {"validation": scores[(stage, r["generation"], r["index"])].fitness} for r in top
-        ]
+        rows = [r | {"validation": scores[(stage, r["generation"], r["index"])].fitness} for r in top]
         write_json(path, rows)
     valid = [r for r in rows if r["validation"] is not None]
     if not valid:
-        raise EvohubError(
-            f"stage {stage}: no candidate could be scored on the validation split ({path})"
-        )
+        raise EvohubError(f"stage {stage}: no candidate could be scored on the validation split ({path})")
     best = max(valid, key=lambda r: (r["validation"], r["fitness"]))
     return best, best["validation"]
 
@@ -163,10 +158,7 @@ def plot_fitness(log: Log, out: Path, stages: list[str]) -> None:
         gens = sorted({r["generation"] for r in rows})
         if not gens:
             continue
-        per = [
-            [r["fitness"] for r in rows if r["generation"] == g and r["fitness"] is not None]
-            for g in gens
-        ]
+        per = [[r["fitness"] for r in rows if r["generation"] == g and r["fitness"] is not None] for g in gens]
         xs = [offset + g for g, p in zip(gens, per, strict=True) if p]
         best_so_far, running = [], -math.inf
         for p in per:
@@ -190,7 +182,7 @@ def plot_fitness(log: Log, out: Path, stages: list[str]) -> None:
 
 
 def _evolve(spec: JobSpec, run: RunFiles, stage: str, log: Log, *, max_evals: int | None, device: str,
-            ray_actors: int | None, progress: bool) -> Recipe:  # fmt: skip
+            ray_actors: int | None, progress: bool, state_repo: str | None = None) -> Recipe:  # fmt: skip
     """Run (or resume) one search stage; returns its winner (written to the stage's recipe.yaml)."""
     from tqdm.auto import tqdm
 
@@ -200,19 +192,19 @@ def _evolve(spec: JobSpec, run: RunFiles, stage: str, log: Log, *, max_evals: in
     gpus = 1.0 if device.startswith("cuda") else 0.0
     pool = RayPool(worker, ray_actors, gpus_per_actor=gpus) if ray_actors else InProcessPool(worker)
     caps = [c for c in (optimizer.evaluations(genome.dims), max_evals) if c]
-    bar = tqdm(
-        total=min(caps) if caps else None, desc=f"evolve {stage}", unit="cand", disable=not progress
-    )
+    bar = tqdm(total=min(caps) if caps else None, desc=f"evolve {stage}", unit="cand", disable=not progress)
 
     def show(gen: int, rows: list[dict]) -> None:
+        if state_repo:
+            from evohub.hub import push_state
+
+            push_state(run.root, state_repo, f"evohub: {stage} generation {gen}")
         fits = [r["fitness"] for r in rows if r["fitness"] is not None]
         best = max(
             (r["fitness"] for r in log.stage_rows(stage) if r["fitness"] is not None),
             default=math.nan,
         )
-        bar.set_postfix(
-            gen=gen, best=f"{best:.4g}", mean=f"{sum(fits) / len(fits):.4g}" if fits else "-"
-        )
+        bar.set_postfix(gen=gen, best=f"{best:.4g}", mean=f"{sum(fits) / len(fits):.4g}" if fits else "-")
 
     try:
         with bar:
@@ -256,12 +248,24 @@ def run_job(
     device: str = "cpu",
     ray_actors: int | None = None,
     progress: bool = True,
+    publish: bool = True,
+    state_repo: str | None = None,
 ) -> RunSummary:
-    """Run (or resume) a job; returns what it produced."""
+    """Run (or resume) a job; returns what it produced.
+
+    ``state_repo`` (a Hub dataset repo) receives the run state after every generation, and a
+    resumed run whose directory is empty starts from it. ``publish`` pushes the winner to the
+    spec's ``publish.repo`` at the end (once: ``published.json`` records it).
+    """
     from evohub.merge.build import merge_to_disk
 
     spec_path = Path(spec_path)
     run_dir = Path(run_dir) if run_dir else Path("runs") / load_job(spec_path).name
+    if resume and state_repo and not (run_dir / "job.yaml").exists():
+        from evohub.hub import fetch_state
+
+        if fetch_state(state_repo, run_dir) and progress:
+            print(f"continuing the run state from {state_repo}")
     spec, run = _start(spec_path, run_dir, resume)
     _pull(spec, run)
     log = Log(run.log_path)
@@ -283,6 +287,7 @@ def run_job(
             device=device,
             ray_actors=ray_actors,
             progress=progress,
+            state_repo=state_repo,
         )
         summaries.append(_summary(run, stage, log, time.perf_counter() - started))
     assert final is not None
@@ -294,8 +299,19 @@ def run_job(
     if not model_dir.exists():
         merge_to_disk(final, _dirs(run, final), model_dir, progress=progress)
     results = _evaluate(spec, run, model_dir, device) if spec.evaluation else None
+    published = None
+    if spec.publish is not None and publish:
+        marker = run.root / "published.json"
+        if marker.exists():
+            published = json.loads(marker.read_text())
+        else:
+            from evohub.hub import publish_run
+
+            done, _ = publish_run(run.root, spec.publish.repo, private=spec.publish.private)
+            published = {"repo": done.repo_id, "revision": done.revision, "commit": done.commit, "tag": done.tag}
+            write_json(marker, published)
     return RunSummary(
-        run_dir=run.root, recipe=final, model_dir=model_dir, stages=summaries, results=results
+        run_dir=run.root, recipe=final, model_dir=model_dir, stages=summaries, results=results, published=published
     )
 
 

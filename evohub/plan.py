@@ -139,9 +139,7 @@ def make_plan(spec: JobSpec, configs: dict[str, dict] | None = None) -> Plan:
         M = a.layers + bsrc.layers
         T = M * dfs.repeats
         scale_dims = M * M if dfs.parameterization == "matrix" else 2 * M
-        scale_detail = (
-            f"{M}x{M} scale matrix" if dfs.parameterization == "matrix" else f"2x{M} compact scales"
-        )
+        scale_detail = f"{M}x{M} scale matrix" if dfs.parameterization == "matrix" else f"2x{M} compact scales"
         dims = T + scale_dims
         detail = f"{T} slot indicators (M={M} layers x r={dfs.repeats}) + {scale_detail}"
         stages.append(_stage("data_flow_space", dims, detail, dfs.optimizer))
@@ -150,9 +148,7 @@ def make_plan(spec: JobSpec, configs: dict[str, dict] | None = None) -> Plan:
         accel = max(accel, (a.params + bsrc.params) * b)
         if dfs.a == "ps":
             extra_disk += a.params * b  # stage 1's merged model, kept in the run dir
-        notes.append(
-            f"DFS output is at most {hops} layers (every slot on); typical paths are shorter"
-        )
+        notes.append(f"DFS output is at most {hops} layers (every slot on); typical paths are shorter")
 
     K = len(spec.sources)
     largest_tensor = max(max(s.vocab * s.hidden, s.per_layer // 4) for s in sources)
@@ -162,15 +158,11 @@ def make_plan(spec: JobSpec, configs: dict[str, dict] | None = None) -> Plan:
     output_bytes = out_params * b
     download = sum(s.bytes for s in sources)
     disk = download + output_bytes + extra_disk + evals * LOG_ROW_BYTES
-    notes.append(
-        "accelerator memory counts weights only; the scoring backend's KV cache comes on top"
-    )
+    notes.append("accelerator memory counts weights only; the scoring backend's KV cache comes on top")
     if any(not s.pinned for s in sources):
         notes.append("unpinned sources are resolved to commits at pull time (job.lock.yaml)")
     if any(s.max_hours for s in stages):
-        notes.append(
-            "a stage has a wall-time budget: its evaluation count is known only at run time"
-        )
+        notes.append("a stage has a wall-time budget: its evaluation count is known only at run time")
 
     fit = spec.fitness
     fitness = f"{fit.task} on {fit.data.display()}"

@@ -138,9 +138,7 @@ def _revision(v: str) -> str:
 
 def _name(v: str) -> str:
     if not _NAME.match(v):
-        raise ValueError(
-            f"{v!r} is not a name (lowercase letters, digits, '.', '_', '-'; at most 64)"
-        )
+        raise ValueError(f"{v!r} is not a name (lowercase letters, digits, '.', '_', '-'; at most 64)")
     return v
 
 
@@ -214,9 +212,7 @@ class DataRef(Frozen):
     @model_validator(mode="after")
     def _one_of(self) -> DataRef:
         if (self.repo is None) == (self.path is None):
-            raise ValueError(
-                "give exactly one of 'repo' (a Hub dataset id) or 'path' (a local file)"
-            )
+            raise ValueError("give exactly one of 'repo' (a Hub dataset id) or 'path' (a local file)")
         if self.path is not None and (self.config or self.revision):
             raise ValueError("'config' and 'revision' apply to 'repo' datasets only")
         return self
@@ -333,11 +329,7 @@ class Recipe(Frozen):
         if self.parameter_space is not None:
             refs += [m.source for m in self.parameter_space.models]
         if self.data_flow_space is not None:
-            refs += [
-                r
-                for r in (self.data_flow_space.a, self.data_flow_space.b)
-                if isinstance(r, ModelRef)
-            ]
+            refs += [r for r in (self.data_flow_space.a, self.data_flow_space.b) if isinstance(r, ModelRef)]
         return list(dict.fromkeys(refs))
 
     def to_yaml(self) -> str:
@@ -364,9 +356,7 @@ def _recipe_problems(r: Recipe) -> Iterator[tuple[Loc, str]]:
         if len(dfs.scales) != len(dfs.path):
             yield (
                 ("data_flow_space", "scales"),
-                (
-                    f"has {len(dfs.scales)} entries but 'path' has {len(dfs.path)} hops; give one scale per hop"
-                ),
+                (f"has {len(dfs.scales)} entries but 'path' has {len(dfs.path)} hops; give one scale per hop"),
             )
         for side in ("a", "b"):
             if getattr(dfs, side) == "ps" and ps is None:
@@ -497,9 +487,7 @@ class Range(Frozen):
         if not all(math.isfinite(x) for x in v):
             raise ValueError("bounds must be finite numbers")
         if v[0] > v[1]:
-            raise ValueError(
-                f"lower bound {v[0]:g} is above upper bound {v[1]:g}; write [{v[1]:g}, {v[0]:g}]"
-            )
+            raise ValueError(f"lower bound {v[0]:g} is above upper bound {v[1]:g}; write [{v[1]:g}, {v[0]:g}]")
         return v
 
 
@@ -525,11 +513,7 @@ class Optimizer(Frozen):
 
     def evaluations(self, dims: int) -> int | None:
         """Candidates evaluated, when the budget is by count (min of max_evals and generations)."""
-        caps = [
-            c
-            for c in (self.max_evals, self.generations and self.generations * self.population(dims))
-            if c
-        ]
+        caps = [c for c in (self.max_evals, self.generations and self.generations * self.population(dims)) if c]
         return min(caps) if caps else None
 
 
@@ -566,9 +550,7 @@ class Fitness(Frozen):
     data: DataRef
     validation: DataRef | None = None
     limit: int | None = Field(None, gt=0, description="fixed subset size, drawn once from the seed")
-    minibatch: int | None = Field(
-        None, gt=0, description="fresh subset of this size per generation"
-    )
+    minibatch: int | None = Field(None, gt=0, description="fresh subset of this size per generation")
     backend: Literal["vllm", "hf"] = "vllm"
     max_new_tokens: int = Field(1024, gt=0)
     batch_size: int | None = Field(None, gt=0)
@@ -577,11 +559,7 @@ class Fitness(Frozen):
 def _suite_name(v: str) -> str:
     if v not in EVAL_SUITES and not re.match(r"^lmeval:[\w.-]+$", v):
         near = difflib.get_close_matches(v, EVAL_SUITES, n=1)
-        hint = (
-            f"; did you mean {near[0]!r}?"
-            if near
-            else f" (known: {', '.join(EVAL_SUITES)}, or lmeval:<task>)"
-        )
+        hint = f"; did you mean {near[0]!r}?" if near else f" (known: {', '.join(EVAL_SUITES)}, or lmeval:<task>)"
         raise ValueError(f"unknown suite {v!r}{hint}")
     return v
 
@@ -592,9 +570,7 @@ class Evaluation(Frozen):
     suites: tuple[Annotated[str, AfterValidator(_suite_name)], ...] = Field(min_length=1)
     compare_sources: bool = True
     backend: Literal["vllm", "hf"] = "vllm"
-    data: dict[str, str] = Field(
-        default_factory=dict, description="suite or lm-eval task -> local JSON/JSONL file"
-    )
+    data: dict[str, str] = Field(default_factory=dict, description="suite or lm-eval task -> local JSON/JSONL file")
     limit: int | None = Field(None, gt=0)
     max_new_tokens: int = Field(1024, gt=0)
 
@@ -688,10 +664,7 @@ def _job_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:
                     ("parameter_space", "density"),
                     f"method {n_ps.method!r} takes no density (only {', '.join(DENSITY_METHODS)})",
                 )
-            elif not (
-                DENSITY_DOMAIN[0] <= n_ps.density.bounds[0]
-                and n_ps.density.bounds[1] <= DENSITY_DOMAIN[1]
-            ):
+            elif not (DENSITY_DOMAIN[0] <= n_ps.density.bounds[0] and n_ps.density.bounds[1] <= DENSITY_DOMAIN[1]):
                 yield ("parameter_space", "density", "bounds"), "must lie inside [0, 1]"
         elif n_ps.method in DENSITY_METHODS:
             yield (
@@ -742,9 +715,7 @@ def _job_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:
 
 def _unknown_name(v: str, known: list[str]) -> str:
     near = difflib.get_close_matches(v, known, n=1)
-    return f"no source named {v!r}" + (
-        f"; did you mean {near[0]!r}?" if near else f" (known: {', '.join(known)})"
-    )
+    return f"no source named {v!r}" + (f"; did you mean {near[0]!r}?" if near else f" (known: {', '.join(known)})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -776,11 +747,7 @@ def _model_at(cls: Any, loc: Loc) -> type[BaseModel] | None:
             return [tp]
         origin = typing.get_origin(tp)
         if origin in (Union, types.UnionType, Annotated, tuple, list) or origin is typing.Literal:
-            return (
-                [m for a in typing.get_args(tp) for m in models_in(a)]
-                if origin is not typing.Literal
-                else []
-            )
+            return [m for a in typing.get_args(tp) for m in models_in(a)] if origin is not typing.Literal else []
         return []
 
     current: list[Any] = [cls]
@@ -792,11 +759,7 @@ def _model_at(cls: Any, loc: Loc) -> type[BaseModel] | None:
                 if f is not None:
                     nxt.append(f.annotation)
             elif isinstance(part, int):
-                nxt += (
-                    [a for a in typing.get_args(tp)]
-                    if typing.get_origin(tp) in (tuple, list)
-                    else [tp]
-                )
+                nxt += [a for a in typing.get_args(tp)] if typing.get_origin(tp) in (tuple, list) else [tp]
         current = [m for tp in nxt for m in (models_in(tp) or [tp])]
     found = [c for c in current if isinstance(c, type) and issubclass(c, BaseModel)]
     return found[0] if found else None
@@ -865,10 +828,7 @@ def _validate(cls: type[Recipe] | type[JobSpec], doc: YamlDoc, base_dir: str | P
         raise SpecError(lines) from e
     except _Invalid as e:
         raise SpecError(
-            [
-                f"{doc.filename}:{doc.line_of(loc)}: {format_loc(loc)}: {msg}"
-                for loc, msg in e.problems
-            ]
+            [f"{doc.filename}:{doc.line_of(loc)}: {format_loc(loc)}: {msg}" for loc, msg in e.problems]
         ) from e
 
 
@@ -893,20 +853,14 @@ def load(path: str | Path) -> JobSpec | Recipe:
 def load_job(path: str | Path) -> JobSpec:
     doc = load(path)
     if not isinstance(doc, JobSpec):
-        raise SpecError(
-            [f"{path}:1: (top level): this is a recipe, not a job spec (expected 'evohub_job: 1')"]
-        )
+        raise SpecError([f"{path}:1: (top level): this is a recipe, not a job spec (expected 'evohub_job: 1')"])
     return doc
 
 
 def load_recipe(path: str | Path) -> Recipe:
     doc = load(path)
     if not isinstance(doc, Recipe):
-        raise SpecError(
-            [
-                f"{path}:1: (top level): this is a job spec, not a recipe (expected 'evohub_recipe: 1')"
-            ]
-        )
+        raise SpecError([f"{path}:1: (top level): this is a job spec, not a recipe (expected 'evohub_recipe: 1')"])
     return doc
 
 

@@ -64,11 +64,7 @@ def format_loc(loc: Loc) -> str:
             out += f".{part}" if out else part
         else:
             r = repr(part)
-            out += (
-                f"[{part}]"
-                if isinstance(part, int)
-                else f"[{r if len(r) <= 40 else r[:37] + '...'}]"
-            )
+            out += f"[{part}]" if isinstance(part, int) else f"[{r if len(r) <= 40 else r[:37] + '...'}]"
     return out or "(top level)"
 
 
@@ -102,9 +98,7 @@ def parse_yaml(text: str, filename: str) -> YamlDoc:
         what = " ".join(str(s) for s in (e.context, e.problem) if s)
         raise SpecError([f"{filename}:{line}: {key or '(top level)'}: YAML syntax: {what}"]) from e
     except (yaml.YAMLError, RecursionError, ValueError, TypeError) as e:
-        raise SpecError(
-            [f"{filename}:1: YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}"]
-        ) from e
+        raise SpecError([f"{filename}:1: YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}"]) from e
     finally:
         loader.dispose()
     lines: dict[Loc, int] = {}
@@ -112,9 +106,7 @@ def parse_yaml(text: str, filename: str) -> YamlDoc:
     if node is not None:
         _walk(node, (), lines, dups)
     if dups:
-        raise SpecError(
-            [f"{filename}:{line}: {format_loc(loc)}: duplicate key" for loc, line in dups]
-        )
+        raise SpecError([f"{filename}:{line}: {format_loc(loc)}: duplicate key" for loc, line in dups])
     return YamlDoc(data=data, filename=filename, lines=lines)
 
 
@@ -123,9 +115,7 @@ def read_yaml(path: str | Path) -> YamlDoc:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(
-            [f"{path}:1: cannot read: {e.strerror if isinstance(e, OSError) else e}"]
-        ) from e
+        raise SpecError([f"{path}:1: cannot read: {e.strerror if isinstance(e, OSError) else e}"]) from e
     return parse_yaml(text, str(path))
 
 
@@ -139,9 +129,7 @@ def dump_yaml(data: Any) -> str:
         flow = all(not isinstance(v, dict | list) for v in value) or all(
             isinstance(v, list) and all(not isinstance(x, dict | list) for x in v) for v in value
         )
-        return dumper.represent_sequence(
-            "tag:yaml.org,2002:seq", value, flow_style=flow and bool(value)
-        )
+        return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flow and bool(value))
 
     _Dumper.add_representer(list, _list)
     _Dumper.add_representer(tuple, _list)

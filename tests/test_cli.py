@@ -33,9 +33,7 @@ def test_cli_import_is_light():
         "heavy = [m for m in ('torch', 'transformers', 'pydantic', 'huggingface_hub', 'yaml', 'rich') if m in sys.modules];"
         "print(heavy)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
@@ -75,11 +73,7 @@ def test_debug_shows_traceback(tmp_path):
         return subprocess.run([sys.executable, "-m", "evohub", *a], capture_output=True, text=True)
 
     quiet = run("plan", str(bad))
-    assert (
-        quiet.returncode == 2
-        and "Traceback" not in quiet.stderr
-        and PROBLEM.match(quiet.stderr.splitlines()[0])
-    )
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr and PROBLEM.match(quiet.stderr.splitlines()[0])
     loud = run("--debug", "plan", str(bad))
     assert loud.returncode != 0 and "Traceback" in loud.stderr
 
@@ -134,9 +128,7 @@ def test_plan_unreachable_hub_is_one_line(tmp_path: Path, run_cli, monkeypatch):
     code, _, err = run_cli("plan", REPO / "jobs" / "evollm-jp.yaml")
     assert code == 2 and "Traceback" not in err
     (line,) = err.strip().splitlines()
-    assert line.startswith(
-        "evohub: error: mistralai/Mistral-7B-v0.1@main: config.json is not in the local HF cache"
-    )
+    assert line.startswith("evohub: error: mistralai/Mistral-7B-v0.1@main: config.json is not in the local HF cache")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,14 +177,8 @@ def _paths(obj, here=()):
 
 
 VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(10**20), 10**20)
-    | st.floats(allow_nan=True)
-    | st.text(max_size=12),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
+    st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats(allow_nan=True) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=6,
 )
 
@@ -211,9 +197,7 @@ def _mutate_tree(data, rnd: random.Random, value) -> object:
     elif op == 1:
         del parent[path[-1]]
     elif isinstance(parent, dict):
-        parent[rnd.choice(["extra", "weight", "density", "path", "a", "revision", "bounds"])] = (
-            value
-        )
+        parent[rnd.choice(["extra", "weight", "density", "path", "a", "revision", "bounds"])] = value
     else:
         parent.append(value)
     return data
@@ -231,9 +215,7 @@ def _check(run_cli, text: str) -> None:
         assert lines and all(PROBLEM.match(x) for x in lines), err
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     seed=st.sampled_from(range(len(SEEDS))),
     rnd=st.randoms(use_true_random=False),
@@ -243,18 +225,14 @@ def test_fuzz_text_mutations(run_cli, seed, rnd, n):
     _check(run_cli, _mutate_text(SEEDS[seed], rnd, n))
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.sampled_from(range(len(SEEDS))), rnd=st.randoms(use_true_random=False), value=VALUES)
 def test_fuzz_tree_mutations(run_cli, seed, rnd, value):
     data = yaml.safe_load(SEEDS[seed])
     _check(run_cli, yaml.safe_dump(_mutate_tree(data, rnd, value), allow_unicode=True))
 
 
-@settings(
-    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.lists(st.sampled_from(ALPHABET), max_size=60).map("".join))
 def test_fuzz_random_text(run_cli, text):
     _check(run_cli, text)
@@ -265,7 +243,5 @@ def test_demo_runs_every_existing_stage(tmp_path, run_cli):
     assert code == 0, err
     assert "demo complete" in out and "merge_method: dare_ties" in out
     run = tmp_path / "world" / "run"
-    assert (run / "model" / "model.safetensors.index.json").is_file() and (
-        run / "fitness.png"
-    ).is_file()
+    assert (run / "model" / "model.safetensors.index.json").is_file() and (run / "fitness.png").is_file()
     assert len((run / "candidates.jsonl").read_text().splitlines()) == 32 + 16

@@ -48,10 +48,7 @@ def _save(model, path: Path) -> Path:
 
 def _random_path(rng: random.Random, la: int, lb: int, hops: int) -> tuple[list, list]:
     path = [("a", 0)] + [(rng.choice("ab"), 0) for _ in range(hops - 2)] + [("a", la - 1)]
-    path = [
-        (w, rng.randrange(la if w == "a" else lb)) if 0 < k < hops - 1 else (w, i)
-        for k, (w, i) in enumerate(path)
-    ]
+    path = [(w, rng.randrange(la if w == "a" else lb)) if 0 < k < hops - 1 else (w, i) for k, (w, i) in enumerate(path)]
     scales = [1.0] + [rng.uniform(0.5, 2.0) for _ in range(hops - 1)]
     return path, scales
 
@@ -98,9 +95,7 @@ def test_executor_generates_with_per_hop_cache_like_the_folded_model(tmp_path):
     a, b = _save(ma, tmp_path / "a"), _save(mb, tmp_path / "b")
     path = [("a", 0), ("b", 1), ("a", 1), ("a", 1), ("b", 2), ("a", 2)]  # a repeated layer
     scales = [1.0, 0.7, 1.6, 1.1, 0.9, 1.3]
-    folded = AutoModelForCausalLM.from_pretrained(
-        merge_to_disk(_recipe(a, b, path, scales), [a, b], tmp_path / "f")
-    )
+    folded = AutoModelForCausalLM.from_pretrained(merge_to_disk(_recipe(a, b, path, scales), [a, b], tmp_path / "f"))
     ex = PathExecutor(ma, mb)
     ex.set_path(path, scales)
     ids = torch.tensor([[3, 14, 15, 92, 65]])
@@ -133,16 +128,10 @@ def test_ps_then_dfs_equals_the_two_steps(tiny_world: Path, tmp_path):
         "tokenizer_source": "base", "parameter_space": ps,
         "data_flow_space": {"a": "ps", "b": {"path": str(tiny_world / "ft2")}, "path": [list(h) for h in path], "scales": scales},
     })  # fmt: skip
-    assert [r.path for r in input_refs(both)] == [
-        str(tiny_world / n) for n in ("base", "ft1", "ft2")
-    ]
-    one = load_dir(
-        merge_to_disk(both, [tiny_world / n for n in ("base", "ft1", "ft2")], tmp_path / "one")
-    )
+    assert [r.path for r in input_refs(both)] == [str(tiny_world / n) for n in ("base", "ft1", "ft2")]
+    one = load_dir(merge_to_disk(both, [tiny_world / n for n in ("base", "ft1", "ft2")], tmp_path / "one"))
     stage1 = both.model_copy(update={"data_flow_space": None})
-    ps_dir = merge_to_disk(
-        stage1, [tiny_world / n for n in ("base", "ft1", "ft2")], tmp_path / "ps"
-    )
+    ps_dir = merge_to_disk(stage1, [tiny_world / n for n in ("base", "ft1", "ft2")], tmp_path / "ps")
     stage2 = _recipe(ps_dir, tiny_world / "ft2", path, scales)
     two = load_dir(merge_to_disk(stage2, [ps_dir, tiny_world / "ft2"], tmp_path / "two"))
     assert set(one) == set(two) and all(torch.equal(one[k], two[k]) for k in one)

@@ -51,21 +51,14 @@ def world(tmp_path_factory) -> Path:
     make_mistral(root / "ft1", seed=1, base=base, noise=0.05, tokenizer=True)
     make_mistral(root / "ft2", seed=2, base=base, noise=0.05, tokenizer=True)
     rng = random.Random(0)
-    rows = [
-        json.dumps({"text": " ".join(f"t{rng.randrange(60)}" for _ in range(12))})
-        for _ in range(20)
-    ]
+    rows = [json.dumps({"text": " ".join(f"t{rng.randrange(60)}" for _ in range(12))}) for _ in range(20)]
     (root / "fit.jsonl").write_text("\n".join(rows) + "\n")
     return root
 
 
-def job_file(
-    world: Path, name: str, method: str = "dare_ties", evals: int = 18, extra: str = ""
-) -> Path:
+def job_file(world: Path, name: str, method: str = "dare_ties", evals: int = 18, extra: str = "") -> Path:
     p = world / name
-    density = (
-        "  density: {bounds: [0.1, 1]}\n" if method in ("ties", "dare_ties", "dare_linear") else ""
-    )
+    density = "  density: {bounds: [0.1, 1]}\n" if method in ("ties", "dare_ties", "dare_linear") else ""
     p.write_text(JOB.format(method=method, evals=evals, extra=extra, density=density))
     return p
 
@@ -87,9 +80,7 @@ class Synthetic:
             ]
             done(
                 c,
-                Outcome(
-                    -sum((w - t) ** 2 for w, t in zip(ws, self.target, strict=True)), {}, None, 0.0
-                ),
+                Outcome(-sum((w - t) ** 2 for w, t in zip(ws, self.target, strict=True)), {}, None, 0.0),
             )
 
 
@@ -131,30 +122,23 @@ def test_replayed_resume_is_exact_and_evaluates_nothing_twice(world, tmp_path):
     # stop after 27 candidates (inside generation 4), then resume from the same log
     part = tmp_path / "part.jsonl"
     part.write_text(
-        "".join((tmp_path / "full.jsonl").read_text().splitlines(keepends=True)[:27])
-        + '{"stage": "ps", "gen'
+        "".join((tmp_path / "full.jsonl").read_text().splitlines(keepends=True)[:27]) + '{"stage": "ps", "gen'
     )
     ev = Synthetic(target)
     res = run_stage("ps", genome, opt, ev, Log(part), tmp_path / "b.json", seed=3)
     assert ev.calls == 60 - 27  # the cut-off row was dropped, nothing else re-evaluated
     assert part.read_text() == (tmp_path / "full.jsonl").read_text()
     assert res.best.recipe == full.best.recipe
-    other = run_stage(
-        "ps", genome, opt, Synthetic(target), Log(tmp_path / "o.jsonl"), tmp_path / "c.json", seed=4
-    )
+    other = run_stage("ps", genome, opt, Synthetic(target), Log(tmp_path / "o.jsonl"), tmp_path / "c.json", seed=4)
     assert other.best.genotype != full.best.genotype  # the seed matters
 
 
 def test_dfs_genome_paths():
     from evohub.spec import DFSSearch, ModelRef
 
-    search = DFSSearch(
-        a="x", b="y", repeats=2, scales={"bounds": [0.5, 2.0]}, optimizer={"generations": 1}
-    )
+    search = DFSSearch(a="x", b="y", repeats=2, scales={"bounds": [0.5, 2.0]}, optimizer={"generations": 1})
     ref = ModelRef.model_construct(path="/b", repo=None, revision=None)
-    g = DFSGenome(
-        search=search, layers_a=3, layers_b=2, a=ref, b=ref, base=None, seed=0, dtype="float32"
-    )
+    g = DFSGenome(search=search, layers_a=3, layers_b=2, a=ref, b=ref, base=None, seed=0, dtype="float32")
     assert (g.M, g.T, g.dims) == (5, 10, 10 + 25)
     path, scales = g.path(g.x0())  # the start point is model A itself, scale 1
     assert path == [("a", 0), ("a", 1), ("a", 2)] and scales == pytest.approx([1.0, 1.0, 1.0])
@@ -193,9 +177,7 @@ def test_run_killed_with_sigkill_resumes_to_the_same_result(world, tmp_path):
     )
     cmd = [sys.executable, "-m", "evohub", "run", str(job), "--device", "cpu", "-q"]
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    subprocess.run(
-        [*cmd, "--run-dir", str(tmp_path / "full")], check=True, env=env, capture_output=True
-    )
+    subprocess.run([*cmd, "--run-dir", str(tmp_path / "full")], check=True, env=env, capture_output=True)
     kill_dir = tmp_path / "killed"
     proc = subprocess.Popen(
         [*cmd, "--run-dir", str(kill_dir)],
@@ -213,14 +195,9 @@ def test_run_killed_with_sigkill_resumes_to_the_same_result(world, tmp_path):
     proc.wait()
     killed_at = len(log.read_text().splitlines())
     assert 9 <= killed_at < 34, killed_at
-    out = subprocess.run(
-        [*cmd, "--run-dir", str(kill_dir), "--resume"], env=env, capture_output=True, text=True
-    )
+    out = subprocess.run([*cmd, "--run-dir", str(kill_dir), "--resume"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    full_rows = [
-        _strip(json.loads(x))
-        for x in (tmp_path / "full" / "candidates.jsonl").read_text().splitlines()
-    ]
+    full_rows = [_strip(json.loads(x)) for x in (tmp_path / "full" / "candidates.jsonl").read_text().splitlines()]
     resumed = [_strip(json.loads(x)) for x in log.read_text().splitlines()]
     assert resumed == full_rows and len(full_rows) == 18 + 16
     assert (kill_dir / "recipe.yaml").read_text() == (tmp_path / "full" / "recipe.yaml").read_text()
@@ -260,9 +237,7 @@ def test_failing_candidates_are_retried_once_then_recorded(world, tmp_path):
     pool = InProcessPool(WorkerSpec(str(tmp_path), "ps"))
     pool._worker = flaky  # type: ignore[assignment]
     log = Log(tmp_path / "c.jsonl")
-    res = run_stage(
-        "ps", genome, spec.parameter_space.optimizer, pool, log, tmp_path / "ck.json", seed=1
-    )
+    res = run_stage("ps", genome, spec.parameter_space.optimizer, pool, log, tmp_path / "ck.json", seed=1)
     rows = log.stage_rows("ps")
     always = [r for r in rows if r["genotype"][0] < 0.35]
     once = [r for r in rows if 0.35 <= r["genotype"][0] < 0.5]
@@ -285,15 +260,10 @@ def test_ray_pool_matches_in_process_and_survives_a_dead_actor(world, tmp_path):
     genome = PSGenome.for_job(spec, pin=run.pinned)
     rng = random.Random(0)
     cands = [
-        Candidate(
-            "ps", 0, i, g := tuple(rng.random() for _ in range(genome.dims)), genome.decode(g)
-        )
-        for i in range(4)
+        Candidate("ps", 0, i, g := tuple(rng.random() for _ in range(genome.dims)), genome.decode(g)) for i in range(4)
     ]
     local: dict = {}
-    InProcessPool(WorkerSpec(str(run.root), "ps")).evaluate(
-        cands, lambda c, o: local.__setitem__(c.index, o.fitness)
-    )
+    InProcessPool(WorkerSpec(str(run.root), "ps")).evaluate(cands, lambda c, o: local.__setitem__(c.index, o.fitness))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         pool = RayPool(WorkerSpec(str(run.root), "ps", threads=1), actors=2)
@@ -316,9 +286,7 @@ def test_plan_counts_match_the_genome(world):
 
 def test_run_evaluates_the_winner_and_the_sources(world, tmp_path, run_cli):
     (world / "mgsm.jsonl").write_text(
-        "".join(
-            json.dumps({"question": f"t{i} t{i + 1}", "answer_number": i}) + "\n" for i in range(4)
-        )
+        "".join(json.dumps({"question": f"t{i} t{i + 1}", "answer_number": i}) + "\n" for i in range(4))
     )
     extra = "evaluation:\n  suites: [mgsm-ja]\n  backend: hf\n  data: {mgsm-ja: mgsm.jsonl}\n  limit: 2\n  max_new_tokens: 3\n"
     job = job_file(world, "eval.yaml", method="linear", evals=6, extra=extra)

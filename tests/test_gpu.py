@@ -52,10 +52,7 @@ def test_merge_on_gpu_matches_cpu_and_resident(tmp_path):
             base_t = load_dir(base)[name]
             assert torch.equal(cpu[name] == base_t, gpu[name] == base_t), name
             # ... and the values agree to bfloat16 rounding
-            assert (
-                (cpu[name].float() - gpu[name].float()).abs()
-                <= cpu[name].float().abs() * 2**-7 + 1e-6
-            ).all(), name
+            assert ((cpu[name].float() - gpu[name].float()).abs() <= cpu[name].float().abs() * 2**-7 + 1e-6).all(), name
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).cuda()
         resident = ResidentMerge(open_inputs(recipe, dirs), recipe, device="cuda")
         resident.apply(recipe, dict(model.named_parameters()))

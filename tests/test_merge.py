@@ -29,18 +29,14 @@ def worlds(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for kind, dtype, shard in (("f32", torch.float32, None), ("bf16", torch.bfloat16, "60KB")):
         root = tmp_path_factory.mktemp(kind)
-        base = make_mistral(
-            root / "base", seed=0, layers=3, dtype=dtype, shard=shard, tokenizer=True
-        )
+        base = make_mistral(root / "base", seed=0, layers=3, dtype=dtype, shard=shard, tokenizer=True)
         make_mistral(root / "ft1", seed=1, base=base, dtype=dtype, shard=shard, noise=0.05)
         make_mistral(root / "ft2", seed=2, base=base, dtype=dtype, shard=shard, noise=0.05)
         out[kind] = root
     return out
 
 
-def recipe_for(
-    root: Path, method: str, dtype: str = "float32", seed: int = 7, groups: int = 1, **extra
-) -> Recipe:
+def recipe_for(root: Path, method: str, dtype: str = "float32", seed: int = 7, groups: int = 1, **extra) -> Recipe:
     w = {"linear": (0.7, 0.5), "slerp": (0.3, 0.7)}.get(method, (0.9, -0.4))
     models = []
     for i, name in enumerate(["ft1", "ft2"]):
@@ -81,15 +77,11 @@ def reference(recipe: Recipe, root: Path) -> dict[str, torch.Tensor]:
         g = layer * G // 3 if layer is not None else (0 if "embed" in name else G - 1)
         ws = [m.weight[g] if isinstance(m.weight, tuple) else m.weight for m in ps.models]
         ds = [
-            (m.density[g] if isinstance(m.density, tuple) else m.density)
-            if m.density is not None
-            else 1
+            (m.density[g] if isinstance(m.density, tuple) else m.density) if m.density is not None else 1
             for m in ps.models
         ]
         keys = [ref_key(recipe.seed, k, name) for k in range(2)]
-        out[name] = ref_merge(
-            ps.method, base[name], [s[name] for s in srcs], ws, ds, keys, ps.normalize
-        )
+        out[name] = ref_merge(ps.method, base[name], [s[name] for s in srcs], ws, ds, keys, ps.normalize)
     return out
 
 
@@ -109,9 +101,7 @@ def test_every_method_matches_reference(worlds, tmp_path, kind, method):
         if kind == "f32":
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=name)
         else:  # both round the same float32 value to bfloat16, up to float32 summation order
-            assert (
-                (g.float() - w.to(torch.bfloat16).float()).abs() <= w.abs() * 2**-7 + 1e-12
-            ).all(), name
+            assert ((g.float() - w.to(torch.bfloat16).float()).abs() <= w.abs() * 2**-7 + 1e-12).all(), name
 
 
 def test_output_directory_is_a_loadable_model(worlds, tmp_path):
@@ -119,9 +109,7 @@ def test_output_directory_is_a_loadable_model(worlds, tmp_path):
 
     root = worlds["bf16"]
     recipe = recipe_for(root, "dare_ties", dtype="bfloat16")
-    out = merge_to_disk(
-        recipe, [Path(r.path) for r in input_refs(recipe)], tmp_path / "m", shard_bytes=50_000
-    )
+    out = merge_to_disk(recipe, [Path(r.path) for r in input_refs(recipe)], tmp_path / "m", shard_bytes=50_000)
     files = sorted(p.name for p in out.iterdir())
     shards = [f for f in files if f.startswith("model-")]
     assert len(shards) > 1 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
@@ -147,9 +135,7 @@ def test_output_directory_is_a_loadable_model(worlds, tmp_path):
 def ties(base, xs, weights, densities, normalize=False, method="ties", chunk=None):
     ws = methods.Workspace(methods.slots_for(method, normalize), chunk=chunk)
     keys = [methods.dare_key(0, k, "t") for k in range(len(xs))]
-    return methods.merge_deltas(
-        method, base, xs, weights, densities, keys, normalize, torch.empty_like(base), ws
-    )
+    return methods.merge_deltas(method, base, xs, weights, densities, keys, normalize, torch.empty_like(base), ws)
 
 
 def test_ties_sign_election_and_trimming_by_hand():
@@ -268,9 +254,7 @@ def test_deterministic_across_runs_orders_and_threads(worlds, tmp_path):
         assert torch.equal(t, one[name]), name
     # another seed gives other masks
     other = load_dir(merge_to_disk(recipe.model_copy(update={"seed": 12}), dirs, tmp_path / "c"))
-    assert not torch.equal(
-        other["model.layers.0.mlp.up_proj.weight"], one["model.layers.0.mlp.up_proj.weight"]
-    )
+    assert not torch.equal(other["model.layers.0.mlp.up_proj.weight"], one["model.layers.0.mlp.up_proj.weight"])
 
 
 @pytest.mark.parametrize(
@@ -290,9 +274,7 @@ def test_in_memory_equals_on_disk(worlds, tmp_path, method, tables):
     template = recipe_for(root, method, dtype="bfloat16")
     dirs = [Path(r.path) for r in input_refs(template)]
     model = AutoModelForCausalLM.from_pretrained(root / "base", dtype=torch.bfloat16)
-    resident = ResidentMerge(
-        open_inputs(template, dirs), template, device="cpu", mask_tables=tables
-    )
+    resident = ResidentMerge(open_inputs(template, dirs), template, device="cpu", mask_tables=tables)
     assert resident.mask_tables == bool(tables)
     params = dict(model.named_parameters())
     ws_before = [b.data_ptr() for b in resident.ws._f32]
@@ -303,9 +285,7 @@ def test_in_memory_equals_on_disk(worlds, tmp_path, method, tables):
             for m, w, d in zip(template.parameter_space.models, weights, dens, strict=True)
         )
         cand = template.model_copy(
-            update={
-                "parameter_space": template.parameter_space.model_copy(update={"models": models})
-            }
+            update={"parameter_space": template.parameter_space.model_copy(update={"models": models})}
         )
         n = resident.apply(cand, params)
         assert n == len(params)
@@ -327,19 +307,11 @@ def test_layer_groups_and_overrides_pick_the_right_values(worlds, tmp_path):
         },
         m1={"weight": [0.0, 1.0, 0.0]},
     )
-    got = load_dir(
-        merge_to_disk(recipe, [Path(r.path) for r in input_refs(recipe)], tmp_path / "o")
-    )
+    got = load_dir(merge_to_disk(recipe, [Path(r.path) for r in input_refs(recipe)], tmp_path / "o"))
     ft1, ft2 = load_dir(root / "ft1"), load_dir(root / "ft2")
-    torch.testing.assert_close(
-        got["model.embed_tokens.weight"], ft1["model.embed_tokens.weight"]
-    )  # group 0
-    torch.testing.assert_close(
-        got["model.layers.0.mlp.up_proj.weight"], ft1["model.layers.0.mlp.up_proj.weight"]
-    )
-    torch.testing.assert_close(
-        got["model.layers.1.mlp.up_proj.weight"], ft2["model.layers.1.mlp.up_proj.weight"]
-    )
+    torch.testing.assert_close(got["model.embed_tokens.weight"], ft1["model.embed_tokens.weight"])  # group 0
+    torch.testing.assert_close(got["model.layers.0.mlp.up_proj.weight"], ft1["model.layers.0.mlp.up_proj.weight"])
+    torch.testing.assert_close(got["model.layers.1.mlp.up_proj.weight"], ft2["model.layers.1.mlp.up_proj.weight"])
     assert got["model.layers.2.mlp.up_proj.weight"].abs().max() == 0  # group 2: both weights 0
     assert got["lm_head.weight"].abs().max() == 0  # the last group's values
     q = "model.layers.1.self_attn.q_proj.weight"  # override: 0.5*ft1 + 1*ft2 in group 1
@@ -359,26 +331,16 @@ def test_vlm_language_model_merges_with_llm(tmp_path):
         ("new", "model.language_model.", "lm_head."),
     ):
         vlm = tmp_path / f"vlm-{style}"
-        vision = {
-            "model.vision_tower.x.weight"
-            if style == "new"
-            else "vision_tower.x.weight": torch.randn(4, 4)
-        }
+        vision = {"model.vision_tower.x.weight" if style == "new" else "vision_tower.x.weight": torch.randn(4, 4)}
         tensors = {
-            (
-                prefix + k[len("model.") :]
-                if k.startswith("model.")
-                else head + k[len("lm_head.") :]
-            ): v
+            (prefix + k[len("model.") :] if k.startswith("model.") else head + k[len("lm_head.") :]): v
             for k, v in lm.items()
         }
         with ShardedWriter(vlm) as w:
             for k, v in {**tensors, **vision}.items():
                 w.add(k, v)
         (vlm / "config.json").write_text(
-            json.dumps(
-                {"model_type": "llava", "text_config": cfg, "vision_config": {"hidden_size": 4}}
-            )
+            json.dumps({"model_type": "llava", "text_config": cfg, "vision_config": {"hidden_size": 4}})
         )
         recipe = Recipe.model_validate(
             {
@@ -402,22 +364,14 @@ def test_vlm_language_model_merges_with_llm(tmp_path):
         key = "model.layers.1.mlp.down_proj.weight"
         own = prefix + key[len("model.") :]
         torch.testing.assert_close(out[own], b[key] + 0.5 * (l1[key] - b[key]) + (lm[key] - b[key]))
-        assert (
-            json.loads((tmp_path / f"out-{style}" / "config.json").read_text())["model_type"]
-            == "llava"
-        )
+        assert json.loads((tmp_path / f"out-{style}" / "config.json").read_text())["model_type"] == "llava"
 
 
 def test_lm_name_mapping():
-    assert (
-        lm_name("model.layers.3.mlp.up_proj.weight", vlm=False)
-        == "model.layers.3.mlp.up_proj.weight"
-    )
+    assert lm_name("model.layers.3.mlp.up_proj.weight", vlm=False) == "model.layers.3.mlp.up_proj.weight"
     assert lm_name("language_model.model.layers.3.x", vlm=True) == "model.layers.3.x"
     assert lm_name("language_model.lm_head.weight", vlm=True) == "lm_head.weight"
-    assert (
-        lm_name("model.language_model.embed_tokens.weight", vlm=True) == "model.embed_tokens.weight"
-    )
+    assert lm_name("model.language_model.embed_tokens.weight", vlm=True) == "model.embed_tokens.weight"
     assert lm_name("model.vision_tower.encoder.layers.0.x", vlm=True) is None
     assert lm_name("multi_modal_projector.linear_1.weight", vlm=True) is None
 
@@ -525,8 +479,6 @@ def test_export_mergekit(worlds, tmp_path, run_cli):
     assert cfg["models"][1]["parameters"] == {"weight": -0.4, "density": 0.8}
     slerp = recipe_for(root, "slerp")
     assert yaml.safe_load(to_mergekit(slerp))["parameters"] == {"t": 0.7}
-    bad = recipe_for(
-        root, "ties", m0={"overrides": [{"pattern": r"layers\.[0-3]\.", "weight": 1.0}]}
-    )
+    bad = recipe_for(root, "ties", m0={"overrides": [{"pattern": r"layers\.[0-3]\.", "weight": 1.0}]})
     with pytest.raises(EvohubError, match="regex"):
         to_mergekit(bad)

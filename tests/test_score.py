@@ -38,9 +38,7 @@ def test_japanese_check():
     assert is_japanese("答えは42です。計算すると6+36=42になります。")
     assert not is_japanese("Let me think step by step. 6 plus 36 is 42, so the answer is 42. 答え")
     assert japanese_probability("") == 0.0
-    assert japanese_probability("これは\n日本語\nです") == japanese_probability(
-        "これは日本語です"
-    )  # newlines removed
+    assert japanese_probability("これは\n日本語\nです") == japanese_probability("これは日本語です")  # newlines removed
 
 
 def test_japanese_rouge_against_hand_computed_values():
@@ -54,9 +52,7 @@ def test_japanese_rouge_against_hand_computed_values():
     assert rouge_ja(ref, pred)["rouge1"] == 0.0
     # ... where token overlap alone would have given it credit
     assert rouge_ja(ref, pred, strict_japanese=False)["rouge1"] > 0
-    assert rouge_ja(["猫が好きです"], ["猫が好きです😀"])["rouge1"] == pytest.approx(
-        100.0
-    )  # emoji removed
+    assert rouge_ja(["猫が好きです"], ["猫が好きです😀"])["rouge1"] == pytest.approx(100.0)  # emoji removed
 
 
 def test_ja_math_scoring_counts_japanese_correct_answers_only():
@@ -70,9 +66,7 @@ def test_ja_math_scoring_counts_japanese_correct_answers_only():
     m = scored.metrics
     assert (m["acc"], m["acc_ja"]) == (0.5, 0.25)
     assert (m["acc_strict"], m["acc_ja_strict"]) == (0.75, 0.5)
-    assert (
-        scored.samples[3]["prediction"] == 0.0 and scored.samples[3]["prediction_strict"] == 1000.0
-    )
+    assert scored.samples[3]["prediction"] == 0.0 and scored.samples[3]["prediction_strict"] == 1000.0
 
 
 def test_ja_math_prompt_is_the_papers():
@@ -85,9 +79,7 @@ def test_ja_math_prompt_is_the_papers():
 def model_dir(tmp_path_factory) -> Path:
     from tiny import make_mistral
 
-    return make_mistral(
-        tmp_path_factory.mktemp("score") / "m", seed=0, tokenizer=True, initializer_range=0.3
-    )
+    return make_mistral(tmp_path_factory.mktemp("score") / "m", seed=0, tokenizer=True, initializer_range=0.3)
 
 
 def test_hf_backend_batches_with_left_padding_and_cuts_at_stop(model_dir):
@@ -97,10 +89,7 @@ def test_hf_backend_batches_with_left_padding_and_cuts_at_stop(model_dir):
     be = HFBackend.load(model_dir, batch_size=4)
     prompts = ["t1 t2 t3 t4 t5 t6", "t9", "t10 t11", "t3 t3 t3"]
     batched = be.generate(prompts, Sampling(max_new_tokens=6))
-    one_by_one = [
-        HFBackend.load(model_dir, batch_size=1).generate([p], Sampling(max_new_tokens=6))[0]
-        for p in prompts
-    ]
+    one_by_one = [HFBackend.load(model_dir, batch_size=1).generate([p], Sampling(max_new_tokens=6))[0] for p in prompts]
     assert batched == one_by_one  # left padding does not change greedy outputs
     first = batched[0].split()[2]
     cut = be.generate(prompts[:1], Sampling(max_new_tokens=6, stop=(first,)))
@@ -132,11 +121,7 @@ def test_cli_rescores_predictions(tmp_path, run_cli):
 
 def test_cli_evaluates_mgsm_ja_on_local_data(model_dir, tmp_path, run_cli):
     data = tmp_path / "mgsm.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps({"question": f"t{i} t{i + 1}", "answer_number": i}) + "\n" for i in range(5)
-        )
-    )
+    data.write_text("".join(json.dumps({"question": f"t{i} t{i + 1}", "answer_number": i}) + "\n" for i in range(5)))
     out = tmp_path / "eval"
     code, stdout, err = run_cli("evaluate", model_dir, "--suite", "mgsm-ja", "--data", f"mgsm-ja={data}",
                                 "--limit", "3", "--max-new-tokens", "4", "--device", "cpu", "--out", out)  # fmt: skip
@@ -161,18 +146,14 @@ def test_lmeval_on_a_local_model_with_local_data(model_dir, tmp_path, run_cli):
     jcqa = tmp_path / "jcqa.jsonl"
     jcqa.write_text("".join(json.dumps(r) + "\n" for r in rows))
     jcola = tmp_path / "jcola.jsonl"
-    jcola.write_text(
-        "".join(json.dumps({"sentence": f"t{i} t{i + 3}", "label": i % 2}) + "\n" for i in range(8))
-    )
+    jcola.write_text("".join(json.dumps({"sentence": f"t{i} t{i + 3}", "label": i % 2}) + "\n" for i in range(8)))
     out = tmp_path / "eval"
     code, _, err = run_cli("evaluate", model_dir, "--suite", "lmeval:ja_leaderboard_jcommonsenseqa", "--suite", "jcola",
                            "--data", f"ja_leaderboard_jcommonsenseqa={jcqa}", "--data", f"jcola={jcola}",
                            "--device", "cpu", "--out", out)  # fmt: skip
     assert code == 0, err
     suites = json.loads((out / "results.json").read_text())["suites"]
-    jc = suites["lmeval:ja_leaderboard_jcommonsenseqa"]["metrics"]["lm_eval"][
-        "ja_leaderboard_jcommonsenseqa"
-    ]
+    jc = suites["lmeval:ja_leaderboard_jcommonsenseqa"]["metrics"]["lm_eval"]["ja_leaderboard_jcommonsenseqa"]
     assert 0 <= jc["acc,none"] <= 1 and "acc_stderr,none" in jc  # lm-eval's own metric names
     cola = suites["jcola"]["metrics"]["lm_eval"]["jcola"]
     assert {"acc,none", "mcc,none"} <= set(cola)

@@ -126,14 +126,10 @@ def test_recipe_roundtrip_and_schema(tmp_path: Path):
 
 
 def test_unpinned_warning_names_line(tmp_path: Path):
-    text = RECIPE.replace(
-        f"{{repo: GAIR/Abel-7B-002, revision: {SHA}}}", "{repo: GAIR/Abel-7B-002}"
-    )
+    text = RECIPE.replace(f"{{repo: GAIR/Abel-7B-002, revision: {SHA}}}", "{repo: GAIR/Abel-7B-002}")
     p = write(tmp_path, text)
     w = warnings_for(load(p), p)
-    assert len(w) == 1 and w[0].startswith(
-        f"{p}:14: parameter_space.models[1].source: warning: unpinned"
-    )
+    assert len(w) == 1 and w[0].startswith(f"{p}:14: parameter_space.models[1].source: warning: unpinned")
 
 
 # (mutation of the valid job, expected line, expected field path, words in the message)
@@ -207,9 +203,7 @@ JOB_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    "change,line,field,words", JOB_CASES, ids=[c[2] + ":" + c[3] for c in JOB_CASES]
-)
+@pytest.mark.parametrize("change,line,field,words", JOB_CASES, ids=[c[2] + ":" + c[3] for c in JOB_CASES])
 def test_job_errors_name_line_and_field(world: Path, run_cli, change, line, field, words):
     old, new = change
     assert old in JOB
@@ -272,24 +266,20 @@ RECIPE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    "change,line,field,words", RECIPE_CASES, ids=[c[2] + ":" + c[3] for c in RECIPE_CASES]
-)
+@pytest.mark.parametrize("change,line,field,words", RECIPE_CASES, ids=[c[2] + ":" + c[3] for c in RECIPE_CASES])
 def test_recipe_errors_name_line_and_field(tmp_path: Path, change, line, field, words):
     old, new = change
     assert old in RECIPE
     ps = problems(write(tmp_path, RECIPE.replace(old, new, 1)))
     hit = [x for x in ps if f": {field}:" in x]
     assert hit, ps
-    assert hit[0].startswith(f"{tmp_path / 'doc.yaml'}:{line}: {field}: ") and words in hit[0], hit[
-        0
-    ]
+    assert hit[0].startswith(f"{tmp_path / 'doc.yaml'}:{line}: {field}: ") and words in hit[0], hit[0]
 
 
 def test_recipe_needs_base_for_delta_methods(tmp_path: Path):
-    text = RECIPE.replace(
-        f"base_model: {{repo: mistralai/Mistral-7B-v0.1, revision: {SHA}}}\n", ""
-    ).replace("tokenizer_source: base", "tokenizer_source: 0")
+    text = RECIPE.replace(f"base_model: {{repo: mistralai/Mistral-7B-v0.1, revision: {SHA}}}\n", "").replace(
+        "tokenizer_source: base", "tokenizer_source: 0"
+    )
     (msg,) = problems(write(tmp_path, text))
     assert re.match(r".*doc\.yaml:6: parameter_space\.method: 'dare_ties' merges task vectors", msg)
 
@@ -306,9 +296,7 @@ data_flow_space:
   scales: [1, 1, 1, 1]
 """
     (msg,) = problems(write(world, text))
-    assert msg.endswith(
-        "doc.yaml:7: data_flow_space.path[2][1]: layer 2 of model 'b' does not exist (it has 2 layers)"
-    )
+    assert msg.endswith("doc.yaml:7: data_flow_space.path[2][1]: layer 2 of model 'b' does not exist (it has 2 layers)")
     fixed = load(write(world, text.replace("[b, 2]", "[b, 0]")))
     assert isinstance(fixed, Recipe) and fixed.data_flow_space is not None
 

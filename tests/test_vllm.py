@@ -33,9 +33,7 @@ def _logprobs_vllm(model_dir: Path, ids: list[int]) -> list[float]:
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=str(model_dir), dtype="float32", max_model_len=64, enforce_eager=True, seed=0)
-    out = llm.generate(
-        [{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
-    )
+    out = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0))
     prompt = out[0].prompt_logprobs
     return [prompt[i][ids[i]].logprob for i in range(1, len(ids))]
 

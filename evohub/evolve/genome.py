@@ -149,9 +149,7 @@ class DFSGenome:
     def x0(self) -> list[float]:
         on = [0.75 if t < self.layers_a else 0.25 for t in range(self.T)]
         lo, hi = self.search.scales.bounds
-        one = (
-            0.5 if lo >= 1 or hi <= 1 else math.log(1 / lo) / math.log(hi / lo)
-        )  # the gene of scale 1
+        one = 0.5 if lo >= 1 or hi <= 1 else math.log(1 / lo) / math.log(hi / lo)  # the gene of scale 1
         return on + [one] * (self.dims - self.T)
 
     def slot(self, t: int) -> tuple[str, int]:
@@ -177,9 +175,7 @@ class DFSGenome:
         if cap is not None and len(slots) > cap:
             slots = [*slots[: max(cap - 1, 1)], end] if cap > 1 else [end]
         path = [self.slot(t) for t in slots]
-        scales = [1.0] + [
-            self.scale(x, slots[k - 1] % self.M, slots[k] % self.M) for k in range(1, len(slots))
-        ]
+        scales = [1.0] + [self.scale(x, slots[k - 1] % self.M, slots[k] % self.M) for k in range(1, len(slots))]
         return path, scales
 
     def decode(self, x: Sequence[float]) -> Recipe:

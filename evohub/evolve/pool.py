@@ -27,9 +27,7 @@ class InProcessPool(Evaluator):
         self.spec = spec
         self._worker: Worker | None = None
 
-    def evaluate(
-        self, batch: Sequence[Candidate], done: Callable[[Candidate, Outcome], None]
-    ) -> None:
+    def evaluate(self, batch: Sequence[Candidate], done: Callable[[Candidate, Outcome], None]) -> None:
         if self._worker is None:
             self._worker = self.spec.build()
         for c in batch:
@@ -70,15 +68,11 @@ class RayPool(Evaluator):
                      configure_logging=False)  # fmt: skip
         self._ray = ray
         self.spec = spec
-        self._cls = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, max_restarts=0)(
-            _Actor
-        )
+        self._cls = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, max_restarts=0)(_Actor)
         self.actors = [self._cls.remote(spec) for _ in range(actors)]
         self.replaced = 0
 
-    def evaluate(
-        self, batch: Sequence[Candidate], done: Callable[[Candidate, Outcome], None]
-    ) -> None:
+    def evaluate(self, batch: Sequence[Candidate], done: Callable[[Candidate, Outcome], None]) -> None:
         ray = self._ray
         queue: list[tuple[Candidate, int]] = [(c, 0) for c in batch]
         pending: dict = {}  # ObjectRef -> (actor slot, candidate, attempt)

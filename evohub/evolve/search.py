@@ -34,12 +34,7 @@ def recipe_hash(recipe: Recipe) -> str:
 
 def stage_seed(seed: int, stage: str) -> int:
     """CMA's seed for a stage, derived from the job seed."""
-    return (
-        int.from_bytes(
-            hashlib.blake2b(f"evohub-cma-{seed}-{stage}".encode(), digest_size=4).digest(), "little"
-        )
-        or 1
-    )
+    return int.from_bytes(hashlib.blake2b(f"evohub-cma-{seed}-{stage}".encode(), digest_size=4).digest(), "little") or 1
 
 
 @dataclass
@@ -79,9 +74,7 @@ class Log:
                     self.rows.append(json.loads(line))
                 except ValueError:
                     if i != len(lines) - 1:
-                        raise EvohubError(
-                            f"{path}:{i + 1}: not a JSON row; the log is damaged"
-                        ) from None
+                        raise EvohubError(f"{path}:{i + 1}: not a JSON row; the log is damaged") from None
                     self._truncate(len(lines) - 1)  # a row cut short by a crash: drop it
         self._index = {(r["stage"], r["generation"], r["index"]): r for r in self.rows}
 
@@ -117,9 +110,7 @@ def write_json(path: Path, obj: object) -> None:
 class Evaluator:
     """Evaluates a batch of candidates; calls ``done(candidate, outcome)`` as each finishes."""
 
-    def evaluate(
-        self, batch: Sequence[Candidate], done: Callable[[Candidate, Outcome], None]
-    ) -> None:
+    def evaluate(self, batch: Sequence[Candidate], done: Callable[[Candidate, Outcome], None]) -> None:
         raise NotImplementedError
 
 
@@ -175,13 +166,8 @@ def run_stage(
         if optimizer.max_hours is not None and elapsed >= optimizer.max_hours * 3600:
             break
         X = es.ask()
-        n = (
-            pop if limit is None else min(pop, limit - done_before)
-        )  # the last generation may be cut
-        cands = [
-            Candidate(stage, generation, i, tuple(float(v) for v in X[i]), genome.decode(X[i]))
-            for i in range(n)
-        ]
+        n = pop if limit is None else min(pop, limit - done_before)  # the last generation may be cut
+        cands = [Candidate(stage, generation, i, tuple(float(v) for v in X[i]), genome.decode(X[i])) for i in range(n)]
         todo = []
         for c in cands:
             row = log.get(c.key)
@@ -207,9 +193,7 @@ def run_stage(
             evaluator.evaluate(todo, record)
         rows = [log.get(c.key) for c in cands]
         if any(r is None for r in rows):
-            raise EvohubError(
-                f"stage {stage}: the evaluator returned no result for some candidates"
-            )
+            raise EvohubError(f"stage {stage}: the evaluator returned no result for some candidates")
         fitness = [r["fitness"] for r in rows]  # type: ignore[index]
         for c, f in zip(cands, fitness, strict=True):
             if f is not None and math.isfinite(f) and (best is None or f > best[0]):
@@ -228,8 +212,6 @@ def run_stage(
         if n < pop:
             break
     if best is None:
-        raise EvohubError(
-            f"stage {stage}: no candidate was evaluated successfully (see {log.path})"
-        )
+        raise EvohubError(f"stage {stage}: no candidate was evaluated successfully (see {log.path})")
     evaluations = sum(1 for _ in log.stage_rows(stage))
     return StageResult(stage, best[1], best[0], evaluations, generation)

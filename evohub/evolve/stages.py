@@ -15,11 +15,7 @@ __all__ = ["RunFiles", "dfs_dirs", "genome_for", "stages_of", "tokenizer_dir"]
 
 
 def stages_of(job: JobSpec) -> list[str]:
-    return [
-        s
-        for s, part in (("ps", job.parameter_space), ("dfs", job.data_flow_space))
-        if part is not None
-    ]
+    return [s for s, part in (("ps", job.parameter_space), ("dfs", job.data_flow_space)) if part is not None]
 
 
 def genome_for(run: RunFiles, job: JobSpec, stage: str) -> PSGenome | DFSGenome:
@@ -33,9 +29,7 @@ def genome_for(run: RunFiles, job: JobSpec, stage: str) -> PSGenome | DFSGenome:
     if dfs.a == "ps":
         base = run.stage_recipe("ps")
         if base is None:
-            raise EvohubError(
-                "the data-flow stage needs the finished parameter-space stage (stages/ps/recipe.yaml)"
-            )
+            raise EvohubError("the data-flow stage needs the finished parameter-space stage (stages/ps/recipe.yaml)")
         primary = job.base_model or job.sources[0].ref()
         layers_a = num_decoder_layers(run.config(primary)) or 0
         a: object = "ps"
@@ -52,11 +46,7 @@ def dfs_dirs(run: RunFiles, job: JobSpec) -> tuple[Path, Path]:
     """Local directories of the data-flow stage's models A and B."""
     dfs = job.data_flow_space
     assert dfs is not None
-    a = (
-        run.root / "stages" / "ps" / "model"
-        if dfs.a == "ps"
-        else run.local_dir(job.source(dfs.a).ref())
-    )
+    a = run.root / "stages" / "ps" / "model" if dfs.a == "ps" else run.local_dir(job.source(dfs.a).ref())
     return a, run.local_dir(job.source(dfs.b).ref())
 
 

@@ -64,18 +64,14 @@ class Worker:
             template = self.genome.decode(self.genome.x0())
             dirs = [run.local_dir(r) for r in input_refs(template)]
             inputs = open_inputs(template, dirs)
-            primary = dirs[
-                make_plan(template.parameter_space, inputs, template.base_model is not None).primary
-            ]
+            primary = dirs[make_plan(template.parameter_space, inputs, template.base_model is not None).primary]
             tok_dir = stages.tokenizer_dir(run, template, dirs)
             self.merge = ResidentMerge(inputs, template, device=device)
             if job.fitness.backend == "vllm":
                 # the engine holds the model; merged tensors are handed to it by name
                 from evohub.score.backends.vllm import VLLMBackend
 
-                self.backend = VLLMBackend(
-                    primary, dtype=job.dtype, seed=job.seed, tokenizer=str(tok_dir)
-                )
+                self.backend = VLLMBackend(primary, dtype=job.dtype, seed=job.seed, tokenizer=str(tok_dir))
                 self._apply = lambda recipe: self.backend.load_weights(self.merge.tensors(recipe))
             else:
                 model = AutoModelForCausalLM.from_pretrained(primary, dtype=dtype).to(device).eval()
@@ -91,9 +87,7 @@ class Worker:
             model_a = AutoModelForCausalLM.from_pretrained(a_dir, dtype=dtype).to(device).eval()
             model_b = AutoModelForCausalLM.from_pretrained(b_dir, dtype=dtype).to(device).eval()
             self.executor = PathExecutor(model_a, model_b)
-            self.backend = HFBackend(
-                self.executor.model, AutoTokenizer.from_pretrained(a_dir), batch
-            )
+            self.backend = HFBackend(self.executor.model, AutoTokenizer.from_pretrained(a_dir), batch)
             self._apply = lambda recipe: None
 
     def _examples(self, generation: int, split: str) -> list[dict]:
@@ -108,9 +102,7 @@ class Worker:
         idx = minibatch(self.subset, self.job.fitness.minibatch, self.job.seed, generation)
         return [self.rows[i] for i in idx]
 
-    def evaluate(
-        self, genotype: Sequence[float], generation: int, split: str = "fitness"
-    ) -> Outcome:
+    def evaluate(self, genotype: Sequence[float], generation: int, split: str = "fitness") -> Outcome:
         """Score one genotype on the ``split`` examples of ``generation``; errors become outcomes."""
         start = time.perf_counter()
         try:

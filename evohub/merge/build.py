@@ -73,9 +73,7 @@ def open_inputs(recipe: Recipe, dirs: Sequence[Path]) -> list[Model]:
         try:
             config = json.loads(cfg_path.read_text())
         except FileNotFoundError:
-            raise EvohubError(
-                f"{d}: no config.json; is {ref.display()} a transformers model?"
-            ) from None
+            raise EvohubError(f"{d}: no config.json; is {ref.display()} a transformers model?") from None
         except ValueError as e:
             raise EvohubError(f"{cfg_path}: not valid JSON: {e}") from e
         models.append(Model(label=ref.display(), tensors=CheckpointReader(d), config=config))
@@ -112,9 +110,7 @@ class _Part:
     label: str
 
 
-def build_output(
-    recipe: Recipe, dirs: Sequence[Path], inputs: Sequence[Model], device: str = "cpu"
-) -> Output:
+def build_output(recipe: Recipe, dirs: Sequence[Path], inputs: Sequence[Model], device: str = "cpu") -> Output:
     """Plan ``recipe`` over opened inputs: parameter space, data flow, or one after the other."""
     dirs = [Path(d) for d in dirs]
     dtype = DTYPES[recipe.dtype]
@@ -126,9 +122,7 @@ def build_output(
         n = (1 if has_base else 0) + len(ps.models)
         plan = make_plan(ps, inputs[:n], has_base)
         source = MergedTensors(recipe, plan, inputs[:n], workspace_for(recipe, device), dtype)
-        merged = _Part(
-            source, inputs[plan.primary].config, dirs[plan.primary], "the parameter-space merge"
-        )
+        merged = _Part(source, inputs[plan.primary].config, dirs[plan.primary], "the parameter-space merge")
         count = len(plan.tasks)
     refs = input_refs(recipe)
 
@@ -156,9 +150,7 @@ def build_output(
         count += sum(per_layer[who].get(layer, 0) for who, layer in dfs.path)
         arch = a
     tok = arch.directory if ts == "a" else tokenizer_dir(recipe, dirs)
-    return Output(
-        tensors=tensors, count=count, config=config, arch_dir=arch.directory, tokenizer_dir=tok
-    )
+    return Output(tensors=tensors, count=count, config=config, arch_dir=arch.directory, tokenizer_dir=tok)
 
 
 def tokenizer_dir(recipe: Recipe, dirs: Sequence[Path]) -> Path:

@@ -65,9 +65,7 @@ _SAME = ("model_type", "hidden_size", "intermediate_size", "num_attention_heads"
 
 def fold_rule(config: dict, label: str) -> FoldRule:
     if is_vlm(config):
-        raise EvohubError(
-            f"{label}: data-flow-space merging of a VLM's language model is not supported yet"
-        )
+        raise EvohubError(f"{label}: data-flow-space merging of a VLM's language model is not supported yet")
     rule = FOLD_RULES.get(config.get("model_type", ""))
     if rule is None:
         raise EvohubError(
@@ -90,9 +88,7 @@ def check_pair(cfg_a: dict, cfg_b: dict, label_a: str, label_b: str) -> FoldRule
     return rule
 
 
-def check_path(
-    path: Sequence[tuple[str, int]], scales: Sequence[float], layers: dict[str, int]
-) -> None:
+def check_path(path: Sequence[tuple[str, int]], scales: Sequence[float], layers: dict[str, int]) -> None:
     if len(path) != len(scales):
         raise EvohubError(f"data_flow_space: {len(scales)} scales for {len(path)} hops")
     for k, ((who, layer), s) in enumerate(zip(path, scales, strict=True)):
@@ -127,9 +123,7 @@ def layer_types_of(config: dict) -> list[str] | None:
     return list(types) if types else None
 
 
-def path_config(
-    cfg_a: dict, cfg_b: dict, path: Sequence[tuple[str, int]], dtype: str | None = None
-) -> dict:
+def path_config(cfg_a: dict, cfg_b: dict, path: Sequence[tuple[str, int]], dtype: str | None = None) -> dict:
     """A's config with one layer per hop and per-layer arrays re-indexed by hop."""
     out = dict(cfg_a)
     out["num_hidden_layers"] = len(path)

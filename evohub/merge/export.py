@@ -33,20 +33,14 @@ def _at(value: float | tuple[float, ...], group: int) -> float:
     return value[group] if isinstance(value, tuple) else value
 
 
-def _setting(
-    value: float | tuple[float, ...], overrides: list[tuple[str, float]], layers: int | None
-):
+def _setting(value: float | tuple[float, ...], overrides: list[tuple[str, float]], layers: int | None):
     """A mergekit parameter setting: a number, or a first-match-wins list of filters."""
     entries: list[dict] = [{"filter": p, "value": v} for p, v in overrides]
     if isinstance(value, tuple) and len(set(value)) > 1:
         if layers is None:
-            raise EvohubError(
-                "per-layer-group values need the number of decoder layers: pass --layers N"
-            )
+            raise EvohubError("per-layer-group values need the number of decoder layers: pass --layers N")
         groups = len(value)
-        entries += [
-            {"filter": f"layers.{i}.", "value": value[i * groups // layers]} for i in range(layers)
-        ]
+        entries += [{"filter": f"layers.{i}.", "value": value[i * groups // layers]} for i in range(layers)]
         entries.append({"filter": "embed_tokens", "value": value[0]})
         entries.append({"value": value[-1]})
     else:

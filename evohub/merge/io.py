@@ -57,10 +57,7 @@ def read_header(path: Path) -> dict[str, _Entry]:
             dtype = _ST_DTYPES[info["dtype"]]
             shape = tuple(int(d) for d in info["shape"])
             nbytes = stop - start
-            if (
-                nbytes != math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
-                or 8 + n + stop > size
-            ):
+            if nbytes != math.prod(shape) * torch.empty(0, dtype=dtype).element_size() or 8 + n + stop > size:
                 raise ValueError(f"tensor {name!r} has inconsistent offsets")
             out[name] = _Entry(path, 8 + n + start, nbytes, dtype, shape)
         return out
@@ -92,11 +89,7 @@ class CheckpointReader:
             files = sorted(p.name for p in self.directory.glob("*.safetensors"))
             weight_map = None
         if not files:
-            pickles = [
-                p.name
-                for p in self.directory.iterdir()
-                if p.suffix in (".bin", ".pt", ".pth", ".ckpt")
-            ]
+            pickles = [p.name for p in self.directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
             if pickles:
                 raise EvohubError(
                     f"{self.directory}: only pickle weights ({', '.join(sorted(pickles)[:3])}); evohub loads "
@@ -143,9 +136,7 @@ class CheckpointReader:
         e = self._entry(name)
         if e.nbytes == 0:
             return torch.empty(e.shape, dtype=e.dtype)
-        raw = torch.frombuffer(
-            self._map(e.file), dtype=torch.uint8, count=e.nbytes, offset=e.offset
-        )
+        raw = torch.frombuffer(self._map(e.file), dtype=torch.uint8, count=e.nbytes, offset=e.offset)
         return raw.view(e.dtype).view(e.shape)
 
     def release(self, name: str) -> None:
@@ -243,9 +234,7 @@ class ShardedWriter:
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 
 
-def write_safetensors(
-    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
-) -> None:
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write a safetensors file straight from the tensors' memory.
 
     The format is an 8-byte little-endian header length, a JSON header (dtype, shape and byte
@@ -256,9 +245,7 @@ def write_safetensors(
     """
     header: dict[str, object] = {}
     offset = 0
-    names = sorted(
-        tensors, key=lambda k: (-tensors[k].element_size(), k)
-    )  # aligned, as save_file orders
+    names = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))  # aligned, as save_file orders
     for name in names:
         t = tensors[name]
         nbytes = t.numel() * t.element_size()

@@ -46,9 +46,7 @@ CHUNK = {"cpu": 1 << 19, "cuda": 1 << 26}
 
 def dare_key(seed: int, source_index: int, tensor_name: str) -> tuple[int, int]:
     """The two 32-bit words keying one tensor's DARE mask."""
-    digest = hashlib.blake2b(
-        f"evohub-dare-v1\0{seed}\0{source_index}\0{tensor_name}".encode(), digest_size=8
-    ).digest()
+    digest = hashlib.blake2b(f"evohub-dare-v1\0{seed}\0{source_index}\0{tensor_name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")
 
 
@@ -77,9 +75,7 @@ class Workspace:
         self.chunk = chunk or CHUNK.get(self.device.type, CHUNK["cuda"])
         dev = self.device
         self.mask_slot = slots  # one more float32 buffer, for DARE's keep mask
-        self._f32 = [
-            torch.empty(self.chunk, dtype=torch.float32, device=dev) for _ in range(slots + 1)
-        ]
+        self._f32 = [torch.empty(self.chunk, dtype=torch.float32, device=dev) for _ in range(slots + 1)]
         self._i64 = [torch.empty(self.chunk, dtype=torch.int64, device=dev) for _ in range(2)]
         self._iota = torch.arange(self.chunk, dtype=torch.int64, device=dev)
         self._bool = [torch.empty(self.chunk, dtype=torch.bool, device=dev) for _ in range(2)]
@@ -106,9 +102,7 @@ def _hash32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
     return x.bitwise_xor_(tmp)
 
 
-def _hash_chunk(
-    x: torch.Tensor, t: torch.Tensor, start: int, key: tuple[int, int], ws: Workspace
-) -> torch.Tensor:
+def _hash_chunk(x: torch.Tensor, t: torch.Tensor, start: int, key: tuple[int, int], ws: Workspace) -> torch.Tensor:
     """hash32 of the flat indices start .. start + len(x), keyed, into ``x`` (int64)."""
     torch.add(ws._iota[: x.numel()], start, out=x)
     x.bitwise_xor_(key[0])
@@ -156,9 +150,7 @@ def dare_mask_(
     return d.mul_(keep)
 
 
-def dare_(
-    d: torch.Tensor, start: int, density: float, key: tuple[int, int], ws: Workspace
-) -> torch.Tensor:
+def dare_(d: torch.Tensor, start: int, density: float, key: tuple[int, int], ws: Workspace) -> torch.Tensor:
     """DARE on a flat chunk: keep each entry with probability ``density``, rescale by 1/density."""
     dare_mask_(d, start, density, key, ws)
     return d.div_(density) if 0 < density < 1 else d
@@ -181,9 +173,7 @@ def _abs_bits(x: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tens
     return out.copy_(x).sub_(b).abs_().view(torch.int32)
 
 
-def trim_threshold(
-    x: torch.Tensor, base: torch.Tensor, density: float, ws: Workspace, slot: int
-) -> Trim | None:
+def trim_threshold(x: torch.Tensor, base: torch.Tensor, density: float, ws: Workspace, slot: int) -> Trim | None:
     """Where TIES cuts δ = x − base: None keeps everything, else a :class:`Trim`."""
     n = x.numel()
     if density >= 1 or n == 0:
@@ -265,14 +255,9 @@ def merge_deltas(
     elect = method in ("ties", "dare_ties")
     dare = method in ("dare_ties", "dare_linear")
     # DARE's 1/density rescale is folded into the weight: one pass less per source
-    scales = [
-        w / dens if dare and 0 < dens < 1 else w for w, dens in zip(weights, densities, strict=True)
-    ]
+    scales = [w / dens if dare and 0 < dens < 1 else w for w, dens in zip(weights, densities, strict=True)]
     trims = (
-        [
-            trim_threshold(x, base, dens, ws, slot=1)
-            for x, dens in zip(sources, densities, strict=True)
-        ]
+        [trim_threshold(x, base, dens, ws, slot=1) for x, dens in zip(sources, densities, strict=True)]
         if method == "ties"
         else None
     )
@@ -353,9 +338,7 @@ def linear(
     return out
 
 
-def slerp(
-    t: float, v0: torch.Tensor, v1: torch.Tensor, out: torch.Tensor, ws: Workspace
-) -> torch.Tensor:
+def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, out: torch.Tensor, ws: Workspace) -> torch.Tensor:
     """Spherical interpolation between two whole tensors (t = 0 gives ``v0``), into ``out``."""
     a, b, of = _flat(v0), _flat(v1), _flat(out)
     aa = bb = ab = 0.0

@@ -73,8 +73,7 @@ class PathExecutor:
         """Make ``self.model`` run ``path`` with ``scales`` (no weights are copied)."""
         check_path(path, scales, {who: len(layers) for who, layers in self.layers.items()})
         self.model.model.layers = nn.ModuleList(
-            Hop(self.layers[who][layer], s, k)
-            for k, ((who, layer), s) in enumerate(zip(path, scales, strict=True))
+            Hop(self.layers[who][layer], s, k) for k, ((who, layer), s) in enumerate(zip(path, scales, strict=True))
         )
         self.model.config.num_hidden_layers = len(path)
         if self._types["a"] is not None and self._types["b"] is not None:

@@ -103,17 +103,13 @@ def make_plan(ps: PSRecipe, inputs: Sequence[Model], has_base: bool) -> Plan:
     first of them (the base for task-vector methods).
     """
     used = [inputs[i] for i in used_inputs(ps.method, len(inputs), has_base)]
-    primary = next(
-        (i for i in used_inputs(ps.method, len(inputs), has_base) if inputs[i].vlm), None
-    )
+    primary = next((i for i in used_inputs(ps.method, len(inputs), has_base) if inputs[i].vlm), None)
     if primary is None:
         primary = used_inputs(ps.method, len(inputs), has_base)[0]
     p = inputs[primary]
     layers = num_decoder_layers(p.config)
     if layers is None:
-        raise EvohubError(
-            f"{p.label}: config.json does not say how many decoder layers the model has"
-        )
+        raise EvohubError(f"{p.label}: config.json does not say how many decoder layers the model has")
     groups = ps.layer_groups
     if groups > layers:
         raise EvohubError(f"layer_groups is {groups} but {p.label} has {layers} decoder layers")
@@ -141,11 +137,7 @@ def make_plan(ps: PSRecipe, inputs: Sequence[Model], has_base: bool) -> Plan:
                         f"tensor {key!r} has shape {tuple(shape)} in {p.label} but {tuple(other)} in {m.label}"
                     )
             layer = decoder_layer_index(key)
-            group = (
-                layer * groups // layers
-                if layer is not None
-                else (0 if is_embedding(key) else groups - 1)
-            )
+            group = layer * groups // layers if layer is not None else (0 if is_embedding(key) else groups - 1)
         else:
             group = groups - 1
         tasks.append(Task(name=name, key=key, shape=tuple(shape), group=group))
@@ -199,14 +191,8 @@ def merge_into(
         return methods.slerp(weights[1] / (weights[0] + weights[1]), xs[0], xs[1], out, ws)
     base = _fetch(inputs[0], task.key, ws.device)
     keys = [methods.dare_key(recipe.seed, k, task.key) for k in range(K)]
-    kept = (
-        [tables(key, base.numel()) for key in keys]
-        if tables and ps.method.startswith("dare")
-        else None
-    )
-    return methods.merge_deltas(
-        ps.method, base, xs, weights, [d for _, d in vals], keys, ps.normalize, out, ws, kept
-    )
+    kept = [tables(key, base.numel()) for key in keys] if tables and ps.method.startswith("dare") else None
+    return methods.merge_deltas(ps.method, base, xs, weights, [d for _, d in vals], keys, ps.normalize, out, ws, kept)
 
 
 class MergedTensors:
@@ -236,11 +222,7 @@ class MergedTensors:
 
     def dtype(self, name: str) -> torch.dtype:
         task = self._tasks[name]
-        return (
-            self._dtype
-            if task.key is not None
-            else self.inputs[self.plan.primary].tensors.dtype(name)
-        )
+        return self._dtype if task.key is not None else self.inputs[self.plan.primary].tensors.dtype(name)
 
     def get(self, name: str) -> torch.Tensor:
         task = self._tasks[name]
@@ -272,9 +254,7 @@ def _fetch(m: Model, key: str, device: torch.device) -> torch.Tensor:
     return t if t.device == device else t.to(device, non_blocking=True)
 
 
-def workspace_for(
-    recipe: Recipe, device: torch.device | str, chunk: int | None = None
-) -> methods.Workspace:
+def workspace_for(recipe: Recipe, device: torch.device | str, chunk: int | None = None) -> methods.Workspace:
     ps = recipe.parameter_space
     assert ps is not None
     return methods.Workspace(methods.slots_for(ps.method, ps.normalize), device, chunk)
@@ -287,9 +267,7 @@ def workspace_for(
 class ResidentTensors:
     """A model's tensors held in memory (on ``device``), loaded once from a reader."""
 
-    def __init__(
-        self, reader: TensorSource, names: Sequence[str], device: torch.device | str = "cpu"
-    ):
+    def __init__(self, reader: TensorSource, names: Sequence[str], device: torch.device | str = "cpu"):
         self._t = {n: reader.get(n).to(device, copy=True) for n in names}
 
     def names(self) -> list[str]:
@@ -354,9 +332,7 @@ class ResidentMerge:
         self._structure = _structure(recipe)
         self.ws = workspace_for(recipe, self.device)
         if mask_tables is None:
-            entries = sum(math.prod(t.shape) for t in self.plan.tasks if t.key is not None) * len(
-                ps.models
-            )
+            entries = sum(math.prod(t.shape) for t in self.plan.tasks if t.key is not None) * len(ps.models)
             mask_tables = self.device.type == "cpu" and 4 * entries <= _memory_bytes() // 4
         self.mask_tables = bool(mask_tables) and ps.method.startswith("dare")
         self._tables: dict[tuple[int, int], torch.Tensor] = {}
@@ -370,15 +346,11 @@ class ResidentMerge:
         return table
 
     @torch.no_grad()
-    def tensors(
-        self, recipe: Recipe, dtype: torch.dtype = torch.bfloat16
-    ) -> Iterator[tuple[str, torch.Tensor]]:
+    def tensors(self, recipe: Recipe, dtype: torch.dtype = torch.bfloat16) -> Iterator[tuple[str, torch.Tensor]]:
         """``recipe``'s merged language-model tensors as new tensors in ``dtype`` (for engines
         such as vLLM that take weights by name); the copied ones (a VLM's vision tower) are left out."""
         if _structure(recipe) != self._structure:
-            raise EvohubError(
-                "this recipe merges other models or another method than the resident inputs"
-            )
+            raise EvohubError("this recipe merges other models or another method than the resident inputs")
         dtype = DTYPES.get(recipe.dtype, dtype)
         for task in self.plan.tasks:
             if task.key is not None:
@@ -396,9 +368,7 @@ class ResidentMerge:
         they never change between candidates. Returns how many tensors were written.
         """
         if _structure(recipe) != self._structure:
-            raise EvohubError(
-                "this recipe merges other models or another method than the resident inputs"
-            )
+            raise EvohubError("this recipe merges other models or another method than the resident inputs")
         n = 0
         for task in self.plan.tasks:
             if task.key is None:
@@ -407,9 +377,7 @@ class ResidentMerge:
             if dest is None:
                 raise EvohubError(f"the resident model has no parameter {task.name!r}")
             if dest.device != self.device or not dest.is_contiguous():
-                raise EvohubError(
-                    f"parameter {task.name!r} must be contiguous and on {self.device}"
-                )
+                raise EvohubError(f"parameter {task.name!r} must be contiguous and on {self.device}")
             merge_into(recipe, self.plan, task, self.inputs, dest, self.ws, self._table)
             n += 1
         return n

@@ -17,9 +17,7 @@ from functools import lru_cache
 
 _PAPER_NUMBER = re.compile(r"\d*\.?\d+")
 # after NFKC: optional sign, digits with optional thousands separators, optional decimals
-_STRICT_NUMBER = re.compile(
-    r"(?<![\d.])[-−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\d.])[-−]?\.\d+"
-)
+_STRICT_NUMBER = re.compile(r"(?<![\d.])[-−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\d.])[-−]?\.\d+")
 
 
 def extract_number(text: str, strict: bool = False) -> float | None:
@@ -45,9 +43,7 @@ def _detector():
 
     # the lid.176.ftz model shipped with the package; no truncation, no case folding: the
     # paper ran fastText's predict on the whole output with newlines removed
-    return LangDetector(
-        LangDetectConfig(model="lite", max_input_length=None, normalize_input=False)
-    )
+    return LangDetector(LangDetectConfig(model="lite", max_input_length=None, normalize_input=False))
 
 
 def japanese_probability(text: str) -> float:
@@ -92,9 +88,7 @@ class MecabTokenizer:
         return self.tagger.parse(self.normalize(text)).split()
 
 
-def rouge_ja(
-    refs: Sequence[str], preds: Sequence[str], strict_japanese: bool = True
-) -> dict[str, float]:
+def rouge_ja(refs: Sequence[str], preds: Sequence[str], strict_japanese: bool = True) -> dict[str, float]:
     """ROUGE-1/2/L (bootstrap mid F-measure × 100) over MeCab tokens.
 
     With ``strict_japanese``, a prediction that is not Japanese (P(ja) ≤ 0.5) for a Japanese

@@ -25,9 +25,7 @@ class _StopStrings:
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.width :], skip_special_tokens=True)
-        return torch.tensor(
-            [any(s in t for s in self.stop) for t in texts], device=input_ids.device
-        )
+        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
 
 
 class HFBackend:
@@ -60,9 +58,7 @@ class HFBackend:
     def render(self, prompt: Prompt) -> str:
         if isinstance(prompt, str):
             return prompt
-        return self.tokenizer.apply_chat_template(
-            prompt, tokenize=False, add_generation_prompt=True
-        )
+        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
     def _encode(self, text: str) -> list[int]:
         ids = self._ids.get(text)
@@ -99,16 +95,10 @@ class HFBackend:
             if sampling.stop:
                 from transformers import StoppingCriteriaList
 
-                kwargs["stopping_criteria"] = StoppingCriteriaList(
-                    [_StopStrings(self.tokenizer, sampling.stop, width)]
-                )
-            gen = self.model.generate(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs
-            )
+                kwargs["stopping_criteria"] = StoppingCriteriaList([_StopStrings(self.tokenizer, sampling.stop, width)])
+            gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
             for row, i in enumerate(idx):
-                out[i] = cut_at_stop(
-                    self._continuation(encoded[i], gen[row, width:].tolist()), sampling.stop
-                )
+                out[i] = cut_at_stop(self._continuation(encoded[i], gen[row, width:].tolist()), sampling.stop)
         return out
 
     def _continuation(self, prompt: list[int], new: list[int]) -> str:
@@ -119,11 +109,7 @@ class HFBackend:
             new.pop()
         head = self.tokenizer.decode(prompt, skip_special_tokens=True)
         full = self.tokenizer.decode(prompt + new, skip_special_tokens=True)
-        return (
-            full[len(head) :]
-            if full.startswith(head)
-            else self.tokenizer.decode(new, skip_special_tokens=True)
-        )
+        return full[len(head) :] if full.startswith(head) else self.tokenizer.decode(new, skip_special_tokens=True)
 
     @torch.no_grad()
     def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -43,17 +43,13 @@ class VLLMBackend:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import LLM
 
-        self.llm = LLM(
-            model=str(path), dtype=dtype, max_model_len=max_model_len, seed=seed, **engine_args
-        )
+        self.llm = LLM(model=str(path), dtype=dtype, max_model_len=max_model_len, seed=seed, **engine_args)
         self.tokenizer = self.llm.get_tokenizer()
 
     def render(self, prompt: Prompt) -> str:
         if isinstance(prompt, str):
             return prompt
-        return self.tokenizer.apply_chat_template(
-            prompt, tokenize=False, add_generation_prompt=True
-        )
+        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
     def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[str]:
         from vllm import SamplingParams

@@ -19,6 +19,4 @@ def get_task(name: str):
         from evohub.score.tasks.ja_math import JaMath
 
         return JaMath()
-    raise EvohubError(
-        f"fitness task {name!r} is not available in this evohub yet (available: lm-loss, ja-math)"
-    )
+    raise EvohubError(f"fitness task {name!r} is not available in this evohub yet (available: lm-loss, ja-math)")

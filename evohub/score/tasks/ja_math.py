@@ -89,7 +89,5 @@ class JaMath:
             s["question"] = r["question"]
         return scored
 
-    def score(
-        self, backend, rows: list[dict], max_new_tokens: int = 1024, **kw
-    ) -> dict[str, float]:
+    def score(self, backend, rows: list[dict], max_new_tokens: int = 1024, **kw) -> dict[str, float]:
         return self.run(backend, rows, max_new_tokens=max_new_tokens, **kw).metrics

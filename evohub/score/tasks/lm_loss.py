@@ -23,9 +23,7 @@ class LMLoss:
             if not isinstance(r.get("text"), str) and not (
                 isinstance(r.get("prompt"), str) and isinstance(r.get("completion"), str)
             ):
-                raise EvohubError(
-                    f"lm-loss: row {i} needs a 'text' string, or 'prompt' and 'completion' strings"
-                )
+                raise EvohubError(f"lm-loss: row {i} needs a 'text' string, or 'prompt' and 'completion' strings")
 
     @torch.no_grad()
     def score(self, backend, rows: list[dict], batch_size: int = 16, **_) -> dict[str, float]:

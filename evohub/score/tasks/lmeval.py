@@ -28,9 +28,7 @@ def _task_yaml(task: str, tm) -> Path:
         raise EvohubError(f"lm-eval has no task {task!r}")
     path = info.get("yaml_path") if isinstance(info, dict) else getattr(info, "yaml_path", None)
     if not path or path == -1:
-        raise EvohubError(
-            f"lm-eval task {task!r} is not defined by a YAML file; it cannot take local data"
-        )
+        raise EvohubError(f"lm-eval task {task!r} is not defined by a YAML file; it cannot take local data")
     return Path(path)
 
 
@@ -53,13 +51,9 @@ def local_overrides(data: dict[str, str], tm, out_dir: Path) -> dict[str, str]:
             "include": str(base),
             "dataset_path": "json",
             "dataset_name": None,
-            "dataset_kwargs": {
-                "data_files": {name: str(Path(file).resolve()) for name in set(splits.values())}
-            },
+            "dataset_kwargs": {"data_files": {name: str(Path(file).resolve()) for name in set(splits.values())}},
         }
-        (out_dir / f"{local}.yaml").write_text(
-            yaml.safe_dump(spec, allow_unicode=True, sort_keys=False)
-        )
+        (out_dir / f"{local}.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
         names[task] = local
     return names
 
