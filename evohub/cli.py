@@ -68,8 +68,45 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan = make_plan(load_job(args.job))
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
+    elif args.markdown:
+        from evohub.plan import render_markdown
+
+        print(render_markdown(plan), end="")
     else:
         render(plan)
+    return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    import json
+
+    from evohub.spec import load_job
+
+    rows = []
+    for path in sorted(Path(args.dir).glob("*.yaml")):
+        spec = load_job(path)
+        if args.nightly and not spec.nightly:
+            continue
+        stages = [s for s, part in (("ps", spec.parameter_space), ("dfs", spec.data_flow_space)) if part]
+        rows.append({"file": str(path), "name": spec.name, "nightly": spec.nightly, "stages": stages})
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"{r['file']}\t{r['name']}\t{'+'.join(r['stages'])}{chr(9) + 'nightly' if r['nightly'] else ''}")
+    return EXIT_OK
+
+
+def cmd_wiring(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
+
+    from evohub.demo import check_wiring
+
+    for job in args.jobs:
+        with tempfile.TemporaryDirectory(prefix="evohub-wiring-") as tmp:
+            report = check_wiring(Path(job), Path(args.dir or tmp) / Path(job).stem, progress=not args.quiet)
+        print(json.dumps(report))
     return EXIT_OK
 
 
@@ -328,6 +365,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("job", metavar="JOB", help="job spec (jobs/*.yaml)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--markdown", action="store_true", help="print the plan as Markdown (CI summaries, PR comments)")
+
+    p = add(
+        "jobs",
+        cmd_jobs,
+        "list the job specs in a directory",
+        "List job specs (file, name, stages, nightly flag); --nightly keeps the ones the nightly\n"
+        "workflow runs, --json prints them for a CI matrix.",
+    )
+    p.add_argument("dir", nargs="?", default="jobs", metavar="DIR", help="directory of job specs (default jobs)")
+    p.add_argument("--nightly", action="store_true", help="only specs with nightly: true")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add(
+        "wiring",
+        cmd_wiring,
+        "run a job spec's structure end to end on a tiny local world",
+        "Check a job spec's wiring without its models: the sources become tiny local fine-tunes,\n"
+        "the search spaces and stages stay (layer groups and repeats capped), each stage runs one\n"
+        "small generation scored by language-model loss, and the winner is merged. Offline, CPU,\n"
+        "seconds. Pull requests that add a job run this.",
+    )
+    p.add_argument("jobs", nargs="+", metavar="JOB", help="job specs")
+    p.add_argument("--dir", metavar="DIR", help="keep the worlds and runs here (default: a temporary directory)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     p = add(
         "merge",

@@ -28,8 +28,9 @@ def _tokenizer(path: Path) -> None:
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>").save_pretrained(path)
 
 
-def build_world(root: Path, seed: int = 0) -> dict[str, Path]:
-    """A base (4 layers, hidden 128, head_dim 32) and two fine-tunes = base + seeded noise."""
+def build_world(root: Path, seed: int = 0, fine_tunes: int = 2) -> dict[str, Path]:
+    """A base (4 layers, hidden 128, head_dim 32) and fine-tunes = base + seeded noise
+    (``ft-a``, ``ft-b``, ...)."""
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
@@ -41,7 +42,7 @@ def build_world(root: Path, seed: int = 0) -> dict[str, Path]:
     torch.manual_seed(seed)
     base = MistralForCausalLM(cfg)
     dirs = {}
-    for i, name in enumerate(("base", "ft-a", "ft-b")):
+    for i, name in enumerate(["base"] + [f"ft-{chr(ord('a') + k)}" for k in range(fine_tunes)]):
         model = base if i == 0 else MistralForCausalLM(cfg)
         if i:
             g = torch.Generator().manual_seed(seed * 100 + i)
@@ -134,3 +135,49 @@ def run(root: Path, seed: int = 0) -> int:
     console.print(f"prompt 'w1 w2 w3' → {tok.decode(out[0, ids.shape[1] :])!r}")
     console.print("\n[green]demo complete[/green]: every stage that exists ran on the local world.")
     return 0
+
+
+def check_wiring(spec_path: Path, root: Path, progress: bool = False) -> dict:
+    """Run a job spec's structure end to end on the tiny world, with a tiny budget.
+
+    The spec's sources become tiny fine-tunes of a tiny base (the same count and names); its
+    search spaces, methods, layer groups and stages are kept (layer groups and repeats capped
+    to the tiny models), each stage runs one small generation, fitness is language-model loss
+    on generated text, evaluation and publishing are left out. What this checks is the wiring:
+    that the spec's genomes decode, its merges and folds build, and its stages chain.
+    """
+    from evohub.job import run_job
+    from evohub.spec import load_job
+    from evohub.yamlio import dump_yaml
+
+    spec = load_job(spec_path)
+    root.mkdir(parents=True, exist_ok=True)
+    dirs = build_world(root, spec.seed, fine_tunes=len(spec.sources))
+    (root / "data.jsonl").write_text(_texts(spec.seed, 16))
+    data = spec.model_dump(mode="json", exclude_none=True)
+    names = sorted(d for d in dirs if d != "base")
+    data["base_model"] = {"path": str(dirs["base"])}
+    data["sources"] = [{"name": s.key, "path": str(dirs[n])} for s, n in zip(spec.sources, names, strict=True)]
+    data["dtype"] = "float32"
+    for key in ("parameter_space", "data_flow_space"):
+        part = data.get(key)
+        if part:
+            pop = min(part["optimizer"].get("popsize") or 4, 4)
+            part["optimizer"] = {"x0": part["optimizer"].get("x0", 0.5), "sigma0": part["optimizer"].get("sigma0", 1 / 6),
+                                 "popsize": pop, "max_evals": pop}  # fmt: skip
+    if data.get("parameter_space"):
+        data["parameter_space"]["layer_groups"] = min(data["parameter_space"].get("layer_groups", 1), 4)
+    if data.get("data_flow_space"):
+        data["data_flow_space"]["repeats"] = min(data["data_flow_space"].get("repeats", 3), 2)
+    data["fitness"] = {"task": "lm-loss", "data": {"path": str(root / "data.jsonl")}, "backend": "hf"}
+    data.pop("evaluation", None)
+    data.pop("publish", None)
+    wired = root / "wiring.yaml"
+    wired.write_text(dump_yaml(data))
+    summary = run_job(wired, root / "run", device="cpu", progress=progress, publish=False)
+    return {
+        "spec": str(spec_path),
+        "stages": [{"stage": st.stage, "evaluations": st.evaluations, "failed": st.failed} for st in summary.stages],
+        "recipe": str(summary.run_dir / "recipe.yaml"),
+        "model": str(summary.model_dir),
+    }

@@ -322,7 +322,8 @@ STATE_FILES = ("job.yaml", "job.lock.yaml", "candidates.jsonl")
 
 
 def push_state(run_dir: str | Path, state_repo: str, message: str = "evohub: run state") -> None:
-    """Upload the run's log, spec, lock, checkpoints and stage recipes to a dataset repo."""
+    """Upload the run's log, spec, lock, checkpoints, stage recipes and evaluation results to a
+    dataset repo (one commit)."""
     from huggingface_hub import CommitOperationAdd
 
     run_dir = Path(run_dir)
@@ -332,8 +333,8 @@ def push_state(run_dir: str | Path, state_repo: str, message: str = "evohub: run
         for n in STATE_FILES
         if (run_dir / n).exists()
     ]
-    for p in sorted((run_dir / "stages").glob("*/*")):
-        if p.is_file() and p.suffix in (".json", ".yaml"):
+    for p in sorted([*(run_dir / "stages").glob("*/*"), *(run_dir / "eval").glob("*/*"), run_dir / "results.json"]):
+        if p.is_file() and p.suffix in (".json", ".jsonl", ".yaml"):
             ops.append(CommitOperationAdd(path_in_repo=str(p.relative_to(run_dir)), path_or_fileobj=str(p)))
     try:
         with_retries(api.create_repo, state_repo, repo_type="dataset", private=True, exist_ok=True)

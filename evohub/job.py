@@ -299,6 +299,10 @@ def run_job(
     if not model_dir.exists():
         merge_to_disk(final, _dirs(run, final), model_dir, progress=progress)
     results = _evaluate(spec, run, model_dir, device) if spec.evaluation else None
+    if state_repo:
+        from evohub.hub import push_state
+
+        push_state(run.root, state_repo, "evohub: run finished")
     published = None
     if spec.publish is not None and publish:
         marker = run.root / "published.json"

@@ -260,3 +260,37 @@ def render(plan: Plan) -> None:
     console.print(t)
     for n in plan.notes:
         console.print(f"note: {n}")
+
+
+def render_markdown(plan: Plan) -> str:
+    """The plan as Markdown (for a CI job summary or a pull-request comment)."""
+    lines = [
+        f"### `{plan.job}` (seed {plan.seed})",
+        "",
+        "| source | ref | type | layers | params | size |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in plan.sources:
+        ref = f"`{s.ref}`" + ("" if s.pinned else " (unpinned)")
+        lines.append(
+            f"| {s.name} | {ref} | {s.model_type} | {s.layers} | {human_count(s.params)} | {human_bytes(s.bytes)} |"
+        )
+    lines += [
+        "",
+        "| stage | dims | search space | popsize | evaluations | generations |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for st in plan.stages:
+        evals = str(st.evaluations or "-") + (f" (or {st.max_hours:g} h)" if st.max_hours else "")
+        lines.append(f"| {st.name} | {st.dims} | {st.dims_detail} | {st.popsize} | {evals} | {st.generations or '-'} |")
+    lines += [
+        "",
+        f"- fitness: {plan.fitness}",
+        f"- evaluation: {', '.join(plan.evaluation) or '-'}",
+        f"- output model: {human_count(plan.output_params)} params, {human_bytes(plan.output_bytes)}",
+        f"- accelerator memory per worker (weights): {human_bytes(plan.accelerator_bytes)}",
+        f"- host memory (merge to disk): {human_bytes(plan.host_bytes)}",
+        f"- disk: {human_bytes(plan.disk_bytes)}",
+    ]
+    lines += [f"- note: {n}" for n in plan.notes]
+    return "\n".join(lines) + "\n"
