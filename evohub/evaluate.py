@@ -5,6 +5,8 @@
 Suites:
 
 - ``mgsm-ja``: the ja-math protocol on ``juletxara/mgsm`` (config ja, test: 250 problems).
+- ``ja-math``: the ja-math protocol on the examples ``data`` names, with the prompt and stop
+  strings given (a job's fitness settings), for held-out splits of one's own task.
 - ``jp-lmeh``: lm-eval's ``japanese_leaderboard`` group (8 tasks) plus our ``jcola``: the
   paper's nine JP-LMEH tasks. ``jcola`` alone is a suite too.
 - ``lmeval:<task>``: any lm-eval task or group.
@@ -116,6 +118,8 @@ def evaluate(
     max_new_tokens: int = 1024,
     batch_size: int = 8,
     out_dir: str | Path | None = None,
+    prompt: str | None = None,
+    stop: tuple[str, ...] | None = None,
 ) -> dict:
     """Evaluate a model directory on ``suites``; writes results.json and samples when ``out_dir``."""
     from evohub.score.data import load_rows
@@ -128,12 +132,14 @@ def evaluate(
     results: list[SuiteResult] = []
     for suite in suites:
         start = time.perf_counter()
-        if suite == "mgsm-ja":
+        if suite in ("mgsm-ja", "ja-math"):
             from evohub.score.tasks.ja_math import JaMath
 
-            ref = DataRef(path=data.pop("mgsm-ja")) if "mgsm-ja" in data else MGSM_JA
+            if suite == "ja-math" and "ja-math" not in data:
+                raise EvohubError("suite 'ja-math' needs its examples: --data ja-math=FILE (evaluation.data in a job)")
+            ref = DataRef(path=data.pop(suite)) if suite in data else MGSM_JA
             rows = load_rows(ref)[:limit] if limit else load_rows(ref)
-            task = JaMath()
+            task = JaMath(prompt, stop) if suite == "ja-math" else JaMath()
             task.check(rows)
             scored = task.run(model.generator(), rows, max_new_tokens=max_new_tokens)
             results.append(SuiteResult(suite, scored.metrics | {"dataset": ref.display()}, scored.samples))
@@ -141,7 +147,7 @@ def evaluate(
             from evohub.score.tasks.lmeval import run_lmeval
 
             tasks = JP_LMEH if suite == "jp-lmeh" else ["jcola"] if suite == "jcola" else [suite.split(":", 1)[1]]
-            overrides = {k: v for k, v in data.items() if k not in ("mgsm-ja",)}
+            overrides = {k: v for k, v in data.items() if k not in ("mgsm-ja", "ja-math")}
             hf = model.hf()
             res = run_lmeval(hf.model, hf.tokenizer, tasks, data=overrides, limit=limit, batch_size=batch_size)
             results.append(SuiteResult(suite, {"lm_eval": res}))
@@ -194,7 +200,7 @@ def table_rows(results: dict) -> list[tuple[str, str, str]]:
                             )
                         )
         else:
-            for key in ("acc_ja", "acc", "acc_ja_strict", "acc_strict", "ja_rate", "n"):
+            for key in ("acc_ja", "acc", "acc_ja_strict", "acc_strict", "ja_rate", "n"):  # ja-math, mgsm-ja
                 if key in m:
                     rows.append((suite, key, f"{m[key]:.4f}" if key != "n" else str(int(m[key]))))
     return rows

@@ -334,6 +334,8 @@ def _evaluate(spec: JobSpec, run: RunFiles, model_dir: Path, device: str) -> dic
         "data": ev.data,
         "limit": ev.limit,
         "max_new_tokens": ev.max_new_tokens,
+        "prompt": spec.fitness.prompt,
+        "stop": spec.fitness.stop,
     }
     models = {"evolved": model_dir}
     if ev.compare_sources:

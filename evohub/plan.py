@@ -122,13 +122,14 @@ def make_plan(spec: JobSpec, configs: dict[str, dict] | None = None) -> Plan:
     out_params = out.params
 
     if (ps := spec.parameter_space) is not None:
-        K, G = len(spec.sources), ps.layer_groups
+        K, G, P = len(spec.sources), ps.layer_groups, len(ps.patterns)
+        slots = f"{G} layer group(s)" + (f" + {P} pattern(s)" if P else "")
         if ps.method == "slerp":
-            dims, detail = G, f"{G} layer group(s) x t"
+            dims, detail = G + P, f"{slots} x t"
         else:
             genes = "weight, density" if ps.method in DENSITY_METHODS else "weight"
-            dims = K * G * ps.genes_per_group()
-            detail = f"{K} sources x {G} layer group(s) x {{{genes}}}"
+            dims = K * (G + P) * ps.genes_per_group()
+            detail = f"{K} sources x ({slots}) x {{{genes}}}"
         stages.append(_stage("parameter_space", dims, detail, ps.optimizer))
         resident = (K + (1 if ps.method == "linear" else 2)) * out_params * b
         accel = max(accel, resident)

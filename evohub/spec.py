@@ -58,7 +58,7 @@ SLERP_WEIGHT_DOMAIN = (0.0, 1.0)
 DENSITY_DOMAIN = (0.0, 1.0)
 SCALE_DOMAIN = (0.0, 10.0)  # DFS hidden-state scales; must be > 0 (the fold divides by them)
 
-EVAL_SUITES = ("mgsm-ja", "jp-lmeh", "ja-vg-vqa-500", "ja-vlm-bench-itw", "jcola")
+EVAL_SUITES = ("mgsm-ja", "ja-math", "jp-lmeh", "ja-vg-vqa-500", "ja-vlm-bench-itw", "jcola")
 
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _REPO_ID = re.compile(r"^(?:[A-Za-z0-9](?:[\w.-]{0,94}[\w])?/)?[A-Za-z0-9](?:[\w.-]{0,94}[\w])?$")
@@ -517,12 +517,22 @@ class Optimizer(Frozen):
         return min(caps) if caps else None
 
 
+def _regex(v: str) -> str:
+    try:
+        re.compile(v)
+    except re.error as e:
+        raise ValueError(f"{v!r} is not a regular expression: {e}") from e
+    return v
+
+
 class PSSearch(Frozen):
-    """Parameter-space search: one (weight, density) per source and layer group."""
+    """Parameter-space search: one (weight, density) per source and layer group, and per source
+    for each tensor ``pattern`` (a regex: e.g. embeddings and LM head apart from the layers)."""
 
     method: Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp"]
     normalize: bool = False
     layer_groups: int = Field(1, ge=1)
+    patterns: tuple[Annotated[str, AfterValidator(_regex)], ...] = ()
     weight: Range = Range(bounds=(0.0, 1.0))
     density: Range | None = None
     optimizer: Optimizer
@@ -554,6 +564,15 @@ class Fitness(Frozen):
     backend: Literal["vllm", "hf"] = "vllm"
     max_new_tokens: int = Field(1024, gt=0)
     batch_size: int | None = Field(None, gt=0)
+    prompt: str | None = Field(None, description="ja-math prompt template with {input}; default: the paper's")
+    stop: tuple[str, ...] | None = Field(None, description="ja-math stop strings; default: the paper's")
+
+    @field_validator("prompt")
+    @classmethod
+    def _has_input(cls, v: str | None) -> str | None:
+        if v is not None and "{input}" not in v:
+            raise ValueError("the prompt template needs an {input} placeholder")
+        return v
 
 
 def _suite_name(v: str) -> str:

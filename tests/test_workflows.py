@@ -21,14 +21,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _git(*args: str, cwd: Path) -> str:
-    env = os.environ | {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = os.environ | {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True, env=env).stdout.strip()
 
 
 def test_recipe_pr_workflow_runs_its_commands(tmp_path):
     wf = yaml.safe_load((REPO / ".github/workflows/recipe-pr.yml").read_text())
     job = wf["jobs"]["plan"]
-    assert job["permissions"] == {"contents": "read", "pull-requests": "write"} and wf["permissions"] == {"contents": "read"}
+    assert job["permissions"] == {"contents": "read", "pull-requests": "write"} and wf["permissions"] == {
+        "contents": "read"
+    }
     assert True in wf and "pull_request" in wf[True] and "pull_request_target" not in wf[True]  # `on:` parses as True
     clone = tmp_path / "clone"
     shutil.copytree(REPO, clone, ignore=shutil.ignore_patterns(".venv*", ".git", "runs", ".cache", "bench"))
@@ -42,7 +49,11 @@ def test_recipe_pr_workflow_runs_its_commands(tmp_path):
     _git("commit", "-qm", "a pull request adds a job", cwd=clone)
     summary = tmp_path / "summary.md"
     env = os.environ | {k: str(v) for k, v in job.get("env", {}).items()}
-    env |= {"BASE_SHA": base, "GITHUB_STEP_SUMMARY": str(summary), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env |= {
+        "BASE_SHA": base,
+        "GITHUB_STEP_SUMMARY": str(summary),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
     ran = []
     for step in job["steps"]:
         if "run" not in step or step.get("name", "").startswith("install"):
@@ -54,5 +65,7 @@ def test_recipe_pr_workflow_runs_its_commands(tmp_path):
     assert ran == ["changed job specs", "validate", "plan", "wiring on the tiny world"]
     assert (clone / "changed.txt").read_text().split() == ["jobs/evollm-jp-b.yaml"]
     plan = (clone / "plan.md").read_text()
-    assert plan.startswith("<!-- evohub-plan -->") and "jobs/evollm-jp-b.yaml" in plan  # offline: the plan says it failed
+    assert (
+        plan.startswith("<!-- evohub-plan -->") and "jobs/evollm-jp-b.yaml" in plan
+    )  # offline: the plan says it failed
     assert summary.read_text() == plan

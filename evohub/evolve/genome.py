@@ -6,8 +6,10 @@
     >>> recipe = g.decode(x)                         # a Recipe (schema 1)
 
 Parameter space: one gene per (source, layer group, parameter), parameters ``weight`` then
-``density`` (ties / dare_* only), each mapped linearly from [0, 1] to the spec's bounds. slerp
-has one gene per layer group, t, written as weights (1 − t, t).
+``density`` (ties / dare_* only), each mapped linearly from [0, 1] to the spec's bounds; each
+of the spec's ``patterns`` adds one such slot per source, decoded into an override for the
+tensors it matches (e.g. embeddings and LM head apart from the decoder layers). slerp has one
+gene per layer group (and pattern), t, written as weights (1 − t, t).
 
 Data-flow space (the paper's DFS): the M = L_a + L_b layers of A and B laid out in order and
 repeated r times give T = M·r slots. Gene t < T is slot t's indicator (on when > 0.5); the rest
@@ -67,34 +69,40 @@ class PSGenome:
 
     @property
     def dims(self) -> int:
-        G = self.search.layer_groups
+        slots = self.search.layer_groups + len(self.search.patterns)
         if self.search.method == "slerp":
-            return G
-        return len(self.sources) * G * self.search.genes_per_group()
+            return slots
+        return len(self.sources) * slots * self.search.genes_per_group()
 
     def x0(self) -> list[float]:
         return [self.search.optimizer.x0] * self.dims
 
     def decode(self, x: Sequence[float]) -> Recipe:
         ps, G, K = self.search, self.search.layer_groups, len(self.sources)
+        P = len(ps.patterns)
         if len(x) != self.dims:
             raise ValueError(f"expected {self.dims} genes, got {len(x)}")
         models: list[dict] = []
-        if ps.method == "slerp":
-            t = [_lin(x[g], *ps.weight.bounds) for g in range(G)]
-            weights = ([1 - v for v in t], t)
-            models = [{"source": self.sources[k], "weight": _one(weights[k])} for k in range(2)]
+        if ps.method == "slerp":  # one t per layer group, then per pattern
+            t = [_lin(x[i], *ps.weight.bounds) for i in range(G + P)]
+            for k in range(2):
+                share = [1 - v for v in t] if k == 0 else t
+                over = [{"pattern": p, "weight": share[G + j]} for j, p in enumerate(ps.patterns)]
+                models.append({"source": self.sources[k], "weight": _one(share[:G]), "overrides": over})
         else:
             per = ps.genes_per_group()
             for k in range(K):
-                genes = [x[(k * G + g) * per : (k * G + g + 1) * per] for g in range(G)]
-                m: dict = {
-                    "source": self.sources[k],
-                    "weight": _one([_lin(gg[0], *ps.weight.bounds) for gg in genes]),
-                }
+                genes = [x[(k * (G + P) + i) * per : (k * (G + P) + i + 1) * per] for i in range(G + P)]
+                weights = [_lin(g[0], *ps.weight.bounds) for g in genes]
+                m: dict = {"source": self.sources[k], "weight": _one(weights[:G])}
+                over = [{"pattern": p, "weight": weights[G + j]} for j, p in enumerate(ps.patterns)]
                 if ps.method in DENSITY_METHODS:
                     assert ps.density is not None
-                    m["density"] = _one([_lin(gg[1], *ps.density.bounds) for gg in genes])
+                    dens = [_lin(g[1], *ps.density.bounds) for g in genes]
+                    m["density"] = _one(dens[:G])
+                    for j, o in enumerate(over):
+                        o["density"] = dens[G + j]
+                m["overrides"] = over
                 models.append(m)
         return Recipe.model_validate(
             {

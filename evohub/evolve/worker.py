@@ -49,7 +49,7 @@ class Worker:
         job = run.job()
         self.job = job
         self.genome = stages.genome_for(run, job, spec.stage)
-        self.task = get_task(job.fitness.task)
+        self.task = get_task(job.fitness.task, job.fitness.prompt, job.fitness.stop)
         self.rows = load_rows(job.fitness.data)
         self.task.check(self.rows)
         self.subset = fixed_subset(len(self.rows), job.fitness.limit, job.seed)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from evohub.errors import EvohubError
 
 
-def get_task(name: str):
-    """The task object for a job spec's ``fitness.task``."""
+def get_task(name: str, prompt: str | None = None, stop: tuple[str, ...] | None = None):
+    """The task object for a job spec's ``fitness.task`` (``prompt``/``stop``: ja-math's)."""
     if name == "lm-loss":
         from evohub.score.tasks.lm_loss import LMLoss
 
@@ -18,5 +18,5 @@ def get_task(name: str):
     if name == "ja-math":
         from evohub.score.tasks.ja_math import JaMath
 
-        return JaMath()
+        return JaMath(prompt, stop)
     raise EvohubError(f"fitness task {name!r} is not available in this evohub yet (available: lm-loss, ja-math)")

@@ -66,8 +66,14 @@ def score_outputs(outputs: list[str], answers: list[float]) -> Scored:
 
 
 class JaMath:
+    """The task; ``prompt`` (with ``{input}``) and ``stop`` default to the paper's."""
+
     name = "ja-math"
     fitness_metric = "acc_ja"
+
+    def __init__(self, prompt: str | None = None, stop: tuple[str, ...] | None = None):
+        self.prompt = prompt or PROMPT
+        self.stop = STOP if stop is None else tuple(stop)
 
     def check(self, rows: list[dict]) -> None:
         for i, r in enumerate(rows):
@@ -78,11 +84,11 @@ class JaMath:
                 raise EvohubError(f"ja-math: row {i} has no numeric 'answer_number' (got {a!r})")
 
     def prompts(self, rows: list[dict]) -> list[str]:
-        return [PROMPT.format(input=r["question"]) for r in rows]
+        return [self.prompt.format(input=r["question"]) for r in rows]
 
     def run(self, backend, rows: list[dict], max_new_tokens: int = 1024, **_) -> Scored:
         outputs = backend.generate(
-            self.prompts(rows), Sampling(max_new_tokens=max_new_tokens, temperature=0.0, stop=STOP)
+            self.prompts(rows), Sampling(max_new_tokens=max_new_tokens, temperature=0.0, stop=self.stop)
         )
         scored = score_outputs(outputs, [r["answer_number"] for r in rows])
         for s, r in zip(scored.samples, rows, strict=True):

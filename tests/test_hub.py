@@ -1,0 +1,170 @@
+"""Pulls and publishes against the loopback Hub (tests/hubserver.py), through the real client."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hubserver
+import pytest
+import yaml
+
+from evohub.errors import EvohubError
+from evohub.spec import ModelRef
+
+hub = hubserver.hub  # the fixture
+
+JOB = """\
+evohub_job: 1
+name: pub
+seed: 0
+base_model: {path: base}
+sources:
+  - {name: one, path: ft1}
+  - {name: two, path: ft2}
+dtype: float32
+tokenizer_source: base
+parameter_space:
+  method: linear
+  weight: {bounds: [0, 1]}
+  optimizer: {popsize: 4, max_evals: 4}
+fitness:
+  task: lm-loss
+  data: {path: fit.jsonl}
+  backend: hf
+evaluation:
+  suites: [mgsm-ja]
+  backend: hf
+  compare_sources: false
+  data: {mgsm-ja: mgsm.jsonl}
+  limit: 2
+  max_new_tokens: 2
+publish:
+  repo: me/evo-tiny
+  card: llm
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished run (evolve, merge, evaluate) of a tiny job, not yet published."""
+    from tiny import make_mistral
+
+    from evohub.job import run_job
+
+    root = tmp_path_factory.mktemp("pubworld")
+    base = make_mistral(root / "base", seed=0, tokenizer=True)
+    make_mistral(root / "ft1", seed=1, base=base, tokenizer=True)
+    make_mistral(root / "ft2", seed=2, base=base, tokenizer=True)
+    (root / "fit.jsonl").write_text("".join(json.dumps({"text": f"t{i} t{i + 1} t{i + 2}"}) + "\n" for i in range(6)))
+    (root / "mgsm.jsonl").write_text(
+        "".join(json.dumps({"question": f"t{i}", "answer_number": i}) + "\n" for i in range(3))
+    )
+    (root / "job.yaml").write_text(JOB)
+    run_job(root / "job.yaml", root / "run", device="cpu", progress=False, publish=False)
+    return root / "run"
+
+
+def _seed_model(hub, repo_id: str, files: dict[str, bytes]) -> str:
+    hub.create_repo(repo_id)
+    return hub.commit(repo_id, files, branch="main").sha
+
+
+def test_pull_pins_branch_tag_and_commit(hub, tmp_path):
+    from tiny import make_mistral
+
+    from evohub.hub import pull
+
+    d = make_mistral(tmp_path / "m", seed=0, tokenizer=True)
+    files = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()} | {"pytorch_model.bin": b"never read"}
+    sha = _seed_model(hub, "org/tiny", files)
+    from huggingface_hub import HfApi
+
+    HfApi().create_tag("org/tiny", tag="v1", revision=sha)
+    for rev in ("main", "v1", sha):
+        (entry,) = pull([("m", ModelRef(repo="org/tiny", revision=rev))])
+        assert entry["revision"] == sha and entry["requested"] == rev
+        local = Path(entry["local"])
+        assert (local / "config.json").exists() and any(local.glob("*.safetensors"))
+        assert not (local / "pytorch_model.bin").exists()  # pickle files are never fetched
+    _seed_model(hub, "org/pickled", {"config.json": b"{}", "pytorch_model.bin": b"x"})
+    with pytest.raises(EvohubError, match=r"org/pickled@main has no safetensors weights \(it has pytorch_model.bin\)"):
+        pull([("p", ModelRef(repo="org/pickled"))])
+    with pytest.raises(EvohubError, match="no such model repo"):
+        pull([("q", ModelRef(repo="org/missing"))])
+
+
+def test_transient_errors_are_retried(hub, monkeypatch):
+    import evohub.hub as h
+
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    _seed_model(hub, "org/flaky", {"config.json": b'{"model_type": "mistral"}'})
+    hub.fail_next(2, status=503, path_contains="/api/models/org/flaky")
+    info = h.model_info(ModelRef(repo="org/flaky"))
+    assert len(info.sha) == 40
+    assert len([r for r in hub.calls("GET", "/api/models/org/flaky") if r.status == 503]) == 2
+    hub.fail_next(1, status=404, path_contains="/api/models/org/flaky")  # not transient: raised at once
+    with pytest.raises(EvohubError):
+        h.model_info(ModelRef(repo="org/flaky"))
+
+
+def test_publish_is_one_tagged_commit_with_every_file(hub, finished_run, run_cli, capsys):
+    from huggingface_hub import ModelCard, parse_eval_result_entries
+
+    code, out, err = run_cli("publish", finished_run, "--repo", "me/evo-tiny")
+    assert code == 0, err
+    commits = [r for r in hub.calls("POST", "/commit/") if r.status == 200]
+    assert len(commits) == 1  # one commit holds everything
+    files = hub.files("me/evo-tiny")
+    expected = {"README.md", "recipe.yaml", "results.json", "fitness.png", "candidates.jsonl.gz", "config.json",
+                "generation_config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors.index.json",
+                ".eval_results/evohub.yaml"}  # fmt: skip
+    assert expected <= set(files) and any(n.startswith("model-") and n.endswith(".safetensors") for n in files)
+    repo = hub.repo("me/evo-tiny")
+    (tag,) = repo.tags
+    assert tag.startswith("evohub-run-") and repo.tags[tag] == repo.branches["main"]
+    card = ModelCard(files["README.md"].decode())
+    card.validate()  # the Hub's metadata check (the loopback server answers it)
+    assert card.data.base_model_relation == "merge" and "evolutionary-model-merge" in card.data.tags
+    assert card.data.pipeline_tag == "text-generation" and card.data.eval_results[0].metric_name == "acc_ja"
+    entries = parse_eval_result_entries(yaml.safe_load(files[".eval_results/evohub.yaml"]))
+    assert entries[0].dataset_id == "juletxara/mgsm" and entries[0].task_id == "ja"
+    assert "evohub merge recipe.yaml" in files["README.md"].decode()
+    assert hub.token not in out + err  # the token never appears
+    assert all(hub.token.encode() not in v for v in files.values())
+    assert all(r.headers.get("authorization") == f"Bearer {hub.token}" for r in commits)
+
+    # publishing again over a model refuses; to a branch, or with --force, it goes through
+    code, _, err = run_cli("publish", finished_run, "--repo", "me/evo-tiny")
+    assert code == 2 and "already holds a model" in err and "--revision" in err
+    code, _, err = run_cli("publish", finished_run, "--repo", "me/evo-tiny", "--revision", "try-2")
+    assert code == 0, err
+    assert "try-2" in hub.repo("me/evo-tiny").branches
+    code, _, err = run_cli("publish", finished_run, "--repo", "me/evo-tiny", "--force")
+    assert code == 0, err
+
+
+def test_dry_run_prints_files_and_card_and_uploads_nothing(hub, finished_run, run_cli):
+    code, out, err = run_cli("publish", finished_run, "--repo", "me/dry", "--dry-run")
+    assert code == 0, err
+    assert "would publish" in out and "README.md" in out and "base_model_relation: merge" in out
+    assert not hub.calls("POST", "/commit/")
+
+
+def test_run_state_round_trips_through_a_dataset_repo(hub, finished_run, tmp_path):
+    from evohub.hub import fetch_state, push_state
+
+    push_state(finished_run, "me/evohub-state-pub")
+    assert hub.repo("me/evohub-state-pub", "dataset").private
+    got = tmp_path / "again"
+    assert fetch_state("me/evohub-state-pub", got)
+    for name in (
+        "job.yaml",
+        "job.lock.yaml",
+        "candidates.jsonl",
+        "stages/ps/recipe.yaml",
+        "stages/ps/checkpoint.json",
+        "results.json",
+    ):
+        assert (got / name).read_bytes() == (finished_run / name).read_bytes(), name
+    assert not fetch_state("me/no-such-state", tmp_path / "none")
