@@ -282,7 +282,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from evohub.demo import run
 
-    return run(Path(args.dir), seed=args.seed)
+    return run(
+        Path(args.dir), seed=args.seed, train_world=args.train_world, max_evals=args.max_evals, progress=not args.quiet
+    )
 
 
 def _positive(text: str) -> int:
@@ -527,17 +529,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "demo",
         cmd_demo,
-        "run the embedded default job on a tiny local world",
-        "Build a tiny local world (a random Mistral base and two fine-tunes, with a tokenizer),\n"
-        "then run every stage evohub has on it: validate, plan, merge, export to mergekit, load\n"
-        "and generate. Offline, deterministic from --seed, seconds on a CPU.",
+        "run the embedded default job (jobs/demo.yaml) on the local world",
+        "Run jobs/demo.yaml on the local world in jobs/demo-world: a tiny base and two fine-tunes\n"
+        "(math, Japanese) of it. Evolution merges them into a model that does Japanese arithmetic,\n"
+        "which no source does; the run is evaluated on held-out problems against its sources and\n"
+        "the untuned merge, and published to a local Hub. Offline, CPU, about a minute.",
     )
     p.add_argument(
-        "--dir",
-        default=".cache/evohub-demo",
-        help="where the world is built (default .cache/evohub-demo)",
+        "--dir", default=".cache/evohub-demo", help="where the run and the local Hub go (default .cache/evohub-demo)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the world and the merge (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of a retrained world (with --train-world)")
+    p.add_argument(
+        "--train-world",
+        action="store_true",
+        help="retrain the world from its seed (about 3.5 min) instead of jobs/demo-world",
+    )
+    p.add_argument(
+        "--max-evals", type=_positive, metavar="N", help="cap each stage's evaluations (a quicker, weaker run)"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return parser
 
 

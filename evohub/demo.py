@@ -1,18 +1,16 @@
 """The embedded default: a tiny local world and every stage of a job that exists so far.
 
-``evohub demo`` builds, in ``--dir`` (default ``.cache/evohub-demo``), a random tiny Mistral base
-and two fine-tunes of it (safetensors, with a tokenizer) and a text set, writes a job spec for
-them, and runs what evohub can do today on that world: validate → plan → run (evolve a
-dare_ties merge, then a layer path through it, scored by language-model loss; merge the
-winner) → export the recipe to mergekit → load the evolved model and generate. Deterministic
-from ``--seed``, offline, seconds on a CPU. (The demo of the full job, where the evolved merge
-gains a skill no source has, replaces this world when it lands.)
+``evohub demo`` runs ``jobs/demo.yaml`` on the local world of ``jobs/demo-world`` (see
+:mod:`evohub.world`; ``--train-world`` retrains it from its seed): validate → plan → pull
+(local) → evolve the parameter space, then a data-flow path → merge the winner → evaluate it,
+its sources and the untuned merge on 300 held-out problems → card → publish to a local Hub
+(:mod:`evohub.localhub`, through the real huggingface_hub client) → a table. Offline, CPU,
+about a minute. :func:`check_wiring` (``evohub wiring``) reuses the random tiny world here.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 VOCAB = 256
@@ -56,36 +54,6 @@ def build_world(root: Path, seed: int = 0, fine_tunes: int = 2) -> dict[str, Pat
     return dirs
 
 
-JOB = """\
-evohub_job: 1
-name: demo
-description: A tiny local world; the skill world of the full demo replaces it.
-seed: {seed}
-base_model: {{path: base}}
-sources:
-  - {{name: a, path: ft-a}}
-  - {{name: b, path: ft-b}}
-dtype: float32
-tokenizer_source: base
-parameter_space:
-  method: dare_ties
-  layer_groups: 2
-  weight: {{bounds: [0, 1]}}
-  density: {{bounds: [0.1, 1]}}
-  optimizer: {{max_evals: 32, popsize: 8}}
-data_flow_space:
-  a: ps
-  b: b
-  repeats: 2
-  optimizer: {{max_evals: 16, popsize: 8}}
-fitness:
-  task: lm-loss
-  data: {{path: data.jsonl, split: "train[:48]"}}
-  validation: {{path: data.jsonl, split: "train[48:]"}}
-  backend: hf
-"""
-
-
 def _texts(seed: int, n: int = 64) -> str:
     import random
 
@@ -94,12 +62,26 @@ def _texts(seed: int, n: int = 64) -> str:
     return "\n".join(rows) + "\n"
 
 
-def run(root: Path, seed: int = 0) -> int:
-    from rich.console import Console
+def run(
+    root: Path, seed: int = 0, train_world: bool = False, max_evals: int | None = None, progress: bool = True
+) -> int:
+    """The demo: jobs/demo.yaml on the local world, published to a local Hub, with a comparison."""
+    import shutil
 
+    from rich.console import Console
+    from rich.table import Table
+
+    from evohub import localhub
     from evohub.cli import main as cli
+    from evohub.job import run_job
+    from evohub.spec import load_job
 
     console = Console()
+    spec_path = Path(__file__).resolve().parents[1] / "jobs" / "demo.yaml"
+    if not spec_path.exists():
+        from evohub.errors import EvohubError
+
+        raise EvohubError(f"{spec_path}: missing; the demo runs from a checkout of the evohub repository")
     root.mkdir(parents=True, exist_ok=True)
     step = 0
 
@@ -108,32 +90,69 @@ def run(root: Path, seed: int = 0) -> int:
         step += 1
         console.print(f"\n[bold]{step}. {what}[/bold]")
 
-    say(f"build the local world in {root} (seed {seed})")
-    t = time.perf_counter()
-    build_world(root, seed)
-    (root / "data.jsonl").write_text(_texts(seed))
-    (root / "job.yaml").write_text(JOB.format(seed=seed))
-    console.print(f"base + 2 fine-tunes written in {time.perf_counter() - t:.1f} s")
-    run_dir = root / "run"
+    if train_world:
+        from evohub.world import build_world, write_splits
+
+        say(f"train the local world in {root / 'world'} (seed {seed}; about 3.5 min on 2 cores, then cached)")
+        world = root / "world"
+        build_world(world, seed, progress=progress)
+        write_splits(world, seed)
+        text = spec_path.read_text().replace("demo-world/", f"{world}/").replace("seed: 0", f"seed: {seed}")
+        spec_path = root / "demo.yaml"
+        spec_path.write_text(text)
     for what, args in (
-        ("validate the job spec", ["validate", str(root / "job.yaml")]),
-        ("plan the job", ["plan", str(root / "job.yaml")]),
-        ("run it: evolve PS (dare_ties), then DFS (layer paths), merge the winner", ["run", str(root / "job.yaml"), "--run-dir", str(run_dir), "--device", "cpu"] + (["--resume"] if (run_dir / "job.yaml").exists() else [])),
-        ("the evolved parameter-space recipe as a mergekit config", ["export-mergekit", str(run_dir / "stages" / "ps" / "recipe.yaml")]),
-    ):  # fmt: skip
+        ("validate the job spec", ["validate", str(spec_path)]),
+        ("plan the job", ["plan", str(spec_path)]),
+    ):
         say(what)
-        code = cli(args)
-        if code:
-            return code
-    say("load the evolved model with transformers and generate")
+        if cli(args):
+            return 2
+    spec = load_job(spec_path)
+    run_dir = root / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)  # the demo runs whole each time (about a minute)
+    say(
+        "run it: pull (local) → evolve PS, then DFS → merge the best → evaluate on 300 held-out problems → card → publish to a local Hub"
+    )
+    with localhub.serve(root / "hf") as hub:
+        summary = run_job(spec_path, run_dir, device="cpu", progress=progress, max_evals=max_evals)
+        repo = spec.publish.repo if spec.publish else None
+        exported = hub.export(repo, root / "hub" / repo) if repo else []
+    say("the evolved merge against its sources and the untuned merge (held-out test split)")
+    table = Table(
+        "model",
+        "acc_ja (right, in Japanese)",
+        "acc (right)",
+        "answers in Japanese",
+        title="Japanese arithmetic: 問 12+34 答 → 46です",
+    )
+    scores = {}
+    for name, res in (summary.results or {}).get("models", {}).items():
+        m = res["suites"]["ja-math"]["metrics"]
+        scores[name] = m["acc_ja"]
+        table.add_row(name, f"{100 * m['acc_ja']:.1f}", f"{100 * m['acc']:.1f}", f"{100 * m['ja_rate']:.1f}")
+    console.print(table)
+    others = {k: v for k, v in scores.items() if k not in ("evolved", "untuned merge")}
+    if scores:
+        best = max(others, key=others.get)
+        console.print(
+            f"evolved: {100 * scores['evolved']:.1f}%, {100 * (scores['evolved'] - others[best]):+.1f} points over the best source "
+            f"({best}) and {100 * (scores['evolved'] - scores.get('untuned merge', 0)):+.1f} over the untuned merge"
+        )
+    say("examples from the evolved model")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
-    tok = AutoTokenizer.from_pretrained(run_dir / "model")
-    ids = tok("w1 w2 w3", return_tensors="pt").input_ids
-    out = model.generate(ids, max_new_tokens=6, do_sample=False)
-    console.print(f"prompt 'w1 w2 w3' → {tok.decode(out[0, ids.shape[1] :])!r}")
-    console.print("\n[green]demo complete[/green]: every stage that exists ran on the local world.")
+    model = AutoModelForCausalLM.from_pretrained(summary.model_dir)
+    tok = AutoTokenizer.from_pretrained(summary.model_dir)
+    for q in ("12+34", "57+38", "81+19"):
+        ids = tok(f"問 {q} 答 ", return_tensors="pt").input_ids
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+        console.print(f"問 {q} 答 → {tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)}")
+    if summary.published:
+        p = summary.published
+        console.print(f"\npublished to the local Hub: {p['repo']} commit {str(p['commit'])[:12]}, tag {p['tag']} ({len(exported)} files, "
+                      f"copied to {root / 'hub' / p['repo']})")  # fmt: skip
+    console.print(f"recipe: {summary.run_dir / 'recipe.yaml'}   fitness curve: {summary.run_dir / 'fitness.png'}")
+    console.print("\n[green]demo complete[/green]")
     return 0
 
 

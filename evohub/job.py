@@ -122,14 +122,13 @@ def _validate(pool, run: RunFiles, stage: str, log: Log, genome) -> tuple[dict, 
                 top.append(r)
             if len(top) == VALIDATE_TOP:
                 break
+        # the start point too (for a data-flow stage: model A itself), so a stage never replaces
+        # what it started from with something that validates worse
+        x0 = {"generation": -1, "index": 0, "genotype": list(genome.x0()), "fitness": None, "recipe_hash": "x0"}
+        top.append(x0)
         cands = [
             Candidate(
-                stage,
-                r["generation"],
-                r["index"],
-                tuple(r["genotype"]),
-                genome.decode(r["genotype"]),
-                "validation",
+                stage, r["generation"], r["index"], tuple(r["genotype"]), genome.decode(r["genotype"]), "validation"
             )
             for r in top
         ]
@@ -140,7 +139,7 @@ def _validate(pool, run: RunFiles, stage: str, log: Log, genome) -> tuple[dict, 
     valid = [r for r in rows if r["validation"] is not None]
     if not valid:
         raise EvohubError(f"stage {stage}: no candidate could be scored on the validation split ({path})")
-    best = max(valid, key=lambda r: (r["validation"], r["fitness"]))
+    best = max(valid, key=lambda r: (r["validation"], -math.inf if r["fitness"] is None else r["fitness"]))
     return best, best["validation"]
 
 
@@ -319,6 +318,29 @@ def run_job(
     )
 
 
+def _untuned(spec: JobSpec, run: RunFiles) -> Path:
+    """The merge anyone would try first: the spec's method, equal weights 1/K, density 1."""
+    from evohub.merge.build import merge_to_disk
+
+    out = run.root / "eval" / "untuned-model"
+    if not out.exists():
+        genome = genome_for(run, spec, "ps")
+        recipe = genome.decode(genome.x0())
+        ps = recipe.parameter_space
+        k = len(ps.models)
+        equal = 1.0 if ps.method == "slerp" else 1.0 / k
+        models = tuple(
+            m.model_copy(update={"weight": (0.5 if ps.method == "slerp" else equal), "overrides": (),
+                                 "density": None if m.density is None else 1.0})
+            for m in ps.models
+        )  # fmt: skip
+        recipe = recipe.model_copy(
+            update={"parameter_space": ps.model_copy(update={"models": models, "layer_groups": 1})}
+        )
+        merge_to_disk(recipe, _dirs(run, recipe), out)
+    return out
+
+
 def _evaluate(spec: JobSpec, run: RunFiles, model_dir: Path, device: str) -> dict:
     """results.json: the evolved model on the held-out suites, and each source when asked."""
     from evohub.evaluate import evaluate
@@ -339,7 +361,11 @@ def _evaluate(spec: JobSpec, run: RunFiles, model_dir: Path, device: str) -> dic
     }
     models = {"evolved": model_dir}
     if ev.compare_sources:
+        if spec.base_model is not None:
+            models["base"] = run.local_dir(spec.base_model)
         models |= {s.key: run.local_dir(s.ref()) for s in spec.sources}
+        if spec.parameter_space is not None:
+            models["untuned merge"] = _untuned(spec, run)
     out: dict = {"suites": list(ev.suites), "models": {}}
     for name, directory in models.items():
         eval_dir = run.root / "eval" / name

@@ -236,12 +236,3 @@ def test_fuzz_tree_mutations(run_cli, seed, rnd, value):
 @given(text=st.lists(st.sampled_from(ALPHABET), max_size=60).map("".join))
 def test_fuzz_random_text(run_cli, text):
     _check(run_cli, text)
-
-
-def test_demo_runs_every_existing_stage(tmp_path, run_cli):
-    code, out, err = run_cli("demo", "--dir", tmp_path / "world", "--seed", "1")
-    assert code == 0, err
-    assert "demo complete" in out and "merge_method: dare_ties" in out
-    run = tmp_path / "world" / "run"
-    assert (run / "model" / "model.safetensors.index.json").is_file() and (run / "fitness.png").is_file()
-    assert len((run / "candidates.jsonl").read_text().splitlines()) == 32 + 16
