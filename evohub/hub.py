@@ -161,6 +161,24 @@ def snapshot(ref: ModelRef) -> Path:
     return path
 
 
+def _describe(ref: ModelRef, local: Path) -> dict:
+    """License, architecture and size of a pulled model, for the lock and the card."""
+    try:
+        config = json.loads((local / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    size = sum(p.stat().st_size for p in local.glob("*.safetensors"))
+    try:
+        license_ = model_license(ref)
+    except EvohubError:
+        license_ = None
+    return {
+        "license": license_,
+        "architecture": (config.get("architectures") or [config.get("model_type")])[0],
+        "bytes": size,
+    }
+
+
 def pull(models: list[tuple[str, ModelRef]], progress: bool = False) -> list[dict]:
     """Resolve and fetch models; returns job.lock.yaml entries (commit and local directory).
 
@@ -169,20 +187,11 @@ def pull(models: list[tuple[str, ModelRef]], progress: bool = False) -> list[dic
     """
     entries = []
     for name, ref in models:
-        if ref.path is not None:
-            entries.append({"name": name, "path": ref.path, "local": ref.path})
-            continue
         local = snapshot(ref)
-        entries.append(
-            {
-                "name": name,
-                "repo": ref.repo,
-                "requested": ref.revision,
-                "revision": local.name,
-                "local": str(local),
-            }
-        )
-        if progress:
+        entry = {"name": name, "path": ref.path, "local": ref.path} if ref.path is not None else {
+            "name": name, "repo": ref.repo, "requested": ref.revision, "revision": local.name, "local": str(local)}  # fmt: skip
+        entries.append(entry | _describe(ref, local))
+        if progress and ref.repo:
             print(f"pulled {ref.repo}@{ref.revision or 'main'} -> {local.name[:12]}")
     return entries
 
@@ -269,12 +278,15 @@ def publish_run(
     run_dir = Path(run_dir)
     run = RunFiles(run_dir)
     job = run.job()
-    if licenses is None:
+    if licenses is None:  # recorded at pull time; asked again only for older locks
         refs = ([("base", job.base_model)] if job.base_model else []) + [(s.key, s.ref()) for s in job.sources]
-        licenses = {
-            name: (None if dry_run and ref.repo else model_license(run.pinned(ref) if ref.repo else ref))
-            for name, ref in refs
-        }
+        locked = {e["name"]: e for e in run.lock()}
+        licenses = {}
+        for name, ref in refs:
+            if "license" in locked.get(name, {}):
+                licenses[name] = locked[name]["license"]
+            else:
+                licenses[name] = None if dry_run and ref.repo else model_license(run.pinned(ref) if ref.repo else ref)
     card, eval_files = build_card(run_dir, repo_id, licenses)
     readme = str(card)
     files = publish_files(run_dir, readme, eval_files)

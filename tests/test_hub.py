@@ -84,6 +84,7 @@ def test_pull_pins_branch_tag_and_commit(hub, tmp_path):
     for rev in ("main", "v1", sha):
         (entry,) = pull([("m", ModelRef(repo="org/tiny", revision=rev))])
         assert entry["revision"] == sha and entry["requested"] == rev
+        assert entry["architecture"] == "MistralForCausalLM" and entry["bytes"] > 0
         local = Path(entry["local"])
         assert (local / "config.json").exists() and any(local.glob("*.safetensors"))
         assert not (local / "pytorch_model.bin").exists()  # pickle files are never fetched
