@@ -50,7 +50,7 @@ def test_validate_shipped_jobs_exit_0(run_cli):
     assert code == 0, err
     assert out.count("ok: ") == len(jobs)
     assert "unpinned revision" in err  # the paper's jobs name branches; resolved at pull time
-    code, _, err = run_cli("validate", "--strict", jobs[0])
+    code, _, err = run_cli("validate", "--strict", str(REPO / "jobs" / "evollm-jp.yaml"))
     assert code == 2 and "error (--strict): unpinned" in err
 
 

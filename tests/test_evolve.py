@@ -293,7 +293,7 @@ def test_run_evaluates_the_winner_and_the_sources(world, tmp_path, run_cli):
     code, out, err = run_cli("run", job, "--run-dir", tmp_path / "r", "--device", "cpu", "-q")
     assert code == 0, err
     res = json.loads((tmp_path / "r" / "results.json").read_text())
-    assert set(res["models"]) == {"evolved", "one", "two"}
+    assert set(res["models"]) == {"evolved", "base", "one", "two", "untuned merge"}
     for r in res["models"].values():
         assert r["suites"]["mgsm-ja"]["metrics"]["n"] == 2
     assert (tmp_path / "r" / "eval" / "evolved" / "samples_mgsm-ja.jsonl").exists()
