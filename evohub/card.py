@@ -1,4 +1,5 @@
-"""Model cards for published runs: Jinja templates in ``cards/`` rendered through ModelCard.
+"""Model cards for published runs: Jinja templates in ``cards/`` (``llm``, ``vlm``; both extend
+``base.md.j2``) rendered into a huggingface_hub ModelCard.
 
     >>> card, eval_files = build_card("runs/x", "me/EvoLLM-JP", licenses)   # doctest: +SKIP
     >>> card.save("README.md")
@@ -25,7 +26,13 @@ from evohub.spec import ModelRef, Recipe
 CARDS = Path(__file__).resolve().parents[1] / "cards"
 TAGS = ["merge", "evolutionary-model-merge", "evohub"]
 #: Hub datasets of the suites (and the lm-eval task config) for eval results.
-SUITE_DATASETS = {"mgsm-ja": ("juletxara/mgsm", "ja", "test")}
+SUITE_DATASETS = {
+    "mgsm-ja": ("juletxara/mgsm", "ja", "test"),
+    "ja-vg-vqa-500": ("SakanaAI/JA-VG-VQA-500", None, "test"),
+    "ja-vlm-bench-itw": ("SakanaAI/JA-VLM-Bench-In-the-Wild", None, "test"),
+}
+#: metrics shown in the results table: accuracies as %, ROUGE (already × 100) as they are
+TABLE_METRICS = ("acc_ja", "acc", "acc_ja_strict", "acc_strict", "rougeL", "rouge1", "rouge2")
 
 
 def _fmt(v) -> str:
@@ -52,6 +59,7 @@ def _sources(run: RunFiles, licenses: dict[str, str | None]) -> tuple[dict | Non
             "link": _link(ref),
             "revision": (e.get("revision") or "local")[:12],
             "license": licenses.get(name),
+            "architecture": e.get("architecture"),
         }
 
     base = info("base", job.base_model) if job.base_model else None
@@ -80,11 +88,13 @@ def _results_table(results: dict | None) -> dict | None:
         metrics: dict[str, list] = {}
         for i, name in enumerate(names):
             m = results["models"][name]["suites"].get(suite, {}).get("metrics", {})
-            flat = {k: v for k, v in m.items() if k in ("acc_ja", "acc", "acc_ja_strict", "acc_strict")}
+            flat = {k: v for k, v in m.items() if k in TABLE_METRICS}
             for task, res in (m.get("lm_eval") or {}).items():
                 flat |= {f"{task} {k}": v for k, v in res.items() if isinstance(v, float) and "stderr" not in k}
             for k, v in flat.items():
-                metrics.setdefault(k, ["-"] * len(names))[i] = f"{100 * v:.1f}" if k.startswith("acc") else f"{v:.4f}"
+                metrics.setdefault(k, ["-"] * len(names))[i] = (
+                    f"{100 * v:.1f}" if k.startswith("acc") else f"{v:.1f}" if k.startswith("rouge") else f"{v:.4f}"
+                )
         rows[suite] = [{"metric": k, "values": v} for k, v in metrics.items()]
     return {"suites": list(results["suites"]), "names": names, "rows": rows}
 
@@ -98,13 +108,18 @@ def _eval_results(results: dict | None, date: str | None):
     entries, legacy = [], []
     for suite, r in results["models"]["evolved"]["suites"].items():
         m = r["metrics"]
-        if suite in SUITE_DATASETS and "acc_ja" in m:
+        if suite in SUITE_DATASETS and ("acc_ja" in m or "rougeL" in m):
             ds, config, split = SUITE_DATASETS[suite]
-            value = round(100 * m["acc_ja"], 2)
-            note = "acc_ja (%): correct and Japanese (fastText lid.176 P(ja) > 0.5); zero-shot CoT, greedy (Akiba et al., 2024)"
-            entries.append(EvalResultEntry(dataset_id=ds, task_id=config, value=value, date=date, notes=note))
-            legacy.append(EvalResult(task_type="text-generation", dataset_type=ds, dataset_name="MGSM-JA", dataset_config=config,
-                                     dataset_split=split, metric_type="accuracy", metric_name="acc_ja", metric_value=value))  # fmt: skip
+            if "acc_ja" in m:
+                value, metric, kind, task_type = round(100 * m["acc_ja"], 2), "acc_ja", "accuracy", "text-generation"
+                note = "acc_ja (%): correct and Japanese (fastText lid.176 P(ja) > 0.5); zero-shot CoT, greedy (Akiba et al., 2024)"
+            else:
+                value, metric, kind, task_type = round(m["rougeL"], 2), "rougeL", "rouge", "image-text-to-text"
+                note = ("ROUGE-L F x 100 over MeCab tokens; a non-Japanese answer scores as empty; "
+                        "5 beams, repetition penalty 1.5 (Akiba et al., 2024)")  # fmt: skip
+            entries.append(EvalResultEntry(dataset_id=ds, task_id=config or suite, value=value, date=date, notes=note))
+            legacy.append(EvalResult(task_type=task_type, dataset_type=ds, dataset_name=ds.split("/")[-1], dataset_config=config,
+                                     dataset_split=split, metric_type=kind, metric_name=metric, metric_value=value))  # fmt: skip
         for task, res in (m.get("lm_eval") or {}).items():
             for key, value in res.items():
                 if isinstance(value, float) and "stderr" not in key and math.isfinite(value):
@@ -115,6 +130,7 @@ def _eval_results(results: dict | None, date: str | None):
 
 def build_card(run_dir: str | Path, repo_id: str, licenses: dict[str, str | None]):
     """(ModelCard, {".eval_results/<name>.yaml": text}) for a finished run."""
+    import jinja2
     from huggingface_hub import ModelCard, ModelCardData, eval_result_entries_to_yaml
 
     run = RunFiles(Path(run_dir))
@@ -176,9 +192,17 @@ def build_card(run_dir: str | Path, repo_id: str, licenses: dict[str, str | None
                "min_scale": _fmt(min(d.scales)), "max_scale": _fmt(max(d.scales)),
                "summary": " ".join(f"{w}{i}" for w, i in d.path)}  # fmt: skip
     fit = job.fitness
-    card = ModelCard.from_template(
-        card_data,
-        template_path=str(template),
+    if card_kind == "vlm":
+        from evohub.score.tasks.ja_vqa import PROMPT
+
+        example = PROMPT.format(input="<image>\nこの画像には何が写っていますか?")
+    else:
+        example = "以下に、あるタスクを説明する指示があります。\n\n### 指示:\n1から10までの和は?\n\n### 応答:"
+    arch = (config.get("architectures") or ["a transformers model"])[0]
+    primary = next((s["link"] for s in sources if s["architecture"] == arch), None)  # a VLM's own source
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(CARDS), keep_trailing_newline=True)
+    content = env.get_template(template.name).render(
+        card_data=card_data.to_yaml(),
         title=repo_id.split("/")[-1],
         repo_id=repo_id,
         repo_name=repo_id.split("/")[-1],
@@ -189,14 +213,16 @@ def build_card(run_dir: str | Path, repo_id: str, licenses: dict[str, str | None
         recipe=recipe,
         ps_models=ps_models,
         dfs=dfs,
-        architecture=(config.get("architectures") or ["a transformers model"])[0],
+        architecture=arch,
+        primary=primary or "its VLM source",
         stages=stages,
         fitness=f"`{fit.task}` on {fit.data.display()}"
         + (f" (best chosen on {fit.validation.display()})" if fit.validation else ""),
         fitness_task=fit.task,
         results=_results_table(results),
-        example_prompt="以下に、あるタスクを説明する指示があります。\\n\\n### 指示:\\n1から10までの和は?\\n\\n### 応答:",
+        example_prompt=example.replace("\n", "\\n"),
     )
+    card = ModelCard(content)
     files = {}
     if entries:
         files[".eval_results/evohub.yaml"] = yaml.safe_dump(

@@ -513,9 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-new-tokens",
         type=_positive,
-        default=1024,
         metavar="N",
-        help="generation budget (default 1024)",
+        help="generation budget (default: each suite's protocol: MGSM-JA 1024, VQA 512)",
     )
     p.add_argument("--batch-size", type=_positive, default=8, metavar="N", help="batch size (default 8)")
     p.add_argument("--out", metavar="DIR", help="where results.json and samples go (default MODEL/eval)")

@@ -10,7 +10,9 @@ Suites:
 - ``jp-lmeh``: lm-eval's ``japanese_leaderboard`` group (8 tasks) plus our ``jcola``: the
   paper's nine JP-LMEH tasks. ``jcola`` alone is a suite too.
 - ``lmeval:<task>``: any lm-eval task or group.
-- ``ja-vg-vqa-500``, ``ja-vlm-bench-itw``: Japanese VQA, with the VLM support.
+- ``ja-vg-vqa-500``: the ja-vqa protocol on ``SakanaAI/JA-VG-VQA-500`` (test: 500 images,
+  the first question of each); ``ja-vlm-bench-itw``: on ``SakanaAI/JA-VLM-Bench-In-the-Wild``
+  (test). These need a VLM (LLaVA-style); :func:`suites_for` drops them for an LLM.
 
 ``data`` replaces a suite's (or an lm-eval task's) Hub dataset with a local JSON/JSONL file: for
 offline runs and tests. Fitness (during evolution) and evaluation use the same task code.
@@ -28,7 +30,30 @@ from pathlib import Path
 from evohub.errors import EvohubError
 from evohub.spec import DataRef
 
-MGSM_JA = DataRef.model_construct(repo="juletxara/mgsm", config="ja", revision=None, path=None, split="test")
+
+def _hub(repo: str, split: str, config: str | None = None) -> DataRef:
+    return DataRef.model_construct(repo=repo, config=config, revision=None, path=None, split=split)
+
+
+MGSM_JA = _hub("juletxara/mgsm", "test", config="ja")
+VQA_SUITES = {
+    "ja-vg-vqa-500": _hub("SakanaAI/JA-VG-VQA-500", "test"),
+    "ja-vlm-bench-itw": _hub("SakanaAI/JA-VLM-Bench-In-the-Wild", "test"),
+}
+
+
+def is_vlm_dir(model_dir: str | Path) -> bool:
+    from evohub.merge.arch import is_vlm
+
+    return is_vlm(json.loads((Path(model_dir) / "config.json").read_text()))
+
+
+def suites_for(model_dir: str | Path, suites: list[str]) -> list[str]:
+    """The suites that apply to a model: VQA suites need a VLM."""
+    vlm = is_vlm_dir(model_dir)
+    return [s for s in suites if vlm or s not in VQA_SUITES]
+
+
 JP_LMEH = ["japanese_leaderboard", "jcola"]
 
 
@@ -115,7 +140,7 @@ def evaluate(
     device: str = "cpu",
     data: dict[str, str] | None = None,
     limit: int | None = None,
-    max_new_tokens: int = 1024,
+    max_new_tokens: int | None = None,
     batch_size: int = 8,
     out_dir: str | Path | None = None,
     prompt: str | None = None,
@@ -147,14 +172,24 @@ def evaluate(
             from evohub.score.tasks.lmeval import run_lmeval
 
             tasks = JP_LMEH if suite == "jp-lmeh" else ["jcola"] if suite == "jcola" else [suite.split(":", 1)[1]]
-            overrides = {k: v for k, v in data.items() if k not in ("mgsm-ja", "ja-math")}
+            overrides = {k: v for k, v in data.items() if k not in ("mgsm-ja", "ja-math", *VQA_SUITES)}
             hf = model.hf()
             res = run_lmeval(hf.model, hf.tokenizer, tasks, data=overrides, limit=limit, batch_size=batch_size)
             results.append(SuiteResult(suite, {"lm_eval": res}))
-        elif suite in ("ja-vg-vqa-500", "ja-vlm-bench-itw"):
-            raise EvohubError(f"suite {suite!r} evaluates VLMs; it arrives with the VLM support")
+        elif suite in VQA_SUITES:
+            from evohub.score.tasks.ja_vqa import JaVQA
+
+            if not is_vlm_dir(model_dir):
+                raise EvohubError(f"suite {suite!r} needs a VLM; {model_dir} is a language model")
+            ref = DataRef(path=data.pop(suite)) if suite in data else VQA_SUITES[suite]
+            rows = load_rows(ref)[:limit] if limit else load_rows(ref)
+            task = JaVQA()
+            task.check(rows)
+            scored = task.run(model.generator(), rows, max_new_tokens=max_new_tokens)
+            results.append(SuiteResult(suite, scored.metrics | {"dataset": ref.display()}, scored.samples))
         else:
-            raise EvohubError(f"unknown suite {suite!r} (known: mgsm-ja, jp-lmeh, jcola, lmeval:<task>)")
+            known = "mgsm-ja, ja-math, jp-lmeh, jcola, lmeval:<task>, " + ", ".join(VQA_SUITES)
+            raise EvohubError(f"unknown suite {suite!r} (known: {known})")
         results[-1].seconds = time.perf_counter() - start
     out = {
         "model": str(model_dir),
@@ -200,7 +235,9 @@ def table_rows(results: dict) -> list[tuple[str, str, str]]:
                             )
                         )
         else:
-            for key in ("acc_ja", "acc", "acc_ja_strict", "acc_strict", "ja_rate", "n"):  # ja-math, mgsm-ja
+            # ja-math and mgsm-ja; then the VQA suites
+            keys = ("acc_ja", "acc", "acc_ja_strict", "acc_strict", "rougeL", "rouge1", "rouge2", "ja_rate", "n")
+            for key in keys:
                 if key in m:
                     rows.append((suite, key, f"{m[key]:.4f}" if key != "n" else str(int(m[key]))))
     return rows

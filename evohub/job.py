@@ -343,7 +343,7 @@ def _untuned(spec: JobSpec, run: RunFiles) -> Path:
 
 def _evaluate(spec: JobSpec, run: RunFiles, model_dir: Path, device: str) -> dict:
     """results.json: the evolved model on the held-out suites, and each source when asked."""
-    from evohub.evaluate import evaluate
+    from evohub.evaluate import evaluate, suites_for
 
     path = run.root / "results.json"
     if path.exists():
@@ -368,12 +368,13 @@ def _evaluate(spec: JobSpec, run: RunFiles, model_dir: Path, device: str) -> dic
             models["untuned merge"] = _untuned(spec, run)
     out: dict = {"suites": list(ev.suites), "models": {}}
     for name, directory in models.items():
+        suites = suites_for(directory, list(ev.suites))  # VQA suites only for VLMs
+        if not suites:
+            continue
         eval_dir = run.root / "eval" / name
         done = eval_dir / "results.json"
         out["models"][name] = (
-            json.loads(done.read_text())
-            if done.exists()
-            else evaluate(directory, list(ev.suites), out_dir=eval_dir, **kw)
+            json.loads(done.read_text()) if done.exists() else evaluate(directory, suites, out_dir=eval_dir, **kw)
         )
     write_json(path, out)
     return out

@@ -562,9 +562,11 @@ class Fitness(Frozen):
     limit: int | None = Field(None, gt=0, description="fixed subset size, drawn once from the seed")
     minibatch: int | None = Field(None, gt=0, description="fresh subset of this size per generation")
     backend: Literal["vllm", "hf"] = "vllm"
-    max_new_tokens: int = Field(1024, gt=0)
+    max_new_tokens: int | None = Field(
+        None, gt=0, description="generation budget; default: the task's protocol (ja-math 1024, ja-vqa 512)"
+    )
     batch_size: int | None = Field(None, gt=0)
-    prompt: str | None = Field(None, description="ja-math prompt template with {input}; default: the paper's")
+    prompt: str | None = Field(None, description="ja-math/ja-vqa prompt template with {input}; default: the paper's")
     stop: tuple[str, ...] | None = Field(None, description="ja-math stop strings; default: the paper's")
 
     @field_validator("prompt")
@@ -591,7 +593,9 @@ class Evaluation(Frozen):
     backend: Literal["vllm", "hf"] = "vllm"
     data: dict[str, str] = Field(default_factory=dict, description="suite or lm-eval task -> local JSON/JSONL file")
     limit: int | None = Field(None, gt=0)
-    max_new_tokens: int = Field(1024, gt=0)
+    max_new_tokens: int | None = Field(
+        None, gt=0, description="generation budget; default: each suite's protocol (MGSM-JA 1024, VQA 512)"
+    )
 
     @field_validator("data")
     @classmethod

@@ -74,3 +74,73 @@ def make_mistral(
     if tokenizer:
         save_tokenizer(path, model.config.vocab_size)
     return path
+
+
+def make_llava(path: str | Path, lm: str | Path, seed: int = 0, noise: float = 0.02) -> Path:
+    """Save a tiny LLaVA whose language model is ``lm`` (a tiny Mistral dir) + noise: a CLIP
+    vision tower at 32 px (patch 8, 16 image tokens), a projector, and a LlavaProcessor whose
+    word-level tokenizer has ``<image>`` (id vocab-2) and ``</s>`` (id vocab-1)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        MistralForCausalLM,
+        PreTrainedTokenizerFast,
+    )
+
+    llm = MistralForCausalLM.from_pretrained(lm, dtype=torch.float32)
+    vocab = llm.config.vocab_size
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        image_size=32,
+        patch_size=8,
+        projection_dim=32,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=llm.config,
+        image_token_index=vocab - 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    with torch.no_grad():
+        model.model.language_model.load_state_dict(llm.model.state_dict())
+        model.lm_head.load_state_dict(llm.lm_head.state_dict())
+        for name, p in model.named_parameters():
+            if "language_model" in name or name.startswith("lm_head"):
+                p.add_(noise * torch.randn_like(p))
+    words = {f"t{i}": i for i in range(vocab - 3)} | {"<unk>": vocab - 3, "<image>": vocab - 2, "</s>": vocab - 1}
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", extra_special_tokens={"image_token": "<image>"}
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    path = Path(path)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def synthetic_image(seed: int, size: tuple[int, int] = (40, 48)):
+    """A random RGB PIL image."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))

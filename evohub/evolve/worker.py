@@ -64,7 +64,9 @@ class Worker:
             template = self.genome.decode(self.genome.x0())
             dirs = [run.local_dir(r) for r in input_refs(template)]
             inputs = open_inputs(template, dirs)
-            primary = dirs[make_plan(template.parameter_space, inputs, template.base_model is not None).primary]
+            primary_index = make_plan(template.parameter_space, inputs, template.base_model is not None).primary
+            primary = dirs[primary_index]
+            vlm = inputs[primary_index].vlm  # the output is a VLM: its language model is merged
             tok_dir = stages.tokenizer_dir(run, template, dirs)
             self.merge = ResidentMerge(inputs, template, device=device)
             if job.fitness.backend == "vllm":
@@ -74,9 +76,18 @@ class Worker:
                 self.backend = VLLMBackend(primary, dtype=job.dtype, seed=job.seed, tokenizer=str(tok_dir))
                 self._apply = lambda recipe: self.backend.load_weights(self.merge.tensors(recipe))
             else:
-                model = AutoModelForCausalLM.from_pretrained(primary, dtype=dtype).to(device).eval()
-                self.backend = HFBackend(model, AutoTokenizer.from_pretrained(tok_dir), batch)
-                params = dict(model.named_parameters())
+                from evohub.merge.arch import lm_parameters
+
+                if vlm:
+                    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+                    model = AutoModelForImageTextToText.from_pretrained(primary, dtype=dtype).to(device).eval()
+                    processor = AutoProcessor.from_pretrained(primary)  # a VLM's tokenizer is its processor's
+                    self.backend = HFBackend(model, processor.tokenizer, batch, processor)
+                else:
+                    model = AutoModelForCausalLM.from_pretrained(primary, dtype=dtype).to(device).eval()
+                    self.backend = HFBackend(model, AutoTokenizer.from_pretrained(tok_dir), batch)
+                params = lm_parameters(model)
                 self._apply = lambda recipe: self.merge.apply(recipe, params)
         else:
             # data-flow paths run over resident layers with the path executor (transformers):

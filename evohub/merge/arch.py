@@ -13,6 +13,9 @@ __all__ = [
     "count_parameters",
     "decoder_layer_index",
     "dtype_bytes",
+    "is_vlm",
+    "lm_name",
+    "lm_parameters",
     "num_decoder_layers",
     "stored_dtype",
 ]
@@ -49,6 +52,18 @@ def lm_name(name: str, vlm: bool) -> str | None:
         if name.startswith(prefix):
             return replacement + name[len(prefix) :]
     return None
+
+
+def lm_parameters(model) -> dict:
+    """A resident transformers model's language-model parameters by LLM-style name (for
+    :meth:`~evohub.merge.ps.ResidentMerge.apply`); a VLM's vision tower and projector are left out."""
+    vlm = is_vlm(model.config.to_dict())
+    out = {}
+    for name, p in model.named_parameters():
+        key = lm_name(name, vlm)
+        if key is not None:
+            out[key] = p
+    return out
 
 
 def is_embedding(name: str) -> bool:

@@ -295,7 +295,7 @@ class ResidentMerge:
     disk I/O, and no scratch beyond the workspace's few chunk-sized buffers.
 
         >>> rm = ResidentMerge(inputs, template_recipe, device="cuda")     # doctest: +SKIP
-        >>> rm.apply(candidate_recipe, dict(model.named_parameters()))
+        >>> rm.apply(candidate_recipe, lm_parameters(model))   # arch.lm_parameters
 
     ``mask_tables`` keeps each DARE mask's hash (4 bytes per source entry) after its first use,
     so later candidates compare against it instead of hashing again (the same masks). ``None``
@@ -362,9 +362,10 @@ class ResidentMerge:
 
     @torch.no_grad()
     def apply(self, recipe: Recipe, params: Mapping[str, torch.Tensor]) -> int:
-        """Write ``recipe``'s merged language-model tensors into ``params`` (by name) in place.
+        """Write ``recipe``'s merged language-model tensors into ``params`` in place.
 
-        Tensors copied unchanged from the primary model (a VLM's vision tower) are not written:
+        ``params`` is keyed by LLM-style name (:func:`~evohub.merge.arch.lm_parameters` of the
+        resident model): a VLM's module names need not match its checkpoint's. Tensors copied unchanged from the primary model (a VLM's vision tower) are not written:
         they never change between candidates. Returns how many tensors were written.
         """
         if _structure(recipe) != self._structure:
@@ -373,11 +374,11 @@ class ResidentMerge:
         for task in self.plan.tasks:
             if task.key is None:
                 continue
-            dest = params.get(task.name)
+            dest = params.get(task.key)
             if dest is None:
-                raise EvohubError(f"the resident model has no parameter {task.name!r}")
+                raise EvohubError(f"the resident model has no parameter {task.key!r}")
             if dest.device != self.device or not dest.is_contiguous():
-                raise EvohubError(f"parameter {task.name!r} must be contiguous and on {self.device}")
+                raise EvohubError(f"parameter {task.key!r} must be contiguous and on {self.device}")
             merge_into(recipe, self.plan, task, self.inputs, dest, self.ws, self._table)
             n += 1
         return n

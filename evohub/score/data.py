@@ -2,6 +2,7 @@
 
     >>> rows = load_rows(DataRef(path="data/fit.jsonl", split="train[:100]"))   # doctest: +SKIP
 
+A local file may name images (``image``) by paths relative to itself (VQA data).
 Subsets are drawn from the job seed, so a run sees the same examples every time: ``limit``
 picks a fixed subset once; ``minibatch`` picks a fresh subset per generation.
 """
@@ -9,6 +10,7 @@ picks a fixed subset once; ``minibatch`` picks a fresh subset per generation.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from evohub.errors import EvohubError
 from evohub.spec import DataRef
@@ -30,6 +32,11 @@ def load_rows(ref: DataRef) -> list[dict]:
     rows = [dict(r) for r in ds]
     if not rows:
         raise EvohubError(f"{ref.display()} has no rows")
+    if ref.path is not None:  # a local file names its images relative to itself
+        root = Path(ref.path).resolve().parent
+        for r in rows:
+            if isinstance(r.get("image"), str) and not Path(r["image"]).is_absolute():
+                r["image"] = str(root / r["image"])
     return rows
 
 

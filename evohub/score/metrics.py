@@ -94,14 +94,27 @@ def rouge_ja(refs: Sequence[str], preds: Sequence[str], strict_japanese: bool = 
     With ``strict_japanese``, a prediction that is not Japanese (P(ja) ≤ 0.5) for a Japanese
     reference is scored as empty.
     """
+    import numpy as np
     from rouge_score import rouge_scorer, scoring
 
     types = ["rouge1", "rouge2", "rougeL"]
-    scorer = rouge_scorer.RougeScorer(types, tokenizer=MecabTokenizer())
+    scorer = rouge_scorer.RougeScorer(types, tokenizer=_mecab())
     agg = scoring.BootstrapAggregator()
     for ref, pred in zip(refs, preds, strict=True):
         if strict_japanese and is_japanese(ref) and not is_japanese(pred):
             pred = ""
         agg.add_scores(scorer.score(ref, pred))
-    result = agg.aggregate()
+    # the bootstrap resamples with numpy's global generator: seed it, so the same outputs always
+    # get the same score (a fitness must be a function of the outputs), and restore it after
+    state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        result = agg.aggregate()
+    finally:
+        np.random.set_state(state)
     return {t: float(result[t].mid.fmeasure * 100) for t in types}
+
+
+@lru_cache(maxsize=1)
+def _mecab() -> MecabTokenizer:
+    return MecabTokenizer()

@@ -13,18 +13,31 @@ from typing import Protocol
 
 import torch
 
-Prompt = str | list[dict]  # a plain prompt, or chat messages rendered with the tokenizer's template
+
+@dataclass(frozen=True)
+class VisionPrompt:
+    """A prompt with images (PIL); ``text`` holds one image placeholder per image, as the
+    model's processor expects it (``<image>`` for LLaVA)."""
+
+    text: str
+    images: tuple = ()
+
+
+#: a plain prompt, chat messages rendered with the tokenizer's template, or a prompt with images
+Prompt = str | list[dict] | VisionPrompt
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """Generation settings; temperature 0 is greedy."""
+    """Generation settings; temperature 0 is greedy, ``num_beams`` > 1 beam search (greedy)."""
 
     max_new_tokens: int = 1024
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = field(default_factory=tuple)
     seed: int = 0
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
 
 
 class Backend(Protocol):

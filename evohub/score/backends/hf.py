@@ -1,4 +1,5 @@
-"""The transformers backend: batched generation with left padding, stop strings, chat templates.
+"""The transformers backend: batched generation with left padding, stop strings, chat templates,
+and prompts with images for LLaVA-style VLMs (through the model's processor).
 
     >>> be = HFBackend.load("runs/x/model", device="cuda")                       # doctest: +SKIP
     >>> be.generate(["問題: 2+3は?"], Sampling(max_new_tokens=64, stop=("###",)))
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from evohub.score.backends import Prompt, Sampling, cut_at_stop
+from evohub.score.backends import Prompt, Sampling, VisionPrompt, cut_at_stop
 
 
 class _StopStrings:
@@ -28,10 +29,27 @@ class _StopStrings:
         return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
 
 
+def _generation_kwargs(sampling: Sampling, pad: int) -> dict:
+    greedy = sampling.temperature == 0
+    kwargs = {
+        "do_sample": not greedy,
+        "max_new_tokens": sampling.max_new_tokens,
+        "pad_token_id": pad,
+        "num_beams": sampling.num_beams,
+        "repetition_penalty": sampling.repetition_penalty,
+    }
+    if not greedy:
+        return kwargs | {"temperature": sampling.temperature, "top_p": sampling.top_p}
+    return kwargs | {"temperature": None, "top_p": None, "top_k": None}
+
+
 class HFBackend:
-    def __init__(self, model, tokenizer, batch_size: int = 16):
+    """``processor`` (a VLM's, e.g. LlavaProcessor) is needed for :class:`VisionPrompt` prompts."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, processor=None):
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.processor = processor
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.batch_size = batch_size
@@ -46,8 +64,16 @@ class HFBackend:
         dtype: torch.dtype | None = None,
         batch_size: int = 16,
     ) -> HFBackend:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        import json
 
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+        from evohub.merge.arch import is_vlm
+
+        if is_vlm(json.loads((Path(path) / "config.json").read_text())):
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or "auto").to(device)
+            processor = AutoProcessor.from_pretrained(path)
+            return cls(model, processor.tokenizer, batch_size, processor)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto").to(device)
         return cls(model, AutoTokenizer.from_pretrained(path), batch_size)
 
@@ -56,6 +82,8 @@ class HFBackend:
         return next(self.model.parameters()).device
 
     def render(self, prompt: Prompt) -> str:
+        if isinstance(prompt, VisionPrompt):
+            return prompt.text
         if isinstance(prompt, str):
             return prompt
         return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
@@ -68,12 +96,13 @@ class HFBackend:
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[str]:
+        if any(isinstance(p, VisionPrompt) for p in prompts):
+            return self._generate_vision(prompts, sampling)
         encoded = [self._encode(self.render(p)) for p in prompts]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         out: list[str] = [""] * len(encoded)
         pad = self.tokenizer.pad_token_id
-        greedy = sampling.temperature == 0
-        if not greedy:
+        if sampling.temperature != 0:
             torch.manual_seed(sampling.seed)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
@@ -83,15 +112,7 @@ class HFBackend:
             for row, i in enumerate(idx):  # left padding
                 ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
                 mask[row, width - len(encoded[i]) :] = 1
-            kwargs = {
-                "do_sample": not greedy,
-                "max_new_tokens": sampling.max_new_tokens,
-                "pad_token_id": pad,
-            }
-            if not greedy:
-                kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p}
-            else:
-                kwargs |= {"temperature": None, "top_p": None, "top_k": None}
+            kwargs = _generation_kwargs(sampling, pad)
             if sampling.stop:
                 from transformers import StoppingCriteriaList
 
@@ -99,6 +120,41 @@ class HFBackend:
             gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
             for row, i in enumerate(idx):
                 out[i] = cut_at_stop(self._continuation(encoded[i], gen[row, width:].tolist()), sampling.stop)
+        return out
+
+    @torch.no_grad()
+    def _generate_vision(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[str]:
+        """Prompts with images, batched through the processor (left padding)."""
+        if self.processor is None:
+            raise ValueError("prompts with images need a VLM and its processor (HFBackend.load of a VLM)")
+        vision = [p if isinstance(p, VisionPrompt) else VisionPrompt(self.render(p)) for p in prompts]
+        order = sorted(range(len(vision)), key=lambda i: len(vision[i].text))
+        out: list[str] = [""] * len(vision)
+        pad = self.tokenizer.pad_token_id
+        self.tokenizer.padding_side = "left"
+        if sampling.temperature != 0:
+            torch.manual_seed(sampling.seed)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            images = [im.convert("RGB") for i in idx for im in vision[i].images]
+            batch = self.processor(
+                images=images or None,
+                text=[vision[i].text for i in idx],
+                padding=True,
+                return_tensors="pt",
+            ).to(self.device)
+            if "pixel_values" in batch:
+                batch["pixel_values"] = batch["pixel_values"].to(self.model.dtype)
+            width = batch["input_ids"].shape[1]
+            kwargs = _generation_kwargs(sampling, pad)
+            if sampling.stop:
+                from transformers import StoppingCriteriaList
+
+                kwargs["stopping_criteria"] = StoppingCriteriaList([_StopStrings(self.tokenizer, sampling.stop, width)])
+            gen = self.model.generate(**batch, **kwargs)
+            texts = self.tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+            for row, i in enumerate(idx):
+                out[i] = cut_at_stop(texts[row], sampling.stop)
         return out
 
     def _continuation(self, prompt: list[int], new: list[int]) -> str:

@@ -10,7 +10,7 @@ from evohub.errors import EvohubError
 
 
 def get_task(name: str, prompt: str | None = None, stop: tuple[str, ...] | None = None):
-    """The task object for a job spec's ``fitness.task`` (``prompt``/``stop``: ja-math's)."""
+    """The task object for a job spec's ``fitness.task`` (``prompt``: ja-math's and ja-vqa's; ``stop``: ja-math's)."""
     if name == "lm-loss":
         from evohub.score.tasks.lm_loss import LMLoss
 
@@ -19,4 +19,8 @@ def get_task(name: str, prompt: str | None = None, stop: tuple[str, ...] | None 
         from evohub.score.tasks.ja_math import JaMath
 
         return JaMath(prompt, stop)
-    raise EvohubError(f"fitness task {name!r} is not available in this evohub yet (available: lm-loss, ja-math)")
+    if name == "ja-vqa":
+        from evohub.score.tasks.ja_vqa import JaVQA
+
+        return JaVQA(prompt)
+    raise EvohubError(f"unknown fitness task {name!r} (available: lm-loss, ja-math, ja-vqa)")

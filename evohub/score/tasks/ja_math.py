@@ -25,6 +25,7 @@ PROMPT = (
     "一歩一歩考えましょう。\n\n### 指示:\n{input}\n\n### 応答:"
 )
 STOP = ("Instruction:", "Instruction", "Response:", "Response")
+MAX_NEW_TOKENS = 1024
 
 
 @dataclass
@@ -86,14 +87,13 @@ class JaMath:
     def prompts(self, rows: list[dict]) -> list[str]:
         return [self.prompt.format(input=r["question"]) for r in rows]
 
-    def run(self, backend, rows: list[dict], max_new_tokens: int = 1024, **_) -> Scored:
-        outputs = backend.generate(
-            self.prompts(rows), Sampling(max_new_tokens=max_new_tokens, temperature=0.0, stop=self.stop)
-        )
+    def run(self, backend, rows: list[dict], max_new_tokens: int | None = None, **_) -> Scored:
+        sampling = Sampling(max_new_tokens=max_new_tokens or MAX_NEW_TOKENS, temperature=0.0, stop=self.stop)
+        outputs = backend.generate(self.prompts(rows), sampling)
         scored = score_outputs(outputs, [r["answer_number"] for r in rows])
         for s, r in zip(scored.samples, rows, strict=True):
             s["question"] = r["question"]
         return scored
 
-    def score(self, backend, rows: list[dict], max_new_tokens: int = 1024, **kw) -> dict[str, float]:
+    def score(self, backend, rows: list[dict], max_new_tokens: int | None = None, **kw) -> dict[str, float]:
         return self.run(backend, rows, max_new_tokens=max_new_tokens, **kw).metrics

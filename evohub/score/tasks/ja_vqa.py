@@ -1,0 +1,123 @@
+"""``ja-vqa``: Japanese visual question answering, the paper's EvoVLM-JP protocol (DESIGN.md).
+
+Each example is an image and a Japanese question; the model answers with the paper's
+Llama-2-chat-style prompt (below; the image placeholder precedes the question), beam search
+with 5 beams, repetition penalty 1.5, at most 512 new tokens; the answer is stripped. Scores are
+ROUGE-1/2/L (bootstrap mid F-measure × 100, seeded) over MeCab tokens after neologdn
+normalisation and emoji removal, with the strict-Japanese rule: a prediction that fastText does
+not read as Japanese scores as empty against a Japanese reference. ``rougeL`` is the fitness.
+
+Rows, in either layout:
+
+- ``SakanaAI/JA-VG-VQA-500``: ``image`` and ``qas`` (a list of ``{question, answer}``; the
+  first is used, as in the paper);
+- ``SakanaAI/JA-VLM-Bench-In-the-Wild`` and local files: ``image``, ``question``, ``answer``.
+
+``image`` is a PIL image (Hub datasets decode their Image feature), ``{"bytes": ...}`` or
+``{"path": ...}``, or a file path (relative paths in a local data file are resolved against the
+file's directory by :func:`evohub.score.data.load_rows`).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, replace
+
+from evohub.errors import EvohubError
+from evohub.score.backends import Sampling, VisionPrompt
+from evohub.score.metrics import japanese_probability, rouge_ja
+
+#: The prompt of the paper's released evaluation code (evomerge, "ja-shisa-vqa").
+PROMPT = (
+    "[INST] <<SYS>>\nあなたは役立つ、偏見がなく、検閲されていないアシスタントです。"
+    "与えられた画像を下に、質問に答えてください。\n<</SYS>>\n\n{input} [/INST]"
+)
+#: The paper's generation settings.
+SAMPLING = Sampling(max_new_tokens=512, temperature=0.0, num_beams=5, repetition_penalty=1.5)
+
+
+@dataclass
+class Scored:
+    metrics: dict[str, float]
+    samples: list[dict]
+
+
+def question_answer(row: dict) -> tuple[str, str]:
+    """The (question, answer) of a row in either layout (JA-VG-VQA-500: the first of ``qas``)."""
+    if isinstance(row.get("qas"), list) and row["qas"]:
+        qa = row["qas"][0]
+        return qa.get("question"), qa.get("answer")
+    return row.get("question"), row.get("answer")
+
+
+def open_image(value):
+    """A PIL RGB image from a row's ``image`` field."""
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
+        value = value.get("path")
+    if isinstance(value, str):
+        with Image.open(value) as im:
+            return im.convert("RGB")
+    raise EvohubError(f"ja-vqa: cannot read an image from {type(value).__name__}")
+
+
+def score_outputs(outputs: list[str], answers: list[str]) -> Scored:
+    """Metrics and per-sample records for model outputs (fitness, evaluation and re-scoring)."""
+    if not outputs:
+        raise EvohubError("ja-vqa: no examples to score")
+    strict = rouge_ja(answers, outputs, strict_japanese=True)
+    raw = rouge_ja(answers, outputs, strict_japanese=False)
+    samples = [
+        {"output": o, "answer": a, "p_ja": japanese_probability(o)} for o, a in zip(outputs, answers, strict=True)
+    ]
+    metrics = dict(strict) | {f"{k}_any_language": v for k, v in raw.items()}
+    metrics["ja_rate"] = sum(1 for s in samples if s["p_ja"] > 0.5) / len(samples)
+    metrics["n"] = float(len(samples))
+    return Scored(metrics, samples)
+
+
+class JaVQA:
+    """The task; ``prompt`` (with ``{input}``) defaults to the paper's, ``image_token`` to LLaVA's."""
+
+    name = "ja-vqa"
+    fitness_metric = "rougeL"
+
+    def __init__(self, prompt: str | None = None, image_token: str = "<image>", sampling: Sampling = SAMPLING):
+        self.prompt = prompt or PROMPT
+        self.image_token = image_token
+        self.sampling = sampling
+
+    def check(self, rows: list[dict]) -> None:
+        for i, r in enumerate(rows):
+            q, a = question_answer(r)
+            if not isinstance(q, str) or not isinstance(a, str):
+                raise EvohubError(f"ja-vqa: row {i} has no 'question'/'answer' strings (or 'qas' list of them)")
+            if r.get("image") is None:
+                raise EvohubError(f"ja-vqa: row {i} has no 'image'")
+
+    def prompts(self, rows: list[dict]) -> list[VisionPrompt]:
+        return [
+            VisionPrompt(
+                self.prompt.format(input=f"{self.image_token}\n{question_answer(r)[0]}"),
+                (open_image(r["image"]),),
+            )
+            for r in rows
+        ]
+
+    def run(self, backend, rows: list[dict], max_new_tokens: int | None = None, **_) -> Scored:
+        sampling = self.sampling
+        if max_new_tokens is not None:
+            sampling = replace(sampling, max_new_tokens=max_new_tokens)
+        outputs = [o.strip() for o in backend.generate(self.prompts(rows), sampling)]
+        scored = score_outputs(outputs, [question_answer(r)[1] for r in rows])
+        for s, r in zip(scored.samples, rows, strict=True):
+            s["question"] = question_answer(r)[0]
+        return scored
+
+    def score(self, backend, rows: list[dict], max_new_tokens: int | None = None, **kw) -> dict[str, float]:
+        return self.run(backend, rows, max_new_tokens=max_new_tokens, **kw).metrics
