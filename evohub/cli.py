@@ -225,7 +225,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(rescore_predictions(args.task or "ja-math", args.predictions), indent=2))
         return EXIT_OK
     if not args.model or not args.suite:
-        raise EvohubError("give a MODEL directory and at least one --suite (or --task ja-math --predictions FILE)")
+        raise EvohubError("give a MODEL directory and at least one --suite (or --task TASK --predictions FILE)")
     from rich.console import Console
     from rich.table import Table
 
@@ -493,14 +493,20 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate a model on held-out suites, or re-score saved outputs",
         "Evaluate a model directory on suites: mgsm-ja (the paper's MGSM-JA protocol: acc, and acc_ja\n"
         "which also requires a Japanese answer), jp-lmeh (lm-eval japanese_leaderboard + JCoLA),\n"
-        "jcola, lmeval:<task>. Writes results.json (metrics, config, versions) and per-sample JSONL\n"
-        "to --out (default MODEL/eval) and prints a table. --data NAME=FILE reads a suite's or an\n"
-        "lm-eval task's examples from a local JSON/JSONL file instead of the Hub.\n"
-        "With --task ja-math --predictions FILE.jsonl (rows: output, answer_number), re-score saved\n"
-        "outputs and print the metrics as JSON.",
+        "jcola, lmeval:<task>; for VLMs ja-vg-vqa-500 and ja-vlm-bench-itw (the paper's VQA protocol,\n"
+        "ROUGE-L over MeCab tokens, non-Japanese answers scored as empty). Writes results.json\n"
+        "(metrics, config, versions) and per-sample JSONL to --out (default MODEL/eval) and prints\n"
+        "a table. --data NAME=FILE reads a suite's or an lm-eval task's examples from a local\n"
+        "JSON/JSONL file instead of the Hub.\n"
+        "With --task ja-math|ja-vqa --predictions FILE.jsonl (rows: output and answer_number, or\n"
+        "output and answer), re-score saved outputs and print the metrics as JSON.",
     )
     p.add_argument("model", nargs="?", metavar="MODEL", help="model directory")
-    p.add_argument("--suite", action="append", help="mgsm-ja | jp-lmeh | jcola | lmeval:<task> (repeatable)")
+    p.add_argument(
+        "--suite",
+        action="append",
+        help="mgsm-ja | ja-math | jp-lmeh | jcola | lmeval:<task> | ja-vg-vqa-500 | ja-vlm-bench-itw (repeatable)",
+    )
     p.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="generation backend (default hf)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     p.add_argument(
@@ -518,11 +524,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=_positive, default=8, metavar="N", help="batch size (default 8)")
     p.add_argument("--out", metavar="DIR", help="where results.json and samples go (default MODEL/eval)")
-    p.add_argument("--task", choices=["ja-math"], help="with --predictions: the task whose metrics to compute")
+    p.add_argument(
+        "--task", choices=["ja-math", "ja-vqa"], help="with --predictions: the task to score (default ja-math)"
+    )
     p.add_argument(
         "--predictions",
         metavar="FILE",
-        help="re-score saved outputs (JSONL: output, answer_number)",
+        help="re-score saved outputs (JSONL: output, answer_number | answer)",
     )
 
     p = add(

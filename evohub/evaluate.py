@@ -75,12 +75,27 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def rescore_predictions(task: str, path: str | Path) -> dict[str, float]:
-    """Metrics for saved outputs: JSONL rows ``{"output": str, "answer_number": number}``."""
-    if task != "ja-math":
-        raise EvohubError(f"--predictions re-scores ja-math outputs only (got task {task!r})")
-    from evohub.score.tasks.ja_math import score_outputs
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
+
+#: re-scorable tasks: (answer field, its check, what it is)
+RESCORE = {
+    "ja-math": ("answer_number", _number, "number"),
+    "ja-vqa": ("answer", lambda v: isinstance(v, str), "string"),
+}
+
+
+def rescore_predictions(task: str, path: str | Path) -> dict[str, float]:
+    """Metrics for saved outputs: JSONL rows ``{"output": str, "answer_number": number}``
+    (ja-math) or ``{"output": str, "answer": str}`` (ja-vqa)."""
+    if task not in RESCORE:
+        raise EvohubError(f"--predictions re-scores {' and '.join(RESCORE)} outputs (got task {task!r})")
+    if task == "ja-math":
+        from evohub.score.tasks.ja_math import score_outputs
+    else:
+        from evohub.score.tasks.ja_vqa import score_outputs
+    field_name, ok, kind = RESCORE[task]
     outputs, answers = [], []
     for i, line in enumerate(Path(path).read_text().splitlines(), start=1):
         if not line.strip():
@@ -89,14 +104,10 @@ def rescore_predictions(task: str, path: str | Path) -> dict[str, float]:
             row = json.loads(line)
         except ValueError as e:
             raise EvohubError(f"{path}:{i}: not a JSON row ({e})") from e
-        if (
-            not isinstance(row.get("output"), str)
-            or isinstance(row.get("answer_number"), bool)
-            or not isinstance(row.get("answer_number"), int | float)
-        ):
-            raise EvohubError(f"{path}:{i}: needs 'output' (string) and 'answer_number' (number)")
+        if not isinstance(row.get("output"), str) or not ok(row.get(field_name)):
+            raise EvohubError(f"{path}:{i}: needs 'output' (string) and {field_name!r} ({kind})")
         outputs.append(row["output"])
-        answers.append(row["answer_number"])
+        answers.append(row[field_name])
     if not outputs:
         raise EvohubError(f"{path}: no rows")
     return score_outputs(outputs, answers).metrics

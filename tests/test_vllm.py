@@ -102,3 +102,41 @@ def test_vllm_backend_greedy_equals_hf_before_and_after_a_weight_swap(tmp_path):
     after = hf.generate(prompts, greedy)
     assert after != before  # the swap took effect ...
     assert vl.generate(prompts, greedy) == after  # ... identically in both backends
+
+
+def test_vllm_beam_search_returns_the_continuation_like_hf(tmp_path):
+    import torch
+    from tiny import make_mistral
+
+    from evohub.score.backends import Sampling
+    from evohub.score.backends.hf import HFBackend
+    from evohub.score.backends.vllm import VLLMBackend
+
+    cfg = {"layers": 2, "hidden": 128, "heads": 2, "kv_heads": 1, "vocab": 256, "inter": 256, "initializer_range": 0.3}
+    a = make_mistral(tmp_path / "a", seed=0, tokenizer=True, **cfg)
+    prompts = ["t1 t2 t3", "t40 t41", "t7 t8 t9 t10 t11"]
+    beams = Sampling(max_new_tokens=6, num_beams=3)
+    vl = VLLMBackend(a, dtype="float32", max_model_len=64, enforce_eager=True)
+    got = vl.generate(prompts, beams)
+    assert all(g and not g.strip().startswith("t1 t2 t3") for g in got)  # the continuation, not the prompt
+    assert got == HFBackend.load(a, dtype=torch.float32).generate(prompts, beams)
+
+
+def test_vllm_answers_about_images_like_hf(tmp_path):
+    pytest.importorskip(
+        "torchvision",
+        reason="vLLM's LLaVA imports torchvision, which has no CPU wheel for torch 2.13 on PyPI (GPU runners have it)",
+    )
+    import torch
+    from tiny import make_llava, make_mistral, synthetic_image
+
+    from evohub.score.backends import Sampling, VisionPrompt
+    from evohub.score.backends.hf import HFBackend
+    from evohub.score.backends.vllm import VLLMBackend
+
+    base = make_mistral(tmp_path / "base", vocab=130, tokenizer=True)
+    llava = make_llava(tmp_path / "llava", lm=base, seed=2)
+    prompts = [VisionPrompt(f"<image> t{i}", (synthetic_image(i),)) for i in range(3)]
+    greedy = Sampling(max_new_tokens=6, repetition_penalty=1.5)
+    want = HFBackend.load(llava, dtype=torch.float32).generate(prompts, greedy)
+    assert VLLMBackend(llava, dtype="float32", max_model_len=64, enforce_eager=True).generate(prompts, greedy) == want

@@ -28,6 +28,7 @@ def vworld(tmp_path_factory) -> Path:
     base = make_mistral(root / "base", seed=0, vocab=VOCAB, tokenizer=True)
     make_mistral(root / "ja", seed=1, base=base, noise=0.05, tokenizer=True)
     make_llava(root / "llava", lm=base, seed=2, noise=0.05)
+    make_llava(root / "llava-next", lm=base, seed=3, noise=0.05, next=True)
     (root / "images").mkdir()
     rows = []
     for i in range(6):
@@ -40,7 +41,7 @@ def vworld(tmp_path_factory) -> Path:
     return root
 
 
-def _recipe(root: Path, weights=(0.6, 0.5), densities=(0.7, 0.4), seed: int = 3) -> Recipe:
+def _recipe(root: Path, weights=(0.6, 0.5), densities=(0.7, 0.4), seed: int = 3, vlm: str = "llava") -> Recipe:
     return Recipe.model_validate(
         {
             "evohub_recipe": 1,
@@ -51,7 +52,7 @@ def _recipe(root: Path, weights=(0.6, 0.5), densities=(0.7, 0.4), seed: int = 3)
             "parameter_space": {
                 "method": "dare_ties",
                 "models": [
-                    {"source": {"path": str(root / "llava")}, "weight": weights[0], "density": densities[0]},
+                    {"source": {"path": str(root / vlm)}, "weight": weights[0], "density": densities[0]},
                     {"source": {"path": str(root / "ja")}, "weight": weights[1], "density": densities[1]},
                 ],
             },
@@ -64,14 +65,15 @@ def _tensors(d: Path) -> dict[str, torch.Tensor]:
     return {n: r.get(n) for n in r.names()}
 
 
-def test_merged_vlm_keeps_vision_loads_as_llava_and_answers_about_an_image(vworld, tmp_path, run_cli):
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+@pytest.mark.parametrize("vlm", ["llava", "llava-next"])
+def test_merged_vlm_keeps_vision_loads_as_llava_and_answers_about_an_image(vworld, tmp_path, run_cli, vlm):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    recipe = _recipe(vworld)
+    recipe = _recipe(vworld, vlm=vlm)
     (tmp_path / "recipe.yaml").write_text(recipe.to_yaml())
     code, _, err = run_cli("merge", tmp_path / "recipe.yaml", "--out", tmp_path / "out")
     assert code == 0, err
-    out, llava, ja = (_tensors(p) for p in (tmp_path / "out", vworld / "llava", vworld / "ja"))
+    out, llava, ja = (_tensors(p) for p in (tmp_path / "out", vworld / vlm, vworld / "ja"))
     assert set(out) == set(llava)  # the VLM's architecture and checkpoint names
     vision = [n for n in out if lm_name(n, vlm=True) is None]
     assert vision and all(torch.equal(out[n], llava[n]) for n in vision)  # tower and projector copied
@@ -81,8 +83,10 @@ def test_merged_vlm_keeps_vision_loads_as_llava_and_answers_about_an_image(vworl
     for n in lm:  # every LM tensor is a merge: neither source's
         assert not torch.equal(out[n], llava[n]) and not torch.equal(out[n], ja_by_lm[lm_name(n, vlm=True)]), n
 
-    model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "out").eval()
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").eval()
+    assert type(model).__name__ == json.loads((vworld / vlm / "config.json").read_text())["architectures"][0]
     processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    assert type(processor) is type(AutoProcessor.from_pretrained(vworld / vlm))
     batch = processor(images=[synthetic_image(9)], text=["<image> t1 t2"], return_tensors="pt")
     gen = model.generate(**batch, max_new_tokens=4, do_sample=False)
     assert gen.shape[1] == batch["input_ids"].shape[1] + 4 or gen[0, -1].item() == VOCAB - 1
@@ -92,18 +96,22 @@ def test_merged_vlm_keeps_vision_loads_as_llava_and_answers_about_an_image(vworl
         assert not torch.allclose(model(**batch).logits[0, -1], model(**other).logits[0, -1])
 
 
-def test_in_memory_merge_into_a_resident_vlm_equals_the_disk_merge(vworld, tmp_path):
-    from transformers import LlavaForConditionalGeneration
+@pytest.mark.parametrize("vlm", ["llava", "llava-next"])
+def test_in_memory_merge_into_a_resident_vlm_equals_the_disk_merge(vworld, tmp_path, vlm):
+    from transformers import AutoModelForImageTextToText
 
-    template = _recipe(vworld)
+    template = _recipe(vworld, vlm=vlm)
     dirs = [Path(r.path) for r in input_refs(template)]
-    model = LlavaForConditionalGeneration.from_pretrained(vworld / "llava").eval()
+    model = AutoModelForImageTextToText.from_pretrained(vworld / vlm).eval()
     params = lm_parameters(model)  # module names (model.language_model.*) by LLM-style name
     assert "model.layers.0.self_attn.q_proj.weight" in params and "lm_head.weight" in params
-    assert not any("vision" in k or "projector" in k for k in params)
-    vision_before = {n: p.clone() for n, p in model.named_parameters() if "vision" in n or "projector" in n}
+    assert not any("vision" in k or "projector" in k or "newline" in k for k in params)
+    vision_before = {
+        n: p.clone() for n, p in model.named_parameters() if "language_model" not in n and "lm_head" not in n
+    }
+    assert len(vision_before) > 20
     resident = ResidentMerge(open_inputs(template, dirs), template)
-    cand = _recipe(vworld, weights=(0.9, 0.3), densities=(0.5, 0.8))
+    cand = _recipe(vworld, weights=(0.9, 0.3), densities=(0.5, 0.8), vlm=vlm)
     assert resident.apply(cand, params) == len(params)
     disk = _tensors(merge_to_disk(cand, dirs, tmp_path / "disk"))
     for name, t in disk.items():
@@ -180,12 +188,14 @@ def load_rows_local(root: Path) -> list[dict]:
     return rows
 
 
-def test_hf_backend_generates_from_images_in_batches(vworld):
+@pytest.mark.parametrize("vlm", ["llava", "llava-next"])
+def test_hf_backend_generates_from_images_in_batches(vworld, vlm):
     from evohub.score.backends.hf import HFBackend
 
-    be = HFBackend.load(vworld / "llava", batch_size=2)
+    be = HFBackend.load(vworld / vlm, batch_size=2)
     assert be.processor is not None
-    prompts = [VisionPrompt(f"<image> t{i}", (synthetic_image(i),)) for i in range(3)]
+    # images of other shapes: LLaVA-NeXT tiles them differently, so prompts differ in length
+    prompts = [VisionPrompt(f"<image> t{i}", (synthetic_image(i, size=(30 + 25 * i, 48)),)) for i in range(3)]
     sampling = Sampling(max_new_tokens=4, num_beams=3, repetition_penalty=1.5)
     batched = be.generate(prompts, sampling)
     one_by_one = [be.generate([p], sampling)[0] for p in prompts]
@@ -251,3 +261,14 @@ def test_vlm_job_evolves_evaluates_and_renders_a_vlm_card(vworld, tmp_path, run_
     assert "AutoModelForImageTextToText" in text and "vision-language model" in text
     assert "| rougeL |" in text
     assert "[INST] <<SYS>>" in text
+
+
+def test_cli_rescores_vqa_predictions(tmp_path, run_cli):
+    p = tmp_path / "pred.jsonl"
+    p.write_text('{"output": "猫が立っている", "answer": "猫が座っている"}\n')
+    code, out, err = run_cli("evaluate", "--task", "ja-vqa", "--predictions", p)
+    assert code == 0, err
+    assert json.loads(out)["rougeL"] == pytest.approx(80.0)
+    p.write_text('{"output": "x", "answer_number": 3}\n')
+    code, _, err = run_cli("evaluate", "--task", "ja-vqa", "--predictions", p)
+    assert code == 2 and f"{p}:1: needs 'output' (string) and 'answer' (string)" in err

@@ -76,16 +76,21 @@ def make_mistral(
     return path
 
 
-def make_llava(path: str | Path, lm: str | Path, seed: int = 0, noise: float = 0.02) -> Path:
+def make_llava(path: str | Path, lm: str | Path, seed: int = 0, noise: float = 0.02, next: bool = False) -> Path:
     """Save a tiny LLaVA whose language model is ``lm`` (a tiny Mistral dir) + noise: a CLIP
-    vision tower at 32 px (patch 8, 16 image tokens), a projector, and a LlavaProcessor whose
-    word-level tokenizer has ``<image>`` (id vocab-2) and ``</s>`` (id vocab-1)."""
+    vision tower at 32 px (patch 8, 16 image tokens), a projector, and a processor whose
+    word-level tokenizer has ``<image>`` (id vocab-2) and ``</s>`` (id vocab-1). ``next``: a
+    LLaVA-NeXT (1.6, the paper's VLM: any-resolution tiles on a 32/64 px grid, image newline)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
         LlavaProcessor,
         MistralForCausalLM,
         PreTrainedTokenizerFast,
@@ -102,15 +107,19 @@ def make_llava(path: str | Path, lm: str | Path, seed: int = 0, noise: float = 0
         patch_size=8,
         projection_dim=32,
     )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=llm.config,
-        image_token_index=vocab - 2,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-    )
+    grid = [[32, 32], [32, 64], [64, 32]]
+    common = {
+        "vision_config": vision,
+        "text_config": llm.config,
+        "image_token_index": vocab - 2,
+        "vision_feature_select_strategy": "default",
+        "vision_feature_layer": -1,
+    }
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
+    if next:
+        model = LlavaNextForConditionalGeneration(LlavaNextConfig(**common, image_grid_pinpoints=grid))
+    else:
+        model = LlavaForConditionalGeneration(LlavaConfig(**common))
     with torch.no_grad():
         model.model.language_model.load_state_dict(llm.model.state_dict())
         model.lm_head.load_state_dict(llm.lm_head.state_dict())
@@ -124,8 +133,12 @@ def make_llava(path: str | Path, lm: str | Path, seed: int = 0, noise: float = 0
         tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", extra_special_tokens={"image_token": "<image>"}
     )
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+    sizes = {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}
+    image_processor = (
+        LlavaNextImageProcessor(**sizes, image_grid_pinpoints=grid) if next else CLIPImageProcessor(**sizes)
+    )
+    processor = (LlavaNextProcessor if next else LlavaProcessor)(
+        image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=8,
         vision_feature_select_strategy="default",

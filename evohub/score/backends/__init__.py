@@ -46,6 +46,14 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def continuation(tokenizer, prompt: list[int], new: list[int]) -> str:
+    """The generated text as it continues the prompt: decoded in context, as vLLM's generate
+    does (a leading space that belongs to the first new token is kept)."""
+    head = tokenizer.decode(prompt, skip_special_tokens=True)
+    full = tokenizer.decode(prompt + new, skip_special_tokens=True)
+    return full[len(head) :] if full.startswith(head) else tokenizer.decode(new, skip_special_tokens=True)
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """The text up to (not including) the first stop string, as vLLM returns it."""
     cut = len(text)

