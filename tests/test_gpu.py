@@ -58,3 +58,38 @@ def test_merge_on_gpu_matches_cpu_and_resident(tmp_path):
         resident.apply(recipe, dict(model.named_parameters()))
         for name, p in model.named_parameters():
             assert torch.equal(p.data.cpu(), gpu[name]), name  # in memory == on disk, same device
+
+
+def test_vlm_merged_in_memory_on_gpu_matches_disk_and_answers_about_images(tmp_path):
+    """A LLaVA-NeXT resident on the GPU: the in-memory merge of its language model equals the
+    GPU disk merge, the vision tower is untouched, and it answers image prompts in batches."""
+    from test_merge import load_dir
+    from test_vlm import _recipe
+    from tiny import make_llava, make_mistral, synthetic_image
+    from transformers import AutoModelForImageTextToText
+
+    from evohub.merge.arch import lm_name, lm_parameters
+    from evohub.merge.build import input_refs, merge_to_disk, open_inputs
+    from evohub.merge.ps import ResidentMerge
+    from evohub.score.backends import Sampling, VisionPrompt
+    from evohub.score.backends.hf import HFBackend
+
+    base = make_mistral(tmp_path / "base", seed=0, vocab=130, tokenizer=True)
+    make_mistral(tmp_path / "ja", seed=1, base=base, noise=0.05, tokenizer=True)
+    make_llava(tmp_path / "llava-next", lm=base, seed=2, noise=0.05, next=True)
+    recipe = _recipe(tmp_path, vlm="llava-next")
+    dirs = [Path(r.path) for r in input_refs(recipe)]
+    disk = load_dir(merge_to_disk(recipe, dirs, tmp_path / "gpu", device="cuda"))
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "llava-next", dtype=torch.float32).cuda().eval()
+    ResidentMerge(open_inputs(recipe, dirs), recipe, device="cuda").apply(recipe, lm_parameters(model))
+    source = load_dir(tmp_path / "llava-next")
+    assert all(torch.equal(t, source[n]) for n, t in disk.items() if lm_name(n, vlm=True) is None)
+    by_key = {lm_name(n, vlm=True): t for n, t in disk.items()}
+    for name, p in model.named_parameters():
+        key = lm_name(name, vlm=True)
+        if key is not None:
+            assert torch.equal(p.data.cpu(), by_key[key]), name
+    be = HFBackend.load(tmp_path / "gpu", device="cuda", batch_size=2)
+    prompts = [VisionPrompt(f"<image> t{i}", (synthetic_image(i, size=(30 + 25 * i, 48)),)) for i in range(3)]
+    beams = Sampling(max_new_tokens=4, num_beams=5, repetition_penalty=1.5)
+    assert be.generate(prompts, beams) == [be.generate([p], beams)[0] for p in prompts]
