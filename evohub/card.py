@@ -23,7 +23,8 @@ from evohub.errors import EvohubError
 from evohub.evolve.rundir import RunFiles
 from evohub.spec import ModelRef, Recipe
 
-CARDS = Path(__file__).resolve().parents[1] / "cards"
+#: the templates: ``evohub/cards`` links to the repository's ``cards/`` and wheels carry a copy
+CARDS = Path(__file__).parent / "cards"
 TAGS = ["merge", "evolutionary-model-merge", "evohub"]
 #: Hub datasets of the suites (and the lm-eval task config) for eval results.
 SUITE_DATASETS = {

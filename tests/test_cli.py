@@ -236,3 +236,33 @@ def test_fuzz_tree_mutations(run_cli, seed, rnd, value):
 @given(text=st.lists(st.sampled_from(ALPHABET), max_size=60).map("".join))
 def test_fuzz_random_text(run_cli, text):
     _check(run_cli, text)
+
+
+def test_the_wheel_carries_the_card_templates_and_task_yamls(tmp_path):
+    """A pip-installed evohub (not a checkout) still renders cards and finds its lm-eval task."""
+    import shutil
+    import zipfile
+
+    # from a copy: a checkout's stale build/ would leak old files into the wheel
+    skip = shutil.ignore_patterns(".git", ".venv*", "build", "*.egg-info", "runs", ".cache", "bench", "tests", ".whl")
+    src = shutil.copytree(REPO, tmp_path / "src", symlinks=True, ignore=skip)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("evohub-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"evohub/cards/{k}.md.j2" for k in ("base", "llm", "vlm")} <= names
+    assert "evohub/score/tasks/lmeval_tasks/jcola.yaml" in names
