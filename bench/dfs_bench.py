@@ -38,8 +38,8 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from evohub.merge.build import merge_to_disk
-    from evohub.merge.path import PathExecutor
+    from evohub.merging.build import merge_to_disk
+    from evohub.merging.path import PathExecutor
     from evohub.spec import Recipe
 
     model_a = AutoModelForCausalLM.from_pretrained(root / "ft1", dtype=torch.bfloat16).eval()

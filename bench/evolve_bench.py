@@ -45,8 +45,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from evohub.evolve.genome import PSGenome
-    from evohub.merge.build import input_refs, merge_to_disk, open_inputs
-    from evohub.merge.ps import ResidentMerge
+    from evohub.merging.build import merge_to_disk, open_inputs
+    from evohub.merging.ps import ResidentMerge
     from evohub.score.tasks.lm_loss import LMLoss
     from evohub.spec import JobSpec
 
@@ -67,7 +67,7 @@ def main() -> None:
     })  # fmt: skip
     genome = PSGenome.for_job(spec)
     template = genome.decode(genome.x0())
-    dirs = [Path(r.path) for r in input_refs(template)]
+    dirs = [Path(r.path) for r in template.inputs()]
     model = AutoModelForCausalLM.from_pretrained(dirs[0], dtype=torch.bfloat16).eval()
     tok = AutoTokenizer.from_pretrained(dirs[0])
     rows = [json.loads(x) for x in data.read_text().splitlines()]

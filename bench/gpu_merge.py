@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from evohub.merge.methods import Workspace, slots_for
-from evohub.merge.ps import Model, ResidentMerge
+from evohub.merging.kernels import Workspace, slots_for
+from evohub.merging.ps import Model, ResidentMerge
 from evohub.spec import Recipe
 
 HIDDEN, INTER, VOCAB, KV = 4096, 14336, 32000, 1024

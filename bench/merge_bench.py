@@ -92,11 +92,11 @@ EVOHUB_INPROC = """
 import sys, time, shutil, torch
 from pathlib import Path
 from evohub.spec import load_recipe
-from evohub.merge.build import input_refs, merge_to_disk
+from evohub.merging.build import merge_to_disk
 r = load_recipe(sys.argv[1]); out = Path(sys.argv[2]); times = []
 for i in range(int(sys.argv[3])):
     shutil.rmtree(out, ignore_errors=True)
-    t = time.perf_counter(); merge_to_disk(r, [Path(x.path) for x in input_refs(r)], out); times.append(time.perf_counter() - t)
+    t = time.perf_counter(); merge_to_disk(r, [Path(x.path) for x in r.inputs()], out); times.append(time.perf_counter() - t)
 print(sorted(times)[len(times) // 2])
 """
 
@@ -118,9 +118,9 @@ import sys, time, torch
 from pathlib import Path
 from transformers import AutoModelForCausalLM
 from evohub.spec import load_recipe
-from evohub.merge.build import input_refs, open_inputs
-from evohub.merge.ps import ResidentMerge
-r = load_recipe(sys.argv[1]); dirs = [Path(x.path) for x in input_refs(r)]
+from evohub.merging.build import open_inputs
+from evohub.merging.ps import ResidentMerge
+r = load_recipe(sys.argv[1]); dirs = [Path(x.path) for x in r.inputs()]
 model = AutoModelForCausalLM.from_pretrained(dirs[0], dtype=torch.bfloat16)
 params = dict(model.named_parameters())
 rm = ResidentMerge(open_inputs(r, dirs), r)

@@ -264,5 +264,5 @@ def test_the_wheel_carries_the_card_templates_and_task_yamls(tmp_path):
     )
     (wheel,) = tmp_path.glob("evohub-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {f"evohub/cards/{k}.md.j2" for k in ("base", "llm", "vlm")} <= names
-    assert "evohub/score/tasks/lmeval_tasks/jcola.yaml" in names
+    assert {f"evohub/hub/cards/{k}.md.j2" for k in ("base", "llm", "vlm")} <= names
+    assert "evohub/score/lmeval_tasks/jcola.yaml" in names

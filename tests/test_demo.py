@@ -33,8 +33,8 @@ def test_demo_evolves_a_skill_no_source_has(tmp_path, run_cli):
 
 
 def test_demo_world_is_what_the_spec_names():
+    from evohub.local.world import target_rows
     from evohub.spec import load_job
-    from evohub.world import target_rows
 
     spec = load_job(REPO / "jobs" / "demo.yaml")
     world = REPO / "jobs" / "demo-world"
@@ -57,7 +57,7 @@ def test_world_tokenizer_and_training_step(tmp_path):
     import torch
     from transformers import AutoTokenizer, MistralForCausalLM
 
-    from evohub import world
+    from evohub.local import world
 
     world.save_tokenizer(tmp_path)
     tok = AutoTokenizer.from_pretrained(tmp_path)

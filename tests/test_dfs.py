@@ -9,9 +9,9 @@ import torch
 from test_merge import load_dir
 
 from evohub.errors import EvohubError
-from evohub.merge.build import input_refs, merge_to_disk
-from evohub.merge.dfs import check_pair
-from evohub.merge.path import PathExecutor
+from evohub.merging.build import merge_to_disk
+from evohub.merging.dfs import check_pair
+from evohub.merging.path import PathExecutor
 from evohub.spec import Recipe
 
 
@@ -128,7 +128,7 @@ def test_ps_then_dfs_equals_the_two_steps(tiny_world: Path, tmp_path):
         "tokenizer_source": "base", "parameter_space": ps,
         "data_flow_space": {"a": "ps", "b": {"path": str(tiny_world / "ft2")}, "path": [list(h) for h in path], "scales": scales},
     })  # fmt: skip
-    assert [r.path for r in input_refs(both)] == [str(tiny_world / n) for n in ("base", "ft1", "ft2")]
+    assert [r.path for r in both.inputs()] == [str(tiny_world / n) for n in ("base", "ft1", "ft2")]
     one = load_dir(merge_to_disk(both, [tiny_world / n for n in ("base", "ft1", "ft2")], tmp_path / "one"))
     stage1 = both.model_copy(update={"data_flow_space": None})
     ps_dir = merge_to_disk(stage1, [tiny_world / n for n in ("base", "ft1", "ft2")], tmp_path / "ps")

@@ -14,7 +14,6 @@ import pytest
 from evohub.evolve.genome import DFSGenome, PSGenome
 from evohub.evolve.pool import InProcessPool
 from evohub.evolve.search import Log, Outcome, run_stage
-from evohub.evolve.worker import WorkerSpec
 from evohub.spec import JobSpec, load_job
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,7 +221,7 @@ class _Flaky:
     def __init__(self):
         self.calls: dict = {}
 
-    def evaluate(self, genotype, generation, split="fitness"):
+    def evaluate(self, genotype, recipe, generation, split="fitness"):
         key = tuple(genotype)
         self.calls[key] = self.calls.get(key, 0) + 1
         if genotype[0] < 0.35 or (genotype[0] < 0.5 and self.calls[key] == 1):
@@ -234,7 +233,7 @@ def test_failing_candidates_are_retried_once_then_recorded(world, tmp_path):
     spec = load_job(job_file(world, "lin.yaml", method="linear", evals=30))
     genome = PSGenome.for_job(spec)
     flaky = _Flaky()
-    pool = InProcessPool(WorkerSpec(str(tmp_path), "ps"))
+    pool = InProcessPool(None)  # type: ignore[arg-type]
     pool._worker = flaky  # type: ignore[assignment]
     log = Log(tmp_path / "c.jsonl")
     res = run_stage("ps", genome, spec.parameter_space.optimizer, pool, log, tmp_path / "ck.json", seed=1)
@@ -253,20 +252,22 @@ def test_ray_pool_matches_in_process_and_survives_a_dead_actor(world, tmp_path):
     ray = pytest.importorskip("ray")
     from evohub.evolve.pool import RayPool
     from evohub.evolve.search import Candidate
-    from evohub.job import _pull, _start
+    from evohub.pipeline.job import start_run
+    from evohub.pipeline.pull import pull
+    from evohub.pipeline.stages import worker_spec
 
-    spec, run = _start(job_file(world, "ray.yaml", evals=6), tmp_path / "run", resume=False)
-    _pull(spec, run)
+    spec, run = start_run(job_file(world, "ray.yaml", evals=6), tmp_path / "run", resume=False)
+    pull(spec, run)
     genome = PSGenome.for_job(spec, pin=run.pinned)
     rng = random.Random(0)
     cands = [
         Candidate("ps", 0, i, g := tuple(rng.random() for _ in range(genome.dims)), genome.decode(g)) for i in range(4)
     ]
     local: dict = {}
-    InProcessPool(WorkerSpec(str(run.root), "ps")).evaluate(cands, lambda c, o: local.__setitem__(c.index, o.fitness))
+    InProcessPool(worker_spec(spec, run, "ps")).evaluate(cands, lambda c, o: local.__setitem__(c.index, o.fitness))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        pool = RayPool(WorkerSpec(str(run.root), "ps", threads=1), actors=2)
+        pool = RayPool(worker_spec(spec, run, "ps", threads=1), actors=2)
         remote: dict = {}
         pool.evaluate(cands, lambda c, o: remote.__setitem__(c.index, o.fitness))
         assert remote == local  # the same fitness per candidate, bit for bit

@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from evohub.merge import methods
+from evohub.merging import kernels as methods
+from evohub.models import KINDS
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
+
+VLM, LLM = KINDS.get("vlm"), KINDS.get("llm")
 
 
 def test_dare_mask_identical_on_cpu_and_gpu():
@@ -36,15 +39,15 @@ def test_merge_on_gpu_matches_cpu_and_resident(tmp_path):
     from tiny import make_mistral
     from transformers import AutoModelForCausalLM
 
-    from evohub.merge.build import input_refs, merge_to_disk, open_inputs
-    from evohub.merge.ps import ResidentMerge
+    from evohub.merging.build import merge_to_disk, open_inputs
+    from evohub.merging.ps import ResidentMerge
 
     base = make_mistral(tmp_path / "base", seed=0, layers=3, dtype=torch.bfloat16, tokenizer=True)
     make_mistral(tmp_path / "ft1", seed=1, base=base, dtype=torch.bfloat16, noise=0.05)
     make_mistral(tmp_path / "ft2", seed=2, base=base, dtype=torch.bfloat16, noise=0.05)
     for method in ("dare_ties", "ties", "dare_linear"):
         recipe = recipe_for(tmp_path, method, dtype="bfloat16")
-        dirs = [Path(r.path) for r in input_refs(recipe)]
+        dirs = [Path(r.path) for r in recipe.inputs()]
         cpu = load_dir(merge_to_disk(recipe, dirs, tmp_path / f"cpu-{method}"))
         gpu = load_dir(merge_to_disk(recipe, dirs, tmp_path / f"gpu-{method}", device="cuda"))
         for name in cpu:
@@ -68,25 +71,26 @@ def test_vlm_merged_in_memory_on_gpu_matches_disk_and_answers_about_images(tmp_p
     from tiny import make_llava, make_mistral, synthetic_image
     from transformers import AutoModelForImageTextToText
 
-    from evohub.merge.arch import lm_name, lm_parameters
-    from evohub.merge.build import input_refs, merge_to_disk, open_inputs
-    from evohub.merge.ps import ResidentMerge
+    from evohub.merging.arch import lm_parameters
+    from evohub.merging.build import merge_to_disk, open_inputs
+    from evohub.merging.ps import ResidentMerge
     from evohub.score.backends import Sampling, VisionPrompt
     from evohub.score.backends.hf import HFBackend
 
+    VLM = KINDS.get("vlm")
     base = make_mistral(tmp_path / "base", seed=0, vocab=130, tokenizer=True)
     make_mistral(tmp_path / "ja", seed=1, base=base, noise=0.05, tokenizer=True)
     make_llava(tmp_path / "llava-next", lm=base, seed=2, noise=0.05, next=True)
     recipe = _recipe(tmp_path, vlm="llava-next")
-    dirs = [Path(r.path) for r in input_refs(recipe)]
+    dirs = [Path(r.path) for r in recipe.inputs()]
     disk = load_dir(merge_to_disk(recipe, dirs, tmp_path / "gpu", device="cuda"))
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "llava-next", dtype=torch.float32).cuda().eval()
     ResidentMerge(open_inputs(recipe, dirs), recipe, device="cuda").apply(recipe, lm_parameters(model))
     source = load_dir(tmp_path / "llava-next")
-    assert all(torch.equal(t, source[n]) for n, t in disk.items() if lm_name(n, vlm=True) is None)
-    by_key = {lm_name(n, vlm=True): t for n, t in disk.items()}
+    assert all(torch.equal(t, source[n]) for n, t in disk.items() if VLM.lm_name(n) is None)
+    by_key = {VLM.lm_name(n): t for n, t in disk.items()}
     for name, p in model.named_parameters():
-        key = lm_name(name, vlm=True)
+        key = VLM.lm_name(name)
         if key is not None:
             assert torch.equal(p.data.cpu(), by_key[key]), name
     be = HFBackend.load(tmp_path / "gpu", device="cuda", batch_size=2)

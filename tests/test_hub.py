@@ -50,7 +50,7 @@ def finished_run(tmp_path_factory) -> Path:
     """A finished run (evolve, merge, evaluate) of a tiny job, not yet published."""
     from tiny import make_mistral
 
-    from evohub.job import run_job
+    from evohub.pipeline.job import run_job
 
     root = tmp_path_factory.mktemp("pubworld")
     base = make_mistral(root / "base", seed=0, tokenizer=True)
@@ -73,7 +73,7 @@ def _seed_model(hub, repo_id: str, files: dict[str, bytes]) -> str:
 def test_pull_pins_branch_tag_and_commit(hub, tmp_path):
     from tiny import make_mistral
 
-    from evohub.hub import pull
+    from evohub.pipeline.pull import lock_entries as pull
 
     d = make_mistral(tmp_path / "m", seed=0, tokenizer=True)
     files = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()} | {"pytorch_model.bin": b"never read"}
@@ -96,17 +96,17 @@ def test_pull_pins_branch_tag_and_commit(hub, tmp_path):
 
 
 def test_transient_errors_are_retried(hub, monkeypatch):
-    import evohub.hub as h
+    from evohub.hub import client as h
 
     monkeypatch.setattr("time.sleep", lambda s: None)
     _seed_model(hub, "org/flaky", {"config.json": b'{"model_type": "mistral"}'})
     hub.fail_next(2, status=503, path_contains="/api/models/org/flaky")
-    info = h.model_info(ModelRef(repo="org/flaky"))
+    info = h.model_info("org/flaky", None)
     assert len(info.sha) == 40
     assert len([r for r in hub.calls("GET", "/api/models/org/flaky") if r.status == 503]) == 2
     hub.fail_next(1, status=404, path_contains="/api/models/org/flaky")  # not transient: raised at once
     with pytest.raises(EvohubError):
-        h.model_info(ModelRef(repo="org/flaky"))
+        h.model_info("org/flaky", None)
 
 
 def test_publish_is_one_tagged_commit_with_every_file(hub, finished_run, run_cli, capsys):
@@ -153,9 +153,10 @@ def test_dry_run_prints_files_and_card_and_uploads_nothing(hub, finished_run, ru
 
 
 def test_run_state_round_trips_through_a_dataset_repo(hub, finished_run, tmp_path):
-    from evohub.hub import fetch_state, push_state
+    from evohub.pipeline.publish import fetch_state, push_state
+    from evohub.pipeline.rundir import RunDir
 
-    push_state(finished_run, "me/evohub-state-pub")
+    push_state(RunDir(finished_run), "me/evohub-state-pub")
     assert hub.repo("me/evohub-state-pub", "dataset").private
     got = tmp_path / "again"
     assert fetch_state("me/evohub-state-pub", got)

@@ -10,15 +10,19 @@ import yaml
 from ref_merge import ref_keep, ref_key, ref_merge
 
 from evohub.errors import EvohubError
-from evohub.merge import methods
-from evohub.merge.arch import decoder_layer_index, lm_name
-from evohub.merge.build import input_refs, merge_to_disk, open_inputs
-from evohub.merge.export import to_mergekit
-from evohub.merge.io import CheckpointReader, ShardedWriter
-from evohub.merge.ps import ResidentMerge
+from evohub.merging import kernels as methods
+from evohub.merging.arch import decoder_layer_index
+from evohub.merging.build import merge_to_disk, open_inputs
+from evohub.merging.export import to_mergekit
+from evohub.merging.io import CheckpointReader, ShardedWriter
+from evohub.merging.methods import METHODS
+from evohub.merging.ps import ResidentMerge
+from evohub.models import KINDS
 from evohub.spec import Recipe
 
 ALL = ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp"]
+
+VLM, LLM = KINDS.get("vlm"), KINDS.get("llm")
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +95,7 @@ def test_every_method_matches_reference(worlds, tmp_path, kind, method):
     root = worlds[kind]
     dtype = "float32" if kind == "f32" else "bfloat16"
     recipe = recipe_for(root, method, dtype=dtype)
-    out = merge_to_disk(recipe, [Path(r.path) for r in input_refs(recipe)], tmp_path / "out")
+    out = merge_to_disk(recipe, [Path(r.path) for r in recipe.inputs()], tmp_path / "out")
     got = load_dir(out)
     want = reference(recipe, root)
     assert set(got) == set(want)
@@ -109,7 +113,7 @@ def test_output_directory_is_a_loadable_model(worlds, tmp_path):
 
     root = worlds["bf16"]
     recipe = recipe_for(root, "dare_ties", dtype="bfloat16")
-    out = merge_to_disk(recipe, [Path(r.path) for r in input_refs(recipe)], tmp_path / "m", shard_bytes=50_000)
+    out = merge_to_disk(recipe, [Path(r.path) for r in recipe.inputs()], tmp_path / "m", shard_bytes=50_000)
     files = sorted(p.name for p in out.iterdir())
     shards = [f for f in files if f.startswith("model-")]
     assert len(shards) > 1 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
@@ -133,6 +137,7 @@ def test_output_directory_is_a_loadable_model(worlds, tmp_path):
 
 
 def ties(base, xs, weights, densities, normalize=False, method="ties", chunk=None):
+    method = METHODS.get(method)
     ws = methods.Workspace(methods.slots_for(method, normalize), chunk=chunk)
     keys = [methods.dare_key(0, k, "t") for k in range(len(xs))]
     return methods.merge_deltas(method, base, xs, weights, densities, keys, normalize, torch.empty_like(base), ws)
@@ -233,7 +238,7 @@ def test_slerp_endpoints_and_midpoint():
 def test_deterministic_across_runs_orders_and_threads(worlds, tmp_path):
     root = worlds["bf16"]
     recipe = recipe_for(root, "dare_ties", dtype="bfloat16", seed=11)
-    dirs = [Path(r.path) for r in input_refs(recipe)]
+    dirs = [Path(r.path) for r in recipe.inputs()]
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -245,7 +250,7 @@ def test_deterministic_across_runs_orders_and_threads(worlds, tmp_path):
     assert all(torch.equal(one[k], two[k]) for k in one)
     # reversed tensor order: the same bits per tensor
     inputs = open_inputs(recipe, dirs)
-    from evohub.merge.ps import make_plan, merged_tensors, workspace_for
+    from evohub.merging.ps import make_plan, merged_tensors, workspace_for
 
     plan = make_plan(recipe.parameter_space, inputs, True)
     rev = type(plan)(tasks=plan.tasks[::-1], primary=plan.primary, has_base=True)
@@ -272,7 +277,7 @@ def test_in_memory_equals_on_disk(worlds, tmp_path, method, tables):
 
     root = worlds["bf16"]
     template = recipe_for(root, method, dtype="bfloat16")
-    dirs = [Path(r.path) for r in input_refs(template)]
+    dirs = [Path(r.path) for r in template.inputs()]
     model = AutoModelForCausalLM.from_pretrained(root / "base", dtype=torch.bfloat16)
     resident = ResidentMerge(open_inputs(template, dirs), template, device="cpu", mask_tables=tables)
     assert resident.mask_tables == bool(tables)
@@ -307,7 +312,7 @@ def test_layer_groups_and_overrides_pick_the_right_values(worlds, tmp_path):
         },
         m1={"weight": [0.0, 1.0, 0.0]},
     )
-    got = load_dir(merge_to_disk(recipe, [Path(r.path) for r in input_refs(recipe)], tmp_path / "o"))
+    got = load_dir(merge_to_disk(recipe, [Path(r.path) for r in recipe.inputs()], tmp_path / "o"))
     ft1, ft2 = load_dir(root / "ft1"), load_dir(root / "ft2")
     torch.testing.assert_close(got["model.embed_tokens.weight"], ft1["model.embed_tokens.weight"])  # group 0
     torch.testing.assert_close(got["model.layers.0.mlp.up_proj.weight"], ft1["model.layers.0.mlp.up_proj.weight"])
@@ -368,12 +373,12 @@ def test_vlm_language_model_merges_with_llm(tmp_path):
 
 
 def test_lm_name_mapping():
-    assert lm_name("model.layers.3.mlp.up_proj.weight", vlm=False) == "model.layers.3.mlp.up_proj.weight"
-    assert lm_name("language_model.model.layers.3.x", vlm=True) == "model.layers.3.x"
-    assert lm_name("language_model.lm_head.weight", vlm=True) == "lm_head.weight"
-    assert lm_name("model.language_model.embed_tokens.weight", vlm=True) == "model.embed_tokens.weight"
-    assert lm_name("model.vision_tower.encoder.layers.0.x", vlm=True) is None
-    assert lm_name("multi_modal_projector.linear_1.weight", vlm=True) is None
+    assert LLM.lm_name("model.layers.3.mlp.up_proj.weight") == "model.layers.3.mlp.up_proj.weight"
+    assert VLM.lm_name("language_model.model.layers.3.x") == "model.layers.3.x"
+    assert VLM.lm_name("language_model.lm_head.weight") == "lm_head.weight"
+    assert VLM.lm_name("model.language_model.embed_tokens.weight") == "model.embed_tokens.weight"
+    assert VLM.lm_name("model.vision_tower.encoder.layers.0.x") is None
+    assert VLM.lm_name("multi_modal_projector.linear_1.weight") is None
 
 
 def _corrupt(root: Path, tmp: Path, name: str, fn) -> Path:

@@ -8,6 +8,7 @@ import yaml
 from pydantic import ValidationError
 
 from evohub.errors import SpecError
+from evohub.evolve.genome import Budget
 from evohub.spec import JobSpec, Recipe, load, load_job, load_recipe, unpinned, warnings_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +93,8 @@ def test_paper_settings_in_evollm_jp():
     assert ps is not None and ps.method == "dare_ties" and not ps.normalize and ps.layer_groups == 1
     assert ps.weight.bounds == (0, 1) and ps.density is not None and ps.density.bounds == (0, 1)
     assert ps.optimizer.x0 == 0.5 and ps.optimizer.sigma0 == pytest.approx(1 / 6)
-    assert ps.optimizer.population(6) == 9 and ps.optimizer.evaluations(6) == 1000
+    budget = Budget.of(ps.optimizer, dims=6)
+    assert budget.popsize == 9 and budget.evaluations == 1000
     assert [s.repo for s in spec.sources] == [
         "augmxnt/shisa-gamma-7b-v1",
         "WizardLMTeam/WizardMath-7B-V1.1",
@@ -181,7 +183,7 @@ JOB_CASES = [
         "parameter_space.optimizer.max_evals",
         "greater than 0",
     ),
-    (("method: dare_ties", "method: dare"), 11, "parameter_space.method", "must be"),
+    (("method: dare_ties", "method: dare"), 11, "parameter_space.method", "did you mean 'dare_ties'"),
     (("method: dare_ties", "method: slerp"), 14, "parameter_space.density", "takes no density"),
     (
         ("tokenizer_source: base", "tokenizer_source: tow"),
@@ -196,7 +198,7 @@ JOB_CASES = [
         "2 decoder layers",
     ),
     (('split: "train[:8]"', 'split: "train[:8"'), 18, "fitness.data.split", "not a split"),
-    (("task: ja-math", "task: math"), 17, "fitness.task", "must be"),
+    (("task: ja-math", "task: math"), 17, "fitness.task", "unknown fitness task 'math'"),
     (("seed: 3", "seed: three"), 3, "seed", "integer"),
     (("dtype: float32", "dtype: [float32"), 9, "dtype", "YAML syntax"),
     (("seed: 3", "seed: 3\nseed: 4"), 4, "seed", "duplicate key"),

@@ -41,7 +41,7 @@ def _logprobs_vllm(model_dir: Path, ids: list[int]) -> list[float]:
 def test_folded_dfs_model_loads_and_matches_in_vllm(tmp_path):
     from tiny import make_mistral
 
-    from evohub.merge.build import merge_to_disk
+    from evohub.merging.build import merge_to_disk
     from evohub.spec import Recipe
 
     cfg = {
@@ -73,7 +73,7 @@ def test_vllm_backend_greedy_equals_hf_before_and_after_a_weight_swap(tmp_path):
     import torch
     from tiny import make_mistral
 
-    from evohub.merge.io import CheckpointReader
+    from evohub.merging.io import CheckpointReader
     from evohub.score.backends import Sampling
     from evohub.score.backends.hf import HFBackend
     from evohub.score.backends.vllm import VLLMBackend

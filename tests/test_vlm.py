@@ -10,15 +10,18 @@ import torch
 import yaml
 from tiny import make_llava, make_mistral, synthetic_image
 
-from evohub.merge.arch import lm_name, lm_parameters
-from evohub.merge.build import input_refs, merge_to_disk, open_inputs
-from evohub.merge.io import CheckpointReader
-from evohub.merge.ps import ResidentMerge
+from evohub.merging.arch import lm_parameters
+from evohub.merging.build import merge_to_disk, open_inputs
+from evohub.merging.io import CheckpointReader
+from evohub.merging.ps import ResidentMerge
+from evohub.models import KINDS
 from evohub.score.backends import Sampling, VisionPrompt
 from evohub.score.tasks.ja_vqa import PROMPT, JaVQA, question_answer, score_outputs
 from evohub.spec import Recipe
 
 VOCAB = 130  # t0..t126, <unk>, <image> (128), </s> (129) in the VLM's tokenizer
+
+VLM, LLM = KINDS.get("vlm"), KINDS.get("llm")
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +78,13 @@ def test_merged_vlm_keeps_vision_loads_as_llava_and_answers_about_an_image(vworl
     assert code == 0, err
     out, llava, ja = (_tensors(p) for p in (tmp_path / "out", vworld / vlm, vworld / "ja"))
     assert set(out) == set(llava)  # the VLM's architecture and checkpoint names
-    vision = [n for n in out if lm_name(n, vlm=True) is None]
+    vision = [n for n in out if VLM.lm_name(n) is None]
     assert vision and all(torch.equal(out[n], llava[n]) for n in vision)  # tower and projector copied
-    ja_by_lm = {lm_name(n, vlm=False): t for n, t in ja.items()}
-    lm = [n for n in out if lm_name(n, vlm=True) is not None]
+    ja_by_lm = {LLM.lm_name(n): t for n, t in ja.items()}
+    lm = [n for n in out if VLM.lm_name(n) is not None]
     assert len(lm) == len(ja)
     for n in lm:  # every LM tensor is a merge: neither source's
-        assert not torch.equal(out[n], llava[n]) and not torch.equal(out[n], ja_by_lm[lm_name(n, vlm=True)]), n
+        assert not torch.equal(out[n], llava[n]) and not torch.equal(out[n], ja_by_lm[VLM.lm_name(n)]), n
 
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").eval()
     assert type(model).__name__ == json.loads((vworld / vlm / "config.json").read_text())["architectures"][0]
@@ -101,7 +104,7 @@ def test_in_memory_merge_into_a_resident_vlm_equals_the_disk_merge(vworld, tmp_p
     from transformers import AutoModelForImageTextToText
 
     template = _recipe(vworld, vlm=vlm)
-    dirs = [Path(r.path) for r in input_refs(template)]
+    dirs = [Path(r.path) for r in template.inputs()]
     model = AutoModelForImageTextToText.from_pretrained(vworld / vlm).eval()
     params = lm_parameters(model)  # module names (model.language_model.*) by LLM-style name
     assert "model.layers.0.self_attn.q_proj.weight" in params and "lm_head.weight" in params
@@ -115,7 +118,7 @@ def test_in_memory_merge_into_a_resident_vlm_equals_the_disk_merge(vworld, tmp_p
     assert resident.apply(cand, params) == len(params)
     disk = _tensors(merge_to_disk(cand, dirs, tmp_path / "disk"))
     for name, t in disk.items():
-        key = lm_name(name, vlm=True)
+        key = VLM.lm_name(name)
         if key is not None:
             assert torch.equal(params[key].data, t), name
     for n, p in model.named_parameters():

@@ -1,4 +1,7 @@
-"""Search spaces as vectors in [0, 1]^n: CMA-ES searches the cube, :meth:`decode` gives a Recipe.
+"""Search spaces as vectors in [0, 1]^n, and what a stage's search costs (docs/design.md#genomes).
+
+The optimiser searches the cube, :meth:`decode` gives a Recipe; this module is the one owner of
+a stage's dimensions (``dims``) and of its budget (:class:`Budget`).
 
     >>> g = PSGenome.for_job(spec)                   # doctest: +SKIP
     >>> g.dims, g.x0()[:2]
@@ -29,7 +32,33 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from evohub.spec import DENSITY_METHODS, DFSSearch, JobSpec, ModelRef, PSSearch, Recipe
+from evohub.spec import DFSSearch, JobSpec, ModelRef, Optimizer, PSSearch, Recipe
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a stage may spend: ``popsize`` candidates per generation, at most ``evaluations`` of
+    them (None: bounded by ``max_hours`` only), in at most ``generations`` generations.
+
+    >>> Budget.of(Optimizer(max_evals=1000), dims=6).popsize        # doctest: +SKIP
+    9
+    """
+
+    popsize: int
+    evaluations: int | None
+    max_hours: float | None
+
+    @classmethod
+    def of(cls, optimizer: Optimizer, dims: int, cap: int | None = None) -> Budget:
+        """The budget of a stage with ``dims`` genes; ``cap`` lowers the evaluation count."""
+        pop = optimizer.popsize or 4 + int(3 * math.log(max(dims, 1)))
+        counts = [optimizer.max_evals, optimizer.generations and optimizer.generations * pop, cap]
+        counts = [c for c in counts if c]
+        return cls(pop, min(counts) if counts else None, optimizer.max_hours)
+
+    @property
+    def generations(self) -> int | None:
+        return math.ceil(self.evaluations / self.popsize) if self.evaluations else None
 
 
 def _lin(g: float, lo: float, hi: float) -> float:
@@ -68,11 +97,24 @@ class PSGenome:
         )
 
     @property
+    def genes_per_slot(self) -> int:
+        """Genes per (source, layer group or pattern): the method's parameters (weight[, density])."""
+        return len(self.search.kind.params)
+
+    @property
     def dims(self) -> int:
         slots = self.search.layer_groups + len(self.search.patterns)
-        if self.search.method == "slerp":
+        if self.search.kind.shares:
             return slots
-        return len(self.sources) * slots * self.search.genes_per_group()
+        return len(self.sources) * slots * self.genes_per_slot
+
+    def describe(self) -> str:
+        """The genes in words, for plans and cards."""
+        G, P, K = self.search.layer_groups, len(self.search.patterns), len(self.sources)
+        slots = f"{G} layer group(s)" + (f" + {P} pattern(s)" if P else "")
+        if self.search.kind.shares:
+            return f"{slots} x t"
+        return f"{K} sources x ({slots}) x {{{', '.join(self.search.kind.params)}}}"
 
     def x0(self) -> list[float]:
         return [self.search.optimizer.x0] * self.dims
@@ -83,20 +125,20 @@ class PSGenome:
         if len(x) != self.dims:
             raise ValueError(f"expected {self.dims} genes, got {len(x)}")
         models: list[dict] = []
-        if ps.method == "slerp":  # one t per layer group, then per pattern
+        if ps.kind.shares:  # one t per layer group, then per pattern
             t = [_lin(x[i], *ps.weight.bounds) for i in range(G + P)]
             for k in range(2):
                 share = [1 - v for v in t] if k == 0 else t
                 over = [{"pattern": p, "weight": share[G + j]} for j, p in enumerate(ps.patterns)]
                 models.append({"source": self.sources[k], "weight": _one(share[:G]), "overrides": over})
         else:
-            per = ps.genes_per_group()
+            per = self.genes_per_slot
             for k in range(K):
                 genes = [x[(k * (G + P) + i) * per : (k * (G + P) + i + 1) * per] for i in range(G + P)]
                 weights = [_lin(g[0], *ps.weight.bounds) for g in genes]
                 m: dict = {"source": self.sources[k], "weight": _one(weights[:G])}
                 over = [{"pattern": p, "weight": weights[G + j]} for j, p in enumerate(ps.patterns)]
-                if ps.method in DENSITY_METHODS:
+                if ps.kind.density:
                     assert ps.density is not None
                     dens = [_lin(g[1], *ps.density.bounds) for g in genes]
                     m["density"] = _one(dens[:G])
@@ -154,6 +196,17 @@ class DFSGenome:
         scale_genes = self.M * self.M if self.search.parameterization == "matrix" else 2 * self.M
         return self.T + scale_genes
 
+    def describe(self) -> str:
+        """The genes in words, for plans and cards."""
+        M = self.M
+        scales = f"{M}x{M} scale matrix" if self.search.parameterization == "matrix" else f"2x{M} compact scales"
+        return f"{self.T} slot indicators (M={M} layers x r={self.search.repeats}) + {scales}"
+
+    @property
+    def max_hops(self) -> int:
+        """The longest path a genotype can give."""
+        return min(self.T, self.search.max_path_length or self.T)
+
     def x0(self) -> list[float]:
         on = [0.75 if t < self.layers_a else 0.25 for t in range(self.T)]
         lo, hi = self.search.scales.bounds
@@ -209,3 +262,35 @@ class DFSGenome:
         else:
             data["tokenizer_source"] = "a"
         return Recipe.model_validate(data)
+
+
+Genome = PSGenome | DFSGenome
+
+
+def genome_for(
+    job: JobSpec,
+    stage: str,
+    layers: Callable[[ModelRef], int],
+    pin: Callable[[ModelRef], ModelRef] = lambda r: r,
+    stage1: Recipe | None = None,
+) -> Genome:
+    """The genome of a job's ``stage`` (``ps`` or ``dfs``).
+
+    ``layers(ref)`` gives a model's decoder layers (from its config), ``pin`` maps references to
+    the commits they resolved to, ``stage1`` is the finished parameter-space recipe that a
+    PS-then-DFS job's data-flow genome decodes on top of (without it the genome still has its
+    dimensions, for planning, but cannot decode).
+    """
+    if stage == "ps":
+        return PSGenome.for_job(job, pin)
+    dfs = job.data_flow_space
+    assert dfs is not None
+    b = job.source(dfs.b).ref()
+    if dfs.a == "ps":
+        a: ModelRef | str = "ps"
+        layers_a = layers(job.base_model or job.sources[0].ref())  # the PS merge has this architecture
+    else:
+        a_ref = job.source(dfs.a).ref()
+        a, layers_a = pin(a_ref), layers(a_ref)
+    return DFSGenome(search=dfs, layers_a=layers_a, layers_b=layers(b), a=a, b=pin(b), base=stage1,
+                     seed=job.seed, dtype=job.dtype)  # fmt: skip

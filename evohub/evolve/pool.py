@@ -1,11 +1,11 @@
 """Evaluating a population: in this process, or on Ray actors (one per GPU, or per CPU slot).
 
-Workers receive genotypes, never weights: each one holds the stage's inputs and a scoring model
-resident and merges in memory. A candidate whose evaluation fails is tried once more, then
+Workers receive genotypes and their recipes, never weights: each one holds the stage's inputs
+and a scoring model resident and merges in memory. A candidate whose evaluation fails is tried once more, then
 recorded as failed with its error, and the run goes on; an actor that dies is replaced and its
 candidate resubmitted.
 
-    >>> pool = RayPool(WorkerSpec(run_dir, "ps", device="cuda"), actors=8)   # doctest: +SKIP
+    >>> pool = RayPool(worker_spec, actors=8, gpus_per_actor=1)   # doctest: +SKIP
     >>> pool.evaluate(candidates, done)      # done(candidate, outcome) as each one finishes
 """
 
@@ -32,10 +32,15 @@ class InProcessPool(Evaluator):
             self._worker = self.spec.build()
         for c in batch:
             for _ in range(ATTEMPTS):
-                out = self._worker.evaluate(c.genotype, c.generation, c.split)
+                out = self._worker.evaluate(c.genotype, c.recipe, c.generation, c.split)
                 if out.error is None:
                     break
             done(c, out)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
 
 class _Actor:
@@ -44,8 +49,8 @@ class _Actor:
     def __init__(self, spec: WorkerSpec):
         self.worker = spec.build()
 
-    def evaluate(self, genotype: list[float], generation: int, split: str) -> Outcome:
-        return self.worker.evaluate(genotype, generation, split)
+    def evaluate(self, genotype: list[float], recipe, generation: int, split: str) -> Outcome:
+        return self.worker.evaluate(genotype, recipe, generation, split)
 
     def pid(self) -> int:
         return os.getpid()
@@ -81,7 +86,7 @@ class RayPool(Evaluator):
             while queue and free:
                 slot = free.pop(0)
                 c, attempt = queue.pop(0)
-                ref = self.actors[slot].evaluate.remote(list(c.genotype), c.generation, c.split)
+                ref = self.actors[slot].evaluate.remote(list(c.genotype), c.recipe, c.generation, c.split)
                 pending[ref] = (slot, c, attempt)
             ready, _ = ray.wait(list(pending), num_returns=1)
             slot, c, attempt = pending.pop(ready[0])

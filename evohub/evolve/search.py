@@ -1,14 +1,16 @@
-"""Seeded CMA-ES over a genome, with every candidate logged and runs that resume exactly.
+"""A seeded optimiser over a genome, with every candidate logged and runs that resume exactly.
 
-    >>> result = run_stage(stage, genome, optimizer, pool, log, seed=0)     # doctest: +SKIP
+    >>> result = run_stage(stage, genome, optimizer, pool, log, checkpoint, seed=0)     # doctest: +SKIP
 
 The log (``candidates.jsonl``, one JSON row per evaluated candidate, fsynced) is the source of
-truth; ``checkpoint.json`` (replaced atomically after every generation) summarises it. CMA-ES
-(the ``cma`` package) draws its samples from its own generator seeded from the job seed, so a
-resumed run re-creates the optimiser and replays the logged generations: every ``ask`` gives the
-logged genotypes again (checked) and every ``tell`` gets the logged fitness. A candidate already
-in the log is never evaluated again, so a run killed at any moment and resumed produces the
-same candidates, rows and final recipe as one that was never stopped.
+truth; ``checkpoint.json`` (replaced atomically after every generation) summarises it
+(docs/design.md#resuming). The optimiser (:mod:`evohub.evolve.optimizers`; CMA-ES by default)
+draws its samples from its own generator seeded from the job seed, so a resumed run re-creates
+it and replays the logged generations: every ``ask`` gives the logged genotypes again (checked)
+and every ``tell`` gets the logged fitness. A candidate already in the log is never evaluated
+again, so a run killed at any moment and resumed produces the same candidates, rows and final
+recipe as one that was never stopped. Each candidate is decoded once, here; workers receive the
+genotype and its recipe.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from evohub.errors import EvohubError
+from evohub.errors import RunError
+from evohub.evolve.genome import Budget, Genome
+from evohub.evolve.optimizers import OPTIMIZERS
+from evohub.files import atomic_write, write_json
 from evohub.spec import Optimizer, Recipe
 
 
@@ -74,13 +79,12 @@ class Log:
                     self.rows.append(json.loads(line))
                 except ValueError:
                     if i != len(lines) - 1:
-                        raise EvohubError(f"{path}:{i + 1}: not a JSON row; the log is damaged") from None
+                        raise RunError(f"{path}:{i + 1}: not a JSON row; the log is damaged") from None
                     self._truncate(len(lines) - 1)  # a row cut short by a crash: drop it
         self._index = {(r["stage"], r["generation"], r["index"]): r for r in self.rows}
 
     def _truncate(self, keep_lines: int) -> None:
-        text = "".join(line + "\n" for line in self.path.read_text().splitlines()[:keep_lines])
-        self.path.write_text(text)
+        atomic_write(self.path, "".join(line + "\n" for line in self.path.read_text().splitlines()[:keep_lines]))
 
     def get(self, key: tuple[str, int, int]) -> dict | None:
         return self._index.get(key)
@@ -97,21 +101,14 @@ class Log:
         return [r for r in self.rows if r["stage"] == stage]
 
 
-def write_json(path: Path, obj: object) -> None:
-    """Atomically replace ``path`` with ``obj`` as JSON (temp file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class Evaluator:
     """Evaluates a batch of candidates; calls ``done(candidate, outcome)`` as each finishes."""
 
     def evaluate(self, batch: Sequence[Candidate], done: Callable[[Candidate, Outcome], None]) -> None:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the evaluator holds (workers, engines)."""
 
 
 @dataclass
@@ -130,9 +127,33 @@ def _penalised(fitness: Sequence[float | None]) -> list[float]:
     return [f if f is not None and math.isfinite(f) else worst for f in fitness]
 
 
+def _replayed(log: Log, cands: Sequence[Candidate]) -> list[Candidate]:
+    """The candidates the log does not hold yet; a logged one must have the same genotype."""
+    todo = []
+    for c in cands:
+        row = log.get(c.key)
+        if row is None:
+            todo.append(c)
+        elif not np.allclose(row["genotype"], c.genotype, rtol=0, atol=1e-12):
+            raise RunError(
+                f"{log.path}: generation {c.generation} candidate {c.index} differs from the replayed optimiser; "
+                "the log belongs to another job or seed (start a new --run-dir)"
+            )
+    return todo
+
+
+def _row(c: Candidate, out: Outcome) -> dict:
+    return {
+        "stage": c.stage, "generation": c.generation, "index": c.index,
+        "genotype": list(c.genotype), "recipe_hash": recipe_hash(c.recipe),
+        "fitness": out.fitness, "metrics": out.metrics, "error": out.error,
+        "seconds": round(out.seconds, 4),
+    }  # fmt: skip
+
+
 def run_stage(
     stage: str,
-    genome,
+    genome: Genome,
     optimizer: Optimizer,
     evaluator: Evaluator,
     log: Log,
@@ -141,69 +162,40 @@ def run_stage(
     max_evals: int | None = None,
     on_generation: Callable[[int, list[dict]], None] | None = None,
 ) -> StageResult:
-    """Run (or resume) one stage of CMA-ES; maximises fitness."""
-    import cma
-
-    dims = genome.dims
-    pop = optimizer.population(dims)
-    budget = [b for b in (optimizer.evaluations(dims), max_evals) if b]
-    limit = min(budget) if budget else None
-    rng = np.random.default_rng(stage_seed(seed, stage))
-    es = cma.CMAEvolutionStrategy(
-        genome.x0(),
-        optimizer.sigma0,
-        {"seed": np.nan, "randn": lambda *shape: rng.standard_normal(shape), "bounds": [0, 1],
-         "popsize": pop, "verbose": -9, "maxfevals": math.inf, "tolfun": 0, "tolx": 0,
-         "tolfunhist": 0, "tolstagnation": math.inf, "tolflatfitness": math.inf},
-    )  # fmt: skip
+    """Run (or resume) one stage of the spec's optimiser; maximises fitness."""
+    budget = Budget.of(optimizer, genome.dims, max_evals)
+    pop, limit = budget.popsize, budget.evaluations
+    search = OPTIMIZERS.get(optimizer.algorithm).create(genome.x0(), optimizer.sigma0, pop, stage_seed(seed, stage))
     elapsed = sum(r.get("seconds", 0.0) for r in log.stage_rows(stage))  # resumed runs count it all
     generation = 0
     best: tuple[float, Candidate] | None = None
-    while True:
-        done_before = generation * pop
-        if limit is not None and done_before >= limit:
+    while not (limit is not None and generation * pop >= limit):
+        if budget.max_hours is not None and elapsed >= budget.max_hours * 3600:
             break
-        if optimizer.max_hours is not None and elapsed >= optimizer.max_hours * 3600:
-            break
-        X = es.ask()
-        n = pop if limit is None else min(pop, limit - done_before)  # the last generation may be cut
-        cands = [Candidate(stage, generation, i, tuple(float(v) for v in X[i]), genome.decode(X[i])) for i in range(n)]
-        todo = []
-        for c in cands:
-            row = log.get(c.key)
-            if row is None:
-                todo.append(c)
-            elif not np.allclose(row["genotype"], c.genotype, rtol=0, atol=1e-12):
-                raise EvohubError(
-                    f"{log.path}: generation {generation} candidate {c.index} differs from the replayed optimiser; "
-                    "the log belongs to another job or seed (start a new --run-dir)"
-                )
+        X = search.ask()
+        n = pop if limit is None else min(pop, limit - generation * pop)  # the last generation may be cut
+        cands = [Candidate(stage, generation, i, tuple(X[i]), genome.decode(X[i])) for i in range(n)]
 
         def record(c: Candidate, out: Outcome) -> None:
             nonlocal elapsed
             elapsed += out.seconds
-            log.append({
-                "stage": c.stage, "generation": c.generation, "index": c.index,
-                "genotype": list(c.genotype), "recipe_hash": recipe_hash(c.recipe),
-                "fitness": out.fitness, "metrics": out.metrics, "error": out.error,
-                "seconds": round(out.seconds, 4),
-            })  # fmt: skip
+            log.append(_row(c, out))
 
-        if todo:
+        if todo := _replayed(log, cands):
             evaluator.evaluate(todo, record)
         rows = [log.get(c.key) for c in cands]
         if any(r is None for r in rows):
-            raise EvohubError(f"stage {stage}: the evaluator returned no result for some candidates")
+            raise RunError(f"stage {stage}: the evaluator returned no result for some candidates")
         fitness = [r["fitness"] for r in rows]  # type: ignore[index]
         for c, f in zip(cands, fitness, strict=True):
             if f is not None and math.isfinite(f) and (best is None or f > best[0]):
                 best = (f, c)
         if n == pop:  # a cut generation ends the stage and is not told
-            es.tell(X, [-f for f in _penalised(fitness)])
+            search.tell(X, _penalised(fitness))
         generation += 1
         write_json(checkpoint, {
-            "stage": stage, "generation": generation, "evaluations": done_before + n,
-            "popsize": pop, "dims": dims, "sigma": float(es.sigma), "mean": [float(v) for v in es.mean],
+            "stage": stage, "generation": generation, "evaluations": (generation - 1) * pop + n,
+            "popsize": pop, "dims": genome.dims, **search.state(),
             "best_fitness": best[0] if best else None, "best_recipe_hash": recipe_hash(best[1].recipe) if best else None,
             "elapsed_s": round(elapsed, 3), "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })  # fmt: skip
@@ -212,6 +204,5 @@ def run_stage(
         if n < pop:
             break
     if best is None:
-        raise EvohubError(f"stage {stage}: no candidate was evaluated successfully (see {log.path})")
-    evaluations = sum(1 for _ in log.stage_rows(stage))
-    return StageResult(stage, best[1], best[0], evaluations, generation)
+        raise RunError(f"stage {stage}: no candidate was evaluated successfully (see {log.path})")
+    return StageResult(stage, best[1], best[0], len(log.stage_rows(stage)), generation)

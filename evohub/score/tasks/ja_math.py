@@ -1,4 +1,4 @@
-"""``ja-math``: the paper's MGSM-JA protocol (Akiba et al., 2024; DESIGN.md).
+"""``ja-math``: the paper's MGSM-JA protocol (Akiba et al., 2024; docs/design.md#mgsm-ja-scoring).
 
 Zero-shot, the Japanese Alpaca-style chain-of-thought prompt below, greedy decoding, at most
 1024 new tokens, stopping at "Instruction"/"Response". The answer is the last match of
@@ -13,11 +13,10 @@ and ``SakanaAI/gsm8k-ja-test_250-1319``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from evohub.errors import EvohubError
+from evohub.errors import ScoreError
 from evohub.score.backends import Sampling
 from evohub.score.metrics import extract_number, japanese_probability
+from evohub.score.tasks.base import TASKS, Published, Scored
 
 #: The prompt of the paper's released evaluation code (evomerge, "ja-alpaca-cot").
 PROMPT = (
@@ -26,12 +25,6 @@ PROMPT = (
 )
 STOP = ("Instruction:", "Instruction", "Response:", "Response")
 MAX_NEW_TOKENS = 1024
-
-
-@dataclass
-class Scored:
-    metrics: dict[str, float]
-    samples: list[dict] = field(default_factory=list)
 
 
 def _equal(pred: float | None, answer: float) -> bool:
@@ -50,7 +43,7 @@ def score_outputs(outputs: list[str], answers: list[float]) -> Scored:
         })  # fmt: skip
     n = len(samples)
     if n == 0:
-        raise EvohubError("ja-math: no examples to score")
+        raise ScoreError("ja-math: no examples to score")
 
     def rate(key: str, ja: bool) -> float:
         return sum(1 for s in samples if s[key] and (not ja or s["p_ja"] > 0.5)) / n
@@ -66,11 +59,27 @@ def score_outputs(outputs: list[str], answers: list[float]) -> Scored:
     return Scored(metrics, samples)
 
 
+@TASKS.register
 class JaMath:
     """The task; ``prompt`` (with ``{input}``) and ``stop`` default to the paper's."""
 
     name = "ja-math"
+    doc = "MGSM-JA protocol: greedy CoT, last number, right and answered in Japanese (acc_ja)"
     fitness_metric = "acc_ja"
+    options = ("prompt", "stop")
+    backends = ("vllm", "hf")
+    max_new_tokens = MAX_NEW_TOKENS
+    shown = ("acc_ja", "acc", "acc_ja_strict", "acc_strict")
+    #: how the fitness metric is published (.eval_results, model-index): its scale and description
+    result = Published("accuracy", "text-generation", 100.0,
+                       "acc_ja (%): correct and Japanese (fastText lid.176 P(ja) > 0.5); zero-shot CoT, greedy (Akiba et al., 2024)")  # fmt: skip
+    #: saved outputs can be re-scored from rows with this answer field
+    answer_field, answer_kind = "answer_number", "number"
+    score_outputs = staticmethod(score_outputs)
+
+    @staticmethod
+    def valid_answer(v) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
 
     def __init__(self, prompt: str | None = None, stop: tuple[str, ...] | None = None):
         self.prompt = prompt or PROMPT
@@ -79,10 +88,10 @@ class JaMath:
     def check(self, rows: list[dict]) -> None:
         for i, r in enumerate(rows):
             if not isinstance(r.get("question"), str):
-                raise EvohubError(f"ja-math: row {i} has no 'question' string")
+                raise ScoreError(f"ja-math: row {i} has no 'question' string")
             a = r.get("answer_number")
             if isinstance(a, bool) or not isinstance(a, int | float):
-                raise EvohubError(f"ja-math: row {i} has no numeric 'answer_number' (got {a!r})")
+                raise ScoreError(f"ja-math: row {i} has no numeric 'answer_number' (got {a!r})")
 
     def prompts(self, rows: list[dict]) -> list[str]:
         return [self.prompt.format(input=r["question"]) for r in rows]

@@ -1,4 +1,4 @@
-"""``ja-vqa``: Japanese visual question answering, the paper's EvoVLM-JP protocol (DESIGN.md).
+"""``ja-vqa``: Japanese visual question answering, the paper's EvoVLM-JP protocol (docs/design.md#vqa-scoring).
 
 Each example is an image and a Japanese question; the model answers with the paper's
 Llama-2-chat-style prompt (below; the image placeholder precedes the question), beam search
@@ -21,11 +21,12 @@ file's directory by :func:`evohub.score.data.load_rows`).
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from evohub.errors import EvohubError
+from evohub.errors import ScoreError
 from evohub.score.backends import Sampling, VisionPrompt
 from evohub.score.metrics import japanese_probability, rouge_ja
+from evohub.score.tasks.base import TASKS, Published, Scored
 
 #: The prompt of the paper's released evaluation code (evomerge, "ja-shisa-vqa").
 PROMPT = (
@@ -34,12 +35,6 @@ PROMPT = (
 )
 #: The paper's generation settings.
 SAMPLING = Sampling(max_new_tokens=512, temperature=0.0, num_beams=5, repetition_penalty=1.5)
-
-
-@dataclass
-class Scored:
-    metrics: dict[str, float]
-    samples: list[dict]
 
 
 def question_answer(row: dict) -> tuple[str, str]:
@@ -63,13 +58,13 @@ def open_image(value):
     if isinstance(value, str):
         with Image.open(value) as im:
             return im.convert("RGB")
-    raise EvohubError(f"ja-vqa: cannot read an image from {type(value).__name__}")
+    raise ScoreError(f"ja-vqa: cannot read an image from {type(value).__name__}")
 
 
 def score_outputs(outputs: list[str], answers: list[str]) -> Scored:
     """Metrics and per-sample records for model outputs (fitness, evaluation and re-scoring)."""
     if not outputs:
-        raise EvohubError("ja-vqa: no examples to score")
+        raise ScoreError("ja-vqa: no examples to score")
     strict = rouge_ja(answers, outputs, strict_japanese=True)
     raw = rouge_ja(answers, outputs, strict_japanese=False)
     samples = [
@@ -81,11 +76,28 @@ def score_outputs(outputs: list[str], answers: list[str]) -> Scored:
     return Scored(metrics, samples)
 
 
+@TASKS.register
 class JaVQA:
     """The task; ``prompt`` (with ``{input}``) defaults to the paper's, ``image_token`` to LLaVA's."""
 
     name = "ja-vqa"
+    doc = "Japanese VQA: 5 beams, repetition penalty 1.5, ROUGE-L over MeCab tokens, Japanese answers only (rougeL)"
     fitness_metric = "rougeL"
+    options = ("prompt",)
+    backends = ("vllm", "hf")
+    max_new_tokens = SAMPLING.max_new_tokens
+    shown = ("rougeL", "rouge1", "rouge2")
+    #: how the fitness metric is published (.eval_results, model-index): its scale and description
+    result = Published("rouge", "image-text-to-text", 1.0,
+                       "ROUGE-L F x 100 over MeCab tokens; a non-Japanese answer scores as empty; "
+                       "5 beams, repetition penalty 1.5 (Akiba et al., 2024)")  # fmt: skip
+    #: saved outputs can be re-scored from rows with this answer field
+    answer_field, answer_kind = "answer", "string"
+    score_outputs = staticmethod(score_outputs)
+
+    @staticmethod
+    def valid_answer(v) -> bool:
+        return isinstance(v, str)
 
     def __init__(self, prompt: str | None = None, image_token: str = "<image>", sampling: Sampling = SAMPLING):
         self.prompt = prompt or PROMPT
@@ -96,9 +108,9 @@ class JaVQA:
         for i, r in enumerate(rows):
             q, a = question_answer(r)
             if not isinstance(q, str) or not isinstance(a, str):
-                raise EvohubError(f"ja-vqa: row {i} has no 'question'/'answer' strings (or 'qas' list of them)")
+                raise ScoreError(f"ja-vqa: row {i} has no 'question'/'answer' strings (or 'qas' list of them)")
             if r.get("image") is None:
-                raise EvohubError(f"ja-vqa: row {i} has no 'image'")
+                raise ScoreError(f"ja-vqa: row {i} has no 'image'")
 
     def prompts(self, rows: list[dict]) -> list[VisionPrompt]:
         return [

@@ -9,31 +9,43 @@ from __future__ import annotations
 
 import math
 
-import torch
+from evohub.errors import ScoreError
+from evohub.score.tasks.base import TASKS
 
-from evohub.errors import EvohubError
 
-
+@TASKS.register
 class LMLoss:
     name = "lm-loss"
+    doc = "−(mean NLL per token) of texts under the model (reads logits: hf backend)"
     fitness_metric = "neg_nll"
+    options = ()
+    backends = ("hf",)
+    max_new_tokens = None
+    shown = ("neg_nll", "ppl")
 
     def check(self, rows: list[dict]) -> None:
         for i, r in enumerate(rows):
             if not isinstance(r.get("text"), str) and not (
                 isinstance(r.get("prompt"), str) and isinstance(r.get("completion"), str)
             ):
-                raise EvohubError(f"lm-loss: row {i} needs a 'text' string, or 'prompt' and 'completion' strings")
+                raise ScoreError(f"lm-loss: row {i} needs a 'text' string, or 'prompt' and 'completion' strings")
 
-    @torch.no_grad()
     def score(self, backend, rows: list[dict], batch_size: int = 16, **_) -> dict[str, float]:
         """Token-weighted mean NLL over ``rows``; returns ``neg_nll`` (higher is better) and ``ppl``.
 
         Needs the transformers backend (it reads logits).
         """
+        import torch
+
+        with torch.no_grad():
+            return self._score(backend, rows, batch_size)
+
+    def _score(self, backend, rows: list[dict], batch_size: int) -> dict[str, float]:
+        import torch
+
         model, tokenizer = getattr(backend, "model", None), getattr(backend, "tokenizer", None)
         if model is None or not hasattr(model, "parameters"):
-            raise EvohubError("lm-loss needs the hf backend (fitness.backend: hf)")
+            raise ScoreError("lm-loss needs the hf backend (fitness.backend: hf)")
         device = next(model.parameters()).device
         total_nll, total_tokens = 0.0, 0
         for start in range(0, len(rows), batch_size):
@@ -65,6 +77,6 @@ class LMLoss:
             total_nll += float(nll[scored].sum())
             total_tokens += int(scored.sum())
         if total_tokens == 0:
-            raise EvohubError("lm-loss: no tokens to score")
+            raise ScoreError("lm-loss: no tokens to score")
         mean = total_nll / total_tokens
         return {"neg_nll": -mean, "ppl": math.exp(min(mean, 50.0)), "tokens": float(total_tokens)}

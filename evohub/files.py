@@ -1,0 +1,48 @@
+"""Writing files so that a crash never leaves half of one (docs/design.md#nothing-lost).
+
+Every file evohub replaces goes through :func:`atomic_write`: the bytes go to a temporary sibling,
+are flushed and fsynced, then renamed over the target (a rename within a directory is atomic on
+POSIX). Directories that appear whole (a merged model) go through :func:`replace_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Replace ``path`` with ``data`` (text is UTF-8): temp file, fsync, rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        with open(tmp, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, obj: object, indent: int | None = 2) -> Path:
+    """Atomically replace ``path`` with ``obj`` as JSON (non-ASCII kept; floats for numpy scalars)."""
+    return atomic_write(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=float) + "\n")
+
+
+def replace_dir(partial: Path, out: Path) -> Path:
+    """Move a completed directory ``partial`` to ``out``, replacing what is there; an interrupted
+    swap leaves either the old or the new directory at ``out``, never a mix."""
+    if out.exists():
+        trash = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, trash)
+        os.replace(partial, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(partial, out)
+    return out

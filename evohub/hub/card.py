@@ -1,0 +1,103 @@
+"""Model cards: a Jinja template of ``cards/`` (``llm``, ``vlm``; both extend ``base.md.j2``)
+rendered into a huggingface_hub ``ModelCard``, with the metadata and eval results the Hub reads.
+
+    >>> text, files = render_card(meta, context)      # doctest: +SKIP
+
+Metadata (``ModelCardData``): ``base_model`` (the Hub sources), ``base_model_relation: merge``,
+tags, language, licence, library and pipeline, datasets, and every evaluation result twice: as
+``.eval_results/*.yaml`` (the Hub's current format, built with ``EvalResultEntry``) and as
+``model-index`` for older tools. What goes in is plain data (:class:`CardMeta`); the run layer
+gathers it (:mod:`evohub.pipeline.publish`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from evohub.errors import HubError
+
+#: the templates: ``evohub/hub/cards`` links to the repository's ``cards/``; wheels carry a copy
+CARDS = Path(__file__).parent / "cards"
+TAGS = ["merge", "evolutionary-model-merge", "evohub"]
+
+
+@dataclass(frozen=True)
+class Result:
+    """One result of the evolved model on a Hub dataset (an ``EvalResultEntry``)."""
+
+    dataset_id: str
+    task_id: str
+    config: str | None
+    split: str
+    metric: str
+    metric_type: str
+    value: float
+    task_type: str
+    notes: str
+
+
+@dataclass
+class CardMeta:
+    repo_id: str
+    template: str  # cards/<template>.md.j2
+    pipeline_tag: str
+    base_models: list[str]
+    language: list[str]
+    license: str | None
+    datasets: list[str]
+    results: list[Result] = field(default_factory=list)
+    #: lm-eval results: (task, metric key, value), for model-index
+    lmeval: list[tuple[str, str, float]] = field(default_factory=list)
+    date: str | None = None
+
+
+def _eval_results(meta: CardMeta):
+    """(EvalResultEntry list, legacy EvalResult list)."""
+    from huggingface_hub import EvalResult, EvalResultEntry
+
+    entries, legacy = [], []
+    for r in meta.results:
+        entries.append(EvalResultEntry(dataset_id=r.dataset_id, task_id=r.task_id, value=r.value, date=meta.date,
+                                       notes=r.notes))  # fmt: skip
+        legacy.append(EvalResult(task_type=r.task_type, dataset_type=r.dataset_id, dataset_name=r.dataset_id.split("/")[-1],
+                                 dataset_config=r.config, dataset_split=r.split, metric_type=r.metric_type,
+                                 metric_name=r.metric, metric_value=r.value))  # fmt: skip
+    for task, key, value in meta.lmeval:
+        legacy.append(EvalResult(task_type="text-generation", dataset_type=task, dataset_name=task,
+                                 metric_type=key.split(",")[0], metric_name=key, metric_value=value))  # fmt: skip
+    return entries, legacy
+
+
+def render_card(meta: CardMeta, context: dict) -> tuple[str, dict[str, str]]:
+    """(card text, {".eval_results/evohub.yaml": text}) from the metadata and the template's context."""
+    import jinja2
+    from huggingface_hub import ModelCard, ModelCardData, eval_result_entries_to_yaml
+
+    template = CARDS / f"{meta.template}.md.j2"
+    if not template.exists():
+        raise HubError(f"{template}: no such card template")
+    entries, legacy = _eval_results(meta)
+    card_data = ModelCardData(
+        base_model=meta.base_models or None,
+        tags=TAGS,
+        language=meta.language,
+        license=meta.license,
+        license_name="mixed" if meta.license == "other" else None,
+        library_name="transformers",
+        pipeline_tag=meta.pipeline_tag,
+        datasets=meta.datasets or None,
+        eval_results=legacy or None,
+        model_name=meta.repo_id.split("/")[-1],
+    )
+    card_data.base_model_relation = "merge"
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(CARDS), keep_trailing_newline=True)
+    text = env.get_template(template.name).render(card_data=card_data.to_yaml(), **context)
+    files = {}
+    if entries:
+        files[".eval_results/evohub.yaml"] = yaml.safe_dump(
+            eval_result_entries_to_yaml(entries), allow_unicode=True, sort_keys=False
+        )
+    return str(ModelCard(text)), files

@@ -1,0 +1,186 @@
+"""Reading from the Hub: configs, model info, licences, pinned snapshots, with retries.
+
+>>> cfg = fetch_config("mistralai/Mistral-7B-v0.1", None)   # doctest: +SKIP
+>>> cfg["num_hidden_layers"]
+32
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import shutil
+import time
+from pathlib import Path
+
+from evohub.errors import HubError
+
+#: What a merge needs from a model repo: weights (safetensors only), configs, tokenizer files.
+MODEL_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "*.txt", "*.jinja"]
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def explain(repo: str, revision: str | None, what: str, e: Exception, kind: str = "model") -> HubError:
+    """A one-line HubError for a failed request about ``what`` in the ``kind`` repo ``repo@revision``."""
+    from huggingface_hub import errors as hf_errors
+
+    where = f"{repo}@{revision or 'main'}"
+    if isinstance(e, HubError):
+        return e
+    if isinstance(e, hf_errors.GatedRepoError):
+        return HubError(f"{where} is gated: accept its terms on the Hub and log in (hf auth login)")
+    if isinstance(e, hf_errors.RepositoryNotFoundError):
+        return HubError(f"{where}: no such {kind} repo (or it is private and you are not logged in)")
+    if isinstance(e, hf_errors.RevisionNotFoundError):
+        return HubError(f"{where}: no such branch, tag or commit")
+    if isinstance(e, hf_errors.LocalEntryNotFoundError):  # before EntryNotFoundError, its parent
+        return HubError(f"{where}: {what} is not in the local HF cache and the Hub cannot be reached (offline?)")
+    if isinstance(e, hf_errors.EntryNotFoundError):
+        return HubError(f"{where} has no {what}")
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return HubError(f"{where}: cannot fetch {what}: {msg}")
+
+
+def with_retries(call, *args, attempts: int = 4, delay: float = 1.0, **kwargs):
+    """``call(*args, **kwargs)``, retried with exponential backoff on transient Hub errors
+    (HTTP 429 and 5xx, dropped connections, timeouts); other errors are raised at once."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except HfHubHTTPError as e:
+            status = getattr(e.response, "status_code", None)
+            if attempt == attempts - 1 or not (status == 429 or (status is not None and status >= 500)):
+                raise
+        except (ConnectionError, TimeoutError, OSError) as e:
+            if attempt == attempts - 1 or isinstance(e, FileNotFoundError | PermissionError):
+                raise
+        time.sleep(delay * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def api():
+    """An HfApi; the token comes from HF_TOKEN or the HF cache, never from evohub's arguments."""
+    from huggingface_hub import HfApi
+
+    return HfApi()
+
+
+def offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise HubError(f"{path}: no {what}") from e
+    except ValueError as e:
+        raise HubError(f"{path}: not valid JSON: {e}") from e
+
+
+def cached_config(repo: str, revision: str | None) -> dict | None:
+    """A Hub model's config.json when the local HF cache holds it (no request), else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(repo, "config.json", revision=revision)
+    if not isinstance(hit, str):
+        return None
+    try:
+        return json.loads(Path(hit).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def fetch_config(repo: str, revision: str | None) -> dict:
+    """A Hub model's config.json (downloaded into the HF cache)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = Path(hf_hub_download(repo, "config.json", revision=revision))
+    except Exception as e:  # huggingface_hub raises several families; all become one line
+        raise explain(repo, revision, "config.json", e) from e
+    return _read_json(path, "config.json")
+
+
+def model_info(repo: str, revision: str | None, files: bool = False):
+    """The Hub's model_info (commit sha, card data, files with sizes if ``files``)."""
+    try:
+        return with_retries(api().model_info, repo, revision=revision, files_metadata=files)
+    except Exception as e:
+        raise explain(repo, revision, "model info", e) from e
+
+
+def card_license(readme: Path) -> str | None:
+    """The licence a model card (README.md with YAML front matter) declares."""
+    from huggingface_hub import ModelCard
+
+    return ModelCard.load(readme).data.license if readme.exists() else None
+
+
+def hub_license(repo: str, revision: str | None) -> str | None:
+    """The licence a Hub model's card declares."""
+    data = model_info(repo, revision).card_data
+    return getattr(data, "license", None) if data is not None else None
+
+
+def _check_disk(repo: str, revision: str | None, info, target: Path) -> None:
+    need = sum(
+        (f.size or 0)
+        for f in info.siblings or []
+        if any(fnmatch.fnmatch(f.rfilename, p) for p in MODEL_PATTERNS) and f.size
+    )
+    target.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(target).free
+    if need > free:
+        raise HubError(
+            f"{repo}@{revision or 'main'} needs {need / 1e9:.1f} GB but {target} has {free / 1e9:.1f} GB free; "
+            "free space or set HF_HOME to a larger disk"
+        )
+
+
+def _no_safetensors(repo: str, revision: str | None, names: list[str]) -> HubError:
+    pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+    detail = f" (it has {', '.join(pickles[:3])})" if pickles else ""
+    return HubError(
+        f"{repo}@{revision or 'main'} has no safetensors weights{detail}; evohub never loads pickle "
+        "checkpoints: pick a revision with safetensors or convert the model"
+    )
+
+
+def snapshot(repo: str, revision: str | None) -> Path:
+    """A Hub model's files (safetensors, configs, tokenizer) in the HF cache, pinned to the commit
+    ``revision`` resolves to (the directory is named by that commit). A repository with only
+    pickle weights is refused; the free disk is checked before downloading."""
+    from huggingface_hub import constants, snapshot_download
+
+    if not offline():
+        info = model_info(repo, revision, files=True)
+        names = [f.rfilename for f in info.siblings or []]
+        if not any(n.endswith(".safetensors") for n in names):
+            raise _no_safetensors(repo, revision, names)
+        _check_disk(repo, revision, info, Path(constants.HF_HUB_CACHE))
+        revision = info.sha
+    try:
+        path = Path(with_retries(snapshot_download, repo, revision=revision, allow_patterns=MODEL_PATTERNS))
+    except Exception as e:
+        raise explain(repo, revision, "a snapshot of the model files", e) from e
+    if not any(path.glob("*.safetensors")):
+        raise _no_safetensors(repo, revision, [])
+    return path
+
+
+def download_dataset_repo(repo: str) -> Path | None:
+    """A whole dataset repo's files in the HF cache; None when there is no such repo."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        return Path(with_retries(snapshot_download, repo, repo_type="dataset"))
+    except RepositoryNotFoundError:
+        return None
+    except Exception as e:
+        raise explain(repo, None, "the dataset files", e, kind="dataset") from e

@@ -1,0 +1,116 @@
+"""The embedded default: the demo job on the local world, every stage of a real job.
+
+``evohub demo`` runs ``demo.yaml`` (``jobs/demo.yaml``; shipped with the package) on the trained
+world of :mod:`evohub.local.world` (``--train-world`` retrains it from its seed): validate → plan →
+pull (local) → evolve the parameter space, then a data-flow path → merge the winner → evaluate
+it, its sources and the untuned merge on 300 held-out problems → card → publish to a local Hub
+(:mod:`evohub.local.hubserver`, through the real huggingface_hub client) → a table. Offline,
+CPU, about a minute.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import evohub
+from evohub.errors import RunError
+from evohub.local import hubserver
+from evohub.pipeline.plan import render
+from evohub.spec import warnings_for
+
+#: the demo job and its world, shipped inside the package (links to jobs/ in a checkout)
+DEMO_JOB = Path(__file__).parent / "demo.yaml"
+QUESTIONS = ("12+34", "57+38", "81+19")
+
+
+def _spec_path(root: Path, seed: int, train_world: bool, say) -> Path:
+    """The demo job: the shipped one, or a copy pointing at a world retrained from ``seed``."""
+    if not DEMO_JOB.exists():
+        raise RunError(f"{DEMO_JOB}: missing; reinstall evohub (the demo job ships with the package)")
+    if not train_world:
+        return DEMO_JOB
+    from evohub.local.world import build_world, write_splits
+
+    world = root / "world"
+    say(f"train the local world in {world} (seed {seed}; about 3.5 min on 2 cores, then cached)")
+    build_world(world, seed)
+    write_splits(world, seed)
+    text = DEMO_JOB.read_text().replace("demo-world/", f"{world.resolve()}/").replace("seed: 0", f"seed: {seed}")
+    spec_path = root / "demo.yaml"
+    spec_path.write_text(text)
+    return spec_path
+
+
+def _scores_table(summary, console) -> None:
+    from rich.table import Table
+
+    table = Table("model", "acc_ja (right, in Japanese)", "acc (right)", "answers in Japanese",
+                  title="Japanese arithmetic: 問 12+34 答 → 46です")  # fmt: skip
+    scores = {}
+    for name, res in (summary.results or {}).get("models", {}).items():
+        m = res["suites"]["ja-math"]["metrics"]
+        scores[name] = m["acc_ja"]
+        table.add_row(name, f"{100 * m['acc_ja']:.1f}", f"{100 * m['acc']:.1f}", f"{100 * m['ja_rate']:.1f}")
+    console.print(table)
+    others = {k: v for k, v in scores.items() if k not in ("evolved", "untuned merge")}
+    if others:
+        best = max(others, key=others.get)  # type: ignore[arg-type]
+        console.print(
+            f"evolved: {100 * scores['evolved']:.1f}%, {100 * (scores['evolved'] - others[best]):+.1f} points over the "
+            f"best source ({best}) and {100 * (scores['evolved'] - scores.get('untuned merge', 0)):+.1f} over the untuned merge"
+        )
+
+
+def _examples(model_dir: Path, console) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    for q in QUESTIONS:
+        ids = tok(f"問 {q} 答 ", return_tensors="pt").input_ids
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+        console.print(f"問 {q} 答 → {tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)}")
+
+
+def run_demo(root: Path, seed: int = 0, train_world: bool = False, max_evals: int | None = None,
+             progress: bool = True) -> int:  # fmt: skip
+    """The demo: the demo job on the local world, published to a local Hub, with a comparison."""
+    from rich.console import Console
+
+    console = Console()
+    root.mkdir(parents=True, exist_ok=True)
+    step = 0
+
+    def say(what: str) -> None:
+        nonlocal step
+        step += 1
+        console.print(f"\n[bold]{step}. {what}[/bold]")
+
+    spec_path = _spec_path(root, seed, train_world, say)
+    say("validate the job spec")
+    spec = evohub.load_job(spec_path)
+    for w in warnings_for(spec, spec_path):
+        console.print(w)
+    console.print(f"ok: {spec_path} (job spec {spec.name!r})")
+    say("plan the job")
+    render(evohub.plan(spec), console)
+    run_dir = root / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)  # the demo runs whole each time (about a minute)
+    say("run it: pull (local) → evolve PS, then DFS → merge the best → evaluate on 300 held-out problems → card → "
+        "publish to a local Hub")  # fmt: skip
+    with hubserver.serve(root / "hf") as hub:
+        summary = evohub.run(spec_path, run_dir, device="cpu", progress=progress, max_evals=max_evals)
+        repo = spec.publish.repo if spec.publish else None
+        exported = hub.export(repo, root / "hub" / repo) if repo else []
+    say("the evolved merge against its sources and the untuned merge (held-out test split)")
+    _scores_table(summary, console)
+    say("examples from the evolved model")
+    _examples(summary.model_dir, console)
+    if summary.published:
+        p = summary.published
+        console.print(f"\npublished to the local Hub: {p['repo']} commit {str(p['commit'])[:12]}, tag {p['tag']} "
+                      f"({len(exported)} files, copied to {root / 'hub' / p['repo']})")  # fmt: skip
+    console.print(f"recipe: {summary.run_dir / 'recipe.yaml'}   fitness curve: {summary.run_dir / 'fitness.png'}")
+    console.print("\n[green]demo complete[/green]")
+    return 0

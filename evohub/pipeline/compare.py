@@ -1,0 +1,59 @@
+"""The held-out evaluation of a run: the winner, and (``compare_sources``) the base, each source
+and the untuned merge, so the card can show what evolution added."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evohub.files import write_json
+from evohub.merging.build import merge_to_disk
+from evohub.pipeline.rundir import RunDir
+from evohub.pipeline.stages import model_dirs, stage_genome
+from evohub.score.evaluate import evaluate, suites_for
+from evohub.spec import JobSpec, Recipe
+
+
+def untuned_recipe(job: JobSpec, run: RunDir) -> Recipe:
+    """The merge anyone would try first: the spec's method, equal weights, density 1."""
+    genome = stage_genome(job, run, "ps")
+    recipe = genome.decode(genome.x0())
+    ps = recipe.parameter_space
+    assert ps is not None
+    equal = 0.5 if ps.kind.shares else 1.0 / len(ps.models)
+    models = tuple(
+        m.model_copy(update={"weight": equal, "overrides": (), "density": None if m.density is None else 1.0})
+        for m in ps.models
+    )
+    return recipe.model_copy(update={"parameter_space": ps.model_copy(update={"models": models, "layer_groups": 1})})
+
+
+def evaluate_run(job: JobSpec, run: RunDir, device: str) -> dict:
+    """results.json: the evolved model on the held-out suites, and each source when asked.
+
+    Each model's results are kept in ``eval/<name>/results.json``, so a resumed run evaluates
+    only what it has not.
+    """
+    done = run.read_json(run.results_path)
+    if done is not None:
+        return done  # type: ignore[return-value]
+    ev = job.evaluation
+    assert ev is not None
+    kw = {"backend": ev.backend, "device": device, "data": ev.data, "limit": ev.limit,
+          "max_new_tokens": ev.max_new_tokens, "prompt": job.fitness.prompt, "stop": job.fitness.stop}  # fmt: skip
+    models: dict[str, Path] = {"evolved": run.model_dir}
+    if ev.compare_sources:
+        models |= {name: run.local_dir(ref) for name, ref in job.models()}
+        if job.parameter_space is not None:
+            if not run.untuned_dir.exists():
+                recipe = untuned_recipe(job, run)
+                merge_to_disk(recipe, model_dirs(run, recipe), run.untuned_dir)
+            models["untuned merge"] = run.untuned_dir
+    out: dict = {"suites": list(ev.suites), "models": {}}
+    for name, directory in models.items():
+        suites = suites_for(directory, list(ev.suites))  # vision suites only for VLMs
+        if suites:
+            eval_dir = run.eval_dir(name)
+            kept = run.read_json(eval_dir / "results.json")
+            out["models"][name] = kept if kept is not None else evaluate(directory, suites, out_dir=eval_dir, **kw)
+    write_json(run.results_path, out)
+    return out

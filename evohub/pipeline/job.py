@@ -1,0 +1,125 @@
+"""Run a whole job in a resumable run directory: pull → evolve each stage → merge the best →
+evaluate → publish (docs/design.md#the-flow-of-one-job).
+
+    >>> summary = run_job("jobs/demo.yaml", run_dir="runs/demo", resume=True)   # doctest: +SKIP
+
+Every step writes its output last (a stage's ``recipe.yaml``, the final ``model/``,
+``results.json``, ``published.json``), so a resumed run skips what is done and continues what is
+not; evolution itself resumes mid-stage from ``candidates.jsonl`` (:mod:`evohub.evolve.search`).
+The directory's layout is :class:`~evohub.pipeline.rundir.RunDir`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evohub.errors import RunError
+from evohub.evolve.search import Log
+from evohub.files import write_json
+from evohub.merging.build import merge_to_disk
+from evohub.pipeline import publish as publishing
+from evohub.pipeline.compare import evaluate_run
+from evohub.pipeline.pull import pull
+from evohub.pipeline.report import StageSummary, plot_fitness, summarize
+from evohub.pipeline.rundir import RunDir
+from evohub.pipeline.stages import evolve_stage, model_dirs
+from evohub.spec import JobSpec, Recipe, load_job
+
+log = logging.getLogger("evohub")
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    recipe: Recipe
+    model_dir: Path
+    stages: list[StageSummary] = field(default_factory=list)
+    results: dict | None = None
+    published: dict | None = None
+
+
+def start_run(spec_path: Path, run_dir: Path, resume: bool) -> tuple[JobSpec, RunDir]:
+    """The spec and the run directory it runs in: a new one, or (``resume``) the same spec's."""
+    spec = load_job(spec_path)
+    run = RunDir(run_dir)
+    if run.job_path.exists():
+        if not resume:
+            raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir")
+        if run.job().to_yaml() != spec.to_yaml():
+            raise RunError(
+                f"{spec_path} differs from the spec {run_dir} was started with ({run.job_path}); use another --run-dir"
+            )
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run.write_job(spec, spec_path)
+    return spec, run
+
+
+def _stage_one(spec: JobSpec, run: RunDir, stage: str, progress: bool) -> None:
+    """Materialise the parameter-space winner as model A of a PS-then-DFS job's second stage."""
+    if stage == "dfs" and spec.data_flow_space and spec.data_flow_space.a == "ps":
+        model_a, recipe = run.stage_model_dir("ps"), run.stage_recipe("ps")
+        assert recipe is not None
+        if not model_a.exists():
+            merge_to_disk(recipe, model_dirs(run, recipe), model_a, progress=progress)
+
+
+def run_job(
+    spec_path: str | Path,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    max_evals: int | None = None,
+    device: str = "cpu",
+    ray_actors: int | None = None,
+    progress: bool = True,
+    publish: bool = True,
+    state_repo: str | None = None,
+) -> RunSummary:
+    """Run (or resume) a job; returns what it produced.
+
+    ``state_repo`` (a Hub dataset repo) receives the run state after every generation, and a
+    resumed run whose directory is empty starts from it. ``publish`` pushes the winner to the
+    spec's ``publish.repo`` at the end (once: ``published.json`` records it).
+    """
+    spec_path = Path(spec_path)
+    run_dir = Path(run_dir) if run_dir else Path("runs") / load_job(spec_path).name
+    if resume and state_repo and not (run_dir / "job.yaml").exists() and publishing.fetch_state(state_repo, run_dir):
+        log.info("continuing the run state from %s", state_repo)
+    spec, run = start_run(spec_path, run_dir, resume)
+    pull(spec, run)
+    candidates = Log(run.log_path)
+
+    def pushed(stage: str, generation: int) -> None:
+        if state_repo:
+            publishing.push_state(run, state_repo, f"evohub: {stage} generation {generation}")
+
+    summaries: list[StageSummary] = []
+    final: Recipe | None = None
+    for stage in spec.stages():
+        started = time.perf_counter()
+        _stage_one(spec, run, stage, progress)
+        final = run.stage_recipe(stage) or evolve_stage(spec, run, stage, candidates, max_evals=max_evals,
+                                                        device=device, ray_actors=ray_actors, progress=progress,
+                                                        on_generation=pushed)  # fmt: skip
+        summaries.append(summarize(stage, candidates.rows, run.read_json(run.validation_path(stage))))  # type: ignore[arg-type]
+        summaries[-1].seconds = time.perf_counter() - started
+    assert final is not None
+    run.write_recipe(final)
+    plot_fitness(candidates.rows, run.fitness_plot, spec.stages())
+    if not run.model_dir.exists():
+        merge_to_disk(final, model_dirs(run, final), run.model_dir, progress=progress)
+    results = evaluate_run(spec, run, device) if spec.evaluation else None
+    if state_repo:
+        publishing.push_state(run, state_repo, "evohub: run finished")
+    published = None
+    if spec.publish is not None and publish:
+        published = run.read_json(run.published_path)
+        if published is None:
+            done, _ = publishing.publish_run(run, spec.publish.repo, private=spec.publish.private)
+            published = {"repo": done.repo_id, "revision": done.revision, "commit": done.commit, "tag": done.tag}
+            write_json(run.published_path, published)
+    return RunSummary(run.root, final, run.model_dir, summaries, results, published)  # type: ignore[arg-type]

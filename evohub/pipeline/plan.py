@@ -1,0 +1,273 @@
+"""What a job will cost before it runs: search-space size, evaluations, model sizes, memory, disk.
+
+    >>> plan = make_plan(load_job("jobs/evollm-jp.yaml"))     # doctest: +SKIP
+    >>> plan.stages[0].dims, plan.stages[0].evaluations
+    (6, 1000)
+
+Model sizes come from each source's config.json (a local directory, or the Hub through
+:mod:`evohub.hub`), counted exactly by building the model on PyTorch's meta device; dimensions
+and budgets are the genomes' (:mod:`evohub.evolve.genome`).
+
+Memory model (weights only; the scoring backend's KV cache comes on top):
+- PS in memory: the base and K task vectors stay resident in the job's dtype, plus the resident
+  model the candidates are written into: (K + 2) x P x bytes (K + 1 for ``linear``: no base).
+- DFS: the layers of A and B stay resident and paths are executed over them: (P_a + P_b) x bytes.
+- Streaming merge to disk (host RAM): the largest tensor of each input as stored, the merged
+  tensor, and one output shard (the arithmetic runs in cache-sized chunks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from evohub.errors import SpecError
+from evohub.evolve.genome import Budget, Genome, genome_for
+from evohub.hub.client import fetch_config
+from evohub.merging.arch import ParamCount, count_parameters, dtype_bytes, stored_dtype
+from evohub.spec import JobSpec, ModelRef
+
+#: Output shard size of ``evohub merge`` (bytes); the streaming writer holds one shard at a time.
+SHARD_BYTES = 2 * 1024**3
+#: Bytes per candidates.jsonl row (genotype, recipe hash, metrics, timings): a generous estimate.
+LOG_ROW_BYTES = 2048
+
+
+@dataclass
+class SourcePlan:
+    name: str
+    ref: str
+    pinned: bool
+    model_type: str
+    layers: int
+    params: int
+    per_layer: int
+    hidden: int
+    vocab: int
+    stored_dtype: str
+    bytes: int
+
+
+@dataclass
+class StagePlan:
+    name: str
+    dims: int
+    dims_detail: str
+    popsize: int
+    evaluations: int | None
+    generations: int | None
+    max_hours: float | None
+
+
+@dataclass
+class Plan:
+    job: str
+    seed: int
+    sources: list[SourcePlan]
+    stages: list[StagePlan]
+    fitness: str
+    evaluation: list[str]
+    output_params: int
+    output_bytes: int
+    accelerator_bytes: int
+    host_bytes: int
+    disk_bytes: int
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _text_cfg(config: dict) -> dict:
+    return config.get("text_config") or config
+
+
+def _source_plan(name: str, ref: ModelRef, config: dict) -> SourcePlan:
+    counts: ParamCount = count_parameters(config)
+    dtype = stored_dtype(config)
+    text = _text_cfg(config)
+    return SourcePlan(
+        name=name,
+        ref=ref.display(),
+        pinned=ref.pinned,
+        model_type=str(config.get("model_type")),
+        layers=counts.layers,
+        params=counts.total,
+        per_layer=counts.per_layer,
+        hidden=int(text.get("hidden_size") or 0),
+        vocab=int(text.get("vocab_size") or 0),
+        stored_dtype=dtype,
+        bytes=counts.total * dtype_bytes(dtype),
+    )
+
+
+def _config(ref: ModelRef) -> dict:
+    if ref.path is not None:
+        import json
+        from pathlib import Path
+
+        path = Path(ref.path) / "config.json"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError as e:
+            raise SpecError(f"{path}: no config.json; is {ref.display()} a transformers model directory?") from e
+        except ValueError as e:
+            raise SpecError(f"{path}: not valid JSON: {e}") from e
+    return fetch_config(ref.repo, ref.revision)  # type: ignore[arg-type]
+
+
+def _stage(name: str, genome: Genome, opt) -> StagePlan:
+    budget = Budget.of(opt, genome.dims)
+    return StagePlan(name=name, dims=genome.dims, dims_detail=genome.describe(), popsize=budget.popsize,
+                     evaluations=budget.evaluations, generations=budget.generations, max_hours=budget.max_hours)  # fmt: skip
+
+
+def _fitness_line(spec: JobSpec) -> str:
+    fit = spec.fitness
+    fitness = f"{fit.task} on {fit.data.display()}"
+    if fit.limit:
+        fitness += f", fixed subset of {fit.limit}"
+    if fit.minibatch:
+        fitness += f", minibatch {fit.minibatch} per generation"
+    if fit.validation:
+        fitness += f"; best chosen on {fit.validation.display()}"
+    return fitness
+
+
+def make_plan(spec: JobSpec, configs: dict[str, dict] | None = None) -> Plan:
+    """Plan ``spec``; ``configs`` maps source names ('base' too) to config dicts (fetched if absent)."""
+    refs = spec.models()
+    configs = dict(configs or {})
+    for name, ref in refs:
+        if name not in configs:
+            configs[name] = _config(ref)
+    sources = [_source_plan(name, ref, configs[name]) for name, ref in refs]
+    by_name = {s.name: s for s in sources}
+    by_ref = {ref: by_name[name] for name, ref in refs}
+    b = dtype_bytes(spec.dtype)
+    stages: list[StagePlan] = []
+    notes: list[str] = []
+    accel = extra_disk = 0
+    # The merged model has the architecture of the largest source (a VLM holds the LLM it merges).
+    out = max((by_name[s.key] for s in spec.sources), key=lambda s: s.params)
+    out_params = out.params
+    layers = lambda ref: by_ref[ref].layers  # noqa: E731
+    if (ps := spec.parameter_space) is not None:
+        stages.append(_stage("parameter_space", genome_for(spec, "ps", layers), ps.optimizer))
+        accel = (len(spec.sources) + (2 if ps.kind.base else 1)) * out_params * b  # base + K task vectors + resident
+    if (dfs := spec.data_flow_space) is not None:
+        genome = genome_for(spec, "dfs", layers)
+        stages.append(_stage("data_flow_space", genome, dfs.optimizer))
+        a, bsrc = (out if dfs.a == "ps" else by_name[dfs.a]), by_name[dfs.b]
+        hops = genome.max_hops  # type: ignore[union-attr]
+        out_params = a.params - a.layers * a.per_layer + hops * max(a.per_layer, bsrc.per_layer)
+        accel = max(accel, (a.params + bsrc.params) * b)
+        if dfs.a == "ps":
+            extra_disk += a.params * b  # stage 1's merged model, kept in the run dir
+        notes.append(f"DFS output is at most {hops} layers (every slot on); typical paths are shorter")
+    K = len(spec.sources)
+    largest_tensor = max(max(s.vocab * s.hidden, s.per_layer // 4) for s in sources)
+    stored = max(dtype_bytes(s.stored_dtype) for s in sources)
+    host = (K + 1) * largest_tensor * stored + largest_tensor * b + min(SHARD_BYTES, out_params * b)
+    evals = sum(s.evaluations or 0 for s in stages)
+    disk = sum(s.bytes for s in sources) + out_params * b + extra_disk + evals * LOG_ROW_BYTES
+    notes.append("accelerator memory counts weights only; the scoring backend's KV cache comes on top")
+    if any(not s.pinned for s in sources):
+        notes.append("unpinned sources are resolved to commits at pull time (job.lock.yaml)")
+    if any(s.max_hours for s in stages):
+        notes.append("a stage has a wall-time budget: its evaluation count is known only at run time")
+    return Plan(job=spec.name, seed=spec.seed, sources=sources, stages=stages, fitness=_fitness_line(spec),
+                evaluation=list(spec.evaluation.suites) if spec.evaluation else [], output_params=out_params,
+                output_bytes=out_params * b, accelerator_bytes=accel, host_bytes=host, disk_bytes=disk,
+                notes=notes)  # fmt: skip
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def human_count(n: float) -> str:
+    for unit in ("", "K", "M", "B"):
+        if abs(n) < 1000 or unit == "B":
+            return f"{n:.0f}" if unit == "" else f"{n:.2f}{unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def render(plan: Plan, console) -> None:
+    """Show the plan as tables on a rich ``console``."""
+    from rich.table import Table
+
+    console.print(f"[bold]job[/bold] {plan.job}  (seed {plan.seed})")
+    t = Table("source", "ref", "type", "layers", "params", "stored", "size", title="sources")
+    for s in plan.sources:
+        ref = s.ref + ("" if s.pinned else " (unpinned)")
+        t.add_row(
+            s.name,
+            ref,
+            s.model_type,
+            str(s.layers),
+            human_count(s.params),
+            s.stored_dtype,
+            human_bytes(s.bytes),
+        )
+    console.print(t)
+    t = Table("stage", "dims", "popsize", "evaluations", "generations", title="search (CMA-ES)")
+    for st in plan.stages:
+        evals = str(st.evaluations) if st.evaluations else "-"
+        if st.max_hours:
+            evals += f" (or {st.max_hours:g} h)"
+        t.add_row(st.name, str(st.dims), str(st.popsize), evals, str(st.generations or "-"))
+    console.print(t)
+    for st in plan.stages:
+        console.print(f"  {st.name}: {st.dims_detail}")
+    t = Table("resource", "estimate", title="resources")
+    t.add_row("fitness", plan.fitness)
+    t.add_row("evaluation", ", ".join(plan.evaluation) or "-")
+    t.add_row(
+        "output model",
+        f"{human_count(plan.output_params)} params, {human_bytes(plan.output_bytes)}",
+    )
+    t.add_row("accelerator memory / worker", human_bytes(plan.accelerator_bytes))
+    t.add_row("host memory (merge to disk)", human_bytes(plan.host_bytes))
+    t.add_row("disk (downloads + output + run dir)", human_bytes(plan.disk_bytes))
+    console.print(t)
+    for n in plan.notes:
+        console.print(f"note: {n}")
+
+
+def render_markdown(plan: Plan) -> str:
+    """The plan as Markdown (for a CI job summary or a pull-request comment)."""
+    lines = [
+        f"### `{plan.job}` (seed {plan.seed})",
+        "",
+        "| source | ref | type | layers | params | size |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in plan.sources:
+        ref = f"`{s.ref}`" + ("" if s.pinned else " (unpinned)")
+        lines.append(
+            f"| {s.name} | {ref} | {s.model_type} | {s.layers} | {human_count(s.params)} | {human_bytes(s.bytes)} |"
+        )
+    lines += [
+        "",
+        "| stage | dims | search space | popsize | evaluations | generations |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for st in plan.stages:
+        evals = str(st.evaluations or "-") + (f" (or {st.max_hours:g} h)" if st.max_hours else "")
+        lines.append(f"| {st.name} | {st.dims} | {st.dims_detail} | {st.popsize} | {evals} | {st.generations or '-'} |")
+    lines += [
+        "",
+        f"- fitness: {plan.fitness}",
+        f"- evaluation: {', '.join(plan.evaluation) or '-'}",
+        f"- output model: {human_count(plan.output_params)} params, {human_bytes(plan.output_bytes)}",
+        f"- accelerator memory per worker (weights): {human_bytes(plan.accelerator_bytes)}",
+        f"- host memory (merge to disk): {human_bytes(plan.host_bytes)}",
+        f"- disk: {human_bytes(plan.disk_bytes)}",
+    ]
+    lines += [f"- note: {n}" for n in plan.notes]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,263 @@
+"""A finished run as ONE Hub commit — weights, config, tokenizer, recipe, results, fitness curve,
+compressed candidates log, model card, eval results — tagged with the run id; and the run state
+in a private dataset repo for runs that continue on another machine (docs/design.md#publishing).
+
+    >>> done, card = publish_run(RunDir("runs/x"), "me/EvoLLM-JP", dry_run=True)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import re
+import shutil
+from pathlib import Path
+
+from evohub.errors import RunError, UsageError
+from evohub.hub.card import CardMeta, Result, render_card
+from evohub.hub.client import download_dataset_repo
+from evohub.hub.commit import Published, check_repo_id, commit_files, push_dataset_files
+from evohub.models import KINDS
+from evohub.pipeline.pull import model_license
+from evohub.pipeline.report import summarize
+from evohub.pipeline.rundir import RunDir
+from evohub.score.evaluate import shown_metrics
+from evohub.score.suites import find_suite
+from evohub.score.tasks import TASKS
+from evohub.spec import JobSpec, ModelRef, Recipe
+
+STAGE_NAMES = {"ps": "parameter space", "dfs": "data-flow space"}
+#: the usage example of an LLM card (a VLM card uses its task's prompt)
+LLM_EXAMPLE = "以下に、あるタスクを説明する指示があります。\n\n### 指示:\n1から10までの和は?\n\n### 応答:"
+
+
+def run_id(run: RunDir) -> str:
+    """The tag a published run's commit gets: ``evohub-<run dir>-<recipe hash>``."""
+    digest = hashlib.sha256(run.recipe_path.read_bytes()).hexdigest()[:10]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", run.root.resolve().name).strip("-.") or "run"
+    return f"evohub-{name}-{digest}"
+
+
+def publish_files(run: RunDir, readme: str, extra: dict[str, str]) -> dict[str, bytes | Path]:
+    """Everything a published run holds, by path in the repo."""
+    if not (run.model_dir / "config.json").exists():
+        raise RunError(f"{run.root}: no merged model in model/; run the job to the end first")
+    files: dict[str, bytes | Path] = {
+        p.name: p for p in sorted(run.model_dir.iterdir()) if p.is_file() and not p.name.startswith(".")
+    }
+    for p in (run.recipe_path, run.results_path, run.fitness_plot):
+        if p.exists():
+            files[p.name] = p
+    if run.log_path.exists():
+        files["candidates.jsonl.gz"] = gzip.compress(run.log_path.read_bytes(), mtime=0)
+    files |= {k: v.encode() for k, v in extra.items()}
+    files["README.md"] = readme.encode()
+    return files
+
+
+# ----------------------------------------------------------------------------------------------
+# The card's facts, gathered from the run
+
+
+def _fmt(v) -> str:
+    if isinstance(v, tuple | list):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def _link(ref: ModelRef) -> str:
+    return f"[{ref.repo}](https://huggingface.co/{ref.repo})" if ref.repo else f"`{ref.path}`"
+
+
+def _sources(job: JobSpec, run: RunDir, licenses: dict[str, str | None]) -> tuple[dict | None, list[dict]]:
+    entries = {e["name"]: e for e in run.lock()}
+
+    def info(name: str, ref: ModelRef) -> dict:
+        e = entries.get(name, {})
+        return {"name": name, "ref": ref, "link": _link(ref), "revision": (e.get("revision") or "local")[:12],
+                "license": licenses.get(name), "architecture": e.get("architecture")}  # fmt: skip
+
+    rows = [info(name, ref) for name, ref in job.models()]
+    return (rows[0] if job.base_model else None), rows[1:] if job.base_model else rows
+
+
+def _license(rows: list[dict]) -> tuple[str | None, str | None]:
+    """(licence for the metadata, a note for the body)."""
+    found = {r["license"] for r in rows}
+    if len(found) == 1 and None not in found:
+        return found.pop(), None
+    listed = "; ".join(f"{r['name']}: {r['license'] or 'unknown'} ({r['link']})" for r in rows)
+    return "other", f"The sources carry different (or unknown) licenses, all of which apply to this merge: {listed}."
+
+
+def _cell(metric: str, v: float) -> str:
+    return f"{100 * v:.1f}" if metric.startswith("acc") else f"{v:.1f}" if metric.startswith("rouge") else f"{v:.4f}"
+
+
+def _results_table(results: dict | None) -> dict | None:
+    if not results:
+        return None
+    names = list(results["models"])
+    rows: dict[str, list[dict]] = {}
+    for suite in results["suites"]:
+        shown = [m for m in shown_metrics(suite) if m not in ("ja_rate", "n")]
+        metrics: dict[str, list] = {}
+        for i, name in enumerate(names):
+            m = results["models"][name]["suites"].get(suite, {}).get("metrics", {})
+            flat = {k: m[k] for k in shown if k in m}
+            for task, res in (m.get("lm_eval") or {}).items():
+                flat |= {f"{task} {k}": v for k, v in res.items() if isinstance(v, float) and "stderr" not in k}
+            for k, v in flat.items():
+                metrics.setdefault(k, ["-"] * len(names))[i] = _cell(k, v)
+        rows[suite] = [{"metric": k, "values": v} for k, v in metrics.items()]
+    return {"suites": list(results["suites"]), "names": names, "rows": rows}
+
+
+def _results(results: dict | None) -> tuple[list[Result], list[tuple[str, str, float]]]:
+    """The evolved model's results on Hub datasets, and its lm-eval results."""
+    if not results:
+        return [], []
+    out, lmeval = [], []
+    for name, r in results["models"]["evolved"]["suites"].items():
+        m, suite = r["metrics"], find_suite(name)
+        if suite.dataset is not None and suite.metric in m and suite.task:
+            pub = TASKS.get(suite.task).result
+            d = suite.dataset
+            out.append(Result(dataset_id=d.repo, task_id=d.config or suite.name, config=d.config, split=d.split,
+                              metric=suite.metric, metric_type=pub.metric_type, task_type=pub.task_type,
+                              value=round(pub.scale * m[suite.metric], 2), notes=pub.notes))  # fmt: skip
+        for task, res in (m.get("lm_eval") or {}).items():
+            lmeval += [
+                (task, key, round(value, 4))
+                for key, value in res.items()
+                if isinstance(value, float) and "stderr" not in key and math.isfinite(value)
+            ]
+    return out, lmeval
+
+
+def _stages(job: JobSpec, run: RunDir) -> list[dict]:
+    rows = run.log_rows()
+    out = []
+    for st in job.stages():
+        opt = (job.parameter_space if st == "ps" else job.data_flow_space).optimizer  # type: ignore[union-attr]
+        s = summarize(st, rows, None)
+        best = _fmt(s.best_fitness) if s.evaluations > s.failed else "-"
+        out.append({"stage": STAGE_NAMES[st], "x0": opt.x0, "sigma0": _fmt(opt.sigma0), "popsize": s.popsize,
+                    "evaluations": s.evaluations, "generations": s.generations, "failed": s.failed, "best": best})  # fmt: skip
+    return out
+
+
+def _recipe_facts(recipe: Recipe, sources: list[dict]) -> dict:
+    ps_models = []
+    if recipe.parameter_space is not None:
+        names = [s["name"] for s in sources]
+        for i, m in enumerate(recipe.parameter_space.models):
+            name = names[i] if i < len(names) else m.source.display()
+            ps_models.append({"name": name, "weight": _fmt(m.weight), "density": _fmt(m.density)})
+    dfs = None
+    if (d := recipe.data_flow_space) is not None:
+        dfs = {"hops": len(d.path), "from_a": sum(1 for w, _ in d.path if w == "a"), "from_b": sum(1 for w, _ in d.path if w == "b"),
+               "a": "the parameter-space merge" if d.a == "ps" else d.a.display(), "b": d.b if isinstance(d.b, str) else d.b.display(),
+               "min_scale": _fmt(min(d.scales)), "max_scale": _fmt(max(d.scales)),
+               "summary": " ".join(f"{w}{i}" for w, i in d.path)}  # fmt: skip
+    return {"recipe": recipe, "ps_models": ps_models, "dfs": dfs}
+
+
+def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tuple[str, dict[str, str]]:
+    """(card text, {".eval_results/<name>.yaml": text}) for a finished run."""
+    job, recipe = run.job(), run.recipe()
+    results = run.read_json(run.results_path)
+    config = run.read_json(run.model_dir / "config.json") or {}
+    base, sources = _sources(job, run, licenses)
+    license_id, license_note = _license(([base] if base else []) + sources)
+    kind = KINDS.get(job.publish.card if job.publish else "llm")
+    entries, lmeval = _results(results)  # type: ignore[arg-type]
+    evolved = (results or {}).get("models", {}).get("evolved", {})  # type: ignore[union-attr]
+    fit = job.fitness
+    meta = CardMeta(
+        repo_id=repo_id, template=kind.card, pipeline_tag=kind.pipeline_tag,
+        base_models=[s["ref"].repo for s in ([base] if base else []) + sources if s["ref"].repo],
+        language=list(job.publish.language) if job.publish else ["ja"], license=license_id,
+        datasets=[d.repo for d in (fit.data, fit.validation) if d is not None and d.repo],
+        results=entries, lmeval=lmeval, date=evolved.get("created"),
+    )  # fmt: skip
+    example = LLM_EXAMPLE
+    if kind.vision:
+        from evohub.score.tasks.ja_vqa import PROMPT
+
+        example = PROMPT.format(input="<image>\nこの画像には何が写っていますか?")
+    arch = (config.get("architectures") or ["a transformers model"])[0]
+    primary = next((s["link"] for s in sources if s["architecture"] == arch), None)  # a VLM's own source
+    context = {
+        "title": repo_id.split("/")[-1], "repo_id": repo_id, "repo_name": repo_id.split("/")[-1],
+        "description": job.description, "base": base, "sources": sources, "license_note": license_note,
+        "architecture": arch, "primary": primary or "its VLM source", "stages": _stages(job, run),
+        "fitness": f"`{fit.task}` on {fit.data.display()}" + (f" (best chosen on {fit.validation.display()})" if fit.validation else ""),
+        "fitness_task": fit.task, "results": _results_table(results), "example_prompt": example.replace("\n", "\\n"),
+        **_recipe_facts(recipe, sources),
+    }  # fmt: skip
+    return render_card(meta, context)
+
+
+def _licenses(job: JobSpec, run: RunDir, dry_run: bool) -> dict[str, str | None]:
+    """Each model's licence: recorded in the lock at pull time; asked again only for older locks."""
+    locked = {e["name"]: e for e in run.lock()}
+    out = {}
+    for name, ref in job.models():
+        if "license" in locked.get(name, {}):
+            out[name] = locked[name]["license"]
+        else:
+            out[name] = None if dry_run and ref.repo else model_license(run.pinned(ref) if ref.repo else ref)
+    return out
+
+
+def publish_run(
+    run: RunDir,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    private: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+) -> tuple[Published, str]:
+    """Publish a finished run as ONE commit and tag it with the run id; returns what was (or, with
+    ``dry_run``, would be) published, and the card text. A model already on the target branch is
+    never overwritten without ``force``; ``revision`` names a branch (created if needed)."""
+    try:
+        check_repo_id(repo_id)
+    except ValueError as e:
+        raise UsageError(f"--repo: {e}") from e
+    job = run.job()
+    readme, eval_files = build_card(run, repo_id, _licenses(job, run, dry_run))
+    files = publish_files(run, readme, eval_files)
+    tag = run_id(run)
+    if dry_run:
+        return Published(repo_id, revision or "main", None, tag, sorted(files)), readme
+    done = commit_files(repo_id, files, message=f"evohub: publish {job.name} ({tag})", tag=tag,
+                        tag_message=f"evohub run {run.root.resolve().name}", revision=revision, private=private,
+                        force=force)  # fmt: skip
+    return done, readme
+
+
+def push_state(run: RunDir, state_repo: str, message: str = "evohub: run state") -> None:
+    """Upload the run's log, spec, lock, checkpoints, stage recipes and evaluation results to a
+    private dataset repo (one commit)."""
+    push_dataset_files(state_repo, run.state_files(), message)
+
+
+def fetch_state(state_repo: str, run_dir: str | Path) -> bool:
+    """Download a run's state into ``run_dir`` (which must not hold a run); False if there is none."""
+    local = download_dataset_repo(state_repo)
+    if local is None:
+        return False
+    found = False
+    for p in local.rglob("*"):
+        if p.is_file() and not p.name.startswith("."):
+            dest = Path(run_dir) / p.relative_to(local)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, dest)
+            found = True
+    return found

