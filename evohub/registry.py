@@ -71,6 +71,10 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def unregister(self, name: str) -> None:
+        """Remove an entry (a plug-in unloading, a test cleaning up)."""
+        self._entries.pop(name, None)
+
     def get(self, name: str) -> T:
         """The entry called ``name``; an unknown name raises :class:`UnknownName` listing the known."""
         self._load()

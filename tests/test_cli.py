@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -238,31 +240,67 @@ def test_fuzz_random_text(run_cli, text):
     _check(run_cli, text)
 
 
-def test_the_wheel_carries_the_card_templates_and_task_yamls(tmp_path):
-    """A pip-installed evohub (not a checkout) still renders cards and finds its lm-eval task."""
+def _build_wheel(tmp_path: Path) -> Path:
     import shutil
-    import zipfile
 
     # from a copy: a checkout's stale build/ would leak old files into the wheel
     skip = shutil.ignore_patterns(".git", ".venv*", "build", "*.egg-info", "runs", ".cache", "bench", "tests", ".whl")
     src = shutil.copytree(REPO, tmp_path / "src", symlinks=True, ignore=skip)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(tmp_path),
-            str(src),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        str(tmp_path),
+        str(src),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True)
     (wheel,) = tmp_path.glob("evohub-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
+    return wheel
+
+
+def test_the_wheel_carries_the_card_templates_task_yamls_and_the_demo(tmp_path):
+    """A pip-installed evohub (not a checkout) still renders cards, finds its lm-eval task and
+    has the demo job with its trained world."""
+    import zipfile
+
+    names = set(zipfile.ZipFile(_build_wheel(tmp_path)).namelist())
     assert {f"evohub/hub/cards/{k}.md.j2" for k in ("base", "llm", "vlm")} <= names
     assert "evohub/score/lmeval_tasks/jcola.yaml" in names
+    world = {f"evohub/local/demo-world/{m}/{f}" for m in ("base", "math", "japanese")
+             for f in ("model.safetensors", "config.json", "tokenizer.json")}  # fmt: skip
+    assert {"evohub/local/demo.yaml", "evohub/local/demo-world/test.jsonl"} | world <= names
+
+
+@pytest.mark.slow
+def test_the_installed_wheel_runs_the_demo_from_another_directory(tmp_path):
+    """`pip install` of the built wheel in a fresh venv, run from an empty directory: `evohub demo`.
+
+    The venv's third-party packages come from this one's (a .pth line), so the test is offline and
+    quick; evohub itself is the wheel's (checked: it is not imported from the checkout)."""
+    import site
+    import venv
+
+    wheel = _build_wheel(tmp_path)
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    py = env_dir / "bin" / "python"
+    purelib = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    Path(purelib, "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", purelib, str(wheel)],
+                   check=True, capture_output=True)  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run([py, "-c", "import evohub; print(evohub.__file__)"], cwd=elsewhere, capture_output=True,
+                           text=True, check=True).stdout  # fmt: skip
+    assert where.startswith(purelib), where
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([py, "-m", "evohub", "demo", "--dir", "d", "-q", "--max-evals", "8"], cwd=elsewhere,
+                          capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "demo complete" in done.stdout and (elsewhere / "d" / "run" / "published.json").exists()

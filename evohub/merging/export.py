@@ -51,6 +51,31 @@ def _setting(value: float | tuple[float, ...], overrides: list[tuple[str, float]
     return entries
 
 
+def _model_params(k: int, m, layers: int | None) -> dict:
+    """A recipe model's weight and density as mergekit parameters (overrides as filters)."""
+    params: dict = {}
+    for key in ("weight", "density"):
+        value = getattr(m, key)
+        if value is None:
+            continue
+        overrides = []
+        for o in m.overrides:
+            ov = getattr(o, key)
+            if ov is None:
+                continue
+            if _REGEX_META.search(o.pattern):
+                raise MergeError(
+                    f"parameter_space.models[{k}].overrides: pattern {o.pattern!r} is a regex; mergekit filters are plain substrings"
+                )
+            if isinstance(ov, tuple) and len(set(ov)) > 1:
+                raise MergeError(
+                    f"parameter_space.models[{k}].overrides: per-group override values have no mergekit equivalent"
+                )
+            overrides.append((o.pattern, ov[0] if isinstance(ov, tuple) else ov))
+        params[key] = _setting(value, overrides, layers)
+    return params
+
+
 def to_mergekit(recipe: Recipe, layers: int | None = None) -> str:
     """The mergekit YAML for ``recipe``'s parameter-space part."""
     ps = recipe.parameter_space
@@ -60,44 +85,26 @@ def to_mergekit(recipe: Recipe, layers: int | None = None) -> str:
         raise MergeError(
             "data_flow_space has no mergekit equivalent; export the parameter_space part of a PS-only recipe"
         )
-    models = []
-    for k, m in enumerate(ps.models):
-        params: dict = {}
-        for key in ("weight", "density"):
-            value = getattr(m, key)
-            if value is None:
-                continue
-            overrides = []
-            for o in m.overrides:
-                ov = getattr(o, key)
-                if ov is None:
-                    continue
-                if _REGEX_META.search(o.pattern):
-                    raise MergeError(
-                        f"parameter_space.models[{k}].overrides: pattern {o.pattern!r} is a regex; mergekit filters are plain substrings"
-                    )
-                if isinstance(ov, tuple) and len(set(ov)) > 1:
-                    raise MergeError(
-                        f"parameter_space.models[{k}].overrides: per-group override values have no mergekit equivalent"
-                    )
-                overrides.append((o.pattern, ov[0] if isinstance(ov, tuple) else ov))
-            params[key] = _setting(value, overrides, layers)
-        models.append({"model": _ref(m.source), "parameters": params})
-    config: dict = {"merge_method": ps.method}
-    if ps.method == "slerp":
+    method = ps.kind
+    if method.mergekit is None:
+        raise MergeError(f"mergekit has no equivalent of merge method {ps.method!r}")
+    config: dict = {"merge_method": method.mergekit}
+    if method.shares:
         if any(m.overrides for m in ps.models):
-            raise MergeError("slerp overrides have no mergekit equivalent")
+            raise MergeError(f"{ps.method} overrides have no mergekit equivalent")
         w0, w1 = ps.models[0].weight, ps.models[1].weight
         share = tuple(_at(w1, g) / (_at(w0, g) + _at(w1, g)) for g in range(ps.layer_groups))
         config["base_model"] = _ref(ps.models[0].source)
         config["models"] = [{"model": _ref(m.source)} for m in ps.models]
         config["parameters"] = {"t": _setting(share, [], layers)}
     else:
-        if recipe.base_model is not None and ps.method != "linear":
+        if recipe.base_model is not None and method.base:
             config["base_model"] = _ref(recipe.base_model)
-        config["models"] = models
+        config["models"] = [
+            {"model": _ref(m.source), "parameters": _model_params(k, m, layers)} for k, m in enumerate(ps.models)
+        ]
         config["parameters"] = {"normalize": ps.normalize}
-        if ps.method in ("dare_ties", "dare_linear"):
+        if method.sparsify == "random":
             config["parameters"]["rescale"] = True
     config["dtype"] = "float32"
     config["out_dtype"] = recipe.dtype
@@ -106,14 +113,12 @@ def to_mergekit(recipe: Recipe, layers: int | None = None) -> str:
         config["tokenizer_source"] = "base"
     elif isinstance(ts, int):
         config["tokenizer_source"] = _ref(ps.models[ts].source)
+    dare = (
+        "; DARE masks here are mergekit's own random draws, and mergekit's rescale matches the L1 norm\n"
+        "# where evohub divides by the density, so the weights will differ slightly from evohub's.\n"
+    )
     header = (
         "# mergekit configuration exported by evohub from an evohub recipe (schema 1).\n"
-        f"# evohub merged in float32 with seed {recipe.seed}"
-        + (
-            "; DARE masks here are mergekit's own random draws, and mergekit's rescale matches the L1 norm\n"
-            "# where evohub divides by the density, so the weights will differ slightly from evohub's.\n"
-            if ps.method.startswith("dare")
-            else ".\n"
-        )
+        f"# evohub merged in float32 with seed {recipe.seed}" + (dare if method.sparsify == "random" else ".\n")
     )
     return header + dump_yaml(config)

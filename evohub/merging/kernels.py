@@ -254,6 +254,9 @@ def merge_deltas(
 
     Inputs and ``out`` may have any float dtype and must be on the workspace's device; the
     arithmetic is float32, accumulating the deltas one source at a time, in source order.
+    (One function on purpose, over 60 lines: it is the fused per-chunk loop of every task-vector
+    method — sparsify, weight, elect, sum in one pass over each chunk — and splitting it would
+    add passes over memory or hide the loop that issue-level kernel work has to read.)
     ``tables`` are the sources' :func:`dare_table` where kept (same result, faster).
     """
     n = base.numel()

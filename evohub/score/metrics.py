@@ -1,4 +1,4 @@
-"""Answer extraction, the Japanese-language check and Japanese ROUGE (DESIGN.md, paper protocol).
+"""Answer extraction, the Japanese-language check and Japanese ROUGE (docs/design.md#mgsm-ja-scoring, #vqa-scoring).
 
 >>> extract_number("答えは 12.5 です")            # the paper's rule: last match of \\d*\\.?\\d+
 12.5

@@ -1,4 +1,4 @@
-"""A plain, independent reference of the merge semantics in DESIGN.md, for tests.
+"""A plain, independent reference of the merge semantics in docs/design.md, for tests.
 
 Written for clarity, not speed: whole stacked tensors, numpy for the DARE hash (Python-int
 semantics, no overflow questions), a stable sort for TIES trimming.
