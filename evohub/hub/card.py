@@ -15,7 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
 import yaml
+from huggingface_hub import EvalResult, EvalResultEntry, ModelCard, ModelCardData, eval_result_entries_to_yaml
 
 from evohub.errors import HubError
 
@@ -56,8 +58,6 @@ class CardMeta:
 
 def _eval_results(meta: CardMeta):
     """(EvalResultEntry list, legacy EvalResult list)."""
-    from huggingface_hub import EvalResult, EvalResultEntry
-
     entries, legacy = [], []
     for r in meta.results:
         entries.append(EvalResultEntry(dataset_id=r.dataset_id, task_id=r.task_id, value=r.value, date=meta.date,
@@ -73,9 +73,6 @@ def _eval_results(meta: CardMeta):
 
 def render_card(meta: CardMeta, context: dict) -> tuple[str, dict[str, str]]:
     """(card text, {".eval_results/evohub.yaml": text}) from the metadata and the template's context."""
-    import jinja2
-    from huggingface_hub import ModelCard, ModelCardData, eval_result_entries_to_yaml
-
     template = CARDS / f"{meta.template}.md.j2"
     if not template.exists():
         raise HubError(f"{template}: no such card template")

@@ -13,6 +13,10 @@ import shutil
 import time
 from pathlib import Path
 
+from huggingface_hub import HfApi, ModelCard, constants, hf_hub_download, snapshot_download, try_to_load_from_cache
+from huggingface_hub import errors as hf_errors
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
 from evohub.errors import HubError
 
 #: What a merge needs from a model repo: weights (safetensors only), configs, tokenizer files.
@@ -22,8 +26,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 def explain(repo: str, revision: str | None, what: str, e: Exception, kind: str = "model") -> HubError:
     """A one-line HubError for a failed request about ``what`` in the ``kind`` repo ``repo@revision``."""
-    from huggingface_hub import errors as hf_errors
-
     where = f"{repo}@{revision or 'main'}"
     if isinstance(e, HubError):
         return e
@@ -44,8 +46,6 @@ def explain(repo: str, revision: str | None, what: str, e: Exception, kind: str 
 def with_retries(call, *args, attempts: int = 4, delay: float = 1.0, **kwargs):
     """``call(*args, **kwargs)``, retried with exponential backoff on transient Hub errors
     (HTTP 429 and 5xx, dropped connections, timeouts); other errors are raised at once."""
-    from huggingface_hub.errors import HfHubHTTPError
-
     for attempt in range(attempts):
         try:
             return call(*args, **kwargs)
@@ -62,14 +62,10 @@ def with_retries(call, *args, attempts: int = 4, delay: float = 1.0, **kwargs):
 
 def api():
     """An HfApi; the token comes from HF_TOKEN or the HF cache, never from evohub's arguments."""
-    from huggingface_hub import HfApi
-
     return HfApi()
 
 
 def offline() -> bool:
-    from huggingface_hub import constants
-
     return bool(constants.HF_HUB_OFFLINE)
 
 
@@ -84,8 +80,6 @@ def _read_json(path: Path, what: str) -> dict:
 
 def cached_config(repo: str, revision: str | None) -> dict | None:
     """A Hub model's config.json when the local HF cache holds it (no request), else None."""
-    from huggingface_hub import try_to_load_from_cache
-
     hit = try_to_load_from_cache(repo, "config.json", revision=revision)
     if not isinstance(hit, str):
         return None
@@ -97,8 +91,6 @@ def cached_config(repo: str, revision: str | None) -> dict | None:
 
 def fetch_config(repo: str, revision: str | None) -> dict:
     """A Hub model's config.json (downloaded into the HF cache)."""
-    from huggingface_hub import hf_hub_download
-
     try:
         path = Path(hf_hub_download(repo, "config.json", revision=revision))
     except Exception as e:  # huggingface_hub raises several families; all become one line
@@ -116,8 +108,6 @@ def model_info(repo: str, revision: str | None, files: bool = False):
 
 def card_license(readme: Path) -> str | None:
     """The licence a model card (README.md with YAML front matter) declares."""
-    from huggingface_hub import ModelCard
-
     return ModelCard.load(readme).data.license if readme.exists() else None
 
 
@@ -155,8 +145,6 @@ def snapshot(repo: str, revision: str | None) -> Path:
     """A Hub model's files (safetensors, configs, tokenizer) in the HF cache, pinned to the commit
     ``revision`` resolves to (the directory is named by that commit). A repository with only
     pickle weights is refused; the free disk is checked before downloading."""
-    from huggingface_hub import constants, snapshot_download
-
     if not offline():
         info = model_info(repo, revision, files=True)
         names = [f.rfilename for f in info.siblings or []]
@@ -175,9 +163,6 @@ def snapshot(repo: str, revision: str | None) -> Path:
 
 def download_dataset_repo(repo: str) -> Path | None:
     """A whole dataset repo's files in the HF cache; None when there is no such repo."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import RepositoryNotFoundError
-
     try:
         return Path(with_retries(snapshot_download, repo, repo_type="dataset"))
     except RepositoryNotFoundError:

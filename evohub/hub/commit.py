@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub import CommitOperationAdd
+from huggingface_hub.errors import RevisionNotFoundError
+
 from evohub.errors import HubError
 from evohub.hub.client import api, explain, with_retries
 
@@ -35,8 +38,6 @@ class Published:
 
 
 def _has_model(hf, repo_id: str, revision: str) -> bool:
-    from huggingface_hub.errors import RevisionNotFoundError
-
     try:
         names = hf.list_repo_files(repo_id, revision=revision)
     except RevisionNotFoundError:
@@ -60,8 +61,6 @@ def commit_files(
 
     Refuses to overwrite a model already on that branch of an existing repo unless ``force``.
     """
-    from huggingface_hub import CommitOperationAdd
-
     hf = api()
     branch = revision or "main"
     try:
@@ -86,8 +85,6 @@ def commit_files(
 
 def push_dataset_files(repo_id: str, files: Mapping[str, Path], message: str) -> None:
     """Upload ``files`` to a private dataset repo (created if needed) as one commit."""
-    from huggingface_hub import CommitOperationAdd
-
     hf = api()
     ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(p)) for name, p in files.items()]
     try:

@@ -13,9 +13,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 import evohub
 from evohub.errors import RunError
 from evohub.local import hubserver
+from evohub.local.world import build_world, write_splits
 from evohub.pipeline.plan import render
 from evohub.spec import warnings_for
 
@@ -30,8 +35,6 @@ def _spec_path(root: Path, seed: int, train_world: bool, say) -> Path:
         raise RunError(f"{DEMO_JOB}: missing; reinstall evohub (the demo job ships with the package)")
     if not train_world:
         return DEMO_JOB
-    from evohub.local.world import build_world, write_splits
-
     world = root / "world"
     say(f"train the local world in {world} (seed {seed}; about 3.5 min on 2 cores, then cached)")
     build_world(world, seed)
@@ -43,8 +46,6 @@ def _spec_path(root: Path, seed: int, train_world: bool, say) -> Path:
 
 
 def _scores_table(summary, console) -> None:
-    from rich.table import Table
-
     table = Table("model", "acc_ja (right, in Japanese)", "acc (right)", "answers in Japanese",
                   title="Japanese arithmetic: 問 12+34 答 → 46です")  # fmt: skip
     scores = {}
@@ -63,8 +64,6 @@ def _scores_table(summary, console) -> None:
 
 
 def _examples(model_dir: Path, console) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
     for q in QUESTIONS:
@@ -76,8 +75,6 @@ def _examples(model_dir: Path, console) -> None:
 def run_demo(root: Path, seed: int = 0, train_world: bool = False, max_evals: int | None = None,
              progress: bool = True) -> int:  # fmt: skip
     """The demo: the demo job on the local world, published to a local Hub, with a comparison."""
-    from rich.console import Console
-
     console = Console()
     root.mkdir(parents=True, exist_ok=True)
     step = 0

@@ -7,6 +7,10 @@ import json
 import random
 from pathlib import Path
 
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
+
 VOCAB = 256
 
 
@@ -23,9 +27,6 @@ def save_tokenizer(
     """Save a fast tokenizer whose ids are the positions in ``tokens``: word-level (split on white
     space), or with ``chars`` character-level (decoded by concatenation). ``extra`` names special
     tokens the processor looks up (``{"image_token": "<image>"}``). Returns the tokenizer."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token=unk))
     if chars:
         tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
@@ -50,9 +51,6 @@ def word_tokens(n: int, prefix: str = "w", specials: tuple[str, ...] = ("<unk>",
 def build_random_world(root: Path, seed: int = 0, fine_tunes: int = 2) -> dict[str, Path]:
     """A random base (4 layers, hidden 128, head_dim 32) and fine-tunes = base + seeded noise
     (``ft-a``, ``ft-b``, ...), saved in bfloat16 with a word-level tokenizer."""
-    import torch
-    from transformers import MistralConfig, MistralForCausalLM
-
     cfg = MistralConfig(
         vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=128,

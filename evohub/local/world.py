@@ -27,6 +27,9 @@ import math
 import random
 from pathlib import Path
 
+import torch
+from transformers import MistralConfig, MistralForCausalLM
+
 from evohub.files import atomic_write
 from evohub.local import tiny
 
@@ -95,8 +98,6 @@ def save_tokenizer(path: Path) -> None:
 
 
 def _config():
-    from transformers import MistralConfig
-
     return MistralConfig(
         vocab_size=len(VOCAB), hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=6,
         num_key_value_heads=6, head_dim=32, max_position_embeddings=64, tie_word_embeddings=False,
@@ -105,8 +106,6 @@ def _config():
 
 
 def _batch(mix: dict[str, float], rng: random.Random):
-    import torch
-
     ids = {t: i for i, t in enumerate(VOCAB)}
     kinds = rng.choices(list(mix), weights=list(mix.values()), k=BATCH)
     seqs, masks = [], []
@@ -126,8 +125,6 @@ def _batch(mix: dict[str, float], rng: random.Random):
 
 
 def _train(model, steps: int, lr: float, mix: dict[str, float], seed: int) -> None:
-    import torch
-
     rng = random.Random(f"evohub-world-train-{seed}")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     warmup = max(1, steps // 20)  # linear warm-up, then cosine decay to a tenth
@@ -158,9 +155,6 @@ def _train(model, steps: int, lr: float, mix: dict[str, float], seed: int) -> No
 
 def build_world(root: Path, seed: int = 0) -> dict[str, Path]:
     """Train (or reuse, when ``root`` holds this seed's world) the base and the two fine-tunes."""
-    import torch
-    from transformers import MistralForCausalLM
-
     root = Path(root)
     stamp = root / "world.json"
     fingerprint = {"seed": seed, "recipe": RECIPE, "vocab": VOCAB, "batch": BATCH}

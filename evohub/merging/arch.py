@@ -7,8 +7,10 @@ the spec loader checks layer counts with it.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from evohub.errors import MergeError
 from evohub.models import is_vlm, kind_of
@@ -28,6 +30,17 @@ __all__ = [
 #: checkpoint layout (``language_model.model.layers.N.``) and in transformers 5's module layout
 #: (``model.language_model.layers.N.``). Vision-tower layers do not match.
 _DECODER_LAYER = re.compile(r"^(?:model\.)?(?:language_model\.)?(?:model\.)?layers\.(\d+)\.")
+
+
+def read_config(directory: str | Path, label: str | None = None) -> dict:
+    """A model directory's config.json; a missing or broken one is a one-line MergeError."""
+    path = Path(directory) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MergeError(f"{directory}: no config.json; is {label or directory} a transformers model?") from None
+    except ValueError as e:
+        raise MergeError(f"{path}: not valid JSON: {e}") from e
 
 
 def num_decoder_layers(config: dict) -> int | None:

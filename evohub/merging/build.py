@@ -13,7 +13,6 @@ half-written model.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -25,10 +24,10 @@ from tqdm.auto import tqdm
 
 from evohub.errors import MergeError
 from evohub.files import atomic_write, replace_dir, write_json
-from evohub.merging.arch import decoder_layer_index
+from evohub.merging.arch import decoder_layer_index, read_config
 from evohub.merging.dfs import check_pair, check_path, folded_tensors, layer_counts, path_config
 from evohub.merging.io import DTYPES, CheckpointReader, ShardedWriter
-from evohub.merging.ps import MergedTensors, Model, TensorSource, make_plan, workspace_for
+from evohub.merging.ps import MergedTensors, Model, TensorSource, plan_tensors, workspace_for
 from evohub.spec import Recipe
 
 #: Files that travel with the tokenizer / processor / generation settings.
@@ -55,17 +54,10 @@ def open_inputs(recipe: Recipe, dirs: Sequence[Path]) -> list[Model]:
     refs = recipe.inputs()
     if len(dirs) != len(refs):
         raise ValueError(f"expected {len(refs)} directories, got {len(dirs)}")
-    models = []
-    for ref, d in zip(refs, dirs, strict=True):
-        cfg_path = Path(d) / "config.json"
-        try:
-            config = json.loads(cfg_path.read_text())
-        except FileNotFoundError:
-            raise MergeError(f"{d}: no config.json; is {ref.display()} a transformers model?") from None
-        except ValueError as e:
-            raise MergeError(f"{cfg_path}: not valid JSON: {e}") from e
-        models.append(Model(label=ref.display(), tensors=CheckpointReader(d), config=config))
-    return models
+    return [
+        Model(label=ref.display(), tensors=CheckpointReader(d), config=read_config(d, ref.display()))
+        for ref, d in zip(refs, dirs, strict=True)
+    ]
 
 
 def _with_dtype(config: dict, dtype: str) -> dict:
@@ -99,7 +91,7 @@ class _Part:
 
 
 def build_output(recipe: Recipe, dirs: Sequence[Path], inputs: Sequence[Model], device: str = "cpu") -> Output:
-    """Plan ``recipe`` over opened inputs: parameter space, data flow, or one after the other."""
+    """TensorPlan ``recipe`` over opened inputs: parameter space, data flow, or one after the other."""
     dirs = [Path(d) for d in dirs]
     dtype = DTYPES[recipe.dtype]
     has_base = recipe.base_model is not None
@@ -108,7 +100,7 @@ def build_output(recipe: Recipe, dirs: Sequence[Path], inputs: Sequence[Model], 
     count = 0
     if ps is not None:
         n = (1 if has_base else 0) + len(ps.models)
-        plan = make_plan(ps, inputs[:n], has_base)
+        plan = plan_tensors(ps, inputs[:n], has_base)
         source = MergedTensors(recipe, plan, inputs[:n], workspace_for(recipe, device), dtype)
         merged = _Part(source, inputs[plan.primary].config, dirs[plan.primary], "the parameter-space merge")
         count = len(plan.tasks)

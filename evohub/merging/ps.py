@@ -85,7 +85,7 @@ class Task:
 
 
 @dataclass(frozen=True)
-class Plan:
+class TensorPlan:
     """The per-tensor work of a parameter-space merge, checked against every input."""
 
     tasks: tuple[Task, ...]
@@ -101,7 +101,7 @@ def used_inputs(method: MergeMethod, n_inputs: int, has_base: bool) -> range:
     return range(0 if method.base or not has_base else 1, n_inputs)
 
 
-def make_plan(ps: PSRecipe, inputs: Sequence[Model], has_base: bool) -> Plan:
+def plan_tensors(ps: PSRecipe, inputs: Sequence[Model], has_base: bool) -> TensorPlan:
     """Check that every input has every merged tensor with one shape, and order the work.
 
     ``inputs`` are the base (when ``has_base``) followed by the recipe's models, in order. The
@@ -150,7 +150,7 @@ def make_plan(ps: PSRecipe, inputs: Sequence[Model], has_base: bool) -> Plan:
         extra = sorted(set(m.by_lm_name) - {t.key for t in tasks if t.key})
         if extra:
             raise MergeError(f"tensor {extra[0]!r} is in {m.label} but not in {p.label}; these models cannot be merged")
-    return Plan(tasks=tuple(tasks), primary=primary, has_base=has_base)
+    return TensorPlan(tasks=tuple(tasks), primary=primary, has_base=has_base)
 
 
 def _pick(value: float | tuple[float, ...], group: int) -> float:
@@ -171,7 +171,7 @@ def values_for(ps: PSRecipe, k: int, key: str, group: int) -> tuple[float, float
 
 def merge_into(
     recipe: Recipe,
-    plan: Plan,
+    plan: TensorPlan,
     task: Task,
     inputs: Sequence[Model],
     out: torch.Tensor,
@@ -207,7 +207,7 @@ class MergedTensors:
     def __init__(
         self,
         recipe: Recipe,
-        plan: Plan,
+        plan: TensorPlan,
         inputs: Sequence[Model],
         ws: kernels.Workspace,
         dtype: torch.dtype,
@@ -242,7 +242,7 @@ class MergedTensors:
 
 
 def merged_tensors(
-    recipe: Recipe, plan: Plan, inputs: Sequence[Model], ws: kernels.Workspace, dtype: torch.dtype
+    recipe: Recipe, plan: TensorPlan, inputs: Sequence[Model], ws: kernels.Workspace, dtype: torch.dtype
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (output name, new CPU tensor in ``dtype``) for every tensor of the merged model."""
     merged = MergedTensors(recipe, plan, inputs, ws, dtype)
@@ -315,7 +315,7 @@ class ResidentMerge:
         if ps is None:
             raise MergeError("ResidentMerge needs a recipe with a parameter_space section")
         has_base = recipe.base_model is not None
-        plan = make_plan(ps, inputs, has_base)
+        plan = plan_tensors(ps, inputs, has_base)
         used = set(used_inputs(ps.kind, len(inputs), has_base))
         needed: list[list[str]] = [[] for _ in inputs]
         for t in plan.tasks:
@@ -329,7 +329,7 @@ class ResidentMerge:
             Model(m.label, ResidentTensors(m.tensors, names, self.device), m.config)
             for m, names in zip(inputs, needed, strict=True)
         ]
-        self.plan = make_plan(ps, self.inputs, has_base)
+        self.plan = plan_tensors(ps, self.inputs, has_base)
         self._structure = _structure(recipe)
         self.ws = workspace_for(recipe, self.device)
         if mask_tables is None:

@@ -52,8 +52,9 @@ def evaluate_run(job: JobSpec, run: RunDir, device: str) -> dict:
     for name, directory in models.items():
         suites = suites_for(directory, list(ev.suites))  # vision suites only for VLMs
         if suites:
-            eval_dir = run.eval_dir(name)
-            kept = run.read_json(eval_dir / "results.json")
-            out["models"][name] = kept if kept is not None else evaluate(directory, suites, out_dir=eval_dir, **kw)
+            kept = run.eval_results(name)
+            out["models"][name] = (
+                kept if kept is not None else evaluate(directory, suites, out_dir=run.eval_dir(name), **kw)
+            )
     write_json(run.results_path, out)
     return out

@@ -45,7 +45,7 @@ def start_run(spec_path: Path, run_dir: Path, resume: bool) -> tuple[JobSpec, Ru
     """The spec and the run directory it runs in: a new one, or (``resume``) the same spec's."""
     spec = load_job(spec_path)
     run = RunDir(run_dir)
-    if run.job_path.exists():
+    if run.holds_run():
         if not resume:
             raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir")
         if run.job().to_yaml() != spec.to_yaml():
@@ -87,7 +87,7 @@ def run_job(
     """
     spec_path = Path(spec_path)
     run_dir = Path(run_dir) if run_dir else Path("runs") / load_job(spec_path).name
-    if resume and state_repo and not (run_dir / "job.yaml").exists() and publishing.fetch_state(state_repo, run_dir):
+    if resume and state_repo and not RunDir(run_dir).holds_run() and publishing.fetch_state(state_repo, run_dir):
         log.info("continuing the run state from %s", state_repo)
     spec, run = start_run(spec_path, run_dir, resume)
     pull(spec, run)

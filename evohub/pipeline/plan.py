@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from evohub.errors import SpecError
+from rich.table import Table
+
 from evohub.evolve.genome import Budget, Genome, genome_for
 from evohub.hub.client import fetch_config
-from evohub.merging.arch import ParamCount, count_parameters, dtype_bytes, stored_dtype
+from evohub.merging.arch import ParamCount, count_parameters, dtype_bytes, read_config, stored_dtype
 from evohub.spec import JobSpec, ModelRef
 
 #: Output shard size of ``evohub merge`` (bytes); the streaming writer holds one shard at a time.
@@ -102,16 +103,7 @@ def _source_plan(name: str, ref: ModelRef, config: dict) -> SourcePlan:
 
 def _config(ref: ModelRef) -> dict:
     if ref.path is not None:
-        import json
-        from pathlib import Path
-
-        path = Path(ref.path) / "config.json"
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError as e:
-            raise SpecError(f"{path}: no config.json; is {ref.display()} a transformers model directory?") from e
-        except ValueError as e:
-            raise SpecError(f"{path}: not valid JSON: {e}") from e
+        return read_config(ref.path, ref.display())
     return fetch_config(ref.repo, ref.revision)  # type: ignore[arg-type]
 
 
@@ -199,8 +191,6 @@ def human_count(n: float) -> str:
 
 def render(plan: Plan, console) -> None:
     """Show the plan as tables on a rich ``console``."""
-    from rich.table import Table
-
     console.print(f"[bold]job[/bold] {plan.job}  (seed {plan.seed})")
     t = Table("source", "ref", "type", "layers", "params", "stored", "size", title="sources")
     for s in plan.sources:

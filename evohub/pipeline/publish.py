@@ -25,6 +25,7 @@ from evohub.pipeline.rundir import RunDir
 from evohub.score.evaluate import shown_metrics
 from evohub.score.suites import find_suite
 from evohub.score.tasks import TASKS
+from evohub.score.tasks.ja_vqa import PROMPT as VLM_PROMPT
 from evohub.spec import JobSpec, ModelRef, Recipe
 
 STAGE_NAMES = {"ps": "parameter space", "dfs": "data-flow space"}
@@ -184,11 +185,7 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
         datasets=[d.repo for d in (fit.data, fit.validation) if d is not None and d.repo],
         results=entries, lmeval=lmeval, date=evolved.get("created"),
     )  # fmt: skip
-    example = LLM_EXAMPLE
-    if kind.vision:
-        from evohub.score.tasks.ja_vqa import PROMPT
-
-        example = PROMPT.format(input="<image>\nこの画像には何が写っていますか?")
+    example = VLM_PROMPT.format(input="<image>\nこの画像には何が写っていますか?") if kind.vision else LLM_EXAMPLE
     arch = (config.get("architectures") or ["a transformers model"])[0]
     primary = next((s["link"] for s in sources if s["architecture"] == arch), None)  # a VLM's own source
     context = {

@@ -69,9 +69,17 @@ class RunDir:
         return self.root / "stages" / stage / "model"
 
     def eval_dir(self, name: str) -> Path:
+        """Where one evaluated model's results.json and samples go."""
         return self.root / "eval" / name
 
+    def eval_results(self, name: str) -> dict | None:
+        """One evaluated model's results, if it has been evaluated."""
+        return self.read_json(self.eval_dir(name) / "results.json")  # type: ignore[return-value]
+
     # -- documents -------------------------------------------------------------------------------
+    def holds_run(self) -> bool:
+        return self.job_path.exists()
+
     def job(self) -> JobSpec:
         return load_job(self.job_path)
 

@@ -12,6 +12,8 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from evohub.errors import RunError
 from evohub.evolve.genome import Budget, Genome, genome_for
 from evohub.evolve.pool import InProcessPool, RayPool
@@ -111,8 +113,6 @@ def evolve_stage(
     on_generation: Callable[[str, int], None] | None = None,
 ) -> Recipe:
     """Run (or resume) one search stage; returns its winner (written to the stage's recipe.yaml)."""
-    from tqdm.auto import tqdm
-
     part = job.parameter_space if stage == "ps" else job.data_flow_space
     assert part is not None
     worker = worker_spec(job, run, stage, device)

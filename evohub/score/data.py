@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import datasets
+
 from evohub.errors import ScoreError
 from evohub.spec import DataRef
 
 
 def load_rows(ref: DataRef) -> list[dict]:
     """All rows of a dataset split as dicts (``split`` may slice: ``train[:869]``)."""
-    import datasets
-
     datasets.disable_progress_bars()
     try:
         if ref.path is not None:

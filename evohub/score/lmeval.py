@@ -16,7 +16,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from evohub.errors import EvohubError
+import yaml
+
+from evohub.errors import ScoreError
 
 OUR_TASKS = Path(__file__).parent / "lmeval_tasks"
 
@@ -25,17 +27,15 @@ def _task_yaml(task: str, tm) -> Path:
     """The YAML file lm-eval loads ``task`` from."""
     info = tm.task_index.get(task)
     if info is None:
-        raise EvohubError(f"lm-eval has no task {task!r}")
+        raise ScoreError(f"lm-eval has no task {task!r}")
     path = info.get("yaml_path") if isinstance(info, dict) else getattr(info, "yaml_path", None)
     if not path or path == -1:
-        raise EvohubError(f"lm-eval task {task!r} is not defined by a YAML file; it cannot take local data")
+        raise ScoreError(f"lm-eval task {task!r} is not defined by a YAML file; it cannot take local data")
     return Path(path)
 
 
 def local_overrides(data: dict[str, str], tm, out_dir: Path) -> dict[str, str]:
     """Write one task YAML per override; returns {original task: local task name}."""
-    import yaml
-
     names = {}
     for task, file in data.items():
         base = _task_yaml(task, tm)
@@ -83,11 +83,11 @@ def run_lmeval(
         wanted = [renamed.get(t, t) for t in tasks]
         missing = [t for t in wanted if t not in tm.all_tasks]
         if missing:
-            raise EvohubError(f"lm-eval has no task or group {missing[0]!r}")
+            raise ScoreError(f"lm-eval has no task or group {missing[0]!r}")
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         out = lm_eval.simple_evaluate(model=lm, tasks=wanted, task_manager=tm, limit=limit, num_fewshot=num_fewshot,
                                       log_samples=False, verbosity="ERROR", bootstrap_iters=1000)  # fmt: skip
     if out is None:
-        raise EvohubError("lm-eval returned no results")
+        raise ScoreError("lm-eval returned no results")
     back = {v: k for k, v in renamed.items()}
     return {back.get(name, name): res for name, res in out["results"].items()}

@@ -18,5 +18,5 @@ TOY = METHODS.register(
         kernel=mean_kernel,
         base=False,
         models=(2, None),
-    )  # fmt: skip
+    )
 )

@@ -9,5 +9,5 @@ TOY = SUITES.register(
         runner="task",
         task="ja-math",
         metric="acc_ja",
-    )  # fmt: skip
+    )
 )

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
+import transformers
 
 from evohub.models import kind_of
 from evohub.score.backends import Prompt, Sampling, VisionPrompt, continuation, cut_at_stop, render
@@ -25,8 +26,6 @@ def load_model(
 ):
     """(model, tokenizer, processor) of a model directory, loaded as its kind says
     (:mod:`evohub.models`): a VLM gets its processor and the processor's tokenizer."""
-    import transformers
-
     kind = kind_of(json.loads((Path(path) / "config.json").read_text()))
     auto = getattr(transformers, kind.auto_class)
     model = auto.from_pretrained(path, dtype=dtype or "auto").to(device).eval()
@@ -121,9 +120,9 @@ class HFBackend:
                 mask[row, width - len(encoded[i]) :] = 1
             kwargs = _generation_kwargs(sampling, pad)
             if sampling.stop:
-                from transformers import StoppingCriteriaList
-
-                kwargs["stopping_criteria"] = StoppingCriteriaList([_StopStrings(self.tokenizer, sampling.stop, width)])
+                kwargs["stopping_criteria"] = transformers.StoppingCriteriaList(
+                    [_StopStrings(self.tokenizer, sampling.stop, width)]
+                )
             gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
             for row, i in enumerate(idx):
                 out[i] = cut_at_stop(self._continuation(encoded[i], gen[row, width:].tolist()), sampling.stop)
@@ -155,9 +154,9 @@ class HFBackend:
             width = batch["input_ids"].shape[1]
             kwargs = _generation_kwargs(sampling, pad)
             if sampling.stop:
-                from transformers import StoppingCriteriaList
-
-                kwargs["stopping_criteria"] = StoppingCriteriaList([_StopStrings(self.tokenizer, sampling.stop, width)])
+                kwargs["stopping_criteria"] = transformers.StoppingCriteriaList(
+                    [_StopStrings(self.tokenizer, sampling.stop, width)]
+                )
             gen = self.model.generate(**batch, **kwargs)
             mask = batch["attention_mask"]
             for row, i in enumerate(idx):
