@@ -63,7 +63,7 @@ def main() -> None:
         "sources": [{"name": "a", "path": str(root / "ft1")}, {"name": "b", "path": str(root / "ft2")}],
         "dtype": "bfloat16", "parameter_space": {"method": "dare_ties", "layer_groups": 2, "density": {"bounds": [0.1, 1]},
                                                   "optimizer": {"max_evals": 10}},
-        "fitness": {"task": "lm-loss", "data": {"path": str(data)}},
+        "fitness": {"task": "lm-loss", "backend": "hf", "data": {"path": str(data)}},
     })  # fmt: skip
     genome = PSGenome.for_job(spec)
     template = genome.decode(genome.x0())

@@ -108,10 +108,14 @@ class Registry(Generic[T]):
 
     def markdown(self, columns: dict[str, str] | None = None) -> str:
         """A Markdown table of the entries (name, doc, then ``columns``: header -> attribute)."""
-        columns = columns or {}
-        head = ["name", "what it is", *columns]
-        lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-        for e in self:
-            cells = [f"`{e.name}`", e.doc, *(str(getattr(e, attr, "") or "") for attr in columns.values())]
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+        return markdown_table(list(self), columns or {})
+
+
+def markdown_table(entries: list, columns: dict[str, str]) -> str:
+    """| name | what it is | <columns> |, one row per entry (``columns``: header -> attribute)."""
+    head = ["name", "what it is", *columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for e in entries:
+        cells = [f"`{e.name}`", e.doc, *(str(getattr(e, attr, "") or "") for attr in columns.values())]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

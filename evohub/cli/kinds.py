@@ -6,7 +6,7 @@ from evohub.evolve.estimators import ESTIMATORS
 from evohub.evolve.optimizers import OPTIMIZERS
 from evohub.merging.methods import METHODS
 from evohub.models import KINDS
-from evohub.registry import Registry
+from evohub.registry import Registry, markdown_table
 from evohub.score.suites import SUITES
 from evohub.score.tasks import TASKS
 
@@ -50,10 +50,7 @@ def markdown(kinds: list[str]) -> str:
     out = []
     for kind in kinds:
         title, registry, columns = KIND_TABLES[kind]
-        table = Registry(registry.kind)
-        for row in _rows(registry):
-            table.register(row)
-        out.append(f"**{title}**\n\n{table.markdown(columns)}\n")
+        out.append(f"**{title}**\n\n{markdown_table(_rows(registry), columns)}\n")
     return "\n".join(out)
 
 

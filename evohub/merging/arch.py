@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evohub.errors import MergeError
-from evohub.models import is_vlm, kind_of
+from evohub.models import kind_of
 
 __all__ = [
     "ParamCount",
     "count_parameters",
     "decoder_layer_index",
     "dtype_bytes",
-    "is_vlm",
     "lm_parameters",
     "num_decoder_layers",
     "stored_dtype",

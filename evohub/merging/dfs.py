@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from evohub.errors import MergeError
-from evohub.merging.arch import decoder_layer_index, is_vlm, num_decoder_layers
+from evohub.merging.arch import decoder_layer_index, num_decoder_layers
 from evohub.merging.ps import TensorSource
+from evohub.models import is_vlm
 
 
 @dataclass(frozen=True)
