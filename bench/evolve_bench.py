@@ -47,6 +47,7 @@ def main() -> None:
     from evohub.evolve.genome import PSGenome
     from evohub.merging.build import merge_to_disk, open_inputs
     from evohub.merging.ps import ResidentMerge
+    from evohub.score.backends.hf import HFBackend
     from evohub.score.tasks.lm_loss import LMLoss
     from evohub.spec import JobSpec
 
@@ -70,6 +71,7 @@ def main() -> None:
     dirs = [Path(r.path) for r in template.inputs()]
     model = AutoModelForCausalLM.from_pretrained(dirs[0], dtype=torch.bfloat16).eval()
     tok = AutoTokenizer.from_pretrained(dirs[0])
+    backend = HFBackend(model, tok)
     rows = [json.loads(x) for x in data.read_text().splitlines()]
     task = LMLoss()
     resident = ResidentMerge(open_inputs(template, dirs), template)
@@ -90,7 +92,7 @@ def main() -> None:
         resident.apply(recipe, params)
         t["merge"].append(time.perf_counter() - s)
         s = time.perf_counter()
-        task.score(model, tok, rows, batch_size=16)
+        task.score(backend, rows, batch_size=16)
         t["score"].append(time.perf_counter() - s)
         out = Path(tempfile.mkdtemp(prefix="evohub-bench-")) / "m"
         s = time.perf_counter()

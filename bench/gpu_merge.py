@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from evohub.merging.kernels import Workspace, slots_for
+from evohub.merging.methods import METHODS
 from evohub.merging.ps import Model, ResidentMerge
 from evohub.spec import Recipe
 
@@ -99,7 +100,7 @@ def main() -> None:
     results = {"device": torch.cuda.get_device_name(), "layers": a.layers, "params": n_params,
                "resident_gib": torch.cuda.memory_allocated() / 2**30, "chunks": {}}  # fmt: skip
     for chunk in (1 << 22, 1 << 24, 1 << 26, 1 << 28):
-        rm.ws = Workspace(slots_for("dare_ties", False), dev, chunk)
+        rm.ws = Workspace(slots_for(METHODS.get("dare_ties"), False), dev, chunk)
         rm.apply(recipe, params)
         torch.cuda.synchronize()
         times = []
