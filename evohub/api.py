@@ -62,13 +62,14 @@ def run(
     progress: bool = True,
     publish: bool = True,
     state_repo: str | None = None,
+    evolve: bool = True,
 ) -> RunSummary:
     """Run (or ``resume``) a job spec in ``run_dir`` (default ``runs/<name>``): pull, evolve each
     stage, merge the best, evaluate, publish (see :func:`evohub.pipeline.job.run_job`)."""
     from evohub.pipeline.job import run_job
 
     return run_job(job, run_dir, resume=resume, max_evals=max_evals, device=device, ray_actors=ray_actors,
-                   progress=progress, publish=publish, state_repo=state_repo)  # fmt: skip
+                   progress=progress, publish=publish, state_repo=state_repo, evolve=evolve)  # fmt: skip
 
 
 def evaluate(model_dir: str | Path, suites: list[str], **options) -> dict:

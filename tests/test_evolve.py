@@ -299,3 +299,41 @@ def test_run_evaluates_the_winner_and_the_sources(world, tmp_path, run_cli):
         assert r["suites"]["mgsm-ja"]["metrics"]["n"] == 2
     assert (tmp_path / "r" / "eval" / "evolved" / "samples_mgsm-ja.jsonl").exists()
     assert "held-out evaluation" in out
+
+
+def test_max_evals_caps_one_call_and_the_stage_resumes_to_the_same_result(world, tmp_path):
+    spec = load_job(job_file(world, "lin.yaml", method="linear", evals=60))
+    genome, opt = PSGenome.for_job(spec), spec.parameter_space.optimizer
+    target = [0.2, 0.4, 0.6, 0.8]
+    full = run_stage("ps", genome, opt, Synthetic(target), Log(tmp_path / "full.jsonl"), tmp_path / "a.json", seed=3)
+    assert full.complete
+    log, calls = Log(tmp_path / "capped.jsonl"), []
+    for cap in (27, 27, 27):  # 27 + 27 + the last 6: each call evaluates at most its cap
+        ev = Synthetic(target)
+        res = run_stage("ps", genome, opt, ev, log, tmp_path / "b.json", seed=3, max_evals=cap)
+        calls.append((ev.calls, res.complete))
+    assert calls == [(27, False), (27, False), (6, True)]  # the first two pause mid-generation, untold
+    assert (tmp_path / "capped.jsonl").read_text() == (tmp_path / "full.jsonl").read_text()
+    assert res.best.recipe == full.best.recipe and res.evaluations == 60
+
+
+def test_a_capped_run_is_not_final_and_resumes(world, tmp_path, run_cli):
+    job = job_file(world, "cap.yaml", method="linear", evals=8)
+    run = tmp_path / "r"
+    code, out, err = run_cli("run", job, "--run-dir", run, "--device", "cpu", "-q", "--max-evals", "4")
+    assert code == 0, err
+    assert "paused at the --max-evals cap after 4 evaluations" in out and "--resume" in out
+    assert not (run / "stages" / "ps" / "recipe.yaml").exists() and not (run / "recipe.yaml").exists()
+    assert not (run / "model").exists()
+    code, _, err = run_cli("run", job, "--run-dir", run, "--device", "cpu", "-q", "--no-evolve", "--resume")
+    assert code == 2 and "stage ps of" in err and "is not finished" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("run", job, "--run-dir", run, "--device", "cpu", "-q", "--resume", "--max-evals", "4")
+    assert code == 0, err
+    assert (run / "recipe.yaml").exists() and (run / "model" / "config.json").exists()
+    whole = tmp_path / "whole"
+    code, _, err = run_cli("run", job, "--run-dir", whole, "--device", "cpu", "-q")
+    assert code == 0, err
+    strip = lambda p: [_strip(json.loads(x)) for x in (p / "candidates.jsonl").read_text().splitlines()]  # noqa: E731
+    assert strip(run) == strip(whole) and (run / "recipe.yaml").read_text() == (whole / "recipe.yaml").read_text()
+    code, _, err = run_cli("run", job, "--run-dir", tmp_path / "nowhere", "--resume", "-q")
+    assert code == 2 and "holds no run to resume" in err

@@ -179,10 +179,15 @@ COMMANDS = (
             (arg("job", metavar="JOB", help="job spec (jobs/*.yaml)"),
              arg("--run-dir", metavar="DIR", help="run directory (default runs/<job name>)"),
              arg("--resume", action="store_true", help="continue the run in --run-dir"),
-             arg("--max-evals", type=positive, metavar="N", help="cap each stage's evaluations (below the spec's budget)"),
+             arg("--max-evals", type=positive, metavar="N",
+                 help="evaluate at most N candidates per stage in this call; a stage the cap stops stays\n"
+                      "unfinished (nothing final, nothing published) and --resume continues it"),
              arg("--device", default="auto", help=DEVICE.format("auto")),
              arg("--ray", type=int, metavar="N", help="evaluate on N Ray actors (RAY_ADDRESS joins a cluster; one GPU each on cuda)"),
              arg("--no-publish", action="store_true", help="stop before publishing (the spec's publish section)"),
+             arg("--no-evolve", action="store_true",
+                 help="only finish a run whose stages are all done (merge, evaluate, publish); a missing\n"
+                      "state or an unfinished stage is an error, never a fresh evolution (the publish job)"),
              arg("--state-repo", metavar="ID", help="Hub dataset repo: push the run state every generation; --resume fetches it"))),
     Command("publish", "publish a finished run to the Hub in one commit",
             "Publish a finished run: ONE commit to --repo holding the merged model (sharded\n"
@@ -231,7 +236,8 @@ COMMANDS = (
             (arg("--dir", default=".cache/evohub-demo", help="where the run and the local Hub go (default .cache/evohub-demo)"),
              arg("--seed", type=int, default=0, help="seed of a retrained world (with --train-world)"),
              arg("--train-world", action="store_true", help="retrain the world from its seed (about 3.5 min) instead of the shipped one"),
-             arg("--max-evals", type=positive, metavar="N", help="cap each stage's evaluations (a quicker, weaker run)"))),
+             arg("--max-evals", type=positive, metavar="N",
+                 help="a smaller budget: the demo job with each stage's max_evals at most N (quicker, weaker)"))),
 )  # fmt: skip
 
 

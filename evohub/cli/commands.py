@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = evohub.run(args.job, args.run_dir, resume=args.resume, max_evals=args.max_evals,
                          device=_device(args.device), ray_actors=args.ray, progress=not args.quiet,
-                         publish=not args.no_publish, state_repo=args.state_repo)  # fmt: skip
+                         publish=not args.no_publish, state_repo=args.state_repo, evolve=not args.no_evolve)  # fmt: skip
     table = Table("stage", "evaluations", "generations", "failed", "best fitness", "validation", "time",
                   title=f"run {summary.run_dir}")  # fmt: skip
     for st in summary.stages:
@@ -160,6 +160,11 @@ def run(args: argparse.Namespace) -> int:
                       val, f"{st.seconds:.1f} s")  # fmt: skip
     console = _console()
     console.print(table)
+    if summary.paused:
+        st = summary.stages[-1]
+        console.print(f"stage {summary.paused} paused at the --max-evals cap after {st.evaluations} evaluations; "
+                      f"run again with --resume to continue (nothing final was written)")  # fmt: skip
+        return EXIT_OK
     if summary.results:
         ev = Table("model", "suite", "metric", "value", title="held-out evaluation")
         for name, res in summary.results["models"].items():

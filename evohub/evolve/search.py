@@ -118,6 +118,9 @@ class StageResult:
     best_fitness: float
     evaluations: int
     generations: int
+    #: False when this invocation's cap (``max_evals``) stopped the stage before its budget did:
+    #: the stage is not finished and resumes from the log (docs/design.md#resuming)
+    complete: bool = True
 
 
 def _penalised(fitness: Sequence[float | None]) -> list[float]:
@@ -162,18 +165,28 @@ def run_stage(
     max_evals: int | None = None,
     on_generation: Callable[[int, list[dict]], None] | None = None,
 ) -> StageResult:
-    """Run (or resume) one stage of the spec's optimiser; maximises fitness."""
-    budget = Budget.of(optimizer, genome.dims, max_evals)
+    """Run (or resume) one stage of the spec's optimiser; maximises fitness.
+
+    ``max_evals`` caps the candidates *this call* evaluates; when it stops the stage before the
+    spec's budget does, the result is not ``complete`` and a later call continues from the log.
+    """
+    budget = Budget.of(optimizer, genome.dims)
     pop, limit = budget.popsize, budget.evaluations
     search = OPTIMIZERS.get(optimizer.algorithm).create(genome.x0(), optimizer.sigma0, pop, stage_seed(seed, stage))
-    elapsed = sum(r.get("seconds", 0.0) for r in log.stage_rows(stage))  # resumed runs count it all
-    generation = 0
+    logged = log.stage_rows(stage)
+    elapsed = sum(r.get("seconds", 0.0) for r in logged)  # resumed runs count it all
+    cap = len(logged) + max_evals if max_evals else None  # this call's evaluations end here
+    generation, complete = 0, True
     best: tuple[float, Candidate] | None = None
     while not (limit is not None and generation * pop >= limit):
         if budget.max_hours is not None and elapsed >= budget.max_hours * 3600:
             break
+        if cap is not None and generation * pop >= cap:
+            complete = False
+            break
         X = search.ask()
-        n = pop if limit is None else min(pop, limit - generation * pop)  # the last generation may be cut
+        ends = [e for e in (limit, cap) if e is not None]
+        n = min([pop] + [e - generation * pop for e in ends])  # the last generation may be cut
         cands = [Candidate(stage, generation, i, tuple(X[i]), genome.decode(X[i])) for i in range(n)]
 
         def record(c: Candidate, out: Outcome) -> None:
@@ -202,7 +215,8 @@ def run_stage(
         if on_generation:
             on_generation(generation - 1, rows)  # type: ignore[arg-type]
         if n < pop:
+            complete = limit is not None and generation * pop - pop + n >= limit  # cut by the budget, or by the cap
             break
     if best is None:
         raise RunError(f"stage {stage}: no candidate was evaluated successfully (see {log.path})")
-    return StageResult(stage, best[1], best[0], len(log.stage_rows(stage)), generation)
+    return StageResult(stage, best[1], best[0], len(log.stage_rows(stage)), generation, complete)

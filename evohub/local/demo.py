@@ -29,12 +29,30 @@ DEMO_JOB = Path(__file__).parent / "demo.yaml"
 QUESTIONS = ("12+34", "57+38", "81+19")
 
 
-def _spec_path(root: Path, seed: int, train_world: bool, say) -> Path:
-    """The demo job: the shipped one, or a copy pointing at a world retrained from ``seed``."""
+def _smaller(spec_path: Path, root: Path, max_evals: int) -> Path:
+    """A copy of the job whose stages have a budget of at most ``max_evals`` candidates each."""
+    spec = evohub.load_job(spec_path)
+    update = {}
+    for key in ("parameter_space", "data_flow_space"):
+        part = getattr(spec, key)
+        if part is not None:
+            cap = min(part.optimizer.max_evals or max_evals, max_evals)
+            update[key] = part.model_copy(update={"optimizer": part.optimizer.model_copy(update={"max_evals": cap})})
+    out = root / "demo-small.yaml"
+    out.write_text(spec.model_copy(update=update).to_yaml())
+    return out
+
+
+def _spec_path(root: Path, seed: int, train_world: bool, max_evals: int | None, say) -> Path:
+    """The demo job: the shipped one, or a copy pointing at a world retrained from ``seed``, or
+    with a smaller budget."""
     if not DEMO_JOB.exists():
         raise RunError(f"{DEMO_JOB}: missing; reinstall evohub (the demo job ships with the package)")
-    if not train_world:
-        return DEMO_JOB
+    spec_path = _retrained(root, seed, say) if train_world else DEMO_JOB
+    return _smaller(spec_path, root, max_evals) if max_evals else spec_path
+
+
+def _retrained(root: Path, seed: int, say) -> Path:
     world = root / "world"
     say(f"train the local world in {world} (seed {seed}; about 3.5 min on 2 cores, then cached)")
     build_world(world, seed)
@@ -84,7 +102,7 @@ def run_demo(root: Path, seed: int = 0, train_world: bool = False, max_evals: in
         step += 1
         console.print(f"\n[bold]{step}. {what}[/bold]")
 
-    spec_path = _spec_path(root, seed, train_world, say)
+    spec_path = _spec_path(root, seed, train_world, max_evals, say)
     say("validate the job spec")
     spec = evohub.load_job(spec_path)
     for w in warnings_for(spec, spec_path):
@@ -97,7 +115,7 @@ def run_demo(root: Path, seed: int = 0, train_world: bool = False, max_evals: in
     say("run it: pull (local) → evolve PS, then DFS → merge the best → evaluate on 300 held-out problems → card → "
         "publish to a local Hub")  # fmt: skip
     with hubserver.serve(root / "hf") as hub:
-        summary = evohub.run(spec_path, run_dir, device="cpu", progress=progress, max_evals=max_evals)
+        summary = evohub.run(spec_path, run_dir, device="cpu", progress=progress)
         repo = spec.publish.repo if spec.publish else None
         exported = hub.export(repo, root / "hub" / repo) if repo else []
     say("the evolved merge against its sources and the untuned merge (held-out test split)")

@@ -34,11 +34,13 @@ log = logging.getLogger("evohub")
 @dataclass
 class RunSummary:
     run_dir: Path
-    recipe: Recipe
-    model_dir: Path
+    recipe: Recipe | None  # None: the run stopped at --max-evals in ``paused``
+    model_dir: Path | None
     stages: list[StageSummary] = field(default_factory=list)
     results: dict | None = None
     published: dict | None = None
+    #: the stage that this call's ``max_evals`` stopped before its budget (then nothing is final)
+    paused: str | None = None
 
 
 def start_run(spec_path: Path, run_dir: Path, resume: bool) -> tuple[JobSpec, RunDir]:
@@ -78,17 +80,29 @@ def run_job(
     progress: bool = True,
     publish: bool = True,
     state_repo: str | None = None,
+    evolve: bool = True,
 ) -> RunSummary:
     """Run (or resume) a job; returns what it produced.
 
+    ``max_evals`` caps the candidates this call evaluates in each stage: a stage it stops early
+    stays unfinished (nothing final is written, nothing published) and ``resume`` continues it.
     ``state_repo`` (a Hub dataset repo) receives the run state after every generation, and a
-    resumed run whose directory is empty starts from it. ``publish`` pushes the winner to the
-    spec's ``publish.repo`` at the end (once: ``published.json`` records it).
+    resumed run whose directory is empty starts from it. ``evolve=False`` only finishes a run
+    whose stages are all done (the publish job): a missing state or an unfinished stage is an
+    error, never a fresh evolution. ``publish`` pushes the winner to the spec's ``publish.repo``
+    at the end (once: ``published.json`` records it).
     """
     spec_path = Path(spec_path)
     run_dir = Path(run_dir) if run_dir else Path("runs") / load_job(spec_path).name
-    if resume and state_repo and not RunDir(run_dir).holds_run() and publishing.fetch_state(state_repo, run_dir):
-        log.info("continuing the run state from %s", state_repo)
+    if resume and state_repo and not RunDir(run_dir).holds_run():
+        if publishing.fetch_state(state_repo, run_dir):
+            log.info("continuing the run state from %s", state_repo)
+        elif not evolve:
+            raise RunError(f"{state_repo} holds no run state (or this token cannot read it); nothing to finish")
+    if resume and not RunDir(run_dir).holds_run() and not state_repo:
+        raise RunError(f"{run_dir} holds no run to resume; start one without --resume")
+    if not evolve and not RunDir(run_dir).holds_run():
+        raise RunError(f"{run_dir} holds no run to finish")
     spec, run = start_run(spec_path, run_dir, resume)
     pull(spec, run)
     candidates = Log(run.log_path)
@@ -102,11 +116,19 @@ def run_job(
     for stage in spec.stages():
         started = time.perf_counter()
         _stage_one(spec, run, stage, progress)
-        final = run.stage_recipe(stage) or evolve_stage(spec, run, stage, candidates, max_evals=max_evals,
-                                                        device=device, ray_actors=ray_actors, progress=progress,
-                                                        on_generation=pushed)  # fmt: skip
+        final = run.stage_recipe(stage)
+        if final is None and not evolve:
+            raise RunError(f"stage {stage} of {run.root} is not finished; only a finished run can be completed here")
+        if final is None:
+            final = evolve_stage(spec, run, stage, candidates, max_evals=max_evals, device=device,
+                                 ray_actors=ray_actors, progress=progress, on_generation=pushed)  # fmt: skip
         summaries.append(summarize(stage, candidates.rows, run.read_json(run.validation_path(stage))))  # type: ignore[arg-type]
         summaries[-1].seconds = time.perf_counter() - started
+        if final is None:  # this call's cap stopped the stage: nothing after it is final
+            plot_fitness(candidates.rows, run.fitness_plot, spec.stages())
+            log.info("stage %s stopped at the --max-evals cap (%d evaluations so far); --resume continues it",
+                     stage, summaries[-1].evaluations)  # fmt: skip
+            return RunSummary(run.root, None, None, summaries, paused=stage)
     assert final is not None
     run.write_recipe(final)
     plot_fitness(candidates.rows, run.fitness_plot, spec.stages())

@@ -111,16 +111,19 @@ def evolve_stage(
     ray_actors: int | None = None,
     progress: bool = False,
     on_generation: Callable[[str, int], None] | None = None,
-) -> Recipe:
-    """Run (or resume) one search stage; returns its winner (written to the stage's recipe.yaml)."""
+) -> Recipe | None:
+    """Run (or resume) one search stage; returns its winner (written to the stage's recipe.yaml),
+    or None when ``max_evals`` (this call's cap) stopped it first: the stage stays unfinished and
+    ``--resume`` continues it."""
     part = job.parameter_space if stage == "ps" else job.data_flow_space
     assert part is not None
     worker = worker_spec(job, run, stage, device)
     genome = worker.genome
     gpus = 1.0 if device.startswith("cuda") else 0.0
     pool: Evaluator = RayPool(worker, ray_actors, gpus_per_actor=gpus) if ray_actors else InProcessPool(worker)
-    budget = Budget.of(part.optimizer, genome.dims, max_evals)
-    bar = tqdm(total=budget.evaluations, desc=f"evolve {stage}", unit="cand", disable=not progress)
+    budget = Budget.of(part.optimizer, genome.dims)
+    done = len(log.stage_rows(stage))
+    bar = tqdm(total=budget.evaluations, initial=done, desc=f"evolve {stage}", unit="cand", disable=not progress)
 
     def show(gen: int, rows: list[dict]) -> None:
         if on_generation:
@@ -133,6 +136,8 @@ def evolve_stage(
         with bar:
             result = run_stage(stage, genome, part.optimizer, _Counted(pool, bar.update), log,
                                run.checkpoint_path(stage), job.seed, max_evals, show)  # fmt: skip
+        if not result.complete:
+            return None
         winner = result.best.recipe
         if job.fitness.validation is not None:
             winner = genome.decode(choose_on_validation(pool, run, stage, log, genome)["genotype"])
