@@ -154,6 +154,17 @@ def _row(c: Candidate, out: Outcome) -> dict:
     }  # fmt: skip
 
 
+def _checkpoint(path: Path, stage: str, generation: int, evaluations: int, pop: int, dims: int, search,
+                best: tuple[float, Candidate] | None, elapsed: float) -> None:  # fmt: skip
+    """checkpoint.json: where the stage stands, replaced atomically after every generation."""
+    write_json(path, {
+        "stage": stage, "generation": generation, "evaluations": evaluations, "popsize": pop, "dims": dims,
+        **search.state(), "best_fitness": best[0] if best else None,
+        "best_recipe_hash": recipe_hash(best[1].recipe) if best else None, "elapsed_s": round(elapsed, 3),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })  # fmt: skip
+
+
 def run_stage(
     stage: str,
     genome: Genome,
@@ -165,11 +176,8 @@ def run_stage(
     max_evals: int | None = None,
     on_generation: Callable[[int, list[dict]], None] | None = None,
 ) -> StageResult:
-    """Run (or resume) one stage of the spec's optimiser; maximises fitness.
-
-    ``max_evals`` caps the candidates *this call* evaluates; when it stops the stage before the
-    spec's budget does, the result is not ``complete`` and a later call continues from the log.
-    """
+    """Run (or resume) one stage of the spec's optimiser; maximises fitness. ``max_evals`` caps the
+    candidates *this call* evaluates: stopped by it, the result is not ``complete`` (resumable)."""
     budget = Budget.of(optimizer, genome.dims)
     pop, limit = budget.popsize, budget.evaluations
     search = OPTIMIZERS.get(optimizer.algorithm).create(genome.x0(), optimizer.sigma0, pop, stage_seed(seed, stage))
@@ -206,12 +214,7 @@ def run_stage(
         if n == pop:  # a cut generation ends the stage and is not told
             search.tell(X, _penalised(fitness))
         generation += 1
-        write_json(checkpoint, {
-            "stage": stage, "generation": generation, "evaluations": (generation - 1) * pop + n,
-            "popsize": pop, "dims": genome.dims, **search.state(),
-            "best_fitness": best[0] if best else None, "best_recipe_hash": recipe_hash(best[1].recipe) if best else None,
-            "elapsed_s": round(elapsed, 3), "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        })  # fmt: skip
+        _checkpoint(checkpoint, stage, generation, (generation - 1) * pop + n, pop, genome.dims, search, best, elapsed)
         if on_generation:
             on_generation(generation - 1, rows)  # type: ignore[arg-type]
         if n < pop:

@@ -21,6 +21,8 @@ from evohub.errors import HubError
 
 #: What a merge needs from a model repo: weights (safetensors only), configs, tokenizer files.
 MODEL_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "*.txt", "*.jinja"]
+#: The same for a model whose owner opted in to pickle weights (converted after download).
+PICKLE_PATTERNS = [*MODEL_PATTERNS, "*.bin", "*.pt", "*.pth"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
@@ -117,11 +119,9 @@ def hub_license(repo: str, revision: str | None) -> str | None:
     return getattr(data, "license", None) if data is not None else None
 
 
-def _check_disk(repo: str, revision: str | None, info, target: Path) -> None:
+def _check_disk(repo: str, revision: str | None, info, target: Path, patterns: list[str] = MODEL_PATTERNS) -> None:
     need = sum(
-        (f.size or 0)
-        for f in info.siblings or []
-        if any(fnmatch.fnmatch(f.rfilename, p) for p in MODEL_PATTERNS) and f.size
+        (f.size or 0) for f in info.siblings or [] if any(fnmatch.fnmatch(f.rfilename, p) for p in patterns) and f.size
     )
     target.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(target).free
@@ -136,27 +136,33 @@ def _no_safetensors(repo: str, revision: str | None, names: list[str]) -> HubErr
     pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
     detail = f" (it has {', '.join(pickles[:3])})" if pickles else ""
     return HubError(
-        f"{repo}@{revision or 'main'} has no safetensors weights{detail}; evohub never loads pickle "
-        "checkpoints: pick a revision with safetensors or convert the model"
+        f"{repo}@{revision or 'main'} has no safetensors weights{detail}; add 'weights: pickle' to the source to "
+        "read them with torch.load(weights_only=True) and convert them once, or pick a revision with safetensors"
     )
 
 
-def snapshot(repo: str, revision: str | None) -> Path:
+def snapshot(repo: str, revision: str | None, pickle: bool = False) -> Path:
     """A Hub model's files (safetensors, configs, tokenizer) in the HF cache, pinned to the commit
     ``revision`` resolves to (the directory is named by that commit). A repository with only
-    pickle weights is refused; the free disk is checked before downloading."""
+    pickle weights is refused unless ``pickle`` (then its ``*.bin`` files are fetched, for the
+    caller to convert); safetensors are preferred when both exist. The free disk is checked first."""
+    patterns = PICKLE_PATTERNS if pickle and offline() else MODEL_PATTERNS
     if not offline():
         info = model_info(repo, revision, files=True)
         names = [f.rfilename for f in info.siblings or []]
         if not any(n.endswith(".safetensors") for n in names):
-            raise _no_safetensors(repo, revision, names)
-        _check_disk(repo, revision, info, Path(constants.HF_HUB_CACHE))
+            if not (pickle and any(n.endswith(PICKLE_SUFFIXES) for n in names)):
+                raise _no_safetensors(repo, revision, names)
+            patterns = PICKLE_PATTERNS
+        _check_disk(repo, revision, info, Path(constants.HF_HUB_CACHE), patterns)
         revision = info.sha
     try:
-        path = Path(with_retries(snapshot_download, repo, revision=revision, allow_patterns=MODEL_PATTERNS))
+        path = Path(with_retries(snapshot_download, repo, revision=revision, allow_patterns=patterns))
     except Exception as e:
         raise explain(repo, revision, "a snapshot of the model files", e) from e
-    if not any(path.glob("*.safetensors")):
+    if not any(path.glob("*.safetensors")) and not (
+        pickle and any(p.suffix in PICKLE_SUFFIXES for p in path.iterdir())
+    ):
         raise _no_safetensors(repo, revision, [])
     return path
 

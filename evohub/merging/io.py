@@ -11,10 +11,12 @@ refused with a message saying so.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import mmap
 import os
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 
 from evohub.errors import MergeError
-from evohub.files import write_json
+from evohub.files import replace_dir, write_json
 
 INDEX = "model.safetensors.index.json"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -90,11 +92,12 @@ class CheckpointReader:
             files = sorted(p.name for p in self.directory.glob("*.safetensors"))
             weight_map = None
         if not files:
-            pickles = [p.name for p in self.directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+            pickles = [p.name for p in pickle_files(self.directory)]
             if pickles:
                 raise MergeError(
-                    f"{self.directory}: only pickle weights ({', '.join(sorted(pickles)[:3])}); evohub loads "
-                    "safetensors only — convert the checkpoint or use a revision that has safetensors"
+                    f"{self.directory}: only pickle weights ({', '.join(sorted(pickles)[:3])}); evohub reads "
+                    "safetensors: add 'weights: pickle' to the source (read with torch.load(weights_only=True), "
+                    "converted once) or use a revision that has safetensors"
                 )
             raise MergeError(f"{self.directory}: no *.safetensors weights")
         self._entries: dict[str, _Entry] = {}
@@ -290,3 +293,72 @@ def parse_size(text: str) -> int:
     if unit not in units or value <= 0:
         raise MergeError(f"{text!r} is not a size (e.g. 2GB, 500MB, 1GiB)")
     return int(value * units[unit])
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+#: Files that travel with converted weights (configs, tokenizer, processor, generation settings).
+SIDE_FILES = ("*.json", "tokenizer.model", "*.txt", "*.jinja")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pickle_files(directory: Path) -> list[Path]:
+    """A model directory's pickle weight files, in shard order."""
+    return sorted(p for p in Path(directory).iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+
+
+def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """A pickle checkpoint's tensors through ``torch.load(weights_only=True)``: only tensors and
+    plain containers are unpickled; anything else (an object that would run code) is refused."""
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # the legacy (non-zip) format cannot be memory-mapped
+            if "mmap" not in str(e):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for forbidden globals, and the many kinds of damage
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MergeError(f"{path}: refused by torch.load(weights_only=True): {first}") from e
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise MergeError(f"{path}: not a state dict of tensors (got {type(state).__name__})")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def convert_pickle(src: Path, dst: Path, shard_bytes: int = 2 << 30) -> dict:
+    """Convert a model directory with pickle weights into ``dst`` with safetensors (and its
+    configs and tokenizer files); returns the provenance for the lock: the sha256 of every
+    pickle file read and every safetensors file written. ``dst`` appears only when complete."""
+    src, dst = Path(src), Path(dst)
+    files = pickle_files(src)
+    if not files:
+        raise MergeError(f"{src}: no pickle weights (*.bin) to convert")
+    partial = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        with ShardedWriter(partial, shard_bytes, metadata={"converted_from": "pickle"}) as writer:
+            for f in files:
+                for name, t in _load_pickle(f).items():
+                    writer.add(name, t.contiguous())
+        for pattern in SIDE_FILES:
+            for f in src.glob(pattern):
+                if f.is_file() and not f.name.endswith(".bin.index.json"):
+                    shutil.copy2(f, partial / f.name)
+        provenance = {
+            "from": {f.name: sha256_file(f) for f in files},
+            "to": {f.name: sha256_file(f) for f in sorted(partial.glob("*.safetensors"))},
+        }
+        replace_dir(partial, dst)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return provenance

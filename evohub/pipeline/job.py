@@ -82,27 +82,16 @@ def run_job(
     state_repo: str | None = None,
     evolve: bool = True,
 ) -> RunSummary:
-    """Run (or resume) a job; returns what it produced.
+    """Run (or resume) a job; returns what it produced (docs/design.md#resuming).
 
-    ``max_evals`` caps the candidates this call evaluates in each stage: a stage it stops early
-    stays unfinished (nothing final is written, nothing published) and ``resume`` continues it.
-    ``state_repo`` (a Hub dataset repo) receives the run state after every generation, and a
-    resumed run whose directory is empty starts from it. ``evolve=False`` only finishes a run
-    whose stages are all done (the publish job): a missing state or an unfinished stage is an
-    error, never a fresh evolution. ``publish`` pushes the winner to the spec's ``publish.repo``
-    at the end (once: ``published.json`` records it).
+    ``max_evals`` caps the candidates this call evaluates per stage (a stage it stops stays
+    unfinished: nothing final, nothing published). ``state_repo`` (a Hub dataset repo) gets the
+    run state every generation and seeds an empty resumed run. ``evolve=False`` only finishes a
+    run whose stages are done. ``publish`` pushes the winner to ``publish.repo`` once.
     """
     spec_path = Path(spec_path)
     run_dir = Path(run_dir) if run_dir else Path("runs") / load_job(spec_path).name
-    if resume and state_repo and not RunDir(run_dir).holds_run():
-        if publishing.fetch_state(state_repo, run_dir):
-            log.info("continuing the run state from %s", state_repo)
-        elif not evolve:
-            raise RunError(f"{state_repo} holds no run state (or this token cannot read it); nothing to finish")
-    if resume and not RunDir(run_dir).holds_run() and not state_repo:
-        raise RunError(f"{run_dir} holds no run to resume; start one without --resume")
-    if not evolve and not RunDir(run_dir).holds_run():
-        raise RunError(f"{run_dir} holds no run to finish")
+    _restore(run_dir, resume, state_repo, evolve)
     spec, run = start_run(spec_path, run_dir, resume)
     pull(spec, run)
     candidates = Log(run.log_path)
@@ -137,11 +126,30 @@ def run_job(
     results = evaluate_run(spec, run, device) if spec.evaluation else None
     if state_repo:
         publishing.push_state(run, state_repo, "evohub: run finished")
-    published = None
-    if spec.publish is not None and publish:
-        published = run.read_json(run.published_path)
-        if published is None:
-            done, _ = publishing.publish_run(run, spec.publish.repo, private=spec.publish.private)
-            published = {"repo": done.repo_id, "revision": done.revision, "commit": done.commit, "tag": done.tag}
-            write_json(run.published_path, published)
+    published = _publish_once(spec, run) if spec.publish is not None and publish else None
     return RunSummary(run.root, final, run.model_dir, summaries, results, published)  # type: ignore[arg-type]
+
+
+def _restore(run_dir: Path, resume: bool, state_repo: str | None, evolve: bool) -> None:
+    """Bring a resumed run's state from its Hub repo into an empty run directory; refuse to
+    resume nothing, and (``evolve=False``) to finish what is not there."""
+    if resume and state_repo and not RunDir(run_dir).holds_run():
+        if publishing.fetch_state(state_repo, run_dir):
+            log.info("continuing the run state from %s", state_repo)
+        elif not evolve:
+            raise RunError(f"{state_repo} holds no run state (or this token cannot read it); nothing to finish")
+    if resume and not RunDir(run_dir).holds_run() and not state_repo:
+        raise RunError(f"{run_dir} holds no run to resume; start one without --resume")
+    if not evolve and not RunDir(run_dir).holds_run():
+        raise RunError(f"{run_dir} holds no run to finish")
+
+
+def _publish_once(spec: JobSpec, run: RunDir) -> dict:
+    """Publish the winner to the spec's repo, once: ``published.json`` records where it went."""
+    published = run.read_json(run.published_path)
+    if published is None:
+        assert spec.publish is not None
+        done, _ = publishing.publish_run(run, spec.publish.repo, private=spec.publish.private)
+        published = {"repo": done.repo_id, "revision": done.revision, "commit": done.commit, "tag": done.tag}
+        write_json(run.published_path, published)
+    return published  # type: ignore[return-value]

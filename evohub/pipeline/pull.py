@@ -3,21 +3,54 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 from evohub.errors import EvohubError
+from evohub.files import write_json
 from evohub.hub import client
+from evohub.merging.io import convert_pickle, pickle_files
 from evohub.pipeline.rundir import RunDir
 from evohub.spec import JobSpec, ModelRef
 
 log = logging.getLogger("evohub")
+#: written beside a converted checkpoint: the sha256 of the pickle files read and safetensors written
+PROVENANCE = "evohub-conversion.json"
+
+
+def cache_dir() -> Path:
+    """evohub's own cache (converted checkpoints): ``$EVOHUB_CACHE``, else ``~/.cache/evohub``."""
+    return Path(os.environ.get("EVOHUB_CACHE") or Path.home() / ".cache" / "evohub")
+
+
+def _converted(src: Path, ref: ModelRef) -> Path:
+    """The safetensors conversion of a pickle-only model directory, made once and cached
+    (docs/design.md#pickle-weights): by repo and commit, or by local path and file stamps."""
+    if ref.repo is not None:
+        key = Path(ref.repo) / src.name  # the snapshot directory is named by its commit
+    else:
+        stamp = "".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in pickle_files(src))
+        key = Path("local") / hashlib.sha256(f"{src.resolve()}|{stamp}".encode()).hexdigest()[:16]
+    out = cache_dir() / "converted" / key
+    if not (out / PROVENANCE).is_file():
+        log.info("converting %s from pickle to safetensors (torch.load weights_only=True) -> %s", ref.display(), out)
+        provenance = convert_pickle(src, out)
+        write_json(out / PROVENANCE, provenance)
+    return out
 
 
 def local_dir(ref: ModelRef) -> Path:
-    """A model's local directory: its ``path``, or its pinned Hub snapshot (downloaded if needed)."""
-    return Path(ref.path) if ref.path is not None else client.snapshot(ref.repo, ref.revision)  # type: ignore[arg-type]
+    """A model's local directory: its ``path``, or its pinned Hub snapshot (downloaded if needed);
+    with ``weights: pickle`` and no safetensors there, the cached safetensors conversion."""
+    pickle = ref.weights == "pickle"
+    hub = ref.path is None
+    src = client.snapshot(ref.repo, ref.revision, pickle=pickle) if hub else Path(ref.path)  # type: ignore[arg-type]
+    if pickle and not any(src.glob("*.safetensors")):
+        return _converted(src, ref)
+    return src
 
 
 def model_license(ref: ModelRef) -> str | None:
@@ -37,11 +70,14 @@ def _describe(ref: ModelRef, local: Path) -> dict:
         license_ = model_license(ref)
     except EvohubError:
         license_ = None
-    return {
+    out = {
         "license": license_,
         "architecture": (config.get("architectures") or [config.get("model_type")])[0],
         "bytes": sum(p.stat().st_size for p in local.glob("*.safetensors")),
     }
+    if (local / PROVENANCE).is_file():  # converted from pickle: what was read and what was written
+        out["converted"] = json.loads((local / PROVENANCE).read_text())
+    return out
 
 
 def lock_entries(models: list[tuple[str, ModelRef]]) -> list[dict]:
@@ -50,7 +86,7 @@ def lock_entries(models: list[tuple[str, ModelRef]]) -> list[dict]:
     for name, ref in models:
         local = local_dir(ref)
         if ref.path is not None:
-            entry = {"name": name, "path": ref.path, "local": ref.path}
+            entry = {"name": name, "path": ref.path, "local": str(local)}
         else:
             entry = {
                 "name": name,

@@ -11,7 +11,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -126,11 +126,18 @@ LocalPath = Annotated[str, AfterValidator(absolute)]
 
 
 class ModelRef(Frozen):
-    """A model on the Hub (``repo`` + optional ``revision``) or in a local directory (``path``)."""
+    """A model on the Hub (``repo`` + optional ``revision``) or in a local directory (``path``).
+
+    ``weights: pickle`` opts in to a model that has only PyTorch pickle weights (``*.bin``): they
+    are read with ``torch.load(weights_only=True)`` — tensors only, never arbitrary objects — and
+    converted once to safetensors in evohub's cache, the conversion's sha256 recorded in the lock
+    (docs/design.md#pickle-weights). Without it such a model is refused.
+    """
 
     repo: RepoId | None = None
     revision: Revision | None = None
     path: LocalPath | None = None
+    weights: Literal["pickle"] | None = None
 
     @model_validator(mode="after")
     def _one_of(self) -> ModelRef:
@@ -151,13 +158,13 @@ class ModelRef(Frozen):
 
     def plain(self) -> ModelRef:
         """The reference alone (a :class:`~evohub.spec.job.Source` loses its name); not validated again."""
-        return ModelRef.model_construct(repo=self.repo, revision=self.revision, path=self.path)
+        return ModelRef.model_construct(repo=self.repo, revision=self.revision, path=self.path, weights=self.weights)
 
     def at(self, revision: str) -> ModelRef:
         """This Hub reference pinned to ``revision`` (a local path stays as it is)."""
         if self.path is not None:
             return self.plain()
-        return ModelRef.model_construct(repo=self.repo, revision=revision, path=None)
+        return ModelRef.model_construct(repo=self.repo, revision=revision, path=None, weights=self.weights)
 
 
 class DataRef(Frozen):
