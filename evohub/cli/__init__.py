@@ -116,9 +116,12 @@ COMMANDS = (
     Command("validate", "check job specs and recipes",
             "Check job specs (evohub_job: 1) and recipes (evohub_recipe: 1) against their schemas.\n"
             "Each problem is printed as 'file:line: field: what is wrong'; exit code 2 if any file fails.\n"
-            "Hub revisions that are not 40-hex commits are reported as 'unpinned' warnings.",
+            "Hub revisions that are not 40-hex commits are reported as 'unpinned' warnings.\n"
+            "--strict also checks every Hub reference against HF_ENDPOINT, metadata only: repos,\n"
+            "revisions, gated access, weight formats, dataset configs and splits, vocabularies.",
             (arg("files", nargs="+", metavar="FILE", help="YAML files to check"),
-             arg("--strict", action="store_true", help="treat warnings (unpinned revisions) as errors")),
+             arg("--strict", action="store_true",
+                 help="unpinned revisions are errors, and Hub references are checked on the Hub")),
             epilog=_vocabulary, quiet="do not print warnings"),
     Command("plan", "show the size and cost of a job before running it",
             "Print the search-space dimensions and evaluations of each stage, the parameter count and\n"

@@ -35,9 +35,13 @@ def _console():
 
 
 def validate(args: argparse.Namespace) -> int:
+    from evohub.hub.client import offline
     from evohub.spec import JobSpec, load, warnings_for
+    from evohub.spec.load import check_remote
 
     failed = 0
+    if args.strict and offline():
+        print("evohub: warning: HF_HUB_OFFLINE is set: Hub references are not checked", file=sys.stderr)
     for path in args.files:
         try:
             doc = load(path)
@@ -47,11 +51,13 @@ def validate(args: argparse.Namespace) -> int:
                 print(line, file=sys.stderr)
             continue
         warnings = warnings_for(doc, path)
-        if args.strict and warnings:
-            failed += 1
-            for w in warnings:
-                print(w.replace(": warning: ", ": error (--strict): ", 1), file=sys.stderr)
-            continue
+        if args.strict:
+            errors = [w.replace(": warning: ", ": error (--strict): ", 1) for w in warnings]
+            errors += [] if offline() else check_remote(doc, path)
+            if errors:
+                failed += 1
+                print("\n".join(errors), file=sys.stderr)
+                continue
         if not args.quiet:
             for w in warnings:
                 print(w, file=sys.stderr)

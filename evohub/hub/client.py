@@ -175,3 +175,39 @@ def download_dataset_repo(repo: str) -> Path | None:
         return None
     except Exception as e:
         raise explain(repo, None, "the dataset files", e, kind="dataset") from e
+
+
+class Listing:
+    """What a repo holds at a revision, without downloading it: commit, files, card data, gating."""
+
+    def __init__(self, sha: str, files: list[str], card: dict | None, gated: bool):
+        self.sha, self.files, self.card, self.gated = sha, files, card, gated
+
+
+def listing(repo: str, revision: str | None, kind: str = "model") -> Listing:
+    """The file list and card data of a model or dataset repo at ``revision`` (metadata only)."""
+    hf = api()
+    call = hf.model_info if kind == "model" else hf.dataset_info
+    try:
+        info = with_retries(call, repo, revision=revision)
+    except Exception as e:
+        raise explain(repo, revision, f"{kind} info", e, kind=kind) from e
+    card = info.card_data.to_dict() if info.card_data is not None else None
+    return Listing(info.sha, [s.rfilename for s in info.siblings or []], card, bool(getattr(info, "gated", False)))
+
+
+def check_access(repo: str, kind: str = "model") -> None:
+    """Raise a one-line HubError when this token cannot download the repo's files (gated, private)."""
+    try:
+        with_retries(api().auth_check, repo, repo_type=kind)
+    except Exception as e:
+        raise explain(repo, None, "access", e, kind=kind) from e
+
+
+def convert_refs(repo: str, kind: str = "dataset") -> list[str]:
+    """The repo's ``refs/convert/*`` names (``parquet``: the Hub's conversion of a script dataset)."""
+    try:
+        refs = with_retries(api().list_repo_refs, repo, repo_type=kind)
+    except Exception as e:
+        raise explain(repo, None, "refs", e, kind=kind) from e
+    return [r.name for r in getattr(refs, "converts", []) or []]

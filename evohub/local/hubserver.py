@@ -107,24 +107,36 @@ class Repo:
     tags: dict[str, str] = field(default_factory=dict)
     tag_messages: dict[str, str] = field(default_factory=dict)
     lfs_objects: dict[str, bytes] = field(default_factory=dict)  # sha256 -> uploaded content
+    #: ``refs/convert/<name>`` refs, e.g. the parquet conversion of a dataset behind a script
+    converts: dict[str, str] = field(default_factory=dict)
+    #: gated: metadata is public, files and auth-check answer 403 GatedRepo unless ``granted``
+    gated: bool = False
+    granted: bool = False
 
     def resolve(self, revision: str) -> str | None:
-        """Commit sha of a branch, tag (plain or ``refs/...``) or full sha; None if unknown."""
-        for prefix, refs in (("refs/heads/", self.branches), ("refs/tags/", self.tags)):
+        """Commit sha of a branch, tag, convert ref (plain or ``refs/...``) or full sha; None if unknown."""
+        for prefix, refs in (
+            ("refs/heads/", self.branches),
+            ("refs/tags/", self.tags),
+            ("refs/convert/", self.converts),
+        ):
             if revision.startswith(prefix):
                 return refs.get(revision.removeprefix(prefix))
         sha = self.branches.get(revision) or self.tags.get(revision)
         return sha or (revision if revision in self.commits else None)
 
     def add_commit(self, branch: str, files: dict[str, bytes], lfs: set[str], title: str, message=""):
-        """Append a commit holding exactly ``files`` to ``branch`` (created if missing)."""
-        parent = self.branches.get(branch)
+        """Append a commit holding exactly ``files`` to ``branch`` (created if missing; a branch named
+        ``refs/convert/<name>`` is a convert ref)."""
+        table = self.converts if branch.startswith("refs/convert/") else self.branches
+        branch = branch.removeprefix("refs/convert/")
+        parent = table.get(branch)
         tree = sorted((p, git_blob_oid(d), p in lfs) for p, d in files.items())
         canon = json.dumps([self.repo_type, self.repo_id, parent, len(self.commits), title, message, tree])
         sha = hashlib.sha1(canon.encode()).hexdigest()
         commit = Commit(sha, parent, dict(files), frozenset(lfs & files.keys()), title, message)
         self.commits[sha] = commit
-        self.branches[branch] = sha
+        table[branch] = sha
         return commit
 
     def history(self, revision: str = "main") -> list[Commit]:
@@ -254,7 +266,14 @@ class FakeHub:
         creating the repo if needed. Paths in ``lfs`` are stored as LFS files."""
         with self.lock:
             repo = self.repos.get((repo_type, repo_id)) or self.create_repo(repo_id, repo_type)
-            head = repo.commits[repo.branches["main" if branch not in repo.branches else branch]]
+            known = repo.converts.get(branch.removeprefix("refs/convert/")) or repo.branches.get(branch)
+            head = (
+                repo.commits[known or repo.branches["main"]]
+                if not branch.startswith("refs/convert/") or known
+                else None
+            )
+            if head is None:  # a convert ref starts empty
+                return repo.add_commit(branch, dict(files), set(lfs), title)  # type: ignore[arg-type]
             tree, lfs_paths = dict(head.files), set(head.lfs) | set(lfs)
             for path, data in files.items():
                 if data is None:
@@ -284,7 +303,7 @@ class _Handler(BaseHTTPRequestHandler):
     #: (method, action after /api/{type}s/{ns}/{name}) -> endpoint method; GET needs no token
     API: ClassVar[dict[tuple[str, str], str]] = {
         ("GET", ""): "_repo_info", ("GET", "revision"): "_repo_info", ("GET", "tree"): "_tree",
-        ("GET", "refs"): "_refs", ("GET", "commits"): "_commits",
+        ("GET", "refs"): "_refs", ("GET", "commits"): "_commits", ("GET", "auth-check"): "_auth_check",
         ("POST", "preupload"): "_preupload", ("POST", "commit"): "_commit",
         ("POST", "branch"): "_create_branch", ("POST", "tag"): "_create_tag",
         ("DELETE", "branch"): "_delete_ref", ("DELETE", "tag"): "_delete_ref",
@@ -421,8 +440,13 @@ class _Handler(BaseHTTPRequestHandler):
             return _json({"errors": [{"message": str(e)}], "warnings": []}, 400)
         return _json({"errors": [], "warnings": []})
 
+    def _auth_check(self, repo: Repo, args: list[str]) -> Response:
+        if repo.gated and not repo.granted:
+            return _error(403, f"Access to model {repo.repo_id} is restricted: ask for access", "GatedRepo")
+        return _json({})
+
     def _repo_info(self, repo: Repo, args: list[str]) -> Response:
-        commit = self._commit_at(repo, args[0] if args else "main")
+        commit = self._commit_at(repo, "/".join(args) if args else "main")
         card = _card_data(commit.files.get("README.md"))
         tags = (card or {}).get("tags") or []
         siblings = [{"rfilename": p} for p in sorted(commit.files)]
@@ -434,7 +458,7 @@ class _Handler(BaseHTTPRequestHandler):
                     s["lfs"] = {"sha256": e["lfs"]["oid"], "size": e["size"], "pointerSize": e["lfs"]["pointerSize"]}
         return _json({
             "id": repo.repo_id, "author": repo.repo_id.split("/")[0], "sha": commit.sha, "private": repo.private,
-            "gated": False, "disabled": False, "downloads": 0, "likes": 0, "cardData": card,
+            "gated": "manual" if repo.gated else False, "disabled": False, "downloads": 0, "likes": 0, "cardData": card,
             "tags": [tags] if isinstance(tags, str) else list(tags), "siblings": siblings,
             "createdAt": repo.created_at, "lastModified": commit.date,
         })  # fmt: skip
@@ -465,7 +489,7 @@ class _Handler(BaseHTTPRequestHandler):
             return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": s} for n, s in table.items()]
 
         tables = {"branches": refs(repo.branches, "heads"), "tags": refs(repo.tags, "tags")}
-        return _json({**tables, "converts": [], "pullRequests": []})
+        return _json({**tables, "converts": refs(repo.converts, "convert"), "pullRequests": []})
 
     def _commits(self, repo: Repo, args: list[str]) -> Response:
         self._commit_at(repo, args[0])
@@ -580,6 +604,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- downloads -----------------------------------------------------------------------------
     def _resolve(self, repo: Repo, revision: str, path: str) -> Response:
+        if repo.gated and not repo.granted:
+            return _error(403, f"Access to {repo.repo_id} is restricted: ask for access", "GatedRepo")
         commit = self._commit_at(repo, revision)
         if path not in commit.files:
             return _error(404, "Entry not found", "EntryNotFound", {"X-Repo-Commit": commit.sha})

@@ -150,6 +150,18 @@ def load_recipe(path: str | Path) -> Recipe:
     return doc
 
 
+def check_remote(doc: Document, path: str | Path) -> list[str]:
+    """One line per problem of the document's Hub references, checked against the Hub
+    (metadata only: :mod:`evohub.spec.remote`)."""
+    from evohub.spec.remote import remote_problems  # imports datasets: only for --strict
+
+    lines_doc = read_yaml(path)
+    return [
+        f"{path}:{lines_doc.line_of(loc)}: {format_loc(loc)}: {msg}"
+        for loc, msg in remote_problems(doc, walk_refs(doc))
+    ]
+
+
 def warnings_for(doc: Document, path: str | Path) -> list[str]:
     """One-line warnings (unpinned revisions), with the line of each field."""
     lines_doc = read_yaml(path)
