@@ -170,3 +170,61 @@ def test_run_state_round_trips_through_a_dataset_repo(hub, finished_run, tmp_pat
     ):
         assert (got / name).read_bytes() == (finished_run / name).read_bytes(), name
     assert not fetch_state("me/no-such-state", tmp_path / "none")
+
+
+def test_a_published_run_holds_no_machine_path_and_rebuilds_when_moved(hub, finished_run, tmp_path, run_cli):
+    """Every file of the commit names sources as repo@commit or relative paths; the run directory
+    moved elsewhere (with its sources) rebuilds its model bit for bit from recipe.yaml."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    code, _, err = run_cli("publish", finished_run, "--repo", "me/no-paths")
+    assert code == 0, err
+    world = finished_run.parent
+    leaks = {
+        name: data
+        for name, data in hub.files("me/no-paths").items()
+        if not name.endswith(".safetensors")
+        and any(s.encode() in data for s in (str(world), str(Path.home()), "/tmp/"))
+    }
+    assert not leaks, {k: v[:300] for k, v in leaks.items()}
+    recipe = yaml.safe_load((finished_run / "recipe.yaml").read_text())
+    assert all(not Path(m["source"]["path"]).is_absolute() for m in recipe["parameter_space"]["models"])
+    moved = tmp_path / "elsewhere" / "world"
+    shutil.copytree(world, moved, symlinks=True)
+    code, _, err = run_cli("merge", moved / "run" / "recipe.yaml", "--out", tmp_path / "rebuilt", "-q")
+    assert code == 0, err
+    (a,) = (finished_run / "model").glob("model-*.safetensors")
+    (b,) = (tmp_path / "rebuilt").glob("model-*.safetensors")
+    left, right = load_file(a), load_file(b)
+    assert left.keys() == right.keys() and all(left[k].equal(right[k]) for k in left)
+    code, _, err = run_cli("validate", moved / "run" / "job.yaml", moved / "run" / "recipe.yaml")
+    assert code == 0, err
+
+
+def test_verify_rebuilds_a_published_model_and_names_a_tampered_tensor(hub, finished_run, tmp_path, run_cli):
+    from huggingface_hub import HfApi
+
+    from evohub.merging.io import read_header
+
+    code, _, err = run_cli("publish", finished_run, "--repo", "me/verify-me")
+    assert code == 0, err
+    code, out, err = run_cli("verify", "me/verify-me", "--sources-dir", finished_run, "--device", "cpu", "-q")
+    assert code == 0, out + err
+    assert "verified: the rebuild is identical" in out and "DIFFERENT" not in out
+    assert "equal     config.json" in out and "equal     model.safetensors.index.json" in out
+    code, out, err = run_cli("verify", "me/verify-me", "--sources-dir", finished_run, "--device", "cpu", "-q",
+                             "--eval", "mgsm-ja", "--data", f"mgsm-ja={finished_run.parent / 'mgsm.jsonl'}")  # fmt: skip
+    assert code == 0 and "mgsm-ja: acc_ja" in out and "within 1 points" in out, out + err
+    # one tensor of the published weights changed: verify fails and names the file and the tensor
+    (shard,) = [n for n in hub.files("me/verify-me") if n.endswith(".safetensors")]
+    data = bytearray(hub.files("me/verify-me")[shard])
+    local = tmp_path / shard
+    local.write_bytes(bytes(data))
+    entry = read_header(local)["model.norm.weight"]
+    data[entry.offset] ^= 0xFF
+    HfApi().upload_file(path_or_fileobj=bytes(data), path_in_repo=shard, repo_id="me/verify-me")
+    code, out, err = run_cli("verify", "me/verify-me", "--sources-dir", finished_run, "--device", "cpu", "-q")
+    assert code == 1 and f"DIFFERENT {shard}  (tensors differ: model.norm.weight)" in out, out + err
+    assert "NOT verified" in out

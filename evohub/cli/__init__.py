@@ -230,6 +230,19 @@ COMMANDS = (
              arg("--out", metavar="DIR", help="where results.json and samples go (default MODEL/eval)"),
              arg("--task", choices=_rescorable, help="with --predictions: the task to score (default ja-math)"),
              arg("--predictions", metavar="FILE", help="re-score saved outputs (JSONL: output, answer_number | answer)"))),
+    Command("verify", "rebuild a published model from its recipe and compare it, file by file",
+            "For people who download an evohub model: read its recipe.yaml (every Hub source pinned to a\n"
+            "commit), pull the sources at those commits, rebuild the model, and compare every weight\n"
+            "file, the index and config.json by sha256 (a weight file that differs names its tensors).\n"
+            "Exit 0 when all are equal, 1 when not. --eval re-scores the rebuild against results.json.",
+            (arg("target", metavar="REPO_OR_DIR", help="a Hub model repo id, or a local model directory"),
+             arg("--revision", metavar="REV", help="the repo's branch, tag or commit (default main)"),
+             arg("--sources-dir", metavar="DIR", help="resolve the recipe's local source paths against DIR"),
+             arg("--eval", action="append", metavar="SUITE", help="also re-score on SUITE and compare with results.json"),
+             arg("--data", action="append", metavar="NAME=FILE", help="local examples for a suite (with --eval)"),
+             arg("--tolerance", type=float, default=1.0, metavar="POINTS",
+                 help="largest difference of a suite's metric, in points (default 1.0)"),
+             arg("--device", default="auto", help=DEVICE.format("auto")))),
     Command("demo", "run the embedded default job on the local world",
             "Run the demo job (jobs/demo.yaml) on the local world shipped with evohub: a tiny base and\n"
             "two fine-tunes (math, Japanese) of it. Evolution merges them into a model that does\n"

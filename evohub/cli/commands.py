@@ -248,6 +248,23 @@ def card(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def verify(args: argparse.Namespace) -> int:
+    from evohub.pipeline.verify import rescore
+    from evohub.pipeline.verify import verify as rebuild_and_compare
+
+    device = _device(args.device)
+    report = rebuild_and_compare(args.target, revision=args.revision, device=device, progress=not args.quiet,
+                                 sources_dir=Path(args.sources_dir) if args.sources_dir else None)  # fmt: skip
+    for f in report.files:
+        print(f"{'equal    ' if f.equal else 'DIFFERENT'} {f.name}" + (f"  ({f.detail})" if f.detail else ""))
+    if args.eval:
+        rescore(report, args.eval, _data_overrides(args.data), args.tolerance, device)
+        for line in report.scores:
+            print(line)
+    print(f"{args.target}: " + ("verified: the rebuild is identical" if report.ok else "NOT verified"))
+    return EXIT_OK if report.ok else 1
+
+
 def demo(args: argparse.Namespace) -> int:
     from evohub.local.demo import run_demo
 

@@ -211,3 +211,11 @@ def convert_refs(repo: str, kind: str = "dataset") -> list[str]:
     except Exception as e:
         raise explain(repo, None, "refs", e, kind=kind) from e
     return [r.name for r in getattr(refs, "converts", []) or []]
+
+
+def download(repo: str, revision: str | None, patterns: list[str]) -> Path:
+    """The files of a model repo matching ``patterns``, at the commit ``revision`` resolves to."""
+    try:
+        return Path(with_retries(snapshot_download, repo, revision=revision, allow_patterns=patterns))
+    except Exception as e:
+        raise explain(repo, revision, "the published files", e) from e

@@ -190,7 +190,7 @@ def merge_to_disk(
             if (d / "generation_config.json").is_file():
                 shutil.copy2(d / "generation_config.json", partial / "generation_config.json")
                 break
-        atomic_write(partial / "recipe.yaml", recipe.to_yaml())
+        atomic_write(partial / "recipe.yaml", recipe.to_yaml(out.resolve()))
         replace_dir(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

@@ -40,21 +40,22 @@ def evaluate_run(job: JobSpec, run: RunDir, device: str) -> dict:
     assert ev is not None
     kw = {"backend": ev.backend, "device": device, "data": ev.data, "limit": ev.limit,
           "max_new_tokens": ev.max_new_tokens, "prompt": job.fitness.prompt, "stop": job.fitness.stop}  # fmt: skip
-    models: dict[str, Path] = {"evolved": run.model_dir}
+    # name -> (directory, how results name it: repo@commit or a path relative to the run)
+    models: dict[str, tuple[Path, str]] = {"evolved": (run.model_dir, "model")}
     if ev.compare_sources:
-        models |= {name: run.local_dir(ref) for name, ref in job.models()}
+        models |= {name: (run.local_dir(ref), run.pinned(ref).display(run.root)) for name, ref in job.models()}
         if job.parameter_space is not None:
             if not run.untuned_dir.exists():
                 recipe = untuned_recipe(job, run)
                 merge_to_disk(recipe, model_dirs(run, recipe), run.untuned_dir)
-            models["untuned merge"] = run.untuned_dir
+            models["untuned merge"] = (run.untuned_dir, "the untuned merge (equal weights)")
     out: dict = {"suites": list(ev.suites), "models": {}}
-    for name, directory in models.items():
+    for name, (directory, label) in models.items():
         suites = suites_for(directory, list(ev.suites))  # vision suites only for VLMs
         if suites:
             kept = run.eval_results(name)
-            out["models"][name] = (
-                kept if kept is not None else evaluate(directory, suites, out_dir=run.eval_dir(name), **kw)
-            )
+            if kept is None:
+                kept = evaluate(directory, suites, out_dir=run.eval_dir(name), label=label, **kw)
+            out["models"][name] = kept
     write_json(run.results_path, out)
     return out

@@ -69,8 +69,9 @@ def _fmt(v) -> str:
     return "-" if v is None else str(v)
 
 
-def _link(ref: ModelRef) -> str:
-    return f"[{ref.repo}](https://huggingface.co/{ref.repo})" if ref.repo else f"`{ref.path}`"
+def _link(ref: ModelRef, run: RunDir) -> str:
+    """A source as the card shows it: a Hub link, or a local path relative to the run directory."""
+    return f"[{ref.repo}](https://huggingface.co/{ref.repo})" if ref.repo else f"`{ref.display(run.root)}`"
 
 
 def _sources(job: JobSpec, run: RunDir, licenses: dict[str, str | None]) -> tuple[dict | None, list[dict]]:
@@ -78,7 +79,7 @@ def _sources(job: JobSpec, run: RunDir, licenses: dict[str, str | None]) -> tupl
 
     def info(name: str, ref: ModelRef) -> dict:
         e = entries.get(name, {})
-        return {"name": name, "ref": ref, "link": _link(ref), "revision": (e.get("revision") or "local")[:12],
+        return {"name": name, "ref": ref, "link": _link(ref, run), "revision": (e.get("revision") or "local")[:12],
                 "license": licenses.get(name), "architecture": e.get("architecture")}  # fmt: skip
 
     rows = [info(name, ref) for name, ref in job.models()]
@@ -151,17 +152,18 @@ def _stages(job: JobSpec, run: RunDir) -> list[dict]:
     return out
 
 
-def _recipe_facts(recipe: Recipe, sources: list[dict]) -> dict:
+def _recipe_facts(recipe: Recipe, sources: list[dict], run: RunDir) -> dict:
     ps_models = []
     if recipe.parameter_space is not None:
         names = [s["name"] for s in sources]
         for i, m in enumerate(recipe.parameter_space.models):
-            name = names[i] if i < len(names) else m.source.display()
+            name = names[i] if i < len(names) else m.source.display(run.root)
             ps_models.append({"name": name, "weight": _fmt(m.weight), "density": _fmt(m.density)})
     dfs = None
     if (d := recipe.data_flow_space) is not None:
         dfs = {"hops": len(d.path), "from_a": sum(1 for w, _ in d.path if w == "a"), "from_b": sum(1 for w, _ in d.path if w == "b"),
-               "a": "the parameter-space merge" if d.a == "ps" else d.a.display(), "b": d.b if isinstance(d.b, str) else d.b.display(),
+               "a": "the parameter-space merge" if d.a == "ps" else d.a.display(run.root),
+               "b": d.b if isinstance(d.b, str) else d.b.display(run.root),
                "min_scale": _fmt(min(d.scales)), "max_scale": _fmt(max(d.scales)),
                "summary": " ".join(f"{w}{i}" for w, i in d.path)}  # fmt: skip
     return {"recipe": recipe, "ps_models": ps_models, "dfs": dfs}
@@ -192,9 +194,10 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
         "title": repo_id.split("/")[-1], "repo_id": repo_id, "repo_name": repo_id.split("/")[-1],
         "description": job.description, "base": base, "sources": sources, "license_note": license_note,
         "architecture": arch, "primary": primary or "its VLM source", "stages": _stages(job, run),
-        "fitness": f"`{fit.task}` on {fit.data.display()}" + (f" (best chosen on {fit.validation.display()})" if fit.validation else ""),
+        "fitness": f"`{fit.task}` on {fit.data.display(run.root)}"
+        + (f" (best chosen on {fit.validation.display(run.root)})" if fit.validation else ""),
         "fitness_task": fit.task, "results": _results_table(results), "example_prompt": example.replace("\n", "\\n"),
-        **_recipe_facts(recipe, sources),
+        **_recipe_facts(recipe, sources, run),
     }  # fmt: skip
     return render_card(meta, context)
 

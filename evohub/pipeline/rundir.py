@@ -22,6 +22,7 @@ No path of a run is spelled outside this module; files are replaced atomically (
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -84,15 +85,19 @@ class RunDir:
         return load_job(self.job_path)
 
     def write_job(self, spec: JobSpec, source: str | Path) -> None:
-        atomic_write(self.job_path, f"# {source} as run by evohub (local paths made absolute)\n" + spec.to_yaml())
+        name = Path(source).name
+        atomic_write(
+            self.job_path, f"# {name} as run by evohub (local paths relative to this file)\n" + spec.to_yaml(self.root)
+        )
 
     def stage_recipe(self, stage: str) -> Recipe | None:
         p = self.stage_recipe_path(stage)
         return load_recipe(p) if p.exists() else None
 
     def write_recipe(self, recipe: Recipe, stage: str | None = None) -> None:
-        """The final recipe, or (with ``stage``) a finished stage's."""
-        atomic_write(self.stage_dir(stage) / "recipe.yaml" if stage else self.recipe_path, recipe.to_yaml())
+        """The final recipe, or (with ``stage``) a finished stage's (local paths relative to it)."""
+        path = self.stage_dir(stage) / "recipe.yaml" if stage else self.recipe_path
+        atomic_write(path, recipe.to_yaml(path.parent))
 
     def recipe(self) -> Recipe:
         if not self.recipe_path.exists():
@@ -121,12 +126,26 @@ class RunDir:
 
     # -- the lock: which directory and commit each model reference resolved to ------------------
     def lock(self) -> list[dict]:
+        """The lock's entries, local paths made absolute again (they are stored relative to the run)."""
         if not self.lock_path.exists():
             raise RunError(f"{self.lock_path}: missing; the pull stage has not run")
-        return yaml.safe_load(self.lock_path.read_text())["models"]
+        try:
+            entries = yaml.safe_load(self.lock_path.read_text())["models"]
+        except (yaml.YAMLError, TypeError, KeyError) as e:
+            raise RunError(f"{self.lock_path}: not a lock file ({type(e).__name__}); remove it to pull again") from e
+        for e in entries:
+            for key in ("path", "local"):
+                if e.get(key) and not Path(e[key]).is_absolute():
+                    e[key] = os.path.normpath(self.root.resolve() / e[key])
+        return entries
 
     def write_lock(self, entries: list[dict]) -> None:
-        atomic_write(self.lock_path, yaml.safe_dump({"evohub_lock": 1, "models": entries}, sort_keys=False))
+        """job.lock.yaml; local models' paths are written relative to the run directory."""
+        rel = [
+            e | {k: os.path.relpath(e[k], self.root.resolve()) for k in ("path", "local") if e.get("path") and e.get(k)}
+            for e in entries
+        ]
+        atomic_write(self.lock_path, yaml.safe_dump({"evohub_lock": 1, "models": rel}, sort_keys=False))
 
     def _entry(self, ref: ModelRef) -> dict:
         for e in self.lock():

@@ -119,6 +119,7 @@ class _Settings:
     batch_size: int
     prompt: str | None
     stop: tuple[str, ...] | None
+    out_dir: Path | None
 
 
 def _run_task_suite(suite: Suite, model: _Model, s: _Settings) -> SuiteResult:
@@ -138,7 +139,7 @@ def _run_task_suite(suite: Suite, model: _Model, s: _Settings) -> SuiteResult:
     task = get_task(suite.task, prompt=s.prompt, stop=s.stop) if suite.job_prompt else get_task(suite.task)  # type: ignore[arg-type]
     task.check(rows)
     scored = task.run(model.generator(), rows, max_new_tokens=s.max_new_tokens)
-    return SuiteResult(suite.name, scored.metrics | {"dataset": ref.display()}, scored.samples)
+    return SuiteResult(suite.name, scored.metrics | {"dataset": ref.display(relative_to=s.out_dir)}, scored.samples)
 
 
 def _run_lmeval_suite(suite: Suite, model: _Model, s: _Settings) -> SuiteResult:
@@ -167,16 +168,19 @@ def evaluate(
     out_dir: str | Path | None = None,
     prompt: str | None = None,
     stop: tuple[str, ...] | None = None,
+    label: str | None = None,
 ) -> dict:
     """Evaluate a model directory on ``suites``; writes results.json and samples when ``out_dir``.
 
     ``prompt`` and ``stop`` are a job's fitness settings, used by suites that run the job's own
-    task (``ja-math``).
+    task (``ja-math``). ``label`` names the model in the results (default: its directory); local
+    data files are named relative to ``out_dir``, so results carry no machine path.
     """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise ScoreError(f"{model_dir}: not a model directory (no config.json)")
-    settings = _Settings(dict(data or {}), limit, max_new_tokens, batch_size, prompt, stop)
+    out = Path(out_dir).resolve() if out_dir is not None else None
+    settings = _Settings(dict(data or {}), limit, max_new_tokens, batch_size, prompt, stop, out)
     model = _Model(model_dir, backend, device, batch_size)
     results: list[SuiteResult] = []
     try:
@@ -188,7 +192,7 @@ def evaluate(
     finally:
         model.close()
     out = {
-        "model": str(model_dir),
+        "model": label or str(model_dir),
         "suites": {r.suite: {"metrics": r.metrics, "seconds": round(r.seconds, 2)} for r in results},
         "config": {"backend": backend, "device": device, "limit": limit, "max_new_tokens": max_new_tokens},
         "versions": _versions(),

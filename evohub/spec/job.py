@@ -23,7 +23,20 @@ from evohub.score.suites import find_suite
 from evohub.score.tasks import TASKS
 from evohub.spec.problems import Invalid, validate_doc
 from evohub.spec.recipe import Dtype, MethodName, model_count_problem
-from evohub.spec.refs import DataRef, Frozen, LocalPath, ModelRef, Name, Range, Regex, RepoId, registered, source_name
+from evohub.spec.refs import (
+    DataRef,
+    Frozen,
+    LocalPath,
+    ModelRef,
+    Name,
+    Range,
+    Regex,
+    RepoId,
+    display_path,
+    registered,
+    relative_paths,
+    source_name,
+)
 from evohub.spec.yamlio import Loc, dump_yaml, parse_yaml
 
 #: DFS hidden-state scales must be > 0 (the fold divides by them) and at most this.
@@ -187,8 +200,18 @@ class JobSpec(Frozen):
         """The search stages, in the order they run: ``ps`` then ``dfs``."""
         return [s for s, part in (("ps", self.parameter_space), ("dfs", self.data_flow_space)) if part is not None]
 
-    def to_yaml(self) -> str:
-        return dump_yaml(self.model_dump(mode="json", exclude_none=True))
+    def to_yaml(self, relative_to: str | Path | None = None) -> str:
+        """The spec as YAML; with ``relative_to`` (the directory it is written to), local paths
+        (sources, datasets, evaluation data) are written relative to it."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        if relative_to is None:
+            return dump_yaml(data)
+        data = relative_paths(data, relative_to)
+        if data.get("evaluation", {}).get("data"):
+            data["evaluation"]["data"] = {
+                k: display_path(v, relative_to) for k, v in data["evaluation"]["data"].items()
+            }
+        return dump_yaml(data)
 
     @classmethod
     def from_yaml(cls, text: str, filename: str = "<job>", base_dir: str | Path = ".") -> JobSpec:

@@ -19,7 +19,7 @@ from pydantic import Discriminator, Field, Tag, model_validator
 from evohub.merging.methods import METHODS
 from evohub.merging.methods.base import DENSITY_DOMAIN, MergeMethod
 from evohub.spec.problems import Invalid, validate_doc
-from evohub.spec.refs import Frozen, ModelRef, NumOrList, Regex, as_list, registered
+from evohub.spec.refs import Frozen, ModelRef, NumOrList, Regex, as_list, registered, relative_paths
 from evohub.spec.yamlio import Loc, dump_yaml, parse_yaml
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -111,12 +111,14 @@ class Recipe(Frozen):
         """Every model the recipe reads, base first, without duplicates."""
         return list(dict.fromkeys(self.inputs()))
 
-    def to_yaml(self) -> str:
+    def to_yaml(self, relative_to: str | Path | None = None) -> str:
+        """The recipe as YAML; with ``relative_to`` (the directory it is written to), local paths
+        are written relative to it."""
         data = self.model_dump(mode="json", exclude_none=True)
         for m in (data.get("parameter_space") or {}).get("models", []):
             if not m.get("overrides"):
                 m.pop("overrides", None)  # the common case reads better without "overrides: []"
-        return dump_yaml(data)
+        return dump_yaml(relative_paths(data, relative_to) if relative_to is not None else data)
 
     @classmethod
     def from_yaml(cls, text: str, filename: str = "<recipe>", base_dir: str | Path = ".") -> Recipe:

@@ -151,9 +151,9 @@ class ModelRef(Frozen):
     def pinned(self) -> bool:
         return self.path is not None or is_pinned(self.revision)
 
-    def display(self) -> str:
+    def display(self, relative_to: str | Path | None = None) -> str:
         if self.path is not None:
-            return self.path
+            return display_path(self.path, relative_to)
         return self.repo + (f"@{self.revision[:12]}" if self.revision else "")  # type: ignore[operator]
 
     def plain(self) -> ModelRef:
@@ -191,8 +191,8 @@ class DataRef(Frozen):
             raise ValueError("'config' and 'revision' apply to 'repo' datasets only")
         return self
 
-    def display(self) -> str:
-        name = self.path or self.repo
+    def display(self, relative_to: str | Path | None = None) -> str:
+        name = display_path(self.path, relative_to) if self.path is not None else self.repo
         return f"{name}{':' + self.config if self.config else ''}[{self.split}]"
 
 
@@ -209,6 +209,27 @@ class Range(Frozen):
         if v[0] > v[1]:
             raise ValueError(f"lower bound {v[0]:g} is above upper bound {v[1]:g}; write [{v[1]:g}, {v[0]:g}]")
         return v
+
+
+def relative_paths(data: Any, base: str | Path) -> Any:
+    """A dumped document with every local ``path`` made relative to ``base`` (the directory the
+    document is written to), so that no machine path is written and a moved checkout still loads
+    it (docs/design.md#no-machine-paths)."""
+    if isinstance(data, dict):
+        return {
+            k: os.path.relpath(v, base)
+            if k == "path" and isinstance(v, str) and os.path.isabs(v)
+            else relative_paths(v, base)
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [relative_paths(v, base) for v in data]
+    return data
+
+
+def display_path(path: str, base: str | Path | None) -> str:
+    """A local path as published: relative to ``base`` when given, else as it is."""
+    return os.path.relpath(path, base) if base is not None and os.path.isabs(path) else path
 
 
 def source_name(ref: ModelRef) -> str:
