@@ -72,8 +72,11 @@ def test_a_pickle_source_is_converted_once_and_merges_like_its_safetensors(world
     job.write_text(JOB)
     code, _, err = run_cli("run", job, "--run-dir", tmp_path / "r", "--device", "cpu", "-q")
     assert code == 0, err
-    lock = yaml.safe_load((tmp_path / "r" / "job.lock.yaml").read_text())["models"]
-    (two,) = [e for e in lock if e["name"] == "two"]
+    from evohub.pipeline.rundir import RunDir
+
+    raw = yaml.safe_load((tmp_path / "r" / "job.lock.yaml").read_text())["models"]
+    assert all(not Path(e["local"]).is_absolute() for e in raw if e.get("path"))  # relative to the run
+    (two,) = [e for e in RunDir(tmp_path / "r").lock() if e["name"] == "two"]
     conv = two["converted"]
     assert list(conv["from"]) == ["pytorch_model.bin"] and all(len(h) == 64 for h in conv["from"].values())
     assert conv["to"] and all(len(h) == 64 for h in conv["to"].values())
