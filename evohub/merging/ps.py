@@ -266,10 +266,15 @@ def workspace_for(recipe: Recipe, device: torch.device | str, chunk: int | None 
 
 
 class ResidentTensors:
-    """A model's tensors held in memory (on ``device``), loaded once from a reader."""
+    """A model's tensors held in memory (on ``device``), loaded once from a reader; ``pin``
+    keeps host copies in pinned memory, so they stream to a GPU asynchronously."""
 
-    def __init__(self, reader: TensorSource, names: Sequence[str], device: torch.device | str = "cpu"):
+    def __init__(
+        self, reader: TensorSource, names: Sequence[str], device: torch.device | str = "cpu", pin: bool = False
+    ):
         self._t = {n: reader.get(n).to(device, copy=True) for n in names}
+        if pin:
+            self._t = {n: t.pin_memory() for n, t in self._t.items()}
 
     def names(self) -> list[str]:
         return list(self._t)
@@ -298,7 +303,8 @@ class ResidentMerge:
         >>> rm = ResidentMerge(inputs, template_recipe, device="cuda")     # doctest: +SKIP
         >>> rm.apply(candidate_recipe, lm_parameters(model))   # arch.lm_parameters
 
-    ``mask_tables`` keeps each DARE mask's hash (4 bytes per source entry) after its first use,
+    ``resident_device`` holds the sources elsewhere than the merge runs (``cpu`` with a CUDA
+    ``device``: pinned host memory, streamed through). ``mask_tables`` keeps each DARE mask's hash (4 bytes per source entry) after its first use,
     so later candidates compare against it instead of hashing again (the same masks). ``None``
     keeps them on a CPU when they take at most a quarter of the machine's memory; a GPU hashes
     fast enough that its memory is better spent elsewhere.
@@ -310,6 +316,7 @@ class ResidentMerge:
         recipe: Recipe,
         device: torch.device | str = "cpu",
         mask_tables: bool | None = None,
+        resident_device: torch.device | str | None = None,
     ):
         ps = recipe.parameter_space
         if ps is None:
@@ -325,8 +332,12 @@ class ResidentMerge:
                 elif t.key is None and i == plan.primary:
                     needed[i].append(t.name)
         self.device = kernels.resolve_device(device)
+        # the sources live on the GPU, or (when they do not fit there) in pinned host memory,
+        # streamed to the GPU tensor by tensor as candidates are merged (docs/design.md#gpu-memory)
+        home = kernels.resolve_device(resident_device or device)
+        pin = home.type == "cpu" and self.device.type == "cuda"
         self.inputs = [
-            Model(m.label, ResidentTensors(m.tensors, names, self.device), m.config)
+            Model(m.label, ResidentTensors(m.tensors, names, home, pin), m.config)
             for m, names in zip(inputs, needed, strict=True)
         ]
         self.plan = plan_tensors(ps, self.inputs, has_base)

@@ -46,6 +46,8 @@ class SourcePlan:
     vocab: int
     stored_dtype: str
     bytes: int
+    #: bytes of K and V one token takes in one decoder layer, in the job's dtype (for the KV cache)
+    kv_bytes_per_layer_token: int = 0
 
 
 @dataclass
@@ -82,10 +84,13 @@ def _text_cfg(config: dict) -> dict:
     return config.get("text_config") or config
 
 
-def _source_plan(name: str, ref: ModelRef, config: dict) -> SourcePlan:
+def _source_plan(name: str, ref: ModelRef, config: dict, job_dtype: str = "bfloat16") -> SourcePlan:
     counts: ParamCount = count_parameters(config)
     dtype = stored_dtype(config)
     text = _text_cfg(config)
+    heads = int(text.get("num_attention_heads") or 1)
+    head_dim = int(text.get("head_dim") or (int(text.get("hidden_size") or 0) // heads))
+    kv_heads = int(text.get("num_key_value_heads") or heads)
     return SourcePlan(
         name=name,
         ref=ref.display(),
@@ -98,6 +103,7 @@ def _source_plan(name: str, ref: ModelRef, config: dict) -> SourcePlan:
         vocab=int(text.get("vocab_size") or 0),
         stored_dtype=dtype,
         bytes=counts.total * dtype_bytes(dtype),
+        kv_bytes_per_layer_token=2 * kv_heads * head_dim * dtype_bytes(job_dtype),
     )
 
 
@@ -132,7 +138,7 @@ def make_plan(spec: JobSpec, configs: dict[str, dict] | None = None) -> Plan:
     for name, ref in refs:
         if name not in configs:
             configs[name] = _config(ref)
-    sources = [_source_plan(name, ref, configs[name]) for name, ref in refs]
+    sources = [_source_plan(name, ref, configs[name], spec.dtype) for name, ref in refs]
     by_name = {s.name: s for s in sources}
     by_ref = {ref: by_name[name] for name, ref in refs}
     b = dtype_bytes(spec.dtype)

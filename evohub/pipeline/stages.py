@@ -22,6 +22,7 @@ from evohub.evolve.worker import WorkerSpec
 from evohub.files import write_json
 from evohub.merging.arch import num_decoder_layers
 from evohub.merging.build import tokenizer_dir
+from evohub.pipeline.gpu import sources_fit
 from evohub.pipeline.rundir import RunDir
 from evohub.spec import JobSpec, Recipe
 
@@ -47,13 +48,22 @@ def worker_spec(job: JobSpec, run: RunDir, stage: str, device: str = "cpu", thre
     if stage == "ps":
         template = genome.decode(genome.x0())
         dirs = [run.local_dir(ref) for ref in template.inputs()]
-        return WorkerSpec(
-            "ps", model_dirs=tuple(map(str, dirs)), tokenizer_dir=str(tokenizer_dir(template, dirs)), **common
-        )
+        home = _resident_device(dirs, device)
+        return WorkerSpec("ps", model_dirs=tuple(map(str, dirs)), tokenizer_dir=str(tokenizer_dir(template, dirs)),
+                          resident_device=home, **common)  # fmt: skip
     dfs = job.data_flow_space
     assert dfs is not None
     a = run.stage_model_dir("ps") if dfs.a == "ps" else run.local_dir(job.source(dfs.a).ref())
     return WorkerSpec("dfs", model_dirs=(str(a), str(run.local_dir(job.source(dfs.b).ref()))), **common)
+
+
+def _resident_device(dirs: list[Path], device: str) -> str | None:
+    """Where a parameter-space worker keeps its inputs: on the GPU when they fit beside the
+    scoring engine, else in pinned host memory (docs/design.md#gpu-memory)."""
+    if not device.startswith("cuda"):
+        return None
+    sizes = [sum(p.stat().st_size for p in d.glob("*.safetensors")) for d in dirs]
+    return None if sources_fit(sum(sizes), max(sizes), device) else "cpu"
 
 
 class _Counted(Evaluator):

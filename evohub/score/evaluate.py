@@ -92,6 +92,8 @@ class _Model:
         if self._hf is None:
             from evohub.score.backends.hf import HFBackend
 
+            self._close_generator()  # one engine at a time: a vLLM engine holds the GPU
+
             self._hf = HFBackend.load(self.path, device=self.device, batch_size=self.batch_size)
         return self._hf
 
@@ -101,14 +103,22 @@ class _Model:
         if self._gen is None:
             from evohub.score.backends.vllm import VLLMBackend
 
+            if self._hf is not None:  # one engine at a time
+                self._hf.close()
+                self._hf = None
             self._gen = VLLMBackend(self.path)
         return self._gen
 
+    def _close_generator(self) -> None:
+        if self._gen is not None:
+            self._gen.close()
+            self._gen = None
+
     def close(self) -> None:
-        for backend in (self._gen, self._hf):
-            if backend is not None:
-                backend.close()
-        self._gen = self._hf = None
+        self._close_generator()
+        if self._hf is not None:
+            self._hf.close()
+            self._hf = None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,16 @@ import torch
 from evohub.score.backends import Prompt, Sampling, VisionPrompt, continuation, cut_at_stop, render
 
 log = logging.getLogger(__name__)
+#: vLLM refuses a utilisation above what is free; evohub never asks for more than this.
+MAX_UTILIZATION = 0.92
+
+
+def free_utilization(device: str, headroom: int = 1 << 30) -> float:
+    """The ``gpu_memory_utilization`` for an engine started now on ``device``: what is free (the
+    resident merge inputs are already there), less ``headroom``, as a fraction of the GPU — not
+    vLLM's default 0.9, which it refuses when that much is not free."""
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    return round(max(0.05, min(MAX_UTILIZATION, (free - headroom) / total)), 2)
 
 
 def _load(worker, named: list) -> None:
