@@ -398,7 +398,7 @@ def _corrupt(root: Path, tmp: Path, name: str, fn) -> Path:
     [
         ("missing", "tensor 'model.layers.1.mlp.up_proj.weight' is in"),
         ("shape", "has shape (96, 64) in"),
-        ("vocab", "vocabulary size mismatch: 'model.embed_tokens.weight' is (128, 64) in"),
+        ("vocab", "vocabulary size mismatch in 'model.embed_tokens.weight'"),
         ("extra", "tensor 'model.extra.weight' is in"),
     ],
 )
@@ -487,3 +487,32 @@ def test_export_mergekit(worlds, tmp_path, run_cli):
     bad = recipe_for(root, "ties", m0={"overrides": [{"pattern": r"layers\.[0-3]\.", "weight": 1.0}]})
     with pytest.raises(EvohubError, match="regex"):
         to_mergekit(bad)
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "dare_ties"])
+def test_vocab_base_merges_over_the_base_vocabulary(worlds, tmp_path, run_cli, method):
+    """A source with 2 added tokens (rows 128, 129) merges with `vocab: base`: the first 128 rows
+    are exactly the merge of the sources cut to the base vocabulary, the added rows are dropped
+    (the output has the base's architecture); without the rule it is refused."""
+    root = worlds["f32"]
+    extra = lambda t: t.update({k: torch.cat([t[k], torch.randn(2, t[k].shape[1])]) for k in  # noqa: E731
+                                ("model.embed_tokens.weight", "lm_head.weight")})  # fmt: skip
+    big = _corrupt(root, tmp_path, "vocab", extra)
+    config = json.loads((big / "config.json").read_text()) | {"vocab_size": 130}
+    (big / "config.json").write_text(json.dumps(config))
+    recipe = recipe_for(root, method)
+    ps = recipe.parameter_space.model_copy(update={"vocab": "base"})
+    r = recipe.model_copy(update={"parameter_space": ps})
+    (tmp_path / "big.yaml").write_text(r.to_yaml().replace(str(root / "ft2"), str(big)))
+    (tmp_path / "cut.yaml").write_text(r.to_yaml())  # the same merge on the 128-row original
+    code, _, err = run_cli("merge", tmp_path / "big.yaml", "--out", tmp_path / "big-out", "-q")
+    assert code == 0, err
+    code, _, err = run_cli("merge", tmp_path / "cut.yaml", "--out", tmp_path / "cut-out", "-q")
+    assert code == 0, err
+    a, b = load_dir(tmp_path / "big-out"), load_dir(tmp_path / "cut-out")
+    assert a["model.embed_tokens.weight"].shape == (128, 64)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # cut rows merge exactly like the original's
+    assert "vocab: base" in (tmp_path / "big-out" / "recipe.yaml").read_text()
+    (tmp_path / "norule.yaml").write_text(recipe.to_yaml().replace(str(root / "ft2"), str(big)))
+    code, _, err = run_cli("merge", tmp_path / "norule.yaml", "--out", tmp_path / "x", "-q")
+    assert code == 2 and "set parameter_space.vocab: base" in err

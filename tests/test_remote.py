@@ -84,7 +84,7 @@ def test_strict_validation_catches_each_quirk_in_one_line_without_downloading(hu
     expected = {
         "sources[1]": "org/pickled@" + sha["pickled"] + " has no safetensors weights (it has pytorch_model.bin); add 'weights: pickle'",
         "sources[2]": "is gated",
-        "sources[3]": "vocab_size 130 differs from the base model's 128",
+        "sources[3]": "vocab_size 130 differs from the base model's 128; set parameter_space.vocab: base",
         "sources[4]": "no such model repo",
         "fitness.data.split": "'train' not in org/gsm-ja@" + sha["gsm"] + " (splits: test)",
         "fitness.validation": "is only a loading script (scripted.py); evohub never runs dataset scripts (it has a parquet conversion",

@@ -157,6 +157,7 @@ class PSGenome:
                     "method": ps.method,
                     "normalize": ps.normalize,
                     "layer_groups": G,
+                    "vocab": ps.vocab,
                     "models": models,
                 },
             }

@@ -82,6 +82,8 @@ class Task:
     key: str | None  # language-model name; None: copied from the primary model
     shape: tuple[int, ...]
     group: int
+    #: rows merged (the base vocabulary's) when vocabularies differ; rows beyond: the primary's
+    rows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -126,18 +128,14 @@ def plan_tensors(ps: PSRecipe, inputs: Sequence[Model], has_base: bool) -> Tenso
             key = None  # integer buffers are copied
         if key is not None:
             for m in used:
-                own = m.by_lm_name.get(key)
-                if own is None:
+                if m.by_lm_name.get(key) is None:
                     raise MergeError(
                         f"tensor {key!r} is in {p.label} but not in {m.label}; these models cannot be merged"
                     )
-                other = m.tensors.shape(own)
-                if other != shape:
-                    if is_embedding(key) or key.startswith("lm_head."):
-                        raise MergeError(
-                            f"vocabulary size mismatch: {key!r} is {tuple(shape)} in {p.label} but {tuple(other)} in "
-                            f"{m.label}; merge models that share a tokenizer vocabulary"
-                        )
+            rows = _vocab_rows(ps, key, shape, used, inputs[0], p)
+            for m in used:
+                other = m.tensors.shape(m.by_lm_name[key])
+                if other != shape and not (rows is not None and other[0] >= rows and other[1:] == shape[1:]):
                     raise MergeError(
                         f"tensor {key!r} has shape {tuple(shape)} in {p.label} but {tuple(other)} in {m.label}"
                     )
@@ -145,12 +143,37 @@ def plan_tensors(ps: PSRecipe, inputs: Sequence[Model], has_base: bool) -> Tenso
             group = layer * groups // layers if layer is not None else (0 if is_embedding(key) else groups - 1)
         else:
             group = groups - 1
-        tasks.append(Task(name=name, key=key, shape=tuple(shape), group=group))
+        tasks.append(Task(name=name, key=key, shape=tuple(shape), group=group, rows=rows if key else None))
     for m in used:
         extra = sorted(set(m.by_lm_name) - {t.key for t in tasks if t.key})
         if extra:
             raise MergeError(f"tensor {extra[0]!r} is in {m.label} but not in {p.label}; these models cannot be merged")
     return TensorPlan(tasks=tuple(tasks), primary=primary, has_base=has_base)
+
+
+def _vocab_rows(ps: PSRecipe, key: str, shape: tuple, used: Sequence[Model], ref: Model, p: Model) -> int | None:
+    """The rows an embedding or LM head is merged over when the inputs' vocabularies differ: the
+    base's (``inputs[0]``) with ``vocab: base``; None when all agree. A mismatch without the rule,
+    or an input with fewer rows than the base, is a one-line error (docs/design.md#vocabularies)."""
+    if not (is_embedding(key) or key.startswith("lm_head.")):
+        return None
+    if key not in ref.by_lm_name:  # a method without a base does not read it: the first input it reads
+        ref = used[0]
+    sizes = {m.label: m.tensors.shape(m.by_lm_name[key]) for m in used}
+    sizes[ref.label] = ref.tensors.shape(ref.by_lm_name[key])
+    if len({s[0] for s in sizes.values()}) == 1:
+        return None
+    listed = ", ".join(f"{label} {s[0]}" for label, s in sizes.items())
+    if ps.vocab != "base":
+        raise MergeError(
+            f"vocabulary size mismatch in {key!r} ({listed}); set parameter_space.vocab: base to merge over the "
+            "base vocabulary's rows, or merge models that share a vocabulary"
+        )
+    rows = sizes[ref.label][0]
+    short = [label for label, s in sizes.items() if s[0] < rows]
+    if short or shape[0] < rows:
+        raise MergeError(f"{key!r}: {(short or [p.label])[0]} has fewer rows than the base vocabulary ({listed})")
+    return rows
 
 
 def _pick(value: float | tuple[float, ...], group: int) -> float:
@@ -187,13 +210,17 @@ def merge_into(
     method = ps.kind
     K = len(ps.models)
     vals = [values_for(ps, k, task.key, task.group) for k in range(K)]
-    xs = [_fetch(inputs[plan.input_index(k)], task.key, ws.device) for k in range(K)]
-    base = _fetch(inputs[0], task.key, ws.device) if method.base else None
+    rows = task.rows
+    xs = [_fetch(inputs[plan.input_index(k)], task.key, ws.device)[:rows] for k in range(K)]
+    base = _fetch(inputs[0], task.key, ws.device)[:rows] if method.base else None
     keys = [kernels.dare_key(recipe.seed, k, task.key) for k in range(K)]
-    n = math.prod(task.shape)
+    n = math.prod(xs[0].shape)
     kept = [tables(key, n) for key in keys] if tables and method.sparsify == "random" else None
     weights, densities = [w for w, _ in vals], [d for _, d in vals]
-    return kernels.apply(method, base, xs, weights, densities, keys, ps.normalize, out, ws, kept)
+    kernels.apply(method, base, xs, weights, densities, keys, ps.normalize, out[:rows], ws, kept)
+    if rows is not None and out.shape[0] > rows:  # rows beyond the base vocabulary: the primary's
+        out[rows:].copy_(_fetch(inputs[plan.primary], task.key, ws.device)[rows:])
+    return out
 
 
 class MergedTensors:

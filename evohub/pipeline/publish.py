@@ -166,7 +166,11 @@ def _recipe_facts(recipe: Recipe, sources: list[dict], run: RunDir) -> dict:
                "b": d.b if isinstance(d.b, str) else d.b.display(run.root),
                "min_scale": _fmt(min(d.scales)), "max_scale": _fmt(max(d.scales)),
                "summary": " ".join(f"{w}{i}" for w, i in d.path)}  # fmt: skip
-    return {"recipe": recipe, "ps_models": ps_models, "dfs": dfs}
+    vocab = None
+    if recipe.parameter_space is not None and recipe.parameter_space.vocab == "base":
+        vocab = ("The sources' vocabularies differ: the embeddings and LM head were merged over the base "
+                 "model's vocabulary; rows the output's architecture has beyond it are its own, unmerged.")  # fmt: skip
+    return {"recipe": recipe, "ps_models": ps_models, "dfs": dfs, "vocab_note": vocab}
 
 
 def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tuple[str, dict[str, str]]:

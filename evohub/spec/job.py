@@ -22,7 +22,7 @@ from evohub.score.backends import BACKENDS
 from evohub.score.suites import find_suite
 from evohub.score.tasks import TASKS
 from evohub.spec.problems import Invalid, validate_doc
-from evohub.spec.recipe import Dtype, MethodName, model_count_problem
+from evohub.spec.recipe import Dtype, MethodName, Vocab, model_count_problem
 from evohub.spec.refs import (
     DataRef,
     Frozen,
@@ -92,6 +92,7 @@ class PSSearch(Frozen):
     patterns: tuple[Regex, ...] = ()
     weight: Range = Range(bounds=(0.0, 1.0))
     density: Range | None = None
+    vocab: Vocab = None
     optimizer: Optimizer
 
     @property

@@ -45,10 +45,17 @@ class RecipeModel(Frozen):
 MethodName = Annotated[str, registered(METHODS)]
 
 
+#: ``base``: models whose vocabularies differ merge their embeddings and LM head over the base
+#: vocabulary's rows; rows the output's architecture has beyond them are copied from it
+#: (docs/design.md#vocabularies). None: vocabularies must be equal.
+Vocab = Literal["base"] | None
+
+
 class PSRecipe(Frozen):
     method: MethodName
     normalize: bool = False
     layer_groups: int = Field(1, ge=1)
+    vocab: Vocab = None
     models: tuple[RecipeModel, ...] = Field(min_length=1)
 
     @property

@@ -120,14 +120,15 @@ def _vocab(ref: ModelRef) -> int | None:
 
 
 def _vocab_problems(job: JobSpec) -> Iterator[tuple[Loc, str]]:
-    """Each source's vocabulary against the base's (merging needs one vocabulary)."""
-    if job.base_model is None:
+    """Each source's vocabulary against the base's (one vocabulary, unless ``vocab: base``)."""
+    if job.base_model is None or (job.parameter_space is not None and job.parameter_space.vocab == "base"):
         return
     base = _vocab(job.base_model)
     for i, s in enumerate(job.sources):
         n = _vocab(s.ref())
         if base is not None and n is not None and n != base:
-            yield ("sources", i), f"vocab_size {n} differs from the base model's {base}; merging needs one vocabulary"
+            yield ("sources", i), (f"vocab_size {n} differs from the base model's {base}; set parameter_space.vocab: base "
+                                   "to merge over the base vocabulary")  # fmt: skip
 
 
 def remote_problems(doc: JobSpec | Recipe, refs) -> Iterator[tuple[Loc, str]]:
