@@ -128,6 +128,12 @@ def test_publish_is_one_tagged_commit_with_every_file(hub, finished_run, run_cli
     card.validate()  # the Hub's metadata check (the loopback server answers it)
     assert card.data.base_model_relation == "merge" and "evolutionary-model-merge" in card.data.tags
     assert card.data.pipeline_tag == "text-generation" and card.data.eval_results[0].metric_name == "acc_ja"
+    # no source declares a licence: the card says unknown and LICENSE lists each source
+    assert (card.data.license, card.data.license_name, card.data.license_link) == ("other", "unknown", "LICENSE")
+    licence = files["LICENSE"].decode()
+    assert "No source declares a licence" in licence and all(
+        f"- {n}: unknown" in licence for n in ("base", "one", "two")
+    )
     entries = parse_eval_result_entries(yaml.safe_load(files[".eval_results/evohub.yaml"]))
     assert entries[0].dataset_id == "juletxara/mgsm" and entries[0].task_id == "ja"
     assert "evohub merge recipe.yaml" in files["README.md"].decode()

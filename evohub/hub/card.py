@@ -54,6 +54,8 @@ class CardMeta:
     #: lm-eval results: (task, metric key, value), for model-index
     lmeval: list[tuple[str, str, float]] = field(default_factory=list)
     date: str | None = None
+    license_name: str | None = None  # with license "other": what it is ("mixed", "unknown")
+    license_link: str | None = None  # with license "other": a file of the commit that lists them
 
 
 def _eval_results(meta: CardMeta):
@@ -82,7 +84,8 @@ def render_card(meta: CardMeta, context: dict) -> tuple[str, dict[str, str]]:
         tags=TAGS,
         language=meta.language,
         license=meta.license,
-        license_name="mixed" if meta.license == "other" else None,
+        license_name=meta.license_name,
+        license_link=meta.license_link,
         library_name="transformers",
         pipeline_tag=meta.pipeline_tag,
         datasets=meta.datasets or None,

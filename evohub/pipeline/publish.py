@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import math
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from evohub.errors import RunError, UsageError
@@ -28,6 +30,7 @@ from evohub.score.tasks import TASKS
 from evohub.score.tasks.ja_vqa import PROMPT as VLM_PROMPT
 from evohub.spec import JobSpec, ModelRef, Recipe
 
+log = logging.getLogger("evohub")
 STAGE_NAMES = {"ps": "parameter space", "dfs": "data-flow space"}
 #: the usage example of an LLM card (a VLM card uses its task's prompt)
 LLM_EXAMPLE = "以下に、あるタスクを説明する指示があります。\n\n### 指示:\n1から10までの和は?\n\n### 応答:"
@@ -86,13 +89,34 @@ def _sources(job: JobSpec, run: RunDir, licenses: dict[str, str | None]) -> tupl
     return (rows[0] if job.base_model else None), rows[1:] if job.base_model else rows
 
 
-def _license(rows: list[dict]) -> tuple[str | None, str | None]:
-    """(licence for the metadata, a note for the body)."""
+@dataclass(frozen=True)
+class Licence:
+    """What the card declares: one licence for all sources as is; otherwise ``other`` with a name
+    (``mixed``, or ``unknown`` when no source declares one) and a LICENSE file listing each."""
+
+    id: str | None
+    name: str | None = None
+    note: str | None = None
+    file: str | None = None  # the LICENSE file's text
+
+    @property
+    def link(self) -> str | None:
+        return "LICENSE" if self.file else None
+
+
+def _license(rows: list[dict]) -> Licence:
     found = {r["license"] for r in rows}
     if len(found) == 1 and None not in found:
-        return found.pop(), None
-    listed = "; ".join(f"{r['name']}: {r['license'] or 'unknown'} ({r['link']})" for r in rows)
-    return "other", f"The sources carry different (or unknown) licenses, all of which apply to this merge: {listed}."
+        return Licence(found.pop())
+    unknown = found == {None}
+    listed = "\n".join(
+        f"- {r['name']}: {r['license'] or 'unknown (its card declares none)'} — {r['link']}" for r in rows
+    )
+    what = "No source declares a licence" if unknown else "The sources carry different (or unknown) licences"
+    each = "" if unknown else " " + "; ".join(f"{r['name']}: {r['license'] or 'unknown'}" for r in rows) + "."
+    note = f"{what}; every source's terms apply to this merge: see [LICENSE](LICENSE).{each}"
+    text = f"{what}. This merge is subject to the terms of every one of its sources:\n\n{listed}\n"
+    return Licence("other", "unknown" if unknown else "mixed", note, text)
 
 
 def _cell(metric: str, v: float) -> str:
@@ -179,7 +203,7 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
     results = run.read_json(run.results_path)
     config = run.read_json(run.model_dir / "config.json") or {}
     base, sources = _sources(job, run, licenses)
-    license_id, license_note = _license(([base] if base else []) + sources)
+    licence = _license(([base] if base else []) + sources)
     kind = KINDS.get(job.publish.card if job.publish else "llm")
     entries, lmeval = _results(results)  # type: ignore[arg-type]
     evolved = (results or {}).get("models", {}).get("evolved", {})  # type: ignore[union-attr]
@@ -187,7 +211,8 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
     meta = CardMeta(
         repo_id=repo_id, template=kind.card, pipeline_tag=kind.pipeline_tag,
         base_models=[s["ref"].repo for s in ([base] if base else []) + sources if s["ref"].repo],
-        language=list(job.publish.language) if job.publish else ["ja"], license=license_id,
+        language=list(job.publish.language) if job.publish else ["ja"], license=licence.id,
+        license_name=licence.name, license_link=licence.link,
         datasets=[d.repo for d in (fit.data, fit.validation) if d is not None and d.repo],
         results=entries, lmeval=lmeval, date=evolved.get("created"),
     )  # fmt: skip
@@ -196,14 +221,15 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
     primary = next((s["link"] for s in sources if s["architecture"] == arch), None)  # a VLM's own source
     context = {
         "title": repo_id.split("/")[-1], "repo_id": repo_id, "repo_name": repo_id.split("/")[-1],
-        "description": job.description, "base": base, "sources": sources, "license_note": license_note,
+        "description": job.description, "base": base, "sources": sources, "license_note": licence.note,
         "architecture": arch, "primary": primary or "its VLM source", "stages": _stages(job, run),
         "fitness": f"`{fit.task}` on {fit.data.display(run.root)}"
         + (f" (best chosen on {fit.validation.display(run.root)})" if fit.validation else ""),
         "fitness_task": fit.task, "results": _results_table(results), "example_prompt": example.replace("\n", "\\n"),
         **_recipe_facts(recipe, sources, run),
     }  # fmt: skip
-    return render_card(meta, context)
+    text, files = render_card(meta, context)
+    return text, files | ({"LICENSE": licence.file} if licence.file else {})
 
 
 def _licenses(job: JobSpec, run: RunDir, dry_run: bool) -> dict[str, str | None]:
@@ -235,7 +261,13 @@ def publish_run(
     except ValueError as e:
         raise UsageError(f"--repo: {e}") from e
     job = run.job()
-    readme, eval_files = build_card(run, repo_id, _licenses(job, run, dry_run))
+    licenses = _licenses(job, run, dry_run)
+    unknown = [name for name, lic in licenses.items() if lic is None]
+    if unknown and not dry_run:
+        log.warning(
+            "the licence of %s is unknown (no card declares one); the card and LICENSE say so", ", ".join(unknown)
+        )
+    readme, eval_files = build_card(run, repo_id, licenses)
     files = publish_files(run, readme, eval_files)
     tag = run_id(run)
     if dry_run:
