@@ -91,8 +91,9 @@ class Registry(Generic[T]):
         return f"unknown {self.kind} {name!r}{hint}"
 
     def names(self) -> tuple[str, ...]:
+        """The registered names, sorted (so listings do not depend on import order)."""
         self._load()
-        return tuple(self._entries)
+        return tuple(sorted(self._entries))
 
     def __contains__(self, name: object) -> bool:
         self._load()
@@ -100,7 +101,7 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[T]:
         self._load()
-        return iter(list(self._entries.values()))
+        return iter([self._entries[n] for n in sorted(self._entries)])
 
     def choices(self) -> str:
         """``a | b | c``: the names, for ``--help`` and error messages."""

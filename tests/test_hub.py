@@ -137,6 +137,11 @@ def test_publish_is_one_tagged_commit_with_every_file(hub, finished_run, run_cli
     entries = parse_eval_result_entries(yaml.safe_load(files[".eval_results/evohub.yaml"]))
     assert entries[0].dataset_id == "juletxara/mgsm" and entries[0].task_id == "ja"
     assert "evohub merge recipe.yaml" in files["README.md"].decode()
+    from evohub.merging.io import read_header
+    from evohub.pipeline.plan import human_count
+
+    params = sum(e.nbytes // 4 for f in (finished_run / "model").glob("*.safetensors") for e in read_header(f).values())
+    assert f"of 2 decoder layers, {human_count(params)} parameters" in files["README.md"].decode()  # float32 weights
     assert hub.token not in out + err  # the token never appears
     assert all(hub.token.encode() not in v for v in files.values())
     assert all(r.headers.get("authorization") == f"Bearer {hub.token}" for r in commits)

@@ -20,7 +20,10 @@ from evohub.errors import RunError, UsageError
 from evohub.hub.card import CardMeta, Result, render_card
 from evohub.hub.client import download_dataset_repo
 from evohub.hub.commit import Published, check_repo_id, commit_files, push_dataset_files
+from evohub.merging.arch import num_decoder_layers
+from evohub.merging.io import read_header
 from evohub.models import KINDS
+from evohub.pipeline.plan import human_count
 from evohub.pipeline.pull import model_license
 from evohub.pipeline.report import summarize
 from evohub.pipeline.rundir import RunDir
@@ -164,6 +167,14 @@ def _results(results: dict | None) -> tuple[list[Result], list[tuple[str, str, f
     return out, lmeval
 
 
+def _model_shape(run: RunDir, config: dict) -> str:
+    """The published model's real size: decoder layers and parameters, counted from its weights."""
+    params = sum(
+        math.prod(e.shape) for f in sorted(run.model_dir.glob("*.safetensors")) for e in read_header(f).values()
+    )
+    return f"{num_decoder_layers(config) or '?'} decoder layers, {human_count(params)} parameters"
+
+
 def _stages(job: JobSpec, run: RunDir) -> list[dict]:
     rows = run.log_rows()
     out = []
@@ -222,7 +233,8 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
     context = {
         "title": repo_id.split("/")[-1], "repo_id": repo_id, "repo_name": repo_id.split("/")[-1],
         "description": job.description, "base": base, "sources": sources, "license_note": licence.note,
-        "architecture": arch, "primary": primary or "its VLM source", "stages": _stages(job, run),
+        "architecture": arch, "model_shape": _model_shape(run, config),
+        "primary": primary or "its VLM source", "stages": _stages(job, run),
         "fitness": f"`{fit.task}` on {fit.data.display(run.root)}"
         + (f" (best chosen on {fit.validation.display(run.root)})" if fit.validation else ""),
         "fitness_task": fit.task, "results": _results_table(results), "example_prompt": example.replace("\n", "\\n"),
