@@ -104,11 +104,11 @@ def run_job(
     final: Recipe | None = None
     for stage in spec.stages():
         started = time.perf_counter()
-        _stage_one(spec, run, stage, progress)
         final = run.stage_recipe(stage)
         if final is None and not evolve:
             raise RunError(f"stage {stage} of {run.root} is not finished; only a finished run can be completed here")
         if final is None:
+            _stage_one(spec, run, stage, progress)  # model A of a data-flow stage, only when it evolves
             final = evolve_stage(spec, run, stage, candidates, max_evals=max_evals, device=device,
                                  ray_actors=ray_actors, progress=progress, on_generation=pushed)  # fmt: skip
         summaries.append(summarize(stage, candidates.rows, run.read_json(run.validation_path(stage))))  # type: ignore[arg-type]
