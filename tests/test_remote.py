@@ -13,6 +13,17 @@ import torch
 hub = hubserver.hub  # the fixture
 
 
+def _parquet() -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"question": ["q1", "q2"], "answer_number": [1, 2]}), buf)
+    return buf.getvalue()
+
+
 def _files(d: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
 
@@ -41,7 +52,8 @@ def _seed(hub, tmp_path: Path) -> dict[str, str]:
             "README.md": b"---\nconfigs:\n- config_name: ja\n  data_files:\n  - split: test\n    path: ja/test.jsonl\n---\n",
             "ja/test.jsonl": b'{"question": "q", "answer_number": 1}\n'}, repo_type="dataset").sha,
     }  # fmt: skip
-    hub.commit("org/scripted", {"ja/test/0000.parquet": b"PAR1"}, repo_type="dataset", branch="refs/convert/parquet")
+    hub.commit("org/scripted", {"ja/test/0000.parquet": _parquet()}, repo_type="dataset", branch="refs/convert/parquet")
+    sha["bare-script"] = hub.commit("org/bare-script", {"bare.py": b"# a script\n"}, repo_type="dataset").sha
     hub.repo("org/gated").gated = True
     return sha
 
@@ -87,7 +99,7 @@ def test_strict_validation_catches_each_quirk_in_one_line_without_downloading(hu
         "sources[3]": "vocab_size 130 differs from the base model's 128; set parameter_space.vocab: base",
         "sources[4]": "no such model repo",
         "fitness.data.split": "'train' not in org/gsm-ja@" + sha["gsm"] + " (splits: test)",
-        "fitness.validation": "is only a loading script (scripted.py); evohub never runs dataset scripts (it has a parquet conversion",
+        "fitness.validation.config": "is read from its parquet conversion; name one of its configs (ja)",
     }  # fmt: skip
     for field, text in expected.items():
         hits = [ln for ln in lines if f": {field}: " in ln and text in ln]
@@ -105,6 +117,29 @@ def test_strict_validation_catches_each_quirk_in_one_line_without_downloading(hu
     (tmp_path / "good.yaml").write_text(good)
     code, out, err = run_cli("validate", "--strict", tmp_path / "good.yaml")
     assert code == 0 and "ok:" in out, err
+    (tmp_path / "script.yaml").write_text(
+        good.replace("repo: org/mgsm, revision: " + sha["mgsm"], "repo: org/scripted, revision: " + sha["scripted"])
+    )
+    code, out, err = run_cli("validate", "--strict", tmp_path / "script.yaml")
+    assert code == 0 and "ok:" in out, err  # read from its parquet conversion: config ja, split test
+    (tmp_path / "bare.yaml").write_text(
+        good.replace(
+            "repo: org/mgsm, revision: " + sha["mgsm"], "repo: org/bare-script, revision: " + sha["bare-script"]
+        )
+    )
+    code, _, err = run_cli("validate", "--strict", tmp_path / "bare.yaml")
+    assert code == 2 and "is only a loading script (bare.py) and has no parquet conversion" in err
     (tmp_path / "cfg.yaml").write_text(good.replace("config: ja", "config: fr"))
     code, _, err = run_cli("validate", "--strict", tmp_path / "cfg.yaml")
     assert code == 2 and "fitness.validation.config: no config 'fr' in org/mgsm" in err and "(configs: ja)" in err
+
+
+def test_a_script_dataset_is_read_from_its_parquet_conversion(hub, tmp_path):
+    """Never the script: the rows come from the Hub's refs/convert/parquet, by config and split."""
+    from evohub.score.data import load_rows
+    from evohub.spec import DataRef
+
+    hub.commit("org/scripted", {"scripted.py": b"raise SystemExit('a script ran')\n"}, repo_type="dataset")
+    hub.commit("org/scripted", {"ja/test/0000.parquet": _parquet()}, repo_type="dataset", branch="refs/convert/parquet")
+    rows = load_rows(DataRef(repo="org/scripted", config="ja", split="test"))
+    assert rows == [{"question": "q1", "answer_number": 1}, {"question": "q2", "answer_number": 2}]

@@ -204,6 +204,31 @@ def check_access(repo: str, kind: str = "model") -> None:
         raise explain(repo, None, "access", e, kind=kind) from e
 
 
+#: Files a dataset's rows can be in (what ``datasets`` reads without a script).
+DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".txt", ".json.gz", ".jsonl.gz", ".zip")
+PARQUET_REF = "refs/convert/parquet"
+
+
+def script_only(files: list[str]) -> bool:
+    """True for a dataset repo whose rows exist only behind a loading script."""
+    return not any(f.endswith(DATA_SUFFIXES) for f in files)
+
+
+def parquet_layout(repo: str) -> dict[str, list[str]] | None:
+    """The Hub's parquet conversion of a script dataset: config -> splits (``<config>/<split>/*.parquet``),
+    or None when it has none."""
+    if "parquet" not in convert_refs(repo, "dataset"):
+        return None
+    layout: dict[str, list[str]] = {}
+    for f in listing(repo, PARQUET_REF, "dataset").files:
+        parts = f.split("/")
+        if len(parts) >= 3 and f.endswith(".parquet"):
+            splits = layout.setdefault(parts[0], [])
+            if parts[1] not in splits:
+                splits.append(parts[1])
+    return layout
+
+
 def convert_refs(repo: str, kind: str = "dataset") -> list[str]:
     """The repo's ``refs/convert/*`` names (``parquet``: the Hub's conversion of a script dataset)."""
     try:

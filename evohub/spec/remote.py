@@ -21,8 +21,7 @@ from evohub.spec.recipe import Recipe
 from evohub.spec.refs import DataRef, ModelRef
 from evohub.spec.yamlio import Loc
 
-#: Files a dataset's rows can be in (what ``datasets`` reads without a script).
-DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".txt", ".json.gz", ".jsonl.gz", ".zip")
+DATA_SUFFIXES = client.DATA_SUFFIXES
 
 
 def _glob(pattern: str) -> re.Pattern:
@@ -79,15 +78,20 @@ def _dataset_problems(loc: Loc, ref: DataRef, found: client.Listing) -> Iterator
         if ref.config is not None and ref.config not in configs:
             yield (*loc, "config"), f"no config {ref.config!r} in {where} (configs: {', '.join(configs)})"
             return
-    else:
-        data = [f for f in found.files if f.endswith(DATA_SUFFIXES)]
-        if not data:
-            scripts = [f for f in found.files if f.endswith(".py")]
-            conv = " (it has a parquet conversion on refs/convert/parquet, which evohub does not read yet)"
-            has = "parquet" in client.convert_refs(ref.repo, "dataset")  # type: ignore[arg-type]
-            yield loc, (f"{where} is only a loading script ({', '.join(scripts) or 'no data files'}); evohub never "
-                        f"runs dataset scripts{conv if has else ''}")  # fmt: skip
+    elif client.script_only(found.files):
+        scripts = [f for f in found.files if f.endswith(".py")]
+        layout = client.parquet_layout(ref.repo)  # type: ignore[arg-type]
+        if layout is None:
+            yield loc, (f"{where} is only a loading script ({', '.join(scripts) or 'no data files'}) and has no parquet "
+                        "conversion (refs/convert/parquet); evohub never runs dataset scripts")  # fmt: skip
             return
+        config = ref.config or ("default" if "default" in layout else None)
+        if config not in layout:
+            yield (*loc, "config"), (f"{where} is read from its parquet conversion; name one of its configs "
+                                     f"({', '.join(layout)})")  # fmt: skip
+            return
+        splits = layout[config]
+    else:
         if ref.config is not None:
             yield (*loc, "config"), f"{where} has no configs (its data files are read directly); drop 'config'"
             return

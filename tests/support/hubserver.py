@@ -40,6 +40,11 @@ def use_hub(monkeypatch: pytest.MonkeyPatch, hub: FakeHub, home: Path) -> None:
         if hasattr(constants, name):
             monkeypatch.setattr(constants, name, value)
     monkeypatch.setattr(hf_api.api, "endpoint", hub.url)  # huggingface_hub.create_repo & co
+    import datasets.config as dsconfig  # datasets reads its own copies at import
+
+    for name, value in {"HF_HUB_OFFLINE": False, "HF_DATASETS_OFFLINE": False, "HF_ENDPOINT": hub.url}.items():
+        if hasattr(dsconfig, name):
+            monkeypatch.setattr(dsconfig, name, value)
     try:
         from huggingface_hub.utils import _detect_agent
 
