@@ -107,10 +107,6 @@ class Registry(Generic[T]):
         """``a | b | c``: the names, for ``--help`` and error messages."""
         return " | ".join(self.names())
 
-    def markdown(self, columns: dict[str, str] | None = None) -> str:
-        """A Markdown table of the entries (name, doc, then ``columns``: header -> attribute)."""
-        return markdown_table(list(self), columns or {})
-
 
 def markdown_table(entries: list, columns: dict[str, str]) -> str:
     """| name | what it is | <columns> |, one row per entry (``columns``: header -> attribute)."""

@@ -70,12 +70,13 @@ def plan(args: argparse.Namespace) -> int:
     import evohub
     from evohub.pipeline.plan import render, render_markdown
 
-    p = evohub.plan(args.job)
+    job = evohub.load_job(args.job)
+    p = evohub.plan(job)
     gp = None
     if args.gpu:
         from evohub.pipeline.gpu import gpu_plan, refusal, render_gpu
 
-        gp = gpu_plan(evohub.load_job(args.job), p, args.gpu)
+        gp = gpu_plan(job, p, args.gpu)
     if args.json:
         print(json.dumps(p.to_dict() | ({"gpu": gp.to_dict()} if gp else {}), indent=2))
     elif args.markdown:
@@ -84,7 +85,7 @@ def plan(args: argparse.Namespace) -> int:
         render(p, _console())
         if gp is not None:
             render_gpu(gp, _console())
-    if gp is not None and (why := refusal(evohub.load_job(args.job), gp)):
+    if gp is not None and (why := refusal(job, gp)):
         print(why, file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK

@@ -132,7 +132,7 @@ def _check_disk(repo: str, revision: str | None, info, target: Path, patterns: l
         )
 
 
-def _no_safetensors(repo: str, revision: str | None, names: list[str]) -> HubError:
+def no_safetensors(repo: str, revision: str | None, names: list[str]) -> HubError:
     pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
     detail = f" (it has {', '.join(pickles[:3])})" if pickles else ""
     return HubError(
@@ -152,7 +152,7 @@ def snapshot(repo: str, revision: str | None, pickle: bool = False) -> Path:
         names = [f.rfilename for f in info.siblings or []]
         if not any(n.endswith(".safetensors") for n in names):
             if not (pickle and any(n.endswith(PICKLE_SUFFIXES) for n in names)):
-                raise _no_safetensors(repo, revision, names)
+                raise no_safetensors(repo, revision, names)
             patterns = PICKLE_PATTERNS
         _check_disk(repo, revision, info, Path(constants.HF_HUB_CACHE), patterns)
         revision = info.sha
@@ -163,7 +163,7 @@ def snapshot(repo: str, revision: str | None, pickle: bool = False) -> Path:
     if not any(path.glob("*.safetensors")) and not (
         pickle and any(p.suffix in PICKLE_SUFFIXES for p in path.iterdir())
     ):
-        raise _no_safetensors(repo, revision, [])
+        raise no_safetensors(repo, revision, [])
     return path
 
 

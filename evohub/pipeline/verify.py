@@ -41,6 +41,7 @@ class FileCheck:
 @dataclass
 class Report:
     source: str
+    published: Path  # the published model's files, as verified (a Hub snapshot at the revision asked)
     files: list[FileCheck] = field(default_factory=list)
     scores: list[str] = field(default_factory=list)
     scores_ok: bool = True
@@ -109,7 +110,7 @@ def verify(
     published = _published_dir(target, revision)
     recipe = _recipe(published, sources_dir)
     dirs = [local_dir(ref) for ref in recipe.inputs()]
-    report = Report(target)
+    report = Report(target, published)
     with tempfile.TemporaryDirectory(prefix="evohub-verify-") as tmp:
         rebuilt = merge_to_disk(recipe, dirs, Path(tmp) / "model", device=device, progress=progress)
         report.files = _compare(published, rebuilt)
@@ -127,7 +128,7 @@ def rescore(report: Report, suites: list[str], data: dict[str, str], tolerance: 
     from evohub.score.evaluate import evaluate
     from evohub.score.suites import find_suite
 
-    published = _published_dir(report.source, None)
+    published = report.published
     results = json.loads((published / "results.json").read_text()) if (published / "results.json").exists() else {}
     evolved_run = results.get("models", {}).get("evolved", {})
     evolved, settings = evolved_run.get("suites", {}), evolved_run.get("config", {})

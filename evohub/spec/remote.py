@@ -21,8 +21,6 @@ from evohub.spec.recipe import Recipe
 from evohub.spec.refs import DataRef, ModelRef
 from evohub.spec.yamlio import Loc
 
-DATA_SUFFIXES = client.DATA_SUFFIXES
-
 
 def _glob(pattern: str) -> re.Pattern:
     """An fsspec-style glob (``**/`` any directories, ``*`` within one) as a regex."""
@@ -47,7 +45,7 @@ def inferred_splits(files: list[str]) -> list[str]:
     ``train/``, ...; none of them: everything is ``train``)."""
     from datasets.data_files import _get_data_files_patterns
 
-    data = [f for f in files if f.endswith(DATA_SUFFIXES) and not f.split("/")[-1].startswith((".", "__"))]
+    data = [f for f in files if f.endswith(client.DATA_SUFFIXES) and not f.split("/")[-1].startswith((".", "__"))]
     patterns = _get_data_files_patterns(lambda p: [f for f in data if _glob(p).match(f)])
     return [str(split) for split in patterns]
 
@@ -111,7 +109,7 @@ def _model_problems(loc: Loc, ref: ModelRef, found: client.Listing) -> Iterator[
         if not pickles:
             yield loc, f"{ref.repo}@{ref.revision or 'main'} has no weights (no *.safetensors, no *.bin)"
         elif ref.weights != "pickle":
-            yield loc, str(client._no_safetensors(ref.repo, ref.revision, found.files))  # type: ignore[arg-type]
+            yield loc, str(client.no_safetensors(ref.repo, ref.revision, found.files))  # type: ignore[arg-type]
 
 
 def _vocab(ref: ModelRef) -> int | None:
