@@ -128,7 +128,7 @@ def test_strict_validation_catches_each_quirk_in_one_line_without_downloading(hu
         )
     )
     code, _, err = run_cli("validate", "--strict", tmp_path / "bare.yaml")
-    assert code == 2 and "is only a loading script (bare.py) and has no parquet conversion" in err
+    assert code == 2 and "has no data files (it holds bare.py) and no parquet conversion" in err
     (tmp_path / "cfg.yaml").write_text(good.replace("config: ja", "config: fr"))
     code, _, err = run_cli("validate", "--strict", tmp_path / "cfg.yaml")
     assert code == 2 and "fitness.validation.config: no config 'fr' in org/mgsm" in err and "(configs: ja)" in err

@@ -245,6 +245,23 @@ COMMANDS = (
              arg("--tolerance", type=float, default=1.0, metavar="POINTS",
                  help="largest difference of a suite's metric, in points (default 1.0)"),
              arg("--device", default="auto", help=DEVICE.format("auto")))),
+    Command("rehearse", "run a job end to end on CPU against tiny stand-ins of its real Hub repos",
+            "Before a GPU hour is spent: every Hub repo the job reads (models, fitness data, the\n"
+            "evaluation suites' datasets and lm-eval's) becomes a tiny stand-in with the real repo's\n"
+            "metadata (file names and shards, pickle-only weights, config, dtype, vocabulary and added\n"
+            "tokens, dataset configs, splits, columns, loading scripts, parquet conversions, licence,\n"
+            "gating, renames) and random weights and rows, on a local Hub under the real ids. The job\n"
+            "then runs with tiny budgets and otherwise unchanged: validate --strict, pull, convert,\n"
+            "evolve, merge, evaluate, card, publish; the published commit is checked for machine\n"
+            "paths and a licence. Metadata comes from the recorded snapshots shipped with evohub\n"
+            "(evohub/local/snapshots), or with --live from the Hub HF_ENDPOINT names. Exit 1 when it\n"
+            "finds a problem, each printed on one line; rehearsal.json and rehearsal.log in --dir.",
+            (arg("job", metavar="JOB", help="job spec (jobs/*.yaml)"),
+             arg("--dir", metavar="DIR", help="work directory (default .cache/evohub-rehearse/<job name>)"),
+             arg("--live", action="store_true", help="read the repos' metadata from the Hub instead of the snapshots"),
+             arg("--record", metavar="DIR", help="with --live: write the snapshots read to DIR (models/, datasets/)"),
+             arg("--backend", choices=["hf", "vllm"],
+                 help="score with this backend (default: the job's where vLLM is installed, else hf)"))),
     Command("demo", "run the embedded default job on the local world",
             "Run the demo job (jobs/demo.yaml) on the local world shipped with evohub: a tiny base and\n"
             "two fine-tunes (math, Japanese) of it. Evolution merges them into a model that does\n"

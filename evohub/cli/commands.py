@@ -281,3 +281,14 @@ def demo(args: argparse.Namespace) -> int:
 
     return run_demo(Path(args.dir), seed=args.seed, train_world=args.train_world, max_evals=args.max_evals,
                     progress=not args.quiet)  # fmt: skip
+
+
+def rehearse(args: argparse.Namespace) -> int:
+    from evohub.local.rehearse import main_rehearse
+    from evohub.spec import load_job
+
+    if args.record and not args.live:
+        raise UsageError("--record writes what --live reads: add --live")
+    work = Path(args.dir) if args.dir else Path(".cache/evohub-rehearse") / load_job(args.job).name
+    vllm = None if args.backend is None else args.backend == "vllm"
+    return main_rehearse(Path(args.job), work, args.live, Path(args.record) if args.record else None, vllm)

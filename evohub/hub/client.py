@@ -178,10 +178,11 @@ def download_dataset_repo(repo: str) -> Path | None:
 
 
 class Listing:
-    """What a repo holds at a revision, without downloading it: commit, files, card data, gating."""
+    """What a repo holds at a revision, without downloading it: commit, files, card data, gating,
+    and its id (another than the one asked for when the repo was renamed: the Hub redirects)."""
 
-    def __init__(self, sha: str, files: list[str], card: dict | None, gated: bool):
-        self.sha, self.files, self.card, self.gated = sha, files, card, gated
+    def __init__(self, sha: str, files: list[str], card: dict | None, gated: bool, id: str | None = None):
+        self.sha, self.files, self.card, self.gated, self.id = sha, files, card, gated, id
 
 
 def listing(repo: str, revision: str | None, kind: str = "model") -> Listing:
@@ -193,7 +194,13 @@ def listing(repo: str, revision: str | None, kind: str = "model") -> Listing:
     except Exception as e:
         raise explain(repo, revision, f"{kind} info", e, kind=kind) from e
     card = info.card_data.to_dict() if info.card_data is not None else None
-    return Listing(info.sha, [s.rfilename for s in info.siblings or []], card, bool(getattr(info, "gated", False)))
+    files = [s.rfilename for s in info.siblings or []]
+    return Listing(info.sha, files, card, bool(getattr(info, "gated", False)), getattr(info, "id", None))
+
+
+def endpoint() -> str:
+    """The Hub huggingface_hub talks to (``HF_ENDPOINT``)."""
+    return str(constants.ENDPOINT)
 
 
 def check_access(repo: str, kind: str = "model") -> None:
@@ -209,9 +216,17 @@ DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".txt"
 PARQUET_REF = "refs/convert/parquet"
 
 
-def script_only(files: list[str]) -> bool:
-    """True for a dataset repo whose rows exist only behind a loading script."""
-    return not any(f.endswith(DATA_SUFFIXES) for f in files)
+def loading_script(repo: str, files: list[str]) -> str | None:
+    """The loading script of a dataset repo (``<name>.py`` at its root), or None. ``datasets`` >= 4
+    refuses any repo holding one, even beside data files (``juletxara/mgsm``: ``mgsm.py`` and
+    TSVs); its rows are then read from the Hub's parquet conversion."""
+    script = f"{repo.rsplit('/', 1)[-1]}.py"
+    return script if script in files else None
+
+
+def unreadable(repo: str, files: list[str]) -> bool:
+    """True for a dataset repo ``datasets`` cannot read from ``main``: a loading script, or no data files."""
+    return loading_script(repo, files) is not None or not any(f.endswith(DATA_SUFFIXES) for f in files)
 
 
 def parquet_layout(repo: str) -> dict[str, list[str]] | None:

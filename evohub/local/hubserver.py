@@ -125,15 +125,17 @@ class Repo:
         sha = self.branches.get(revision) or self.tags.get(revision)
         return sha or (revision if revision in self.commits else None)
 
-    def add_commit(self, branch: str, files: dict[str, bytes], lfs: set[str], title: str, message=""):
+    def add_commit(self, branch: str, files: dict[str, bytes], lfs: set[str], title: str, message="",
+                   sha: str | None = None):  # fmt: skip
         """Append a commit holding exactly ``files`` to ``branch`` (created if missing; a branch named
-        ``refs/convert/<name>`` is a convert ref)."""
+        ``refs/convert/<name>`` is a convert ref). ``sha`` gives the commit a known id (a stand-in
+        of a real repo at its real commit); by default it is derived from the content."""
         table = self.converts if branch.startswith("refs/convert/") else self.branches
         branch = branch.removeprefix("refs/convert/")
         parent = table.get(branch)
         tree = sorted((p, git_blob_oid(d), p in lfs) for p, d in files.items())
         canon = json.dumps([self.repo_type, self.repo_id, parent, len(self.commits), title, message, tree])
-        sha = hashlib.sha1(canon.encode()).hexdigest()
+        sha = sha or hashlib.sha1(canon.encode()).hexdigest()
         commit = Commit(sha, parent, dict(files), frozenset(lfs & files.keys()), title, message)
         self.commits[sha] = commit
         table[branch] = sha
@@ -200,6 +202,8 @@ class FakeHub:
     def __init__(self, token: str = TOKEN):
         self.token = token
         self.repos: dict[tuple[str, str], Repo] = {}
+        #: renamed repos: (type, old id) -> new id; requests for the old id are redirected (HTTP 307)
+        self.renamed: dict[tuple[str, str], str] = {}
         self.requests: list[Recorded] = []
         self.errors: list[str] = []
         self.lock = threading.RLock()
@@ -259,11 +263,19 @@ class FakeHub:
             repo.add_commit("main", {".gitattributes": GITATTRIBUTES}, set(), "initial commit")
             return repo
 
+    def rename(self, old: str, new: str, repo_type: str = "model") -> None:
+        """Rename a repo: requests naming ``old`` are redirected to ``new``, as the Hub does."""
+        with self.lock:
+            self.repos[(repo_type, new)] = repo = self.repos.pop((repo_type, old))
+            repo.repo_id = new
+            self.renamed[(repo_type, old)] = new
+
     def commit(
-        self, repo_id, files: dict[str, bytes | None], *, repo_type="model", branch="main", lfs=(), title="seed"
-    ) -> Commit:
+        self, repo_id, files: dict[str, bytes | None], *, repo_type="model", branch="main", lfs=(), title="seed",
+        sha: str | None = None,
+    ) -> Commit:  # fmt: skip
         """Commit ``files`` (None deletes) on top of ``branch`` (a new branch starts from main),
-        creating the repo if needed. Paths in ``lfs`` are stored as LFS files."""
+        creating the repo if needed. Paths in ``lfs`` are stored as LFS files; ``sha`` names the commit."""
         with self.lock:
             repo = self.repos.get((repo_type, repo_id)) or self.create_repo(repo_id, repo_type)
             known = repo.converts.get(branch.removeprefix("refs/convert/")) or repo.branches.get(branch)
@@ -273,14 +285,14 @@ class FakeHub:
                 else None
             )
             if head is None:  # a convert ref starts empty
-                return repo.add_commit(branch, dict(files), set(lfs), title)  # type: ignore[arg-type]
+                return repo.add_commit(branch, dict(files), set(lfs), title, sha=sha)  # type: ignore[arg-type]
             tree, lfs_paths = dict(head.files), set(head.lfs) | set(lfs)
             for path, data in files.items():
                 if data is None:
                     tree.pop(path, None)
                 else:
                     tree[path] = data
-            return repo.add_commit(branch, tree, lfs_paths, title)
+            return repo.add_commit(branch, tree, lfs_paths, title, sha=sha)
 
     def url_of(self, repo: Repo) -> str:
         prefix = "" if repo.repo_type == "model" else f"{repo.repo_type}s/"
@@ -403,6 +415,9 @@ class _Handler(BaseHTTPRequestHandler):
         if write and not self._authorized():
             raise _HttpError(_error(401, "Invalid credentials in Authorization header"))
         repo = self.hub.repos.get((repo_type, repo_id))
+        if repo is None and (new := self.hub.renamed.get((repo_type, repo_id))) is not None:
+            moved = self.path.replace(quote(repo_id, safe="/"), quote(new, safe="/"), 1)
+            raise _HttpError((307, {"Location": moved, "Content-Type": "text/plain"}, f"moved to {new}".encode()))
         if repo is None or (repo.private and not self._authorized()):
             raise _HttpError(_error(404, "Repository not found", "RepoNotFound"))
         return repo

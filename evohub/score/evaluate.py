@@ -158,8 +158,9 @@ def _run_lmeval_suite(suite: Suite, model: _Model, s: _Settings) -> SuiteResult:
     overrides = {k: v for k, v in s.data.items() if k not in task_suites}
     hf = model.hf()
     res = run_lmeval(hf.model, hf.tokenizer, list(suite.lmeval_tasks), data=overrides, limit=s.limit,
-                     batch_size=s.batch_size)  # fmt: skip
-    return SuiteResult(suite.name, {"lm_eval": res})
+                     batch_size=s.batch_size, max_new_tokens=s.max_new_tokens)  # fmt: skip
+    not_run = res.pop("not_run", None)
+    return SuiteResult(suite.name, {"lm_eval": res} | ({"not_run": not_run} if not_run else {}))
 
 
 RUNNERS = {"task": _run_task_suite, "lmeval": _run_lmeval_suite}

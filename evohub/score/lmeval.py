@@ -6,7 +6,10 @@
 Results keep lm-eval's metric names (``acc,none``, ``acc_stderr,none``, ...). ``data`` maps a
 task to a local JSON/JSONL file: a task YAML is generated that ``include``s the built-in task
 (its prompt, few-shot setup and metrics) and reads the local file instead of the Hub, for offline
-runs and tests. ``evohub/score/lmeval_tasks/`` holds task YAMLs of our own (JCoLA, the
+runs and tests. A task whose Hub dataset is behind a loading script (``Rakuten/JGLUE``,
+``juletxara/mgsm``) reads the Hub's parquet conversion instead, through a generated task YAML
+in the same way; one that cannot be read at all is left out and named with the reason
+(docs/design.md#datasets-behind-scripts). ``evohub/score/lmeval_tasks/`` holds task YAMLs of our own (JCoLA, the
 paper's ninth JP-LMEH task, which lm-eval lacks).
 """
 
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from evohub.errors import ScoreError
+from evohub.errors import EvohubError, ScoreError
 
 OUR_TASKS = Path(__file__).parent / "lmeval_tasks"
 
@@ -34,6 +37,74 @@ def _task_yaml(task: str, tm) -> Path:
     return Path(path)
 
 
+def _cfg(task: str, tm) -> dict:
+    info = tm.task_index.get(task)
+    cfg = info.get("cfg") if isinstance(info, dict) else getattr(info, "cfg", None)
+    return cfg or {}
+
+
+def leaves(task: str, tm) -> list[str]:
+    """The tasks a group (or tag) stands for, recursively; a task stands for itself."""
+    members = _cfg(task, tm).get("task")
+    if not isinstance(members, list):
+        return [task]
+    out: list[str] = []
+    for m in members:
+        name = m.get("task") if isinstance(m, dict) else m
+        if isinstance(name, str):
+            out += leaves(name, tm) if name in tm.task_index else [name]
+    return out
+
+
+def task_datasets(tasks: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+    """``{task: (dataset_path, dataset_name)}`` of every task ``tasks`` (groups expanded) reads."""
+    from lm_eval.tasks import TaskManager
+
+    tm = TaskManager(include_path=[str(OUR_TASKS)], verbosity="ERROR")
+    out = {}
+    for t in tasks:
+        if t not in tm.all_tasks:
+            raise ScoreError(f"lm-eval has no task or group {t!r}")
+        for leaf in leaves(t, tm):
+            cfg = _cfg(leaf, tm)
+            if cfg.get("dataset_path"):
+                out[leaf] = (cfg["dataset_path"], cfg.get("dataset_name"))
+    return out
+
+
+def hub_access(path: str, name: str | None) -> tuple[dict | None, str | None]:
+    """How lm-eval reads a Hub dataset: ``(None, None)`` as its YAML says; ``(dataset kwargs, None)``
+    from the parquet conversion when ``main`` is behind a loading script (``datasets`` >= 4
+    refuses scripts; evohub never runs them); ``(None, reason)`` when it cannot be read at all."""
+    from evohub.hub import client
+
+    if client.offline() or path in _PACKAGED or "/" not in path:
+        return None, None
+    try:
+        files = client.listing(path, None, "dataset").files
+        if not client.unreadable(path, files):
+            return None, None
+        layout = client.parquet_layout(path)
+    except EvohubError as e:
+        return None, str(e)
+    config = name or "default"
+    script = client.loading_script(path, files)
+    what = f"is a loading script ({script})" if script else "has no data files"
+    if layout is None:
+        return None, f"{path} {what} and no parquet conversion (refs/convert/parquet)"
+    if config not in layout:
+        return None, f"{path}'s parquet conversion has no config {config!r} (it has {', '.join(layout)})"
+    return {"revision": client.PARQUET_REF, "data_dir": config}, None
+
+
+_PACKAGED = ("json", "csv", "parquet", "text", "arrow")
+
+
+def _write_task(out_dir: Path, base: Path, local: str, extra: dict) -> None:
+    spec = {"task": local, "include": str(base), **extra}
+    (out_dir / f"{local}.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
+
+
 def local_overrides(data: dict[str, str], tm, out_dir: Path) -> dict[str, str]:
     """Write one task YAML per override; returns {original task: local task name}."""
     names = {}
@@ -46,16 +117,30 @@ def local_overrides(data: dict[str, str], tm, out_dir: Path) -> dict[str, str]:
             if split.get(k)
         }
         local = f"{task}_local"
-        spec = {
-            "task": local,
-            "include": str(base),
-            "dataset_path": "json",
-            "dataset_name": None,
+        _write_task(out_dir, base, local, {
+            "dataset_path": "json", "dataset_name": None,
             "dataset_kwargs": {"data_files": {name: str(Path(file).resolve()) for name in set(splits.values())}},
-        }
-        (out_dir / f"{local}.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
+        })  # fmt: skip
         names[task] = local
     return names
+
+
+def _hub_overrides(tasks: list[str], data: dict[str, str], tm, out_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Tasks whose Hub dataset is behind a script: a task YAML reading its parquet conversion,
+    or a reason it cannot run. Returns ({task: local task}, {task: reason})."""
+    renamed, not_run = {}, {}
+    for leaf in {leaf for t in tasks for leaf in leaves(t, tm)} - set(data):
+        cfg = _cfg(leaf, tm)
+        if not cfg.get("dataset_path"):
+            continue
+        kwargs, reason = hub_access(cfg["dataset_path"], cfg.get("dataset_name"))
+        if reason:
+            not_run[leaf] = reason
+        elif kwargs:
+            local = f"{leaf}_parquet"
+            _write_task(out_dir, _task_yaml(leaf, tm), local, {"dataset_name": None, "dataset_kwargs": kwargs})
+            renamed[leaf] = local
+    return renamed, not_run
 
 
 def run_lmeval(
@@ -67,9 +152,12 @@ def run_lmeval(
     limit: int | float | None = None,
     batch_size: int = 8,
     num_fewshot: int | None = None,
+    max_new_tokens: int | None = None,
 ) -> dict[str, dict]:
     """Evaluate ``model`` (a transformers model object) on lm-eval ``tasks``; returns lm-eval's
-    per-task results, keyed by the task names asked for."""
+    per-task results, keyed by the task names asked for (a group whose tasks had to be changed
+    is run task by task). Tasks that cannot be read are left out and named under ``"not_run"``
+    with the reason; ``max_new_tokens`` caps generation (lm-eval's ``max_gen_toks``)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -77,17 +165,28 @@ def run_lmeval(
     include = [str(OUR_TASKS)]
     with tempfile.TemporaryDirectory(prefix="evohub-lmeval-") as tmp:
         tm = TaskManager(include_path=include, verbosity="ERROR")
-        renamed = local_overrides(data or {}, tm, Path(tmp)) if data else {}
-        if renamed:
-            tm = TaskManager(include_path=[*include, tmp], verbosity="ERROR")
-        wanted = [renamed.get(t, t) for t in tasks]
-        missing = [t for t in wanted if t not in tm.all_tasks]
+        missing = [t for t in tasks if t not in tm.all_tasks]
         if missing:
             raise ScoreError(f"lm-eval has no task or group {missing[0]!r}")
+        renamed = local_overrides(data or {}, tm, Path(tmp)) if data else {}
+        hub, not_run = _hub_overrides(list(tasks), data or {}, tm, Path(tmp))
+        renamed |= hub
+        changed = set(renamed) | set(not_run)
+        wanted: list[str] = []
+        for t in tasks:  # a group with a changed task runs task by task
+            parts = leaves(t, tm) if changed & set(leaves(t, tm)) and t not in changed else [t]
+            wanted += [renamed.get(p, p) for p in parts if p not in not_run]
+        if renamed:
+            tm = TaskManager(include_path=[*include, tmp], verbosity="ERROR")
+        if not wanted:
+            return {"not_run": not_run}
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        gen = {"max_gen_toks": max_new_tokens} if max_new_tokens else None
         out = lm_eval.simple_evaluate(model=lm, tasks=wanted, task_manager=tm, limit=limit, num_fewshot=num_fewshot,
-                                      log_samples=False, verbosity="ERROR", bootstrap_iters=1000)  # fmt: skip
+                                      log_samples=False, verbosity="ERROR", bootstrap_iters=1000,
+                                      gen_kwargs=gen)  # fmt: skip
     if out is None:
         raise ScoreError("lm-eval returned no results")
     back = {v: k for k, v in renamed.items()}
-    return {back.get(name, name): res for name, res in out["results"].items()}
+    results = {back.get(name, name): res for name, res in out["results"].items()}
+    return results | ({"not_run": not_run} if not_run else {})

@@ -5,7 +5,7 @@ Metadata only — repo listings, card data, refs, config.json files — never we
 Each problem is one line at the field it concerns: a repo or revision that does not exist, a
 gated repo this token cannot read, a model with only pickle weights and no ``weights: pickle``,
 a dataset split or config that is not there (``'train' not in X (splits: test)``), a dataset that
-is only a loading script, a source whose vocabulary differs from the base's.
+is behind a loading script, a repo that was renamed, a source whose vocabulary differs from the base's.
 """
 
 from __future__ import annotations
@@ -71,17 +71,14 @@ def _dataset_problems(loc: Loc, ref: DataRef, found: client.Listing) -> Iterator
     where = f"{ref.repo}" + (f"@{ref.revision}" if ref.revision else "")
     split = re.sub(r"\[.*$", "", ref.split)
     card = _card_splits(found.card, ref.config)
-    if card is not None:
-        configs, splits = card
-        if ref.config is not None and ref.config not in configs:
-            yield (*loc, "config"), f"no config {ref.config!r} in {where} (configs: {', '.join(configs)})"
-            return
-    elif client.script_only(found.files):
-        scripts = [f for f in found.files if f.endswith(".py")]
+    if client.unreadable(ref.repo, found.files):  # type: ignore[arg-type]
+        script = client.loading_script(ref.repo, found.files)  # type: ignore[arg-type]
         layout = client.parquet_layout(ref.repo)  # type: ignore[arg-type]
         if layout is None:
-            yield loc, (f"{where} is only a loading script ({', '.join(scripts) or 'no data files'}) and has no parquet "
-                        "conversion (refs/convert/parquet); evohub never runs dataset scripts")  # fmt: skip
+            scripts = ", ".join(f for f in found.files if f.endswith(".py"))
+            held = f" (it holds {scripts})" if scripts else ""
+            what = f"is a loading script ({script})" if script else f"has no data files{held}"
+            yield loc, f"{where} {what} and no parquet conversion (refs/convert/parquet); evohub never runs dataset scripts"
             return
         config = ref.config or ("default" if "default" in layout else None)
         if config not in layout:
@@ -89,6 +86,11 @@ def _dataset_problems(loc: Loc, ref: DataRef, found: client.Listing) -> Iterator
                                      f"({', '.join(layout)})")  # fmt: skip
             return
         splits = layout[config]
+    elif card is not None:
+        configs, splits = card
+        if ref.config is not None and ref.config not in configs:
+            yield (*loc, "config"), f"no config {ref.config!r} in {where} (configs: {', '.join(configs)})"
+            return
     else:
         if ref.config is not None:
             yield (*loc, "config"), f"{where} has no configs (its data files are read directly); drop 'config'"
@@ -144,6 +146,8 @@ def remote_problems(doc: JobSpec | Recipe, refs) -> Iterator[tuple[Loc, str]]:
         except HubError as e:
             yield loc, str(e)
             continue
+        if found.id and found.id != ref.repo:
+            yield (*loc, "repo"), f"{ref.repo} was renamed to {found.id} (the Hub redirects); name {found.id}"
         yield from (_dataset_problems if kind == "dataset" else _model_problems)(loc, ref, found)  # type: ignore[operator]
     if isinstance(doc, JobSpec):
         yield from _vocab_problems(doc)
