@@ -23,7 +23,9 @@ def load_rows(ref: DataRef) -> list[dict]:
     try:
         if ref.path is not None:
             ds = datasets.load_dataset("json", data_files=ref.path, split=ref.split)
-        elif not client.offline() and client.unreadable(ref.repo, client.listing(ref.repo, ref.revision, "dataset").files):  # type: ignore[arg-type]
+        elif not client.offline() and client.unreadable(
+            ref.repo, client.listing(ref.repo, ref.revision, "dataset").files
+        ):  # type: ignore[arg-type]
             # rows behind a loading script: read the Hub's parquet conversion, never run the script
             config = ref.config or "default"
             ds = datasets.load_dataset(ref.repo, revision=client.PARQUET_REF, data_dir=config, split=ref.split)

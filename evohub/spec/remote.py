@@ -78,7 +78,10 @@ def _dataset_problems(loc: Loc, ref: DataRef, found: client.Listing) -> Iterator
             scripts = ", ".join(f for f in found.files if f.endswith(".py"))
             held = f" (it holds {scripts})" if scripts else ""
             what = f"is a loading script ({script})" if script else f"has no data files{held}"
-            yield loc, f"{where} {what} and no parquet conversion (refs/convert/parquet); evohub never runs dataset scripts"
+            yield (
+                loc,
+                f"{where} {what} and no parquet conversion (refs/convert/parquet); evohub never runs dataset scripts",
+            )
             return
         config = ref.config or ("default" if "default" in layout else None)
         if config not in layout:
