@@ -12,7 +12,7 @@ STAMP := $(VENV)/.evohub-installed
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.evohub-installed
 
-.PHONY: demo test test-vllm lint clean
+.PHONY: demo test test-vllm lint clean lock-gpu
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,14 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/evohub validate -q jobs/*.yaml
 	$(VENV)/bin/evohub demo
+
+# The GPU runners' hash-pinned lock (.ci/lock-gpu.txt), resolved for Linux x86_64 / CPython 3.11
+# without installing anything (uv reads the wheels' metadata from PyPI).
+lock-gpu: $(STAMP)
+	$(PY) -m pip install -q uv
+	{ sed -n 1,3p .ci/lock-gpu.txt; $(VENV)/bin/uv pip compile pyproject.toml --extra eval --extra vllm --extra ray \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header -q; } > .ci/lock-gpu.txt.new
+	mv .ci/lock-gpu.txt.new .ci/lock-gpu.txt
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache .hypothesis

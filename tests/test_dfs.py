@@ -149,3 +149,21 @@ def test_unfoldable_or_mismatched_models_are_refused(tmp_path):
     a, b = _save(ma, tmp_path / "a"), _save(small, tmp_path / "b")
     with pytest.raises(EvohubError, match=r"path\[1\].*layer 2 of model 'b' does not exist"):
         merge_to_disk(_recipe(a, b, [("a", 0), ("b", 2)], [1.0, 1.0]), [a, b], tmp_path / "x")
+
+
+def test_check_pair_compares_configs_as_transformers_reads_them():
+    """A config that leaves defaults out (hidden_act, rope_theta) or spells rope the old way is the
+    same architecture; a real difference (another rope base) is still refused."""
+    import pytest
+
+    from evohub.errors import MergeError
+    from evohub.merging.dfs import check_pair
+
+    a = {"model_type": "mistral", "hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4,
+         "num_key_value_heads": 1, "head_dim": 32, "hidden_act": "silu", "rope_theta": 10000.0}  # fmt: skip
+    b = {k: v for k, v in a.items() if k not in ("hidden_act", "rope_theta")}
+    check_pair(a, b, "a", "b")
+    with pytest.raises(MergeError, match="differ in rope_parameters"):
+        check_pair(a, a | {"rope_theta": 1e6}, "a", "c")
+    with pytest.raises(MergeError, match="differ in hidden_size"):
+        check_pair(a, a | {"hidden_size": 256, "head_dim": 64}, "a", "d")

@@ -135,7 +135,7 @@ def test_lmeval_tasks_behind_a_script_read_the_conversion_or_say_why_not(hub):
         standins.publish(hub, load_snapshot(repo, "dataset"))
     assert hub_access("juletxara/mgsm", "ja") == ({"revision": "refs/convert/parquet", "data_dir": "ja"}, None)
     kwargs, reason = hub_access("Rakuten/JGLUE", "JNLI")
-    assert kwargs is None and "loading script (JGLUE.py) and no parquet conversion" in reason
+    assert kwargs is None and "loading script (JGLUE.py) and has no parquet conversion" in reason
     assert hub_access("mkshing/xlsum_ja", None) == (None, None)  # plain CSV files: as lm-eval's YAML says
 
 
@@ -146,3 +146,34 @@ def test_published_findings_name_machine_paths_and_missing_licences(hub):
     assert any("licence 'other' without license_name" in f for f in found)
     hub.commit("me/ok", {"README.md": b"---\nlicense: apache-2.0\n---\nsee models/x\n"})
     assert published_findings(hub, "me/ok") == []
+
+
+def test_live_recording_reads_back_what_the_snapshots_hold(hub):
+    """`rehearse --live` on a Hub holding the stand-ins records the same metadata (metadata
+    requests and footers only: no weights, no rows)."""
+    from evohub.local.snapshot import record
+
+    cases = [("WizardLMTeam/WizardMath-7B-V1.1", "model"), ("llava-hf/llava-v1.6-mistral-7b-hf", "model"),
+             ("juletxara/mgsm", "dataset"), ("SakanaAI/JA-VG-VQA-500", "dataset"),
+             ("SakanaAI/gsm8k-ja-test_250-1319", "dataset")]  # fmt: skip
+    for repo, kind in cases:
+        standins.publish(hub, load_snapshot(repo, kind))
+    wiz = record("WizardLM/WizardMath-7B-V1.1", "model")  # the old id: found renamed
+    assert wiz.repo == "WizardLMTeam/WizardMath-7B-V1.1" and wiz.renamed_from == ("WizardLM/WizardMath-7B-V1.1",)
+    assert wiz.weight_files() == load_snapshot(wiz.repo, "model").weight_files()
+    llava = record("llava-hf/llava-v1.6-mistral-7b-hf", "model", "216670a16460adb7c41ce3e123ceb3859f73ab12")
+    assert llava.revision == "216670a16460adb7c41ce3e123ceb3859f73ab12"
+    assert llava.text_config()["vocab_size"] == 32064 and llava.tokenizer.size == 32002
+    assert llava.tokenizer.added[32000] == "<image>" and llava.tokenizer.image_token == "<image>"
+    hub.requests.clear()
+    for repo in ("juletxara/mgsm", "SakanaAI/JA-VG-VQA-500", "SakanaAI/gsm8k-ja-test_250-1319"):
+        want, got = load_snapshot(repo, "dataset"), record(repo, "dataset")
+        assert got.parquet == want.parquet or not want.parquet, repo
+        for config, c in want.configs.items():
+            assert got.configs[config].splits == c.splits, repo
+            assert got.configs[config].features == c.features, repo
+    assert record("SakanaAI/gsm8k-ja-test_250-1319", "dataset").configs["default"].files == {
+        "gsm8k-ja-test_250-1319.jsonl": "test"}  # fmt: skip
+    ranged = [r for r in hub.requests if r.method == "GET" and "resolve" in r.path and ".parquet" in r.path]
+    assert ranged and all("range" in r.headers for r in ranged)  # footers only
+    assert not any(r.method == "GET" and r.path.split("?")[0].endswith(".jsonl") for r in hub.requests)

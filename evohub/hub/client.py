@@ -230,18 +230,61 @@ def unreadable(repo: str, files: list[str]) -> bool:
 
 
 def parquet_layout(repo: str) -> dict[str, list[str]] | None:
-    """The Hub's parquet conversion of a script dataset: config -> splits (``<config>/<split>/*.parquet``),
-    or None when it has none."""
+    """The Hub's parquet conversion of a dataset: config -> splits, or None when it has none."""
     if "parquet" not in convert_refs(repo, "dataset"):
         return None
-    layout: dict[str, list[str]] = {}
-    for f in listing(repo, PARQUET_REF, "dataset").files:
+    return {config: list(splits) for config, splits in parquet_files(repo).items()}
+
+
+def parquet_files(repo: str) -> dict[str, dict[str, list[str]]]:
+    """The parquet conversion's files: config -> split -> paths, in either of the converter's
+    layouts (``<config>/<split>/0000.parquet``, or the older ``<config>/<name>-<split>.parquet``)."""
+    import re
+
+    out: dict[str, dict[str, list[str]]] = {}
+    for f in sorted(listing(repo, PARQUET_REF, "dataset").files):
         parts = f.split("/")
-        if len(parts) >= 3 and f.endswith(".parquet"):
-            splits = layout.setdefault(parts[0], [])
-            if parts[1] not in splits:
-                splits.append(parts[1])
-    return layout
+        if not f.endswith(".parquet") or len(parts) < 2:
+            continue
+        if len(parts) >= 3:
+            split = parts[1]
+        else:
+            m = re.search(r"-([A-Za-z0-9_]+?)(?:-\d{5}-of-\d{5})?\.parquet$", parts[-1])
+            if m is None:
+                continue
+            split = m.group(1)
+        out.setdefault(parts[0], {}).setdefault(split, []).append(f)
+    return out
+
+
+def parquet_footer(repo: str, path: str, revision: str = PARQUET_REF):
+    """A dataset parquet file's metadata (schema, row count) from its footer alone, read with two
+    HTTP range requests: never its rows."""
+    import io
+
+    import pyarrow.parquet as pq
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, http_backoff
+
+    url = hf_hub_url(repo, path, repo_type="dataset", revision=revision)
+    try:
+        size = get_hf_file_metadata(url).size or 0
+
+        def tail(start: int) -> bytes:
+            headers = build_hf_headers() | {"Range": f"bytes={start}-{size - 1}"}
+            r = http_backoff("GET", url, headers=headers, follow_redirects=True)
+            r.raise_for_status()
+            return r.content[-(size - start) :]
+
+        end = tail(size - 8)
+        if end[4:] != b"PAR1":
+            raise HubError(f"{repo}/{path}: not a parquet file")
+        footer = tail(size - 8 - int.from_bytes(end[:4], "little"))
+        return pq.read_metadata(io.BytesIO(b"PAR1" + footer))
+    except HubError:
+        raise
+    except Exception as e:
+        raise explain(repo, revision, path, e, kind="dataset") from e
 
 
 def convert_refs(repo: str, kind: str = "dataset") -> list[str]:

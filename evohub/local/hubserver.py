@@ -181,7 +181,7 @@ def _error(status: int, message: str, code: str | None = None, headers: dict | N
     return _json({"error": message}, status, {**extra, **(headers or {})})
 
 
-def _card_data(readme: bytes | None) -> dict | None:
+def card_data(readme: bytes | None) -> dict | None:
     """YAML front matter of a README.md, as the Hub's ``cardData``."""
     import yaml
 
@@ -462,7 +462,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _repo_info(self, repo: Repo, args: list[str]) -> Response:
         commit = self._commit_at(repo, "/".join(args) if args else "main")
-        card = _card_data(commit.files.get("README.md"))
+        card = card_data(commit.files.get("README.md"))
         tags = (card or {}).get("tags") or []
         siblings = [{"rfilename": p} for p in sorted(commit.files)]
         if self.query.get("blobs", "").lower() in ("1", "true"):

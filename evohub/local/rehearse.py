@@ -64,28 +64,36 @@ class Rehearsal:
 
 def job_repos(spec: JobSpec) -> list[tuple[str, str]]:
     """Every Hub repo the job reads, as (repo, "model" | "dataset"), in order, once each."""
-    out: list[tuple[str, str]] = [(r.repo, "model") for _, r in spec.models() if r.repo]
+    return list(dict.fromkeys((repo, kind) for repo, kind, _ in _refs(spec)))
+
+
+def _refs(spec: JobSpec) -> list[tuple[str, str, str | None]]:
+    """(repo, kind, the revision the job names) of every Hub reference the job reads."""
+    out: list[tuple[str, str, str | None]] = [(r.repo, "model", r.revision) for _, r in spec.models() if r.repo]
     fit = spec.fitness
-    out += [(d.repo, "dataset") for d in (fit.data, fit.validation) if d is not None and d.repo]
+    out += [(d.repo, "dataset", d.revision) for d in (fit.data, fit.validation) if d is not None and d.repo]
     for name in spec.evaluation.suites if spec.evaluation else ():
         if name in (spec.evaluation.data if spec.evaluation else {}):
             continue
         suite = find_suite(name)
         if suite.dataset is not None:
-            out.append((suite.dataset.repo, "dataset"))
+            out.append((suite.dataset.repo, "dataset", suite.dataset.revision))
         if suite.lmeval_tasks:
             from evohub.score.lmeval import task_datasets
 
-            out += [(path, "dataset") for path, _ in task_datasets(suite.lmeval_tasks).values() if "/" in path]
-    return list(dict.fromkeys(out))
+            out += [(path, "dataset", None) for path, _ in task_datasets(suite.lmeval_tasks).values() if "/" in path]
+    return out
 
 
 def snapshots(spec: JobSpec, live: bool, record_dir: Path | None) -> list[Snapshot]:
-    """The job's repos' snapshots: recorded, or (``live``) read from the Hub and, with
-    ``record_dir``, written there."""
-    out = []
-    for repo, kind in job_repos(spec):
-        snap = record(repo, kind) if live else load_snapshot(repo, kind)
+    """The job's repos' snapshots: recorded, or (``live``) read from the Hub at the revision the
+    job names and, with ``record_dir``, written there."""
+    out, seen = [], set()
+    for repo, kind, revision in _refs(spec):
+        if (repo, kind) in seen:
+            continue
+        seen.add((repo, kind))
+        snap = record(repo, kind, revision) if live else load_snapshot(repo, kind)
         if record_dir is not None:
             path = snapshot_path(snap.repo, kind, record_dir)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,9 +154,9 @@ def _evohub(args: list[str], env: dict[str, str], log: Path) -> tuple[int, str]:
     return rc, lines[-1] if lines else ""
 
 
-def published_findings(hub: hubserver.FakeHub, repo: str) -> list[str]:
+def published_findings(hub: hubserver.FakeHub, repo: str, not_run: list[str] = ()) -> list[str]:  # type: ignore[assignment]
     """What is wrong with the published commit: machine paths in any text file; a card without a
-    licence; a mixed licence without its LICENSE file."""
+    licence; a mixed licence without its LICENSE file; a card silent on a task ``not_run``."""
     files = hub.files(repo)
     out = []
     for name, data in sorted(files.items()):
@@ -158,7 +166,9 @@ def published_findings(hub: hubserver.FakeHub, repo: str) -> list[str]:
         m = MACHINE_PATH.search(text)
         if m:
             out.append(f"published {name} holds a machine path: {m.group(0)}")
-    card = hubserver._card_data(files.get("README.md")) or {}
+    readme = files.get("README.md", b"").decode("utf-8", "replace")
+    out += [f"published README.md does not say that lm-eval task {t} was not run" for t in not_run if t not in readme]
+    card = hubserver.card_data(files.get("README.md")) or {}
     if not card.get("license"):
         out.append("published README.md names no licence")
     elif card["license"] == "other" and (not card.get("license_name") or card.get("license_link") not in files):
@@ -211,10 +221,11 @@ def rehearse(job_path: Path, work: Path, *, live: bool = False, record_dir: Path
         args = ["run", str(job_file), "--run-dir", str(work / "run"), "--device", "cpu"]
         rc, last = _evohub(args, env, log)
         if step("run: pull, evolve, merge, evaluate, card, publish", rc == 0, t, "" if rc == 0 else last):
-            result.warnings += _lmeval_not_run(work / "run")
+            not_run = _lmeval_not_run(work / "run")
+            result.warnings += [f"{suite}: lm-eval task {task} not run: {why}" for suite, task, why in not_run]
             if spec.publish is not None:
                 t = time.perf_counter()
-                found = published_findings(hub, spec.publish.repo)
+                found = published_findings(hub, spec.publish.repo, [task for _, task, _ in not_run])
                 step("published commit: no machine paths, a licence", not found, t, "; ".join(found))
                 result.findings += found
         else:
@@ -225,15 +236,15 @@ def rehearse(job_path: Path, work: Path, *, live: bool = False, record_dir: Path
     return result
 
 
-def _lmeval_not_run(run_dir: Path) -> list[str]:
-    """lm-eval tasks the evaluation could not run (a dataset behind a script without a conversion)."""
-    out = []
+def _lmeval_not_run(run_dir: Path) -> list[tuple[str, str, str]]:
+    """(suite, task, reason) of each lm-eval task the evaluation could not run (its dataset is
+    behind a script without a parquet conversion)."""
+    out: list[tuple[str, str, str]] = []
     for path in sorted(run_dir.glob("eval/*/results.json")):
         for suite, r in json.loads(path.read_text()).get("suites", {}).items():
             for task, reason in (r.get("metrics", {}).get("not_run") or {}).items():
-                line = f"{suite}: lm-eval task {task} not run: {reason}"
-                if line not in out:
-                    out.append(line)
+                if (suite, task, reason) not in out:
+                    out.append((suite, task, reason))
     return out
 
 

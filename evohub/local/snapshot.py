@@ -160,10 +160,69 @@ def _features(info: dict) -> dict[str, Any]:
     return {f["name"]: one(f) for f in feats if isinstance(f, dict) and "name" in f}
 
 
-def record(repo: str, kind: str) -> Snapshot:
-    """Read ``repo``'s metadata from the Hub (metadata requests and small JSON files, never weights
-    or rows). A dataset's columns and row counts come from its card's ``dataset_info``."""
-    found = client.listing(repo, None, kind)
+def _compact(feature) -> Any:
+    """A ``datasets`` feature in the compact form of :class:`DatasetConfig`."""
+    from datasets import ClassLabel, Image, LargeList, List, Sequence, Value
+
+    if isinstance(feature, dict):
+        return {k: _compact(v) for k, v in feature.items()}
+    if isinstance(feature, ClassLabel):
+        return {"class_label": list(feature.names)}
+    if isinstance(feature, Image):
+        return "image"
+    if isinstance(feature, Value):
+        return "string" if feature.dtype in ("large_string", "string") else feature.dtype
+    if isinstance(feature, (List, LargeList, Sequence)):  # Sequence(dict) is already a dict of lists
+        return [_compact(feature.feature)]
+    return "string"
+
+
+def _parquet_configs(repo: str, layout: dict[str, dict[str, list[str]]], revision: str) -> dict[str, DatasetConfig]:
+    """Each config's columns and row counts, from its parquet files' footers."""
+    from datasets import Features
+
+    out = {}
+    for config, splits in layout.items():
+        counts, features = {}, None
+        for split, paths in splits.items():
+            metas = [client.parquet_footer(repo, p, revision) for p in paths]
+            counts[split] = sum(m.num_rows for m in metas)
+            schema = metas[0].schema.to_arrow_schema()
+            hf = (schema.metadata or {}).get(b"huggingface")
+            feats = json.loads(hf)["info"]["features"] if hf else None
+            features = Features.from_dict(feats) if feats else Features.from_arrow_schema(schema)
+        out[config] = DatasetConfig(features=_compact(features), splits=counts)
+    return out
+
+
+def _card_configs(card: dict) -> dict[str, DatasetConfig]:
+    infos = card.get("dataset_info") or []
+    out = {}
+    for info in [infos] if isinstance(infos, dict) else infos:
+        splits = {s["name"]: int(s.get("num_examples", 0)) for s in info.get("splits") or []}
+        out[info.get("config_name", "default")] = DatasetConfig(features=_features(info), splits=splits)
+    return out
+
+
+def _data_files(files: list[str]) -> dict[str, str]:
+    """Main's data files -> the split ``datasets`` infers for each (a repo without ``configs:``)."""
+    from datasets.data_files import _get_data_files_patterns
+
+    from evohub.spec.remote import _glob
+
+    data = [f for f in files if f.endswith(client.DATA_SUFFIXES)]
+    out = {}
+    for split, patterns in _get_data_files_patterns(lambda p: [f for f in data if _glob(p).match(f)]).items():
+        for pattern in patterns:
+            out |= {f: str(split) for f in data if _glob(pattern).match(f) and f not in out}
+    return out
+
+
+def record(repo: str, kind: str, revision: str | None = None) -> Snapshot:
+    """Read ``repo``'s metadata at ``revision`` from the Hub: listings, config and tokenizer JSON,
+    a dataset's parquet-conversion footers (columns, row counts) or its card's ``dataset_info``;
+    never weights or rows. Over 60 lines: models and datasets."""
+    found = client.listing(repo, revision, kind)
     renamed = (repo,) if found.id and found.id != repo else ()
     name = found.id or repo
     card = found.card or {}
@@ -175,25 +234,36 @@ def record(repo: str, kind: str) -> Snapshot:
         if config is None:
             raise HubError(f"{name}@{found.sha}: no config.json")
         tok = _json_file(name, found.sha, "tokenizer_config.json", kind) or {}
-        added = {int(i): t["content"] for i, t in (tok.get("added_tokens_decoder") or {}).items()}
+        # tokens beyond the sentencepiece vocabulary: added_tokens.json, else the config's decoder table
+        extra = _json_file(name, found.sha, "added_tokens.json", kind) if "added_tokens.json" in found.files else None
+        added = {int(i): t["content"] for i, t in (tok.get("added_tokens_decoder") or {}).items() if int(i) > 2}
+        added |= {int(i): t for t, i in (extra or {}).items()}
         text = config.get("text_config") or config
-        size = max([text.get("vocab_size", 0) if not added else 0, *[i + 1 for i in added]]) or text["vocab_size"]
+        size = max(i + 1 for i in added) if extra else max([text["vocab_size"], *[i + 1 for i in added]])
 
         def special(key):
             v = tok.get(key)
             return v.get("content") if isinstance(v, dict) else v
 
+        template = tok.get("chat_template")
+        image = next((t for t in added.values() if t == "<image>"), None)
         tokenizer = Tokenizer(size=size, added=added, bos=special("bos_token"), eos=special("eos_token"),
-                              unk=special("unk_token"), pad=special("pad_token"),
-                              chat_template=tok.get("chat_template") if isinstance(tok.get("chat_template"), str) else None)  # fmt: skip
+                              unk=special("unk_token"), pad=special("pad_token"), image_token=image,
+                              chat_template=template if isinstance(template, str) else None)  # fmt: skip
         base = card.get("base_model")
         return Snapshot(**common, config=config, tokenizer=tokenizer,
                         base_model=base[0] if isinstance(base, list) and base else base)  # fmt: skip
-    infos = card.get("dataset_info") or []
-    infos = [infos] if isinstance(infos, dict) else infos
-    configs = {}
-    for info in infos:
-        splits = {s["name"]: int(s.get("num_examples", 0)) for s in info.get("splits") or []}
-        configs[info.get("config_name", "default")] = DatasetConfig(features=_features(info), splits=splits)
-    layout = client.parquet_layout(name) if client.loading_script(name, found.files) else None
-    return Snapshot(**common, configs=configs, parquet=tuple(layout or ()))
+    layout = client.parquet_files(name) if "parquet" in client.convert_refs(name) else {}
+    files = {} if client.unreadable(name, found.files) else _data_files(found.files)
+    if layout:
+        configs = _parquet_configs(name, layout, client.PARQUET_REF)
+    elif files and all(f.endswith(".parquet") for f in files):  # main's own parquet files
+        by_split: dict[str, list[str]] = {}
+        for f, split in files.items():
+            by_split.setdefault(split, []).append(f)
+        configs = _parquet_configs(name, {"default": by_split}, found.sha)
+    else:
+        configs = _card_configs(card)
+    if files and list(configs) == ["default"]:
+        configs["default"] = configs["default"].model_copy(update={"files": files})
+    return Snapshot(**common, configs=configs, parquet=tuple(layout))

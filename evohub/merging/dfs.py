@@ -76,14 +76,27 @@ def fold_rule(config: dict, label: str) -> FoldRule:
     return rule
 
 
+def _normalised(cfg: dict) -> dict:
+    """The config as transformers reads it: defaults filled in for keys the file leaves out, old
+    spellings (``rope_theta``) in today's form, so configs written by different versions compare."""
+    from transformers import AutoConfig
+
+    try:
+        loaded = AutoConfig.for_model(**cfg).to_dict()
+    except (ValueError, TypeError, KeyError):  # a model type this transformers does not know
+        return cfg
+    return {key: loaded.get(key) for key in _SAME}
+
+
 def check_pair(cfg_a: dict, cfg_b: dict, label_a: str, label_b: str) -> FoldRule:
     """The fold rule for A and B, which must share an architecture and its dimensions."""
     rule = fold_rule(cfg_a, label_a)
     fold_rule(cfg_b, label_b)
+    a, b = _normalised(cfg_a), _normalised(cfg_b)
     for key in _SAME:
-        if cfg_a.get(key) != cfg_b.get(key):
+        if a.get(key) != b.get(key):
             raise MergeError(
-                f"{label_a} and {label_b} differ in {key} ({cfg_a.get(key)!r} vs {cfg_b.get(key)!r}); "
+                f"{label_a} and {label_b} differ in {key} ({a.get(key)!r} vs {b.get(key)!r}); "
                 "a data-flow path can only mix layers of one architecture"
             )
     return rule

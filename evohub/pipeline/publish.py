@@ -131,6 +131,7 @@ def _results_table(results: dict | None) -> dict | None:
         return None
     names = list(results["models"])
     rows: dict[str, list[dict]] = {}
+    not_run: dict[str, dict[str, str]] = {}
     for suite in results["suites"]:
         shown = [m for m in shown_metrics(suite) if m not in ("ja_rate", "n")]
         metrics: dict[str, list] = {}
@@ -141,8 +142,9 @@ def _results_table(results: dict | None) -> dict | None:
                 flat |= {f"{task} {k}": v for k, v in res.items() if isinstance(v, float) and "stderr" not in k}
             for k, v in flat.items():
                 metrics.setdefault(k, ["-"] * len(names))[i] = _cell(k, v)
+            not_run.setdefault(suite, {}).update(m.get("not_run") or {})
         rows[suite] = [{"metric": k, "values": v} for k, v in metrics.items()]
-    return {"suites": list(results["suites"]), "names": names, "rows": rows}
+    return {"suites": list(results["suites"]), "names": names, "rows": rows, "not_run": not_run}
 
 
 def _results(results: dict | None) -> tuple[list[Result], list[tuple[str, str, float]]]:

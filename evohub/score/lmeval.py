@@ -89,9 +89,9 @@ def hub_access(path: str, name: str | None) -> tuple[dict | None, str | None]:
         return None, str(e)
     config = name or "default"
     script = client.loading_script(path, files)
-    what = f"is a loading script ({script})" if script else "has no data files"
+    what = f"is a loading script ({script}) and has" if script else "has no data files and"
     if layout is None:
-        return None, f"{path} {what} and no parquet conversion (refs/convert/parquet)"
+        return None, f"{path} {what} no parquet conversion (refs/convert/parquet)"
     if config not in layout:
         return None, f"{path}'s parquet conversion has no config {config!r} (it has {', '.join(layout)})"
     return {"revision": client.PARQUET_REF, "data_dir": config}, None

@@ -42,7 +42,9 @@ def use_hub(monkeypatch: pytest.MonkeyPatch, hub: FakeHub, home: Path) -> None:
     monkeypatch.setattr(hf_api.api, "endpoint", hub.url)  # huggingface_hub.create_repo & co
     import datasets.config as dsconfig  # datasets reads its own copies at import
 
-    for name, value in {"HF_HUB_OFFLINE": False, "HF_DATASETS_OFFLINE": False, "HF_ENDPOINT": hub.url}.items():
+    datasets_urls = {"HF_ENDPOINT": hub.url, "HUB_DATASETS_URL": hub.url + "/datasets/{repo_id}/resolve/{revision}/{path}",
+                     "HF_DATASETS_CACHE": home / "datasets"}  # fmt: skip
+    for name, value in {"HF_HUB_OFFLINE": False, "HF_DATASETS_OFFLINE": False, **datasets_urls}.items():
         if hasattr(dsconfig, name):
             monkeypatch.setattr(dsconfig, name, value)
     try:
