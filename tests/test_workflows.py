@@ -69,3 +69,41 @@ def test_recipe_pr_workflow_runs_its_commands(tmp_path):
         plan.startswith("<!-- evohub-plan -->") and "jobs/evollm-jp-b.yaml" in plan
     )  # offline: the plan says it failed
     assert summary.read_text() == plan
+
+
+def test_nightly_installs_from_the_lock_without_a_token_and_rehearses_before_the_gpu_step():
+    """GPU runners install every package from the hash-pinned lock before a token is in the
+    environment, and each job is rehearsed (against the live Hub's metadata) before it evolves."""
+    import re
+    import tomllib
+
+    wf = yaml.safe_load((REPO / ".github/workflows/nightly.yml").read_text())
+    for name in ("evolve", "publish"):
+        job = wf["jobs"][name]
+        assert "HF_TOKEN" not in job.get("env", {}), name  # only the steps that need it get it
+        steps = job["steps"]
+        install = next(i for i, s in enumerate(steps) if "pip install" in s.get("run", ""))
+        assert (
+            "--require-hashes -r .ci/lock-gpu.txt" in steps[install]["run"]
+            and "--no-deps -e ." in steps[install]["run"]
+        )
+        assert all("HF_TOKEN" not in s.get("env", {}) for s in steps[: install + 1])
+    steps = wf["jobs"]["evolve"]["steps"]
+    order = [
+        i for i, s in enumerate(steps) if "evohub rehearse" in s.get("run", "") or "evohub run" in s.get("run", "")
+    ]
+    assert (
+        "rehearse" in steps[order[0]]["run"]
+        and "--live" in steps[order[0]]["run"]
+        and "evohub run" in steps[order[1]]["run"]
+    )
+    lock = (REPO / ".ci/lock-gpu.txt").read_text()
+    pinned = {m.group(1).lower().replace("_", "-") for m in re.finditer(r"^([A-Za-z0-9_.-]+)==\S+ \\$", lock, re.M)}
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + [
+        d for extra in ("eval", "vllm", "ray") for d in project["optional-dependencies"][extra]
+    ]
+    for dep in wanted:
+        name = re.match(r"[A-Za-z0-9_.-]+", dep).group(0).lower().replace("_", "-")
+        assert name in pinned, f"{name} is not pinned in .ci/lock-gpu.txt (make lock-gpu)"
+    assert re.search(r"^vllm==0\.\d+\.\d+ \\$", lock, re.M) and "--hash=sha256:" in lock
