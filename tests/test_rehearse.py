@@ -177,3 +177,19 @@ def test_live_recording_reads_back_what_the_snapshots_hold(hub):
     ranged = [r for r in hub.requests if r.method == "GET" and "resolve" in r.path and ".parquet" in r.path]
     assert ranged and all("range" in r.headers for r in ranged)  # footers only
     assert not any(r.method == "GET" and r.path.split("?")[0].endswith(".jsonl") for r in hub.requests)
+
+
+def test_a_new_run_checks_its_hub_references_before_downloading_anything(hub, tmp_path):
+    import evohub
+    from evohub.errors import SpecError
+
+    for repo, kind in [("mistralai/Mistral-7B-v0.1", "model"), ("augmxnt/shisa-gamma-7b-v1", "model"),
+                       ("WizardLMTeam/WizardMath-7B-V1.1", "model"), ("GAIR/Abel-7B-002", "model"),
+                       ("SakanaAI/gsm8k-ja-test_250-1319", "dataset")]:  # fmt: skip
+        standins.publish(hub, load_snapshot(repo, kind))
+    job = tmp_path / "job.yaml"
+    job.write_text(Path("jobs/evollm-jp.yaml").read_text().replace("split: test}", "split: train}"))
+    with pytest.raises(SpecError, match=r"job.yaml:\d+: fitness.data.split: 'train' not in SakanaAI/gsm8k"):
+        evohub.run(job, tmp_path / "run", device="cpu", progress=False)
+    assert not hub.calls("GET", ".bin") and not hub.calls("GET", ".safetensors")
+    assert not (tmp_path / "run").exists()

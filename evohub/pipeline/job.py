@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evohub.errors import RunError
+from evohub.errors import RunError, SpecError
 from evohub.evolve.search import Log
 from evohub.files import write_json
 from evohub.merging.build import merge_to_disk
@@ -44,7 +44,8 @@ class RunSummary:
 
 
 def start_run(spec_path: Path, run_dir: Path, resume: bool) -> tuple[JobSpec, RunDir]:
-    """The spec and the run directory it runs in: a new one, or (``resume``) the same spec's."""
+    """The spec and the run directory it runs in: a new one (its Hub references checked first),
+    or (``resume``) the same spec's."""
     spec = load_job(spec_path)
     run = RunDir(run_dir)
     if run.holds_run():
@@ -55,6 +56,7 @@ def start_run(spec_path: Path, run_dir: Path, resume: bool) -> tuple[JobSpec, Ru
                 f"{spec_path} differs from the spec {run_dir} was started with ({run.job_path}); use another --run-dir"
             )
     else:
+        _check_references(spec_path)
         run_dir.mkdir(parents=True, exist_ok=True)
         run.write_job(spec, spec_path)
     return spec, run
@@ -128,6 +130,20 @@ def run_job(
         publishing.push_state(run, state_repo, "evohub: run finished")
     published = _publish_once(spec, run) if spec.publish is not None and publish else None
     return RunSummary(run.root, final, run.model_dir, summaries, results, published)  # type: ignore[arg-type]
+
+
+def _check_references(spec_path: Path) -> None:
+    """A new run's first step: every Hub reference checked on the Hub, metadata only (what
+    ``evohub validate --strict`` checks, unpinned revisions aside: the lock pins them); each
+    problem one line (docs/design.md#checked-before-compute)."""
+    from evohub.hub.client import offline
+    from evohub.spec.load import check_remote
+
+    if offline():
+        return
+    problems = check_remote(load_job(spec_path), spec_path)
+    if problems:
+        raise SpecError("\n".join(problems))
 
 
 def _restore(run_dir: Path, resume: bool, state_repo: str | None, evolve: bool) -> None:
