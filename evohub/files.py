@@ -39,9 +39,15 @@ def replace_dir(partial: Path, out: Path) -> Path:
     """Move a completed directory ``partial`` to ``out``, replacing what is there; an interrupted
     swap leaves either the old or the new directory at ``out``, never a mix."""
     if out.exists():
+        if not out.is_dir():
+            raise IsADirectoryError(f"{out} is a file; a directory cannot replace it")
         trash = out.parent / f".{out.name}.old-{os.getpid()}"
         os.replace(out, trash)
-        os.replace(partial, out)
+        try:
+            os.replace(partial, out)
+        except BaseException:
+            os.replace(trash, out)  # the old directory back: never neither
+            raise
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(partial, out)

@@ -130,7 +130,7 @@ def test_plan_unreachable_hub_is_one_line(tmp_path: Path, run_cli, monkeypatch):
     code, _, err = run_cli("plan", REPO / "jobs" / "evollm-jp.yaml")
     assert code == 2 and "Traceback" not in err
     (line,) = err.strip().splitlines()
-    assert line.startswith("evohub: error: mistralai/Mistral-7B-v0.1@main: config.json is not in the local HF cache")
+    assert line.startswith("evohub: error: mistralai/Mistral-7B-v0.1@main: config.json: not in the local HF cache")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -30,6 +33,18 @@ def test_demo_evolves_a_skill_no_source_has(tmp_path, run_cli):
     card = (tmp_path / "hub" / published["repo"] / "README.md").read_text()
     assert "base_model_relation: merge" in card and "evohub merge recipe.yaml" in card
     assert "points over the best source" in out
+    assert "densit" not in card.lower()  # task_arithmetic evolves weights only
+    assert "pip install evohub\n" not in card  # no index serves it: a pinned source install or the version
+    assert all(("right" in ln) != ("wrong" in ln) for ln in out.splitlines() if ln.startswith("問 ") and "→" in ln)
+    # the card's usage snippet, run as written (from the published files instead of the Hub), answers right
+    snippet = card.split("## Usage", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    prompt = re.search(r'prompt = "(.*)"', snippet).group(1)
+    a, b = map(int, re.search(r"(\d+)\+(\d+)", prompt).groups())
+    local = str(tmp_path / "hub" / published["repo"])
+    code = snippet.replace(f'"{published["repo"]}"', repr(local))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == f"{a + b}です", done.stdout
 
 
 def test_demo_world_is_what_the_spec_names():

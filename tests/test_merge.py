@@ -447,7 +447,7 @@ def test_cli_merge_and_refuse_to_overwrite(worlds, tmp_path, run_cli):
     code, _out, err = run_cli("merge", r, "--out", tmp_path / "m", "--shard-size", "100KB", "-q")
     assert code == 0, err
     code, _, err = run_cli("merge", r, "--out", tmp_path / "m", "-q")
-    assert code == 2 and "exists and is not empty" in err
+    assert code == 2 and "is a directory that is not empty" in err
     code, _, err = run_cli("merge", r, "--out", tmp_path / "m", "-q", "--force")
     assert code == 0, err
     code, _, err = run_cli("merge", r, "--out", tmp_path / "x", "--shard-size", "lots")

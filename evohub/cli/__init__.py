@@ -12,6 +12,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,13 @@ def positive(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
     return value
+
+
+def device(text: str) -> str:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``; anything else is refused before torch loads."""
+    if text in ("cpu", "cuda", "auto") or re.fullmatch(r"cuda:\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device (cpu, cuda, cuda:N or auto)")
 
 
 def size(text: str) -> int:
@@ -162,7 +170,7 @@ COMMANDS = (
             "(safetensors and configs only) into the HF cache. The output appears only when complete.",
             (arg("recipe", metavar="RECIPE", help="recipe.yaml"),
              arg("--out", required=True, metavar="DIR", help="output directory (must be empty or absent)"),
-             arg("--device", default="cpu", help=DEVICE.format("cpu")),
+             arg("--device", default="cpu", type=device, help=DEVICE.format("cpu")),
              arg("--shard-size", type=size, default="2GB", metavar="SIZE", help="maximum shard size (default 2GB)"),
              arg("--force", action="store_true", help="replace a non-empty output directory")),
             quiet="no progress bar or summary"),
@@ -187,7 +195,7 @@ COMMANDS = (
              arg("--max-evals", type=positive, metavar="N",
                  help="evaluate at most N candidates per stage in this call; a stage the cap stops stays\n"
                       "unfinished (nothing final, nothing published) and --resume continues it"),
-             arg("--device", default="auto", help=DEVICE.format("auto")),
+             arg("--device", default="auto", type=device, help=DEVICE.format("auto")),
              arg("--ray", type=int, metavar="N", help="evaluate on N Ray actors (RAY_ADDRESS joins a cluster; one GPU each on cuda)"),
              arg("--no-publish", action="store_true", help="stop before publishing (the spec's publish section)"),
              arg("--no-evolve", action="store_true",
@@ -224,7 +232,7 @@ COMMANDS = (
             (arg("model", nargs="?", metavar="MODEL", help="model directory"),
              arg("--suite", action="append", help=lambda: f"{_suites()} (repeatable)"),
              arg("--backend", choices=["hf", "vllm"], default="hf", help="generation backend (default hf)"),
-             arg("--device", default="auto", help=DEVICE.format("auto")),
+             arg("--device", default="auto", type=device, help=DEVICE.format("auto")),
              arg("--data", action="append", metavar="NAME=FILE", help="local examples for a suite or lm-eval task"),
              arg("--limit", type=positive, metavar="N", help="only the first N examples of each suite/task"),
              arg("--max-new-tokens", type=positive, metavar="N", help="generation budget (default: each suite's protocol)"),
@@ -244,7 +252,7 @@ COMMANDS = (
              arg("--data", action="append", metavar="NAME=FILE", help="local examples for a suite (with --eval)"),
              arg("--tolerance", type=float, default=1.0, metavar="POINTS",
                  help="largest difference of a suite's metric, in points (default 1.0)"),
-             arg("--device", default="auto", help=DEVICE.format("auto")))),
+             arg("--device", default="auto", type=device, help=DEVICE.format("auto")))),
     Command("rehearse", "run a job end to end on CPU against tiny stand-ins of its real Hub repos",
             "Before a GPU hour is spent: every Hub repo the job reads (models, fitness data, the\n"
             "evaluation suites' datasets and lm-eval's) becomes a tiny stand-in with the real repo's\n"
@@ -310,6 +318,14 @@ def _log_to_stderr(quiet: bool) -> None:
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+def _no_third_party_bars() -> None:
+    """Silence the progress bars of the libraries evohub drives (before they are imported): with
+    -q, and where stderr is not a terminal (logs get evohub's own plain lines instead)."""
+    for name, value in {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}.items():  # fmt: skip
+        os.environ.setdefault(name, value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -320,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.quiet = getattr(args, "quiet", False)
     debug = args.debug or os.environ.get("EVOHUB_DEBUG") == "1"
     _log_to_stderr(args.quiet)
+    if args.quiet or not sys.stderr.isatty():
+        _no_third_party_bars()
     try:
         commands = importlib.import_module("evohub.cli.commands")
         return getattr(commands, command.target)(args)

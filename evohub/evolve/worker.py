@@ -28,7 +28,7 @@ from evohub.merging.io import DTYPES
 from evohub.merging.path import PathExecutor
 from evohub.merging.ps import ResidentMerge
 from evohub.score.backends.hf import HFBackend, load_model
-from evohub.score.data import load_rows
+from evohub.score.data import checked, load_rows
 from evohub.score.tasks import get_task
 from evohub.spec import Fitness, Recipe
 
@@ -62,8 +62,7 @@ class Worker:
         self.spec = spec
         fit = spec.fitness
         self.task = get_task(fit.task, prompt=fit.prompt, stop=fit.stop)
-        self.rows = load_rows(fit.data)
-        self.task.check(self.rows)
+        self.rows = checked(self.task, load_rows(fit.data), fit.data)
         self.estimator = ESTIMATORS.get(fit.estimator)
         self._validation: list[dict] | None = None
         self._load_ps() if spec.stage == "ps" else self._load_dfs()
@@ -112,8 +111,7 @@ class Worker:
         if split == "validation":
             if self._validation is None:
                 assert fit.validation is not None
-                self._validation = load_rows(fit.validation)
-                self.task.check(self._validation)
+                self._validation = checked(self.task, load_rows(fit.validation), fit.validation)
             return self._validation
         idx = self.estimator.items(len(self.rows), fit.limit, fit.minibatch, self.spec.seed, generation)
         return [self.rows[i] for i in idx]

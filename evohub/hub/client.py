@@ -38,7 +38,7 @@ def explain(repo: str, revision: str | None, what: str, e: Exception, kind: str 
     if isinstance(e, hf_errors.RevisionNotFoundError):
         return HubError(f"{where}: no such branch, tag or commit")
     if isinstance(e, hf_errors.LocalEntryNotFoundError):  # before EntryNotFoundError, its parent
-        return HubError(f"{where}: {what} is not in the local HF cache and the Hub cannot be reached (offline?)")
+        return HubError(f"{where}: {what}: not in the local HF cache, and the Hub cannot be reached (offline?)")
     if isinstance(e, hf_errors.EntryNotFoundError):
         return HubError(f"{where} has no {what}")
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -65,7 +65,7 @@ def _retrained(root: Path, seed: int, say) -> Path:
 
 def _scores_table(summary, console) -> None:
     table = Table("model", "acc_ja (right, in Japanese)", "acc (right)", "answers in Japanese",
-                  title="Japanese arithmetic: 問 12+34 答 → 46です")  # fmt: skip
+                  title="Japanese arithmetic (問 a+b 答 → the sum, then です)")  # fmt: skip
     scores = {}
     for name, res in (summary.results or {}).get("models", {}).items():
         m = res["suites"]["ja-math"]["metrics"]
@@ -87,7 +87,10 @@ def _examples(model_dir: Path, console) -> None:
     for q in QUESTIONS:
         ids = tok(f"問 {q} 答 ", return_tensors="pt").input_ids
         out = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
-        console.print(f"問 {q} 答 → {tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)}")
+        reply = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        right = f"{sum(int(x) for x in q.split('+'))}です"
+        mark = "[green]right[/green]" if reply.strip() == right else f"[red]wrong[/red] (the answer is {right})"
+        console.print(f"問 {q} 答 → {reply}   {mark}")
 
 
 def run_demo(root: Path, seed: int = 0, train_world: bool = False, max_evals: int | None = None,

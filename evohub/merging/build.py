@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from evohub.errors import MergeError
 from evohub.files import atomic_write, replace_dir, write_json
@@ -28,6 +27,7 @@ from evohub.merging.arch import decoder_layer_index, read_config
 from evohub.merging.dfs import check_pair, check_path, folded_tensors, layer_counts, path_config
 from evohub.merging.io import DTYPES, CheckpointReader, ShardedWriter
 from evohub.merging.ps import MergedTensors, Model, TensorSource, plan_tensors, workspace_for
+from evohub.progress import bar as progress_bar
 from evohub.spec import Recipe
 
 #: Files that travel with the tokenizer / processor / generation settings.
@@ -167,14 +167,16 @@ def merge_to_disk(
 ) -> Path:
     """Build ``recipe`` into ``out``; returns ``out``. ``progress`` shows a bar per tensor."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise MergeError(f"{out} exists and is not empty; choose another --out or pass --force")
+    if out.exists() and not out.is_dir():
+        raise MergeError(f"{out} is a file, not a directory; choose another --out (--force replaces only directories)")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise MergeError(f"{out} is a directory that is not empty; choose another --out or pass --force")
     inputs = open_inputs(recipe, dirs)
     built = build_output(recipe, dirs, inputs, device)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        bar = tqdm(total=built.count, unit="tensor", desc="merge", disable=not progress)
+        bar = progress_bar(built.count, "merge", "tensor", disable=not progress)
         with bar, ShardedWriter(partial, shard_bytes) as writer:
             for name, t in built.tensors:
                 writer.add(name, t)

@@ -60,7 +60,9 @@ def read_header(path: Path) -> dict[str, _Entry]:
             dtype = _ST_DTYPES[info["dtype"]]
             shape = tuple(int(d) for d in info["shape"])
             nbytes = stop - start
-            if nbytes != math.prod(shape) * torch.empty(0, dtype=dtype).element_size() or 8 + n + stop > size:
+            if 8 + n + stop > size:
+                raise ValueError(f"truncated: {size} bytes, where tensor {name!r} ends at byte {8 + n + stop}")
+            if nbytes != math.prod(shape) * torch.empty(0, dtype=dtype).element_size():
                 raise ValueError(f"tensor {name!r} has inconsistent offsets")
             out[name] = _Entry(path, 8 + n + start, nbytes, dtype, shape)
         return out

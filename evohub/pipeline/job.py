@@ -149,6 +149,8 @@ def _check_references(spec_path: Path) -> None:
 def _restore(run_dir: Path, resume: bool, state_repo: str | None, evolve: bool) -> None:
     """Bring a resumed run's state from its Hub repo into an empty run directory; refuse to
     resume nothing, and (``evolve=False``) to finish what is not there."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir}: the run directory names a file; choose another --run-dir")
     if resume and state_repo and not RunDir(run_dir).holds_run():
         if publishing.fetch_state(state_repo, run_dir):
             log.info("continuing the run state from %s", state_repo)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import logging
 import math
 import re
@@ -22,6 +23,7 @@ from evohub.hub.client import download_dataset_repo
 from evohub.hub.commit import Published, check_repo_id, commit_files, push_dataset_files
 from evohub.merging.arch import num_decoder_layers
 from evohub.merging.io import read_header
+from evohub.merging.methods import METHODS
 from evohub.models import KINDS
 from evohub.pipeline.plan import human_count
 from evohub.pipeline.pull import model_license
@@ -29,7 +31,7 @@ from evohub.pipeline.report import summarize
 from evohub.pipeline.rundir import RunDir
 from evohub.score.evaluate import shown_metrics
 from evohub.score.suites import find_suite
-from evohub.score.tasks import TASKS
+from evohub.score.tasks import TASKS, get_task
 from evohub.score.tasks.ja_vqa import PROMPT as VLM_PROMPT
 from evohub.spec import JobSpec, ModelRef, Recipe
 
@@ -37,6 +39,74 @@ log = logging.getLogger("evohub")
 STAGE_NAMES = {"ps": "parameter space", "dfs": "data-flow space"}
 #: the usage example of an LLM card (a VLM card uses its task's prompt)
 LLM_EXAMPLE = "以下に、あるタスクを説明する指示があります。\n\n### 指示:\n1から10までの和は?\n\n### 応答:"
+
+
+def _first_question(job: JobSpec, run: RunDir) -> str | None:
+    """The card example's question: the first held-out question the evolved model answered right
+    (its evaluation samples), else the first of the job's local held-out or fitness data."""
+    for samples in sorted((run.root / "eval" / "evolved").glob("samples_*.jsonl")):
+        for line in samples.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if row.get("correct") and isinstance(row.get("question"), str):
+                return row["question"]
+    ev = job.evaluation
+    paths = [*(ev.data.values() if ev else ()), *(d.path for d in (job.fitness.validation, job.fitness.data) if d)]
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                row = json.loads(f.readline())
+        except (OSError, ValueError, TypeError):
+            continue
+        qas = row.get("qas") if isinstance(row, dict) else None
+        q = qas[0].get("question") if isinstance(qas, list) and qas and isinstance(qas[0], dict) else None
+        q = q or (row.get("question") if isinstance(row, dict) else None)
+        if isinstance(q, str) and q:
+            return q
+    return None
+
+
+def _example_prompt(job: JobSpec, run: RunDir, vision: bool) -> str:
+    """The card's usage example: the job's own fitness prompt (what evolution scored), with a
+    question from its local data where it has some."""
+    fit = job.fitness
+    options = TASKS.get(fit.task).options
+    task = get_task(fit.task, **{k: getattr(fit, k) for k in ("prompt", "stop") if k in options and getattr(fit, k)})
+    template = getattr(task, "prompt", None)
+    question = _first_question(job, run)
+    if vision:
+        return (template or VLM_PROMPT).format(input=f"<image>\n{question or 'この画像には何が写っていますか?'}")
+    if template and "{input}" in template:
+        return template.format(input=question or "1から10までの和は?")
+    return LLM_EXAMPLE
+
+
+def install_line() -> str:
+    """A pinned install of the evohub that made the model: its git source at the exact commit
+    where the code is a clean checkout of a public remote, else the version (to install from its
+    source); never a machine path or a credential."""
+    import subprocess
+    from importlib.metadata import version
+
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    try:
+        remote, commit, dirty = (
+            git("remote", "get-url", "origin"),
+            git("rev-parse", "HEAD"),
+            git("status", "--porcelain"),
+        )
+    except (OSError, subprocess.SubprocessError):
+        remote = commit = dirty = ""
+    remote = re.sub(r"^(https?://)[^/@]+@", r"\1", remote)  # drop any credential
+    if remote.startswith("git@github.com:"):
+        remote = "https://github.com/" + remote.removeprefix("git@github.com:")
+    if remote.startswith("https://") and re.fullmatch(r"[0-9a-f]{40}", commit) and not dirty:
+        return f'pip install "evohub @ git+{remote.removesuffix("/")}@{commit}"'
+    return f"# evohub {version('evohub')}, installed from its source (see its README)"
 
 
 def run_id(run: RunDir) -> str:
@@ -207,7 +277,9 @@ def _recipe_facts(recipe: Recipe, sources: list[dict], run: RunDir) -> dict:
     if recipe.parameter_space is not None and recipe.parameter_space.vocab == "base":
         vocab = ("The sources' vocabularies differ: the embeddings and LM head were merged over the base "
                  "model's vocabulary; rows the output's architecture has beyond it are its own, unmerged.")  # fmt: skip
-    return {"recipe": recipe, "ps_models": ps_models, "dfs": dfs, "vocab_note": vocab}
+    ps = recipe.parameter_space
+    density = bool(ps is not None and METHODS.get(ps.method).density)
+    return {"recipe": recipe, "ps_models": ps_models, "dfs": dfs, "vocab_note": vocab, "has_density": density}
 
 
 def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tuple[str, dict[str, str]]:
@@ -229,7 +301,7 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
         datasets=[d.repo for d in (fit.data, fit.validation) if d is not None and d.repo],
         results=entries, lmeval=lmeval, date=evolved.get("created"),
     )  # fmt: skip
-    example = VLM_PROMPT.format(input="<image>\nこの画像には何が写っていますか?") if kind.vision else LLM_EXAMPLE
+    example = _example_prompt(job, run, kind.vision)
     arch = (config.get("architectures") or ["a transformers model"])[0]
     primary = next((s["link"] for s in sources if s["architecture"] == arch), None)  # a VLM's own source
     context = {
@@ -240,6 +312,7 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
         "fitness": f"`{fit.task}` on {fit.data.display(run.root)}"
         + (f" (best chosen on {fit.validation.display(run.root)})" if fit.validation else ""),
         "fitness_task": fit.task, "results": _results_table(results), "example_prompt": example.replace("\n", "\\n"),
+        "install": install_line(),
         **_recipe_facts(recipe, sources, run),
     }  # fmt: skip
     text, files = render_card(meta, context)

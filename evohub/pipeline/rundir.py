@@ -30,6 +30,7 @@ import yaml
 from evohub.errors import RunError
 from evohub.files import atomic_write
 from evohub.spec import JobSpec, ModelRef, Recipe, load_job, load_recipe
+from evohub.spec.yamlio import read_yaml
 
 #: Run-state files pushed to the Hub state repo, besides the stage and eval files.
 STATE_FILES = ("job.yaml", "job.lock.yaml", "candidates.jsonl")
@@ -129,10 +130,14 @@ class RunDir:
         """The lock's entries, local paths made absolute again (they are stored relative to the run)."""
         if not self.lock_path.exists():
             raise RunError(f"{self.lock_path}: missing; the pull stage has not run")
-        try:
-            entries = yaml.safe_load(self.lock_path.read_text())["models"]
-        except (yaml.YAMLError, TypeError, KeyError) as e:
-            raise RunError(f"{self.lock_path}: not a lock file ({type(e).__name__}); remove it to pull again") from e
+        data = read_yaml(self.lock_path).data  # the limits of every YAML evohub reads; syntax: one line
+        entries = data.get("models") if isinstance(data, dict) else None
+        fields = ("name", "local")
+        if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and all(isinstance(e.get(k), str) for k in fields) for e in entries
+        ):
+            raise RunError(f"{self.lock_path}:1: models: not a lock file (a list of entries with a name and a local "
+                           "directory); remove it to pull again")  # fmt: skip
         for e in entries:
             for key in ("path", "local"):
                 if e.get(key) and not Path(e[key]).is_absolute():

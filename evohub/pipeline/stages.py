@@ -8,11 +8,10 @@ finished stage and continues an unfinished one from its log.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
-
-from tqdm.auto import tqdm
 
 from evohub.errors import RunError
 from evohub.evolve.genome import Budget, Genome, genome_for
@@ -24,7 +23,10 @@ from evohub.merging.arch import num_decoder_layers
 from evohub.merging.build import tokenizer_dir
 from evohub.pipeline.gpu import sources_fit
 from evohub.pipeline.rundir import RunDir
+from evohub.progress import bar as progress_bar
 from evohub.spec import JobSpec, Recipe
+
+logger = logging.getLogger("evohub")
 
 VALIDATE_TOP = 5  # candidates re-scored on the validation split at the end of a stage
 
@@ -133,7 +135,11 @@ def evolve_stage(
     pool: Evaluator = RayPool(worker, ray_actors, gpus_per_actor=gpus) if ray_actors else InProcessPool(worker)
     budget = Budget.of(part.optimizer, genome.dims)
     done = len(log.stage_rows(stage))
-    bar = tqdm(total=budget.evaluations, initial=done, desc=f"evolve {stage}", unit="cand", disable=not progress)
+    if done:
+        gens = max((r["generation"] for r in log.stage_rows(stage)), default=-1) + 1
+        logger.info("resuming stage %s after generation %d: %d of %d evaluations done", stage, gens - 1, done,
+                    budget.evaluations)  # fmt: skip
+    bar = progress_bar(budget.evaluations, f"evolve {stage}", "cand", initial=done, disable=not progress)
 
     def show(gen: int, rows: list[dict]) -> None:
         if on_generation:

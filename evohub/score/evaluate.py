@@ -22,7 +22,7 @@ from pathlib import Path
 from evohub.errors import ScoreError
 from evohub.files import atomic_write, write_json
 from evohub.models import kind_of
-from evohub.score.data import load_rows
+from evohub.score.data import checked, load_rows
 from evohub.score.lmeval import run_lmeval
 from evohub.score.suites import SUITES, Suite, find_suite
 from evohub.score.tasks import TASKS, get_task
@@ -31,7 +31,9 @@ from evohub.spec import DataRef
 
 def is_vision_dir(model_dir: str | Path) -> bool:
     """True when a model directory holds a model that sees images (a VLM)."""
-    return kind_of(json.loads((Path(model_dir) / "config.json").read_text())).vision
+    from evohub.merging.arch import read_config
+
+    return kind_of(read_config(model_dir)).vision
 
 
 def suites_for(model_dir: str | Path, suites: list[str]) -> list[str]:
@@ -147,7 +149,7 @@ def _run_task_suite(suite: Suite, model: _Model, s: _Settings) -> SuiteResult:
         )
     rows = load_rows(ref)[: s.limit] if s.limit else load_rows(ref)
     task = get_task(suite.task, prompt=s.prompt, stop=s.stop) if suite.job_prompt else get_task(suite.task)  # type: ignore[arg-type]
-    task.check(rows)
+    checked(task, rows, ref)
     scored = task.run(model.generator(), rows, max_new_tokens=s.max_new_tokens)
     return SuiteResult(suite.name, scored.metrics | {"dataset": ref.display(relative_to=s.out_dir)}, scored.samples)
 

@@ -222,14 +222,18 @@ class JobSpec(Frozen):
 
 def _job_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:
     names = [s.key for s in j.sources]
+    clashes = False
     for i, n in enumerate(names):
         if not n:
             yield ("sources", i, "name"), "give this source a name"
         elif names.index(n) != i:
+            clashes = True
             yield (
                 ("sources", i, "name"),
                 f"name {n!r} is used by sources[{names.index(n)}] too; give each source a distinct 'name'",
             )
+    if clashes:  # what refers to sources by name cannot be checked until the names are distinct
+        return
     if j.parameter_space is not None:
         yield from _ps_search_problems(j)
     if dfs := j.data_flow_space:

@@ -57,6 +57,14 @@ def registered(registry: Registry) -> AfterValidator:
 
 def _num_or_list(value: Any) -> float | tuple[float, ...]:
     def one(v: Any) -> float:
+        if isinstance(v, str):
+            try:
+                float(v)
+            except ValueError:
+                pass
+            else:  # YAML 1.1 reads 1e-3 (no dot) as text
+                raise ValueError(f"expected a number, got the text {v!r} (YAML reads an exponent without a dot as "
+                                 f"text: write {v.lower().replace('e', '.0e', 1) if '.' not in v else v})")  # fmt: skip
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise ValueError(f"expected a number, got {_short(v)}")
         if not math.isfinite(v):

@@ -18,6 +18,14 @@ from evohub.errors import SpecError
 
 Loc = tuple[Any, ...]
 
+#: Limits on any YAML evohub reads (job specs come from pull requests): a document costs at most
+#: about a second and a few MB however it is written (docs/design.md#loading).
+MAX_BYTES = 512 * 1024
+MAX_DEPTH = 64
+MAX_NODES = 100_000  # after expanding aliases: an alias bomb is refused before it is built
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NAMES = {0: "NUL", 7: "BEL", 8: "BS", 0x1B: "ESC", 0x7F: "DEL"}
+
 
 @dataclass
 class YamlDoc:
@@ -84,11 +92,54 @@ def _key_before(text: str, line: int) -> str | None:
     return ".".join(k for _, k in path) or None
 
 
+def _refuse_text(text: str, filename: str) -> None:
+    """Too large a document, or a control character in it: one line."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        raise SpecError([f"{filename}:1: (top level): larger than {MAX_BYTES // 1024} KiB; not a spec evohub reads"])
+    m = _CONTROL.search(text)
+    if m:
+        line = text.count("\n", 0, m.start()) + 1
+        col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
+        code = ord(m.group(0))
+        name = _NAMES.get(code, f"U+{code:04X}")
+        raise SpecError([f"{filename}:{line}: control character {name} (U+{code:04X}) at column {col}; "
+                         "YAML specs are plain text"])  # fmt: skip
+
+
+def _refuse_graph(node: yaml.Node, filename: str) -> None:
+    """Nesting deeper than MAX_DEPTH, or more than MAX_NODES nodes once aliases are expanded (an
+    alias bomb: a few lines that expand to billions of nodes), counted without expanding."""
+    sizes: dict[int, int] = {}
+
+    def size(n: yaml.Node, depth: int) -> int:
+        if depth > MAX_DEPTH:
+            raise SpecError([f"{filename}:{n.start_mark.line + 1}: (top level): nested deeper than {MAX_DEPTH} levels"])
+        if id(n) in sizes:  # an alias: the same node again
+            return sizes[id(n)]
+        if isinstance(n, yaml.MappingNode):
+            total = 1 + sum(size(k, depth + 1) + size(v, depth + 1) for k, v in n.value)
+        elif isinstance(n, yaml.SequenceNode):
+            total = 1 + sum(size(v, depth + 1) for v in n.value)
+        else:
+            total = 1
+        sizes[id(n)] = total = min(total, MAX_NODES + 1)
+        if total > MAX_NODES:
+            raise SpecError([f"{filename}:{n.start_mark.line + 1}: (top level): expands to more than {MAX_NODES} "
+                             "values (YAML aliases); write it out or make it smaller"])  # fmt: skip
+        return total
+
+    size(node, 0)
+
+
 def parse_yaml(text: str, filename: str) -> YamlDoc:
-    """Parse one YAML document; syntax errors and duplicate keys raise :class:`SpecError`."""
+    """Parse one YAML document within the limits above; syntax errors, duplicate keys, control
+    characters, oversize documents and alias bombs raise :class:`SpecError` (one line each)."""
+    _refuse_text(text, filename)
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
+        if node is not None:
+            _refuse_graph(node, filename)
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -111,8 +162,10 @@ def parse_yaml(text: str, filename: str) -> YamlDoc:
 
 
 def read_yaml(path: str | Path) -> YamlDoc:
-    """Read and parse a YAML file; an unreadable file raises :class:`SpecError`."""
+    """Read and parse a YAML file; an unreadable or oversize file raises :class:`SpecError`."""
     try:
+        if Path(path).stat().st_size > 4 * MAX_BYTES:  # not read at all
+            raise SpecError([f"{path}:1: (top level): larger than {MAX_BYTES // 1024} KiB; not a spec evohub reads"])
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError([f"{path}:1: cannot read: {e.strerror if isinstance(e, OSError) else e}"]) from e

@@ -10,13 +10,13 @@ outputs are cut at the first stop string (the stop string is not included, as in
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 import transformers
 
+from evohub.errors import ScoreError
 from evohub.models import kind_of
 from evohub.score.backends import Prompt, Sampling, VisionPrompt, continuation, cut_at_stop, render
 
@@ -26,9 +26,18 @@ def load_model(
 ):
     """(model, tokenizer, processor) of a model directory, loaded as its kind says
     (:mod:`evohub.models`): a VLM gets its processor and the processor's tokenizer."""
-    kind = kind_of(json.loads((Path(path) / "config.json").read_text()))
+    from evohub.merging.arch import read_config
+    from evohub.merging.io import read_header
+
+    for f in sorted(Path(path).glob("*.safetensors")):  # a truncated or damaged file: one line naming it
+        read_header(f)
+    kind = kind_of(read_config(path))
     auto = getattr(transformers, kind.auto_class)
-    model = auto.from_pretrained(path, dtype=dtype or "auto").to(device).eval()
+    try:
+        model = auto.from_pretrained(path, dtype=dtype or "auto").to(device).eval()
+    except (OSError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ScoreError(f"{path}: cannot load the model: {first}") from e
     if kind.processor:
         processor = transformers.AutoProcessor.from_pretrained(path)
         return model, processor.tokenizer, processor
