@@ -63,10 +63,10 @@ def write_configs(root: Path, method: str) -> tuple[Path, Path]:
     return r, c
 
 
-def run_process(cmd: list[str]) -> tuple[float, float]:
+def run_process(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of a child process."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     err = proc.stderr.read().decode() if proc.stderr else ""

@@ -12,7 +12,7 @@ DESIGN = REPO / "docs" / "design.md"
 
 #: docs/design.md#layout, as data: module prefix -> layer (the longest matching prefix wins)
 LAYERS = {
-    "evohub": 0, "evohub.errors": 0, "evohub.registry": 0, "evohub.files": 0, "evohub.progress": 0,
+    "evohub": 0, "evohub.errors": 0, "evohub.registry": 0, "evohub.files": 0, "evohub.progress": 0, "evohub.threads": 0,
     "evohub.hub": 1, "evohub.models": 1, "evohub.merging": 1, "evohub.merging.methods": 1, "evohub.merging.arch": 1,
     "evohub.score": 1, "evohub.score.tasks": 1, "evohub.score.suites": 1, "evohub.score.backends": 1,
     "evohub.score.metrics": 1, "evohub.evolve": 1, "evohub.evolve.optimizers": 1, "evohub.evolve.estimators": 1,

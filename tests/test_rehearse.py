@@ -91,6 +91,7 @@ def test_standins_reproduce_the_quirks_on_the_local_hub(hub, tmp_path):
         client.snapshot(wiz.repo, None)
     tok = transformers.AutoTokenizer.from_pretrained("llava-hf/llava-v1.6-mistral-7b-hf")
     assert len(tok) == 32002 and tok.convert_tokens_to_ids("<image>") == 32000
+    transformers.AutoProcessor.from_pretrained("llava-hf/llava-v1.6-mistral-7b-hf")  # its chat_template.json too
     assert hub.repo("llava-hf/llava-v1.6-mistral-7b-hf").resolve("216670a16460adb7c41ce3e123ceb3859f73ab12")
     hub.repo("mistralai/Mistral-7B-v0.1").granted = False
     with pytest.raises(HubError, match="gated"):

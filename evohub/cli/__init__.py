@@ -318,6 +318,10 @@ def _log_to_stderr(quiet: bool) -> None:
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+#: commands that run torch on the CPU: their thread pool is fitted first (evohub.threads)
+COMPUTE = frozenset({"merge", "run", "evaluate", "verify", "demo", "wiring"})
+
+
 def _no_third_party_bars() -> None:
     """Silence the progress bars of the libraries evohub drives (before they are imported): with
     -q, and where stderr is not a terminal (logs get evohub's own plain lines instead)."""
@@ -338,6 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _log_to_stderr(args.quiet)
     if args.quiet or not sys.stderr.isatty():
         _no_third_party_bars()
+    if command.name in COMPUTE:
+        from evohub import threads
+
+        threads.quiet_waits()  # before torch loads; then its pool fits the CPUs that are really free
+        threads.apply()
     try:
         commands = importlib.import_module("evohub.cli.commands")
         return getattr(commands, command.target)(args)

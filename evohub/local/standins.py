@@ -212,6 +212,9 @@ def model_files(snap: Snapshot) -> dict[str, bytes]:
     files["README.md"] = _readme(snap)
     if "added_tokens.json" in snap.files:
         files["added_tokens.json"] = json.dumps({t: i for i, t in snap.tokenizer.added.items()}).encode()
+    if "chat_template.json" in snap.files and "chat_template.json" not in files:  # what processors read
+        template = snap.tokenizer.chat_template or "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+        files["chat_template.json"] = json.dumps({"chat_template": template}).encode()
     for f in snap.files:  # the rest (LICENSE, a sentencepiece tokenizer.model, images): named, not copied
         if f != ".gitattributes":
             files.setdefault(f, b"{}" if f.endswith(".json") else b"a stand-in of the real repo's file of this name\n")

@@ -47,6 +47,10 @@ def start_run(spec_path: Path, run_dir: Path, resume: bool) -> tuple[JobSpec, Ru
     """The spec and the run directory it runs in: a new one (its Hub references checked first),
     or (``resume``) the same spec's."""
     spec = load_job(spec_path)
+    if spec.threads:  # the job's own thread count (docs/design.md#threads)
+        from evohub import threads
+
+        threads.apply(override=spec.threads)
     run = RunDir(run_dir)
     if run.holds_run():
         if not resume:

@@ -177,6 +177,8 @@ class JobSpec(Frozen):
     sources: tuple[Source, ...] = Field(min_length=2)
     dtype: Dtype = "bfloat16"
     tokenizer_source: str = "base"
+    #: torch's intra-op threads on the CPU (default: the CPUs free to this process; evohub.threads)
+    threads: int | None = Field(None, gt=0)
     parameter_space: PSSearch | None = None
     data_flow_space: DFSSearch | None = None
     fitness: Fitness
