@@ -3,8 +3,8 @@ CPUs) and mergekit-yaml, each idle and with one CPU-bound process running, in on
 
     .venv/bin/python bench/load_bench.py --runs 3                 # ties over the bench's 3 x 58M models
 
-"Default threads" is evohub as it was (torch's pool sized from all cores, OpenMP's default
-waits): ``EVOHUB_THREADS=<cores> OMP_WAIT_POLICY=`` in the child's environment. "Fitted" is the
+"Default threads" is evohub as it was (torch's pool sized from all cores):
+``EVOHUB_THREADS=<cores>`` in the child's environment. "Fitted" is the
 default now (evohub.threads). The busy process is ``python -c "while True: pass"``. Medians of
 ``--runs`` whole processes per cell, alternating tools; the slowdown is busy / idle.
 """
@@ -39,7 +39,7 @@ def main() -> None:
     cores = str(os.cpu_count())
     tools = {
         "evohub, default threads": ([evohub, "merge", str(recipe), "--out", str(root / "ev"), "--force", "-q"],
-                                    {"EVOHUB_THREADS": cores, "OMP_WAIT_POLICY": ""}),
+                                    {"EVOHUB_THREADS": cores}),
         "evohub, fitted threads": ([evohub, "merge", str(recipe), "--out", str(root / "ev"), "--force", "-q"], {}),
     }  # fmt: skip
     mk = a.mergekit_venv / "bin" / "mergekit-yaml"

@@ -10,9 +10,8 @@ one waits for a core, and a merge runs many times slower. evohub counts instead:
 - minus the cores other processes keep busy right now (CPU time outside this process over 0.1 s);
 - divided among the workers the run starts.
 
-``EVOHUB_THREADS`` (or a job's ``threads:``) overrides the count. :func:`quiet_waits` (called by the
-command before torch loads) makes idle OpenMP threads sleep rather than spin
-(``OMP_WAIT_POLICY=PASSIVE``), unless the environment says otherwise.
+``EVOHUB_THREADS`` (or a job's ``threads:``) overrides the count. (OpenMP's passive waits do not
+help: on an idle 2-core machine they make a merge 1.8x slower, bench/README.md.)
 
     >>> fit_threads(workers=1) >= 1
     True
@@ -87,11 +86,6 @@ def fit_threads(workers: int = 1, override: int | None = None) -> int:
         return int(env)
     cpus = available_cpus()
     return max(1, (cpus - busy_elsewhere(cpus)) // max(1, workers))
-
-
-def quiet_waits() -> None:
-    """Idle OpenMP threads sleep instead of spinning (set before torch loads; the environment wins)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def apply(workers: int = 1, override: int | None = None) -> int:

@@ -345,8 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command.name in COMPUTE:
         from evohub import threads
 
-        threads.quiet_waits()  # before torch loads; then its pool fits the CPUs that are really free
-        threads.apply()
+        threads.apply()  # torch's pool fits the CPUs that are really free
     try:
         commands = importlib.import_module("evohub.cli.commands")
         return getattr(commands, command.target)(args)
