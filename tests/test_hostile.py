@@ -205,3 +205,25 @@ def test_fuzz_hostile_specs_give_one_line_within_a_second(run_cli, tmp_path, see
     assert code in (0, 2) and "Traceback" not in err, err
     if code == 2:
         assert all(ln.startswith(f"{path}:") for ln in err.strip().splitlines()), err
+
+
+def test_threads_fit_the_cpus_that_are_free(tmp_path, monkeypatch):
+    from evohub import threads
+
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert threads._quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert threads._quota(tmp_path) is None
+    monkeypatch.setenv("EVOHUB_THREADS", "3")
+    assert threads.fit_threads() == 3 and threads.fit_threads(override=5) == 5
+    monkeypatch.delenv("EVOHUB_THREADS")
+    cpus = threads.available_cpus()
+    if cpus < 2:
+        pytest.skip("needs two CPUs")
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert threads.busy_elsewhere(cpus, window=0.3) >= 1
+        assert threads.fit_threads() <= cpus - 1
+    finally:
+        hog.kill()

@@ -29,7 +29,7 @@ from evohub.pipeline.plan import human_count
 from evohub.pipeline.pull import model_license
 from evohub.pipeline.report import summarize
 from evohub.pipeline.rundir import RunDir
-from evohub.score.evaluate import shown_metrics
+from evohub.score.evaluate import shown_metrics, shown_value
 from evohub.score.suites import find_suite
 from evohub.score.tasks import TASKS, get_task
 from evohub.score.tasks.ja_vqa import PROMPT as VLM_PROMPT
@@ -192,10 +192,6 @@ def _license(rows: list[dict]) -> Licence:
     return Licence("other", "unknown" if unknown else "mixed", note, text)
 
 
-def _cell(metric: str, v: float) -> str:
-    return f"{100 * v:.1f}" if metric.startswith("acc") else f"{v:.1f}" if metric.startswith("rouge") else f"{v:.4f}"
-
-
 def _results_table(results: dict | None) -> dict | None:
     if not results:
         return None
@@ -211,7 +207,7 @@ def _results_table(results: dict | None) -> dict | None:
             for task, res in (m.get("lm_eval") or {}).items():
                 flat |= {f"{task} {k}": v for k, v in res.items() if isinstance(v, float) and "stderr" not in k}
             for k, v in flat.items():
-                metrics.setdefault(k, ["-"] * len(names))[i] = _cell(k, v)
+                metrics.setdefault(k, ["-"] * len(names))[i] = shown_value(k, v)
             not_run.setdefault(suite, {}).update(m.get("not_run") or {})
         rows[suite] = [{"metric": k, "values": v} for k, v in metrics.items()]
     return {"suites": list(results["suites"]), "names": names, "rows": rows, "not_run": not_run}

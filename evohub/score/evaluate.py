@@ -230,8 +230,17 @@ def shown_metrics(suite: str) -> tuple[str, ...]:
     return (*TASKS.get(s.task).shown, "ja_rate", "n") if s.task else ()
 
 
+def shown_value(metric: str, v: float) -> str:
+    """A metric as every table shows it: accuracies and rates in percent, ROUGE on its own 0-100
+    scale, anything else to four places (the card, `evohub run` and `evohub evaluate` alike)."""
+    name = metric.split(" ")[-1]
+    if name.startswith(("acc", "ja_rate", "exact_match")):
+        return f"{100 * v:.1f}"
+    return f"{v:.1f}" if name.startswith("rouge") else f"{v:.4f}"
+
+
 def table_rows(results: dict) -> list[tuple[str, str, str]]:
-    """(suite, metric, value) rows for a printed table."""
+    """(suite, metric, value) rows for a printed table (percent: :func:`shown_value`)."""
     rows = []
     for suite, r in results["suites"].items():
         m = r["metrics"]
@@ -239,9 +248,10 @@ def table_rows(results: dict) -> list[tuple[str, str, str]]:
             for key, value in res.items():
                 if isinstance(value, float) and "stderr" not in key:
                     err = res.get(key.replace(",", "_stderr,", 1))
-                    shown = f"{value:.4f}" + (f" ± {err:.4f}" if isinstance(err, float) else "")
+                    shown = shown_value(key, value)
+                    shown += f" ± {shown_value(key, err)}" if isinstance(err, float) else ""
                     rows.append((suite, f"{task} {key}", shown))
         for key in shown_metrics(suite):
             if key in m:
-                rows.append((suite, key, f"{m[key]:.4f}" if key != "n" else str(int(m[key]))))
+                rows.append((suite, key, shown_value(key, m[key]) if key != "n" else str(int(m[key]))))
     return rows
