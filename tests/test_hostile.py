@@ -134,15 +134,21 @@ def test_model_and_data_problems_name_the_file(run_cli, tmp_path):
     st_file = model / "model.safetensors"
     st_file.write_bytes(st_file.read_bytes()[: st_file.stat().st_size // 2])
     data = REPO / "jobs/demo-world/test.jsonl"
-    line = _one_line(*run_cli("evaluate", model, "--suite", "ja-math", "--data", f"ja-math={data}", "--device", "cpu")[::2])
+    line = _one_line(
+        *run_cli("evaluate", model, "--suite", "ja-math", "--data", f"ja-math={data}", "--device", "cpu")[::2]
+    )
     assert "model.safetensors" in line and "truncated" in line
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "1+1", "answer_number": 2}\n{broken\n')
     good = REPO / "jobs/demo-world/base"
-    line = _one_line(*run_cli("evaluate", good, "--suite", "ja-math", "--data", f"ja-math={bad}", "--device", "cpu")[::2])
+    line = _one_line(
+        *run_cli("evaluate", good, "--suite", "ja-math", "--data", f"ja-math={bad}", "--device", "cpu")[::2]
+    )
     assert line.startswith(f"{bad}:2: not a JSON row")
     bad.write_text('{"question": "1+1", "answer": 2}\n')
-    line = _one_line(*run_cli("evaluate", good, "--suite", "ja-math", "--data", f"ja-math={bad}", "--device", "cpu")[::2])
+    line = _one_line(
+        *run_cli("evaluate", good, "--suite", "ja-math", "--data", f"ja-math={bad}", "--device", "cpu")[::2]
+    )
     assert str(bad) in line and "answer_number" in line
 
 
@@ -164,10 +170,9 @@ def test_progress_is_plain_lines_where_stderr_is_not_a_terminal(caplog, monkeypa
     from evohub import progress
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
-    with caplog.at_level(logging.INFO, logger="evohub"):
-        with progress.bar(100, "evolve ps", "cand", initial=20) as b:
-            for _ in range(80):
-                b.update()
+    with caplog.at_level(logging.INFO, logger="evohub"), progress.bar(100, "evolve ps", "cand", initial=20) as b:
+        for _ in range(80):
+            b.update()
     lines = [r.getMessage() for r in caplog.records]
     assert 1 <= len(lines) <= 9 and lines[-1].startswith("evolve ps: 100/100 cand (100%)")
     assert not any("\r" in ln or "\x1b" in ln for ln in lines)
@@ -182,9 +187,16 @@ def _hostile_mutation(text: str, rnd: random.Random) -> str:
         return text[:i]
     if op == 2:  # anchors and aliases that multiply
         k = rnd.randrange(2, 12)
-        return "x: &x [" + ", ".join(["y"] * k) + "]\n" + "".join(
-            f"x{j}: &x{j} [{', '.join(['*x' if j == 0 else f'*x{j - 1}'] * k)}]\n" for j in range(rnd.randrange(1, 9))
-        ) + text
+        return (
+            "x: &x ["
+            + ", ".join(["y"] * k)
+            + "]\n"
+            + "".join(
+                f"x{j}: &x{j} [{', '.join(['*x' if j == 0 else f'*x{j - 1}'] * k)}]\n"
+                for j in range(rnd.randrange(1, 9))
+            )
+            + text
+        )
     if op == 3:  # deep nesting
         d = rnd.randrange(1, 200)
         return text[:i] + "[" * d + "]" * d + text[i:]
