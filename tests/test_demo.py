@@ -1,4 +1,4 @@
-"""The embedded default, end to end: `evohub demo` on the committed local world (about 40 s)."""
+"""The embedded default, end to end: `evohub demo` on the committed local world (about a minute)."""
 
 from __future__ import annotations
 

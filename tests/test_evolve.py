@@ -337,3 +337,20 @@ def test_a_capped_run_is_not_final_and_resumes(world, tmp_path, run_cli):
     assert strip(run) == strip(whole) and (run / "recipe.yaml").read_text() == (whole / "recipe.yaml").read_text()
     code, _, err = run_cli("run", job, "--run-dir", tmp_path / "nowhere", "--resume", "-q")
     assert code == 2 and "holds no run to resume" in err
+
+
+def test_a_time_budget_that_ends_a_stage_says_so(world, tmp_path, caplog):
+    import logging
+
+    spec = load_job(job_file(world, "lin.yaml", method="linear", evals=400))
+    opt = spec.parameter_space.optimizer.model_copy(update={"max_hours": 10 / 3600})  # 10 s of evaluation
+
+    class Slow(Synthetic):  # each candidate takes a (recorded) second
+        def evaluate(self, batch, done):
+            super().evaluate(batch, lambda c, out: done(c, Outcome(out.fitness, {}, None, 1.0)))
+
+    with caplog.at_level(logging.INFO, logger="evohub"):
+        res = run_stage("ps", PSGenome.for_job(spec), opt, Slow([0.5] * 4), Log(tmp_path / "t.jsonl"),
+                        tmp_path / "t.json", seed=1)  # fmt: skip
+    assert res.evaluations < 400
+    assert any("max_hours budget" in r.getMessage() and "of 400 evaluations" in r.getMessage() for r in caplog.records)

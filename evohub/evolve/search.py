@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -188,6 +189,9 @@ def run_stage(
     best: tuple[float, Candidate] | None = None
     while not (limit is not None and generation * pop >= limit):
         if budget.max_hours is not None and elapsed >= budget.max_hours * 3600:
+            logging.getLogger("evohub").info(
+                "stage %s: its max_hours budget (%g h of evaluation time) ended it after %d%s evaluations", stage,
+                budget.max_hours, generation * pop, f" of {limit}" if limit else "")  # fmt: skip
             break
         if cap is not None and generation * pop >= cap:
             complete = False
