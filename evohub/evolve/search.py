@@ -166,6 +166,16 @@ def _checkpoint(path: Path, stage: str, generation: int, evaluations: int, pop: 
     })  # fmt: skip
 
 
+def _out_of_time(stage: str, budget: Budget, elapsed: float, evaluated: int) -> bool:
+    """True (and said) when the stage's ``max_hours`` of evaluation time are spent."""
+    if budget.max_hours is None or elapsed < budget.max_hours * 3600:
+        return False
+    limit = f" of {budget.evaluations}" if budget.evaluations else ""
+    logging.getLogger("evohub").info("stage %s: its max_hours budget (%g h of evaluation time) ended it after %d%s "
+                                     "evaluations", stage, budget.max_hours, evaluated, limit)  # fmt: skip
+    return True
+
+
 def run_stage(
     stage: str,
     genome: Genome,
@@ -188,10 +198,7 @@ def run_stage(
     generation, complete = 0, True
     best: tuple[float, Candidate] | None = None
     while not (limit is not None and generation * pop >= limit):
-        if budget.max_hours is not None and elapsed >= budget.max_hours * 3600:
-            logging.getLogger("evohub").info(
-                "stage %s: its max_hours budget (%g h of evaluation time) ended it after %d%s evaluations", stage,
-                budget.max_hours, generation * pop, f" of {limit}" if limit else "")  # fmt: skip
+        if _out_of_time(stage, budget, elapsed, generation * pop):
             break
         if cap is not None and generation * pop >= cap:
             complete = False
