@@ -239,3 +239,8 @@ def test_threads_fit_the_cpus_that_are_free(tmp_path, monkeypatch):
         assert threads.fit_threads() <= cpus - 1
     finally:
         hog.kill()
+
+
+def test_missing_files_and_directories_are_one_line(run_cli, tmp_path):
+    _one_line(*run_cli("evaluate", "--task", "ja-math", "--predictions", tmp_path / "none.jsonl")[::2], "none.jsonl")
+    _one_line(*run_cli("jobs", tmp_path / "nowhere")[::2], "no such directory")

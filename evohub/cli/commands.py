@@ -94,6 +94,8 @@ def plan(args: argparse.Namespace) -> int:
 def jobs(args: argparse.Namespace) -> int:
     from evohub.spec import load_job
 
+    if not Path(args.dir).is_dir():
+        raise UsageError(f"{args.dir}: no such directory of job specs")
     rows = []
     for path in sorted(Path(args.dir).glob("*.yaml")):
         spec = load_job(path)

@@ -66,7 +66,11 @@ def rescore_predictions(task: str, path: str | Path) -> dict[str, float]:
         raise ScoreError(f"--predictions re-scores {' and '.join(rescorable)} outputs (got task {task!r})")
     cls = TASKS.get(task)
     outputs, answers = [], []
-    for i, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScoreError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from e
+    for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
