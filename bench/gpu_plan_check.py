@@ -31,22 +31,8 @@ from evohub.merging.ps import Model, ResidentMerge
 from evohub.pipeline.gpu import PROMPT_TOKENS, GiB, gpu_plan
 from evohub.spec import Recipe, load_job
 
-
-class Tensors:
-    def __init__(self, t: dict[str, torch.Tensor]):
-        self.t = t
-
-    def names(self):
-        return list(self.t)
-
-    def shape(self, n):
-        return tuple(self.t[n].shape)
-
-    def dtype(self, n):
-        return self.t[n].dtype
-
-    def get(self, n):
-        return self.t[n]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_merge import Tensors  # the same in-memory tensor source
 
 
 def offline_job(job: Path, root: Path, layers: int | None) -> Path:

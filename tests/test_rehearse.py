@@ -17,6 +17,14 @@ from evohub.local.snapshot import SNAPSHOTS, load_snapshot, read_snapshot
 from evohub.spec import load_job
 
 hub = hubserver.hub  # the fixture
+
+
+def _standins(hub, repos) -> None:
+    """Publish the stand-ins of ``repos`` ((repo, kind) pairs) on the test Hub."""
+    for repo, kind in repos:
+        standins.publish(hub, load_snapshot(repo, kind))
+
+
 JOBS = sorted(Path(__file__).parents[1].joinpath("jobs").glob("evo*.yaml"))
 
 
@@ -81,9 +89,8 @@ def test_standins_reproduce_the_quirks_on_the_local_hub(hub, tmp_path):
     from evohub.score.data import load_rows
     from evohub.spec import DataRef
 
-    for repo, kind in [("WizardLMTeam/WizardMath-7B-V1.1", "model"), ("llava-hf/llava-v1.6-mistral-7b-hf", "model"),
-                       ("mistralai/Mistral-7B-v0.1", "model"), ("juletxara/mgsm", "dataset")]:  # fmt: skip
-        standins.publish(hub, load_snapshot(repo, kind))
+    _standins(hub, [("WizardLMTeam/WizardMath-7B-V1.1", "model"), ("llava-hf/llava-v1.6-mistral-7b-hf", "model"),
+                       ("mistralai/Mistral-7B-v0.1", "model"), ("juletxara/mgsm", "dataset")])  # fmt: skip
     wiz = load_snapshot("WizardLMTeam/WizardMath-7B-V1.1", "model")
     assert set(hub.files(wiz.repo)) == set(wiz.files)  # the real file names, shards and all
     assert HfApi().model_info("WizardLM/WizardMath-7B-V1.1").id == wiz.repo  # the old id redirects
@@ -106,10 +113,9 @@ def test_standins_reproduce_the_quirks_on_the_local_hub(hub, tmp_path):
 def test_validate_strict_on_standins_names_each_quirk_in_seconds(hub, tmp_path):
     from evohub.spec.load import check_remote
 
-    for repo, kind in [("mistralai/Mistral-7B-v0.1", "model"), ("WizardLMTeam/WizardMath-7B-V1.1", "model"),
+    _standins(hub, [("mistralai/Mistral-7B-v0.1", "model"), ("WizardLMTeam/WizardMath-7B-V1.1", "model"),
                        ("GAIR/Abel-7B-002", "model"), ("SakanaAI/gsm8k-ja-test_250-1319", "dataset"),
-                       ("Rakuten/JGLUE", "dataset")]:  # fmt: skip
-        standins.publish(hub, load_snapshot(repo, kind))
+                       ("Rakuten/JGLUE", "dataset")])  # fmt: skip
     job = tmp_path / "job.yaml"
     job.write_text(Path("jobs/evollm-jp.yaml").read_text()
                    .replace("WizardLMTeam/WizardMath-7B-V1.1, weights: pickle", "WizardLM/WizardMath-7B-V1.1")
@@ -184,10 +190,9 @@ def test_a_new_run_checks_its_hub_references_before_downloading_anything(hub, tm
     import evohub
     from evohub.errors import SpecError
 
-    for repo, kind in [("mistralai/Mistral-7B-v0.1", "model"), ("augmxnt/shisa-gamma-7b-v1", "model"),
+    _standins(hub, [("mistralai/Mistral-7B-v0.1", "model"), ("augmxnt/shisa-gamma-7b-v1", "model"),
                        ("WizardLMTeam/WizardMath-7B-V1.1", "model"), ("GAIR/Abel-7B-002", "model"),
-                       ("SakanaAI/gsm8k-ja-test_250-1319", "dataset")]:  # fmt: skip
-        standins.publish(hub, load_snapshot(repo, kind))
+                       ("SakanaAI/gsm8k-ja-test_250-1319", "dataset")])  # fmt: skip
     job = tmp_path / "job.yaml"
     job.write_text(Path("jobs/evollm-jp.yaml").read_text().replace("split: test}", "split: train}"))
     with pytest.raises(SpecError, match=r"job.yaml:\d+: fitness.data.split: 'train' not in SakanaAI/gsm8k"):

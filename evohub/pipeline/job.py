@@ -60,7 +60,7 @@ def start_run(spec_path: Path, run_dir: Path, resume: bool) -> tuple[JobSpec, Ru
                 f"{spec_path} differs from the spec {run_dir} was started with ({run.job_path}); use another --run-dir"
             )
     else:
-        _check_references(spec_path)
+        _check_references(spec, spec_path)
         run_dir.mkdir(parents=True, exist_ok=True)
         run.write_job(spec, spec_path)
     return spec, run
@@ -136,7 +136,7 @@ def run_job(
     return RunSummary(run.root, final, run.model_dir, summaries, results, published)  # type: ignore[arg-type]
 
 
-def _check_references(spec_path: Path) -> None:
+def _check_references(spec: JobSpec, spec_path: Path) -> None:
     """A new run's first step: every Hub reference checked on the Hub, metadata only (what
     ``evohub validate --strict`` checks, unpinned revisions aside: the lock pins them); each
     problem one line (docs/design.md#checked-before-compute)."""
@@ -145,7 +145,7 @@ def _check_references(spec_path: Path) -> None:
 
     if offline():
         return
-    problems = check_remote(load_job(spec_path), spec_path)
+    problems = check_remote(spec, spec_path)
     if problems:
         raise SpecError("\n".join(problems))
 
