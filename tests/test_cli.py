@@ -270,7 +270,7 @@ def test_the_wheel_carries_the_card_templates_task_yamls_and_the_demo(tmp_path):
 
     names = set(zipfile.ZipFile(_build_wheel(tmp_path)).namelist())
     assert {f"evohub/hub/cards/{k}.md.j2" for k in ("base", "llm", "vlm")} <= names
-    assert "evohub/score/lmeval_tasks/jcola.yaml" in names
+    assert "evohub/score/lmeval_tasks/jp_stable/jp_stable_jcola.yaml" in names
     world = {f"evohub/local/demo-world/{m}/{f}" for m in ("base", "math", "japanese")
              for f in ("model.safetensors", "config.json", "tokenizer.json")}  # fmt: skip
     assert {"evohub/local/demo.yaml", "evohub/local/demo-world/test.jsonl"} | world <= names

@@ -149,11 +149,14 @@ def test_lmeval_on_a_local_model_with_local_data(model_dir, tmp_path, run_cli):
     jcola.write_text("".join(json.dumps({"sentence": f"t{i} t{i + 3}", "label": i % 2}) + "\n" for i in range(8)))
     out = tmp_path / "eval"
     code, _, err = run_cli("evaluate", model_dir, "--suite", "lmeval:ja_leaderboard_jcommonsenseqa", "--suite", "jcola",
-                           "--data", f"ja_leaderboard_jcommonsenseqa={jcqa}", "--data", f"jcola={jcola}",
+                           "--data", f"ja_leaderboard_jcommonsenseqa={jcqa}", "--data", f"jp_stable_jcola={jcola}",
                            "--device", "cpu", "--out", out)  # fmt: skip
     assert code == 0, err
     suites = json.loads((out / "results.json").read_text())["suites"]
     jc = suites["lmeval:ja_leaderboard_jcommonsenseqa"]["metrics"]["lm_eval"]["ja_leaderboard_jcommonsenseqa"]
     assert 0 <= jc["acc,none"] <= 1 and "acc_stderr,none" in jc  # lm-eval's own metric names
-    cola = suites["jcola"]["metrics"]["lm_eval"]["jcola"]
-    assert {"acc,none", "mcc,none"} <= set(cola)
+    cola = suites["jcola"]["metrics"]["lm_eval"]["jp_stable_jcola"]
+    assert {"balanced_acc,none", "mcc,none", "macro_f1,none"} <= set(cola)  # jp-stable's CoLA metrics
+    (score,) = suites["jcola"]["metrics"]["scores"]  # balanced accuracy on 0-100, from a local file
+    assert score == {"name": "JCoLA", "metric": "balanced_acc", "value": round(100 * cola["balanced_acc,none"], 2),
+                     "local": True}  # fmt: skip

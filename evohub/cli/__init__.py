@@ -237,6 +237,8 @@ COMMANDS = (
              arg("--limit", type=positive, metavar="N", help="only the first N examples of each suite/task"),
              arg("--max-new-tokens", type=positive, metavar="N", help="generation budget (default: each suite's protocol)"),
              arg("--batch-size", type=positive, default=8, metavar="N", help="batch size (default 8)"),
+             arg("--prompt-version", choices=["0.1", "0.2", "0.3"], default="0.3",
+                 help="jp-stable's prompt version for jp-lmeh and jcola (default 0.3)"),
              arg("--out", metavar="DIR", help="where results.json and samples go (default MODEL/eval)"),
              arg("--task", choices=_rescorable, help="with --predictions: the task to score (default ja-math)"),
              arg("--predictions", metavar="FILE", help="re-score saved outputs (JSONL: output, answer_number | answer)"))),

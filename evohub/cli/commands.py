@@ -224,7 +224,7 @@ def evaluate(args: argparse.Namespace) -> int:
     out = args.out or str(Path(args.model) / "eval")
     results = evohub.evaluate(args.model, args.suite, backend=args.backend, device=_device(args.device),
                               data=_data_overrides(args.data), limit=args.limit, max_new_tokens=args.max_new_tokens,
-                              batch_size=args.batch_size, out_dir=out)  # fmt: skip
+                              batch_size=args.batch_size, out_dir=out, prompt_version=args.prompt_version)  # fmt: skip
     table = Table("suite", "metric", "value", title=f"evaluation of {args.model}")
     for row in table_rows(results):
         table.add_row(*row)

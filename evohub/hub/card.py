@@ -5,8 +5,9 @@ rendered into a huggingface_hub ``ModelCard``, with the metadata and eval result
 
 Metadata (``ModelCardData``): ``base_model`` (the Hub sources), ``base_model_relation: merge``,
 tags, language, licence, library and pipeline, datasets, and every evaluation result twice: as
-``.eval_results/*.yaml`` (the Hub's current format, built with ``EvalResultEntry``) and as
-``model-index`` for older tools. What goes in is plain data (:class:`CardMeta`); the run layer
+``.eval_results/*.yaml`` (the Hub's current format, built with ``EvalResultEntry``: one entry per
+reported number, with its dataset's id and revision) and as ``model-index`` for older tools, both
+keyed by the Hub dataset (docs/design.md#reported-results). What goes in is plain data (:class:`CardMeta`); the run layer
 gathers it (:mod:`evohub.pipeline.publish`).
 """
 
@@ -28,7 +29,7 @@ TAGS = ["merge", "evolutionary-model-merge", "evohub"]
 
 @dataclass(frozen=True)
 class Result:
-    """One result of the evolved model on a Hub dataset (an ``EvalResultEntry``)."""
+    """One result of the evolved model on a Hub dataset (an ``EvalResultEntry``), on 0-100."""
 
     dataset_id: str
     task_id: str
@@ -39,6 +40,7 @@ class Result:
     value: float
     task_type: str
     notes: str
+    revision: str | None = None
 
 
 @dataclass
@@ -51,8 +53,6 @@ class CardMeta:
     license: str | None
     datasets: list[str]
     results: list[Result] = field(default_factory=list)
-    #: lm-eval results: (task, metric key, value), for model-index
-    lmeval: list[tuple[str, str, float]] = field(default_factory=list)
     date: str | None = None
     license_name: str | None = None  # with license "other": what it is ("mixed", "unknown")
     license_link: str | None = None  # with license "other": a file of the commit that lists them
@@ -63,13 +63,10 @@ def _eval_results(meta: CardMeta):
     entries, legacy = [], []
     for r in meta.results:
         entries.append(EvalResultEntry(dataset_id=r.dataset_id, task_id=r.task_id, value=r.value, date=meta.date,
-                                       notes=r.notes))  # fmt: skip
+                                       dataset_revision=r.revision, notes=r.notes))  # fmt: skip
         legacy.append(EvalResult(task_type=r.task_type, dataset_type=r.dataset_id, dataset_name=r.dataset_id.split("/")[-1],
-                                 dataset_config=r.config, dataset_split=r.split, metric_type=r.metric_type,
-                                 metric_name=r.metric, metric_value=r.value))  # fmt: skip
-    for task, key, value in meta.lmeval:
-        legacy.append(EvalResult(task_type="text-generation", dataset_type=task, dataset_name=task,
-                                 metric_type=key.split(",")[0], metric_name=key, metric_value=value))  # fmt: skip
+                                 dataset_config=r.config, dataset_split=r.split, dataset_revision=r.revision,
+                                 metric_type=r.metric_type, metric_name=r.metric, metric_value=r.value))  # fmt: skip
     return entries, legacy
 
 

@@ -39,7 +39,8 @@ def evaluate_run(job: JobSpec, run: RunDir, device: str) -> dict:
     ev = job.evaluation
     assert ev is not None
     kw = {"backend": ev.backend, "device": device, "data": ev.data, "limit": ev.limit,
-          "max_new_tokens": ev.max_new_tokens, "prompt": job.fitness.prompt, "stop": job.fitness.stop}  # fmt: skip
+          "max_new_tokens": ev.max_new_tokens, "prompt": job.fitness.prompt, "stop": job.fitness.stop,
+          "prompt_version": ev.prompt_version}  # fmt: skip
     # name -> (directory, how results name it: repo@commit or a path relative to the run)
     models: dict[str, tuple[Path, str]] = {"evolved": (run.model_dir, "model")}
     if ev.compare_sources:

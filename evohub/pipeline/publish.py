@@ -29,7 +29,7 @@ from evohub.pipeline.plan import human_count
 from evohub.pipeline.pull import model_license
 from evohub.pipeline.report import summarize
 from evohub.pipeline.rundir import RunDir
-from evohub.score.evaluate import shown_metrics, shown_value
+from evohub.score.evaluate import score_rows, shown_metrics, shown_value
 from evohub.score.suites import find_suite
 from evohub.score.tasks import TASKS, get_task
 from evohub.score.tasks.ja_vqa import PROMPT as VLM_PROMPT
@@ -192,47 +192,73 @@ def _license(rows: list[dict]) -> Licence:
     return Licence("other", "unknown" if unknown else "mixed", note, text)
 
 
-def _results_table(results: dict | None) -> dict | None:
+def _results_table(results: dict | None, paper_model: str | None = None) -> dict | None:
+    """The card's results: per suite one row per reported number, every value on 0-100 (a suite
+    that reports none shows its metrics by ``shown_value``), the average and, under it, the
+    published figure for each model the suite's references name (docs/design.md#reported-results)."""
     if not results:
         return None
     names = list(results["models"])
     rows: dict[str, list[dict]] = {}
     not_run: dict[str, dict[str, str]] = {}
+    notes: dict[str, list[str]] = {}
     for suite in results["suites"]:
-        shown = [m for m in shown_metrics(suite) if m not in ("ja_rate", "n")]
+        found = find_suite(suite)
         metrics: dict[str, list] = {}
         for i, name in enumerate(names):
             m = results["models"][name]["suites"].get(suite, {}).get("metrics", {})
-            flat = {k: m[k] for k in shown if k in m}
-            for task, res in (m.get("lm_eval") or {}).items():
-                flat |= {f"{task} {k}": v for k, v in res.items() if isinstance(v, float) and "stderr" not in k}
-            for k, v in flat.items():
-                metrics.setdefault(k, ["-"] * len(names))[i] = shown_value(k, v)
+            for key, v in _card_values(suite, m):
+                metrics.setdefault(key, ["-"] * len(names))[i] = v
             not_run.setdefault(suite, {}).update(m.get("not_run") or {})
+            if m.get("prompt_version") and name == names[0]:
+                notes.setdefault(suite, []).append(f"jp-stable prompt version {m['prompt_version']}.")
+        if found.references and metrics:
+            paper = [_reference(found, name, results["models"][name].get("model", ""), paper_model) for name in names]
+            what = found.average or found.reports[0].name  # the figure published: the average, or the one number
+            if any(v != "-" for v in paper):
+                metrics[f"{what}, published ({found.references[0][2]})"] = paper
         rows[suite] = [{"metric": k, "values": v} for k, v in metrics.items()]
-    return {"suites": list(results["suites"]), "names": names, "rows": rows, "not_run": not_run}
+    return {"suites": list(results["suites"]), "names": names, "rows": rows, "not_run": not_run, "notes": notes}
 
 
-def _results(results: dict | None) -> tuple[list[Result], list[tuple[str, str, float]]]:
-    """The evolved model's results on Hub datasets, and its lm-eval results."""
+def _card_values(suite: str, m: dict) -> list[tuple[str, str]]:
+    if m.get("scores"):
+        return score_rows(suite, m)
+    shown = [k for k in shown_metrics(suite) if k not in ("ja_rate", "n")]
+    flat = {k: m[k] for k in shown if k in m}
+    for task, res in (m.get("lm_eval") or {}).items():
+        flat |= {f"{task} {k}": v for k, v in res.items() if isinstance(v, float) and "stderr" not in k}
+    return [(k, shown_value(k, v)) for k, v in flat.items()]
+
+
+def _reference(suite, name: str, label: str, paper_model: str | None) -> str:
+    """The published figure for a results column: the job's ``paper_reference`` for the evolved
+    model, a source's by its Hub repo name."""
+    want = paper_model if name == "evolved" else label.split("@")[0].split("/")[-1]
+    return next((f"{v:.1f}" for model, v, _ in suite.references if model == want), "-")
+
+
+def _results(results: dict | None, kind) -> list[Result]:
+    """The evolved model's reported numbers that came from Hub datasets, one per number (a number
+    measured on a local file is not published as the Hub dataset's)."""
     if not results:
-        return [], []
-    out, lmeval = [], []
+        return []
+    out = []
     for name, r in results["models"]["evolved"]["suites"].items():
-        m, suite = r["metrics"], find_suite(name)
-        if suite.dataset is not None and suite.metric in m and suite.task:
-            pub = TASKS.get(suite.task).result
-            d = suite.dataset
-            out.append(Result(dataset_id=d.repo, task_id=d.config or suite.name, config=d.config, split=d.split,
-                              metric=suite.metric, metric_type=pub.metric_type, task_type=pub.task_type,
-                              value=round(pub.scale * m[suite.metric], 2), notes=pub.notes))  # fmt: skip
-        for task, res in (m.get("lm_eval") or {}).items():
-            lmeval += [
-                (task, key, round(value, 4))
-                for key, value in res.items()
-                if isinstance(value, float) and "stderr" not in key and math.isfinite(value)
-            ]
-    return out, lmeval
+        suite, m = find_suite(name), r["metrics"]
+        by_name = {x["name"]: x for x in m.get("scores") or () if not x.get("local")}
+        for rep in suite.reports:
+            if rep.name not in by_name:
+                continue
+            d = rep.dataset
+            notes = TASKS.get(suite.task).result.notes if suite.task else suite.doc
+            if m.get("prompt_version"):
+                notes += f"; prompt version {m['prompt_version']}"
+            out.append(Result(dataset_id=d.repo, task_id=rep.task or suite.name, config=d.config,
+                              split=d.split, revision=d.revision, metric=rep.metric.split(",")[0],
+                              metric_type=rep.metric_type, task_type=kind.pipeline_tag,
+                              value=by_name[rep.name]["value"], notes=notes))  # fmt: skip
+    return out
 
 
 def _model_shape(run: RunDir, config: dict) -> str:
@@ -286,7 +312,8 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
     base, sources = _sources(job, run, licenses)
     licence = _license(([base] if base else []) + sources)
     kind = KINDS.get(job.publish.card if job.publish else "llm")
-    entries, lmeval = _results(results)  # type: ignore[arg-type]
+    ev = job.evaluation
+    entries = _results(results, kind)  # type: ignore[arg-type]
     evolved = (results or {}).get("models", {}).get("evolved", {})  # type: ignore[union-attr]
     fit = job.fitness
     meta = CardMeta(
@@ -295,7 +322,7 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
         language=list(job.publish.language) if job.publish else ["ja"], license=licence.id,
         license_name=licence.name, license_link=licence.link,
         datasets=[d.repo for d in (fit.data, fit.validation) if d is not None and d.repo],
-        results=entries, lmeval=lmeval, date=evolved.get("created"),
+        results=entries, date=evolved.get("created"),
     )  # fmt: skip
     example = _example_prompt(job, run, kind.vision)
     arch = (config.get("architectures") or ["a transformers model"])[0]
@@ -307,7 +334,7 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
         "primary": primary or "its VLM source", "stages": _stages(job, run),
         "fitness": f"`{fit.task}` on {fit.data.display(run.root)}"
         + (f" (best chosen on {fit.validation.display(run.root)})" if fit.validation else ""),
-        "fitness_task": fit.task, "results": _results_table(results), "example_prompt": example.replace("\n", "\\n"),
+        "fitness_task": fit.task, "results": _results_table(results, ev.paper_reference if ev else None), "example_prompt": example.replace("\n", "\\n"),
         "install": install_line(),
         **_recipe_facts(recipe, sources, run),
     }  # fmt: skip

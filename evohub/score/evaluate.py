@@ -24,7 +24,7 @@ from evohub.files import atomic_write, write_json
 from evohub.models import kind_of
 from evohub.score.data import checked, load_rows
 from evohub.score.lmeval import run_lmeval
-from evohub.score.suites import SUITES, Suite, find_suite
+from evohub.score.suites import SUITES, Suite, find_suite, scores
 from evohub.score.tasks import TASKS, get_task
 from evohub.spec import DataRef
 
@@ -136,6 +136,7 @@ class _Settings:
     prompt: str | None
     stop: tuple[str, ...] | None
     out_dir: Path | None
+    prompt_version: str | None = None
 
 
 def _run_task_suite(suite: Suite, model: _Model, s: _Settings) -> SuiteResult:
@@ -154,8 +155,11 @@ def _run_task_suite(suite: Suite, model: _Model, s: _Settings) -> SuiteResult:
     rows = load_rows(ref)[: s.limit] if s.limit else load_rows(ref)
     task = get_task(suite.task, prompt=s.prompt, stop=s.stop) if suite.job_prompt else get_task(suite.task)  # type: ignore[arg-type]
     checked(task, rows, ref)
-    scored = task.run(model.generator(), rows, max_new_tokens=s.max_new_tokens)
-    return SuiteResult(suite.name, scored.metrics | {"dataset": ref.display(relative_to=s.out_dir)}, scored.samples)
+    # a protocol bound to one backend (the paper VQA suite's transformers loading) gets that one
+    backend = model.generator() if model.backend_name in TASKS.get(suite.task).backends else model.hf()
+    scored = task.run(backend, rows, max_new_tokens=s.max_new_tokens)
+    metrics = scored.metrics | {"dataset": ref.display(relative_to=s.out_dir)}
+    return SuiteResult(suite.name, metrics | scores(suite, metrics, local=set(s.data)), scored.samples)
 
 
 def _run_lmeval_suite(suite: Suite, model: _Model, s: _Settings) -> SuiteResult:
@@ -164,9 +168,15 @@ def _run_lmeval_suite(suite: Suite, model: _Model, s: _Settings) -> SuiteResult:
     overrides = {k: v for k, v in s.data.items() if k not in task_suites}
     hf = model.hf()
     res = run_lmeval(hf.model, hf.tokenizer, list(suite.lmeval_tasks), data=overrides, limit=s.limit,
-                     batch_size=s.batch_size, max_new_tokens=s.max_new_tokens)  # fmt: skip
+                     batch_size=s.batch_size, max_new_tokens=s.max_new_tokens,
+                     prompt_version=s.prompt_version)  # fmt: skip
     not_run = res.pop("not_run", None)
-    return SuiteResult(suite.name, {"lm_eval": res} | ({"not_run": not_run} if not_run else {}))
+    metrics = {"lm_eval": res} | ({"not_run": not_run} if not_run else {})
+    if suite.prompt_versions:
+        from evohub.score.jp_stable import DEFAULT_PROMPT
+
+        metrics["prompt_version"] = s.prompt_version or DEFAULT_PROMPT
+    return SuiteResult(suite.name, metrics | scores(suite, metrics, local=set(overrides)))
 
 
 RUNNERS = {"task": _run_task_suite, "lmeval": _run_lmeval_suite}
@@ -186,18 +196,21 @@ def evaluate(
     prompt: str | None = None,
     stop: tuple[str, ...] | None = None,
     label: str | None = None,
+    prompt_version: str | None = None,
 ) -> dict:
     """Evaluate a model directory on ``suites``; writes results.json and samples when ``out_dir``.
 
     ``prompt`` and ``stop`` are a job's fitness settings, used by suites that run the job's own
     task (``ja-math``). ``label`` names the model in the results (default: its directory); local
     data files are named relative to ``out_dir``, so results carry no machine path.
+    ``prompt_version`` is the jp-stable tasks' (``jp-lmeh``; default 0.3). Each suite's reported
+    numbers are added on 0-100 as ``scores`` (and ``average``; docs/design.md#reported-results).
     """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise ScoreError(f"{model_dir}: not a model directory (no config.json)")
     out = Path(out_dir).resolve() if out_dir is not None else None
-    settings = _Settings(dict(data or {}), limit, max_new_tokens, batch_size, prompt, stop, out)
+    settings = _Settings(dict(data or {}), limit, max_new_tokens, batch_size, prompt, stop, out, prompt_version)
     model = _Model(model_dir, backend, device, batch_size)
     results: list[SuiteResult] = []
     try:
@@ -243,11 +256,26 @@ def shown_value(metric: str, v: float) -> str:
     return f"{v:.1f}" if name.startswith("rouge") else f"{v:.4f}"
 
 
+def score_rows(suite: str, metrics: dict) -> list[tuple[str, str]]:
+    """(name, value) of a suite's reported numbers, all on 0-100, then its average."""
+    rows = [(f"{x['name']} {x['metric']}" + (" (local data)" if x.get("local") else ""), f"{x['value']:.1f}")
+            for x in metrics.get("scores") or ()]  # fmt: skip
+    if "average" in metrics:
+        rows.append((find_suite(suite).average or "average", f"{metrics['average']:.2f}"))
+    return rows
+
+
 def table_rows(results: dict) -> list[tuple[str, str, str]]:
-    """(suite, metric, value) rows for a printed table (percent: :func:`shown_value`)."""
+    """(suite, metric, value) rows for a printed table: a suite's reported numbers on 0-100
+    (:func:`score_rows`), or for one that reports none each metric by :func:`shown_value`."""
     rows = []
     for suite, r in results["suites"].items():
         m = r["metrics"]
+        if m.get("scores"):
+            rows += [(suite, name, v) for name, v in score_rows(suite, m)]
+            rows += [(suite, k, str(int(m[k])) if k == "n" else shown_value(k, m[k]))
+                     for k in ("ja_rate", "n") if k in m]  # fmt: skip
+            continue
         for task, res in (m.get("lm_eval") or {}).items():
             for key, value in res.items():
                 if isinstance(value, float) and "stderr" not in key:

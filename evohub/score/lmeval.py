@@ -9,8 +9,8 @@ task to a local JSON/JSONL file: a task YAML is generated that ``include``s the 
 runs and tests. A task whose Hub dataset is behind a loading script (``Rakuten/JGLUE``,
 ``juletxara/mgsm``) reads the Hub's parquet conversion instead, through a generated task YAML
 in the same way; one that cannot be read at all is left out and named with the reason
-(docs/design.md#datasets-behind-scripts). ``evohub/score/lmeval_tasks/`` holds task YAMLs of our own (JCoLA, the
-paper's ninth JP-LMEH task, which lm-eval lacks).
+(docs/design.md#datasets-behind-scripts). ``evohub/score/lmeval_tasks/`` holds task YAMLs of our own:
+``jp_stable/`` registers the paper's JP-LMEH as jp-stable ran it (:mod:`evohub.score.jp_stable`).
 """
 
 from __future__ import annotations
@@ -153,18 +153,23 @@ def run_lmeval(
     batch_size: int = 8,
     num_fewshot: int | None = None,
     max_new_tokens: int | None = None,
+    prompt_version: str | None = None,
 ) -> dict[str, dict]:
     """Evaluate ``model`` (a transformers model object) on lm-eval ``tasks``; returns lm-eval's
     per-task results, keyed by the task names asked for (a group whose tasks had to be changed
     is run task by task). Tasks that cannot be read are left out and named under ``"not_run"``
-    with the reason; ``max_new_tokens`` caps generation (lm-eval's ``max_gen_toks``)."""
+    with the reason; ``max_new_tokens`` caps generation (lm-eval's ``max_gen_toks``);
+    ``prompt_version`` is the jp-stable tasks' (default :data:`jp_stable.DEFAULT_PROMPT`)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    from evohub.score import jp_stable
+
     include = [str(OUR_TASKS)]
+    meta = {"prompt_version": prompt_version or jp_stable.DEFAULT_PROMPT}
     with tempfile.TemporaryDirectory(prefix="evohub-lmeval-") as tmp:
-        tm = TaskManager(include_path=include, verbosity="ERROR")
+        tm = TaskManager(include_path=include, verbosity="ERROR", metadata=meta)
         missing = [t for t in tasks if t not in tm.all_tasks]
         if missing:
             raise ScoreError(f"lm-eval has no task or group {missing[0]!r}")
@@ -177,14 +182,15 @@ def run_lmeval(
             parts = leaves(t, tm) if changed & set(leaves(t, tm)) and t not in changed else [t]
             wanted += [renamed.get(p, p) for p in parts if p not in not_run]
         if renamed:
-            tm = TaskManager(include_path=[*include, tmp], verbosity="ERROR")
+            tm = TaskManager(include_path=[*include, tmp], verbosity="ERROR", metadata=meta)
         if not wanted:
             return {"not_run": not_run}
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         gen = {"max_gen_toks": max_new_tokens} if max_new_tokens else None
-        out = lm_eval.simple_evaluate(model=lm, tasks=wanted, task_manager=tm, limit=limit, num_fewshot=num_fewshot,
-                                      log_samples=False, verbosity="ERROR", bootstrap_iters=1000,
-                                      gen_kwargs=gen)  # fmt: skip
+        with jp_stable.bound_to(lm.tokenizer, lm.max_length, lm.max_gen_toks, cap=max_new_tokens):
+            out = lm_eval.simple_evaluate(model=lm, tasks=wanted, task_manager=tm, limit=limit, num_fewshot=num_fewshot,
+                                          log_samples=False, verbosity="ERROR", bootstrap_iters=1000,
+                                          gen_kwargs=gen)  # fmt: skip
     if out is None:
         raise ScoreError("lm-eval returned no results")
     back = {v: k for k, v in renamed.items()}

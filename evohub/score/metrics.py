@@ -115,6 +115,30 @@ def rouge_ja(refs: Sequence[str], preds: Sequence[str], strict_japanese: bool = 
     return {t: float(result[t].mid.fmeasure * 100) for t in types}
 
 
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def rouge_ja_each(refs: Sequence[str], preds: Sequence[str]) -> list[dict[str, float]]:
+    """Each example's ROUGE-1/2/L F-measure × 100 over MeCab tokens (:class:`MecabTokenizer`);
+    an empty prediction scores 0."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), tokenizer=_mecab())
+    out = []
+    for ref, pred in zip(refs, preds, strict=True):
+        s = scorer.score(ref, pred)
+        out.append({t: float(s[t].fmeasure * 100) for t in ROUGE_TYPES})
+    return out
+
+
+def japanese_only(refs: Sequence[str], preds: Sequence[str], p_ja=None) -> list[str]:
+    """The predictions under the paper's released rule (evomerge ``compute_score``): one that is
+    not Japanese, P(ja) < 0.5, for a Japanese reference, P(ja) >= 0.5, becomes "".
+    ``p_ja`` is the probability function (default :func:`japanese_probability`)."""
+    p_ja = p_ja or japanese_probability
+    return ["" if p_ja(ref) >= 0.5 and p_ja(pred) < 0.5 else pred for ref, pred in zip(refs, preds, strict=True)]
+
+
 @lru_cache(maxsize=1)
 def _mecab() -> MecabTokenizer:
     return MecabTokenizer()

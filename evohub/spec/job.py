@@ -153,6 +153,22 @@ class Evaluation(Frozen):
     data: dict[str, LocalPath] = Field(default_factory=dict, description="suite or lm-eval task -> local JSON/JSONL")
     limit: int | None = Field(None, gt=0)
     max_new_tokens: int | None = Field(None, gt=0, description="generation budget; default: each suite's protocol")
+    #: jp-stable's prompt version for ``jp-lmeh`` / ``jcola`` (docs/design.md#jp-lmeh)
+    prompt_version: Literal["0.1", "0.2", "0.3"] = "0.3"
+    #: the published model whose figures the card sets beside this job's (``EvoLLM-JP-v1-7B``)
+    paper_reference: str | None = None
+
+    @model_validator(mode="after")
+    def _known_reference(self) -> Evaluation:
+        if self.paper_reference is None:
+            return self
+        known = {m for name in self.suites for m, _, _ in find_suite(name).references}
+        if self.paper_reference not in known:
+            hint = f"one of {', '.join(sorted(known))}" if known else "no suite here has published figures"
+            raise ValueError(
+                f"paper_reference {self.paper_reference!r} is not a model the suites have figures for ({hint})"
+            )
+        return self
 
 
 class Publish(Frozen):

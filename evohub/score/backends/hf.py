@@ -6,11 +6,19 @@ and prompts with images for LLaVA-style VLMs (through the model's processor).
 
 Prompts are tokenised once (cached by text) and generated in batches of similar length;
 outputs are cut at the first stop string (the stop string is not included, as in vLLM).
+
+A model is loaded as its directory says (``native``) or, for a LLaVA or LLaVA-NeXT VLM, as
+Sakana AI's released evaluation code loaded EvoVLM-JP (``llava``, docs/design.md#the-paper-vqa-suite):
+
+    >>> with be.loaded_as("llava") as paper:                                     # doctest: +SKIP
+    ...     paper.generate(prompts, Sampling(max_new_tokens=512, num_beams=5, repetition_penalty=1.5))
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import copy
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,6 +27,80 @@ import transformers
 from evohub.errors import ScoreError
 from evohub.models import kind_of
 from evohub.score.backends import Prompt, Sampling, VisionPrompt, continuation, cut_at_stop, render
+
+#: how a model is loaded: ``native`` as its directory says (its kind's auto class and processor);
+#: ``llava`` as Sakana AI's released code loaded EvoVLM-JP (:func:`llava_model`, :func:`llava_processor`)
+LOADINGS = ("native", "llava")
+#: the dtype Sakana AI's configs load VLMs in (``torch_dtype: torch.float16``)
+LLAVA_DTYPE = torch.float16
+#: the image processor settings a CLIP image processor takes from a LLaVA(-NeXT) one
+_CLIP_SETTINGS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
+                  "do_normalize", "image_mean", "image_std", "do_convert_rgb")  # fmt: skip
+
+
+def llava_config(config) -> transformers.LlavaConfig:
+    """The ``llava`` config of a LLaVA or LLaVA-NeXT model's config: the same vision and text
+    configs (so the rope is the text config's, unchanged), image token, projector and feature
+    selection; no ``image_grid_pinpoints`` (no any-resolution tiles, no image newline)."""
+    if config.model_type not in ("llava", "llava_next"):
+        raise ScoreError(f"the llava loading takes a LLaVA or LLaVA-NeXT model, not {config.model_type!r}")
+    keys = ("image_token_index", "projector_hidden_act", "vision_feature_select_strategy", "vision_feature_layer",
+            "multimodal_projector_bias", "tie_word_embeddings", "image_seq_length")  # fmt: skip
+    settings = {k: getattr(config, k) for k in keys if getattr(config, k, None) is not None}
+    out = transformers.LlavaConfig(
+        vision_config=config.vision_config.to_dict(), text_config=config.text_config.to_dict(), **settings
+    )
+    out.architectures = ["LlavaForConditionalGeneration"]
+    return out
+
+
+@torch.no_grad()
+def llava_model(model, dtype: torch.dtype = LLAVA_DTYPE):
+    """A ``LlavaForConditionalGeneration`` over a loaded LLaVA or LLaVA-NeXT model's tensors, as
+    ``LlavaForConditionalGeneration.from_pretrained(dir, torch_dtype=dtype)`` of a ``llava``
+    config would load them: the two architectures name every tensor alike but LLaVA-NeXT's
+    image newline, which LLaVA has no use for. Tensors already in ``dtype`` are shared, not
+    copied (so weights written into ``model`` in place are what the result computes with);
+    buffers (rotary frequencies, position ids) are shared as they are."""
+    if type(model).__name__ == "LlavaForConditionalGeneration" and model.dtype == dtype:
+        return model
+    config = llava_config(model.config)
+    with torch.device("meta"):
+        out = transformers.LlavaForConditionalGeneration(config)
+    state = {k: t for k, t in model.state_dict().items() if not k.endswith("image_newline")}
+    out.load_state_dict(state, strict=True, assign=True)
+    buffers = dict(model.named_buffers())
+    for name, _ in list(out.named_buffers()):
+        owner, _, leaf = name.rpartition(".")
+        out.get_submodule(owner)._buffers[leaf] = buffers[name]
+    for p in out.parameters():
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+    out.generation_config = copy.deepcopy(model.generation_config)
+    return out.eval()
+
+
+def llava_processor(processor, config):
+    """A ``LlavaProcessor`` for the ``llava`` loading: the model's tokenizer, and a CLIP image
+    processor (PIL: resize the shortest edge, centre crop, normalise) with the settings of its
+    LLaVA or LLaVA-NeXT image processor, so an image is one crop (576 tokens at 336 px), never
+    any-resolution tiles. The image token count follows the model's ``config`` (patch size,
+    feature selection, CLIP's class token), also for a processor that left it to the model."""
+    image = processor.image_processor
+    if type(image).__name__.startswith(("CLIP", "LlavaNext")):
+        clip = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+        settings = image.to_dict()
+        image = clip(**{k: settings[k] for k in _CLIP_SETTINGS if k in settings})
+    vision = config.vision_config
+    clip_tower = vision.model_type == "clip_vision_model"
+    return transformers.LlavaProcessor(
+        image_processor=image,
+        tokenizer=processor.tokenizer,
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        num_additional_image_tokens=1 if clip_tower else getattr(processor, "num_additional_image_tokens", 0),
+        image_token=getattr(processor, "image_token", None) or "<image>",
+    )
 
 
 def load_model(
@@ -70,12 +152,18 @@ def _generation_kwargs(sampling: Sampling, pad: int) -> dict:
 
 
 class HFBackend:
-    """``processor`` (a VLM's, e.g. LlavaProcessor) is needed for :class:`VisionPrompt` prompts."""
+    """``processor`` (a VLM's, e.g. LlavaProcessor) is needed for :class:`VisionPrompt` prompts;
+    ``loading`` says how the model was loaded (:data:`LOADINGS`): with ``llava``, an answer is
+    its new tokens decoded alone (special tokens skipped, no clean-up of spaces), as Sakana AI's
+    code decoded them, instead of the continuation of the prompt's text."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, processor=None):
+    def __init__(self, model, tokenizer, batch_size: int = 16, processor=None, loading: str = "native"):
+        if loading not in LOADINGS:
+            raise ScoreError(f"unknown loading {loading!r} (one of {', '.join(LOADINGS)})")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.processor = processor
+        self.loading = loading
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.batch_size = batch_size
@@ -90,11 +178,32 @@ class HFBackend:
         dtype: torch.dtype | None = None,
         batch_size: int = 16,
         tokenizer: str | Path | None = None,
+        loading: str = "native",
     ) -> HFBackend:
-        """A model directory loaded as its kind says (a VLM with its processor); ``tokenizer``
-        names another directory to take an LLM's tokenizer from."""
+        """A model directory loaded as its kind says (a VLM with its processor), or as
+        ``loading`` says (``llava``: in float16 unless ``dtype``); ``tokenizer`` names another
+        directory to take an LLM's tokenizer from."""
         model, tok, processor = load_model(path, device, dtype, tokenizer)
-        return cls(model, tok, batch_size, processor)
+        backend = cls(model, tok, batch_size, processor)
+        if loading == "native":
+            return backend
+        with backend.loaded_as(loading, dtype) as other:
+            return other
+
+    @contextmanager
+    def loaded_as(self, loading: str, dtype: torch.dtype | None = None) -> Iterator[HFBackend]:
+        """This backend's model as ``loading`` loads it, for the ``with`` block: itself when it
+        is loaded so; for ``llava``, a ``LlavaForConditionalGeneration`` over the resident
+        tensors (:func:`llava_model`, float16 unless ``dtype``) with :func:`llava_processor`:
+        built from the weights in memory, so a candidate written in place is what is scored."""
+        if loading == self.loading:
+            yield self
+            return
+        if loading != "llava" or self.processor is None:
+            raise ScoreError(f"the {loading!r} loading takes a LLaVA or LLaVA-NeXT VLM loaded natively")
+        model = llava_model(self.model, dtype or LLAVA_DTYPE)
+        processor = llava_processor(self.processor, self.model.config)
+        yield HFBackend(model, processor.tokenizer, self.batch_size, processor, loading=loading)
 
     @property
     def device(self) -> torch.device:
@@ -169,8 +278,12 @@ class HFBackend:
             gen = self.model.generate(**batch, **kwargs)
             mask = batch["attention_mask"]
             for row, i in enumerate(idx):
-                prompt = batch["input_ids"][row][mask[row].bool()].tolist()
-                out[i] = cut_at_stop(self._continuation(prompt, gen[row, width:].tolist()), sampling.stop)
+                prompt, new = batch["input_ids"][row][mask[row].bool()].tolist(), gen[row, width:].tolist()
+                if self.loading == "llava":  # Sakana AI's: the new tokens alone, as batch_decode gives them
+                    text = self.tokenizer.decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                else:
+                    text = self._continuation(prompt, new)
+                out[i] = cut_at_stop(text, sampling.stop)
         return out
 
     def _continuation(self, prompt: list[int], new: list[int]) -> str:

@@ -29,7 +29,24 @@ class HubDataset:
     revision: str | None = None
 
     def display(self) -> str:
-        return f"{self.repo}{':' + self.config if self.config else ''}[{self.split}]"
+        at = f"@{self.revision[:12]}" if self.revision else ""
+        return f"{self.repo}{':' + self.config if self.config else ''}[{self.split}]{at}"
+
+
+@dataclass(frozen=True)
+class Reported:
+    """One number a suite reports, registered once: the card's table, ``results.json``'s scores,
+    ``.eval_results`` and ``model-index`` all read it from here (docs/design.md#reported-results).
+
+    ``task`` is the lm-eval task whose results hold ``metric`` (lm-eval suites) or None (a task
+    suite: ``metric`` is one of the task's metrics); ``scale`` turns the value into 0-100."""
+
+    name: str  # as shown: "JComQA"
+    metric: str  # the key in the results: "acc,none", "acc_ja"
+    scale: float  # 100 for a 0-1 metric, 1 for one already on 0-100
+    dataset: HubDataset
+    task: str | None = None
+    metric_type: str = "accuracy"  # the Hub's metric type: accuracy, exact_match, rouge
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,14 @@ class Suite:
     job_prompt: bool = False
     #: the metric reported as the suite's result on the card and in .eval_results
     metric: str | None = None
+    #: what the suite reports, each on 0-100 (docs/design.md#reported-results)
+    reports: tuple[Reported, ...] = ()
+    #: the name of the mean of ``reports`` when the suite has one ("JP-LMEH average")
+    average: str | None = None
+    #: published figures of the average (or of the one reported number): (model, value, where)
+    references: tuple[tuple[str, float, str], ...] = ()
+    #: tasks whose prompt version a job chooses (``evaluation.prompt_version``)
+    prompt_versions: bool = False
 
 
 SUITES: Registry[Suite] = Registry("evaluation suite", package="evohub.score.suites")
@@ -64,6 +89,27 @@ def find_suite(name: str) -> Suite:
         base = SUITES.get(f"{prefix}:")
         return dataclasses.replace(base, name=name, lmeval_tasks=(arg,))
     raise UnknownName(SUITES.unknown(name))
+
+
+def scores(suite: Suite, metrics: dict, local: frozenset[str] | set[str] = frozenset()) -> dict:
+    """A suite's reported numbers on 0-100 from its raw ``metrics`` (what ``evaluate`` stores):
+    ``{"scores": [{name, metric, value, dataset | local}], "average": x}``. A number whose
+    data came from a local file (``local`` names the task or suite) says so instead of naming the
+    Hub dataset. The average is the plain mean of the unrounded scores, rounded to two places, as
+    jp-stable's ``compute_average_from_json.py`` computes it; it is left out unless every
+    reported number is there."""
+    rows = []
+    for r in suite.reports:
+        res = (metrics.get("lm_eval") or {}).get(r.task, {}) if r.task else metrics
+        value = res.get(r.metric)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        where = {"local": True} if (r.task or suite.name) in local else {"dataset": r.dataset.display()}
+        rows.append({"name": r.name, "metric": r.metric.split(",")[0], "value": r.scale * float(value), **where})
+    out: dict = {"scores": [dict(x, value=round(x["value"], 2)) for x in rows]}
+    if suite.average and rows and len(rows) == len(suite.reports):
+        out["average"] = round(sum(x["value"] for x in rows) / len(rows), 2)
+    return out
 
 
 def suite_names() -> str:

@@ -1,6 +1,8 @@
 """Japanese math suites: the paper's MGSM-JA, and the ja-math protocol on a job's own held-out split."""
 
-from evohub.score.suites import SUITES, HubDataset, Suite
+from evohub.score.suites import SUITES, HubDataset, Reported, Suite
+
+MGSM = HubDataset("juletxara/mgsm", config="ja", split="test")
 
 SUITES.register(
     Suite(
@@ -8,8 +10,9 @@ SUITES.register(
         doc="MGSM-JA (250 problems): the paper's zero-shot CoT protocol, acc_ja",
         runner="task",
         task="ja-math",
-        dataset=HubDataset("juletxara/mgsm", config="ja", split="test"),
+        dataset=MGSM,
         metric="acc_ja",
+        reports=(Reported(name="MGSM-JA", metric="acc_ja", scale=100, dataset=MGSM),),
     )
 )
 SUITES.register(

@@ -16,6 +16,12 @@ Rows, in either layout:
 ``image`` is a PIL image (Hub datasets decode their Image feature), ``{"bytes": ...}`` or
 ``{"path": ...}``, or a file path (relative paths in a local data file are resolved against the
 file's directory by :func:`evohub.score.data.load_rows`).
+
+``ja-vqa-paper`` is the same prompt and decoding as Sakana AI's released evaluation code ran it
+for EvoVLM-JP (docs/design.md#the-paper-vqa-suite): the model loaded as
+``LlavaForConditionalGeneration`` in float16 with a CLIP image processor (the ``hf`` backend's
+``llava`` loading), answers decoded from their new tokens alone, and ROUGE as that code reports
+it: ``rougeL`` over every answer, ``rougeL_ja`` with the Japanese rule (the paper's figure).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from dataclasses import replace
 
 from evohub.errors import ScoreError
 from evohub.score.backends import Sampling, VisionPrompt
-from evohub.score.metrics import japanese_probability, rouge_ja
+from evohub.score.metrics import ROUGE_TYPES, japanese_only, japanese_probability, rouge_ja, rouge_ja_each
 from evohub.score.tasks.base import TASKS, Published, Scored
 
 #: The prompt of the paper's released evaluation code (evomerge, "ja-shisa-vqa").
@@ -76,6 +82,26 @@ def score_outputs(outputs: list[str], answers: list[str]) -> Scored:
     return Scored(metrics, samples)
 
 
+def paper_score_outputs(outputs: list[str], answers: list[str]) -> Scored:
+    """Metrics as Sakana AI's released code computes them: ROUGE-1/2/L over every answer, and
+    ``*_ja`` with :func:`~evohub.score.metrics.japanese_only` (P(ja) >= 0.5 / < 0.5). Each is the
+    plain mean of the per-example F-measures × 100: that code reports rouge_score's
+    BootstrapAggregator "mid", the median of 1000 resampled means: an estimate of this mean (within
+    about 0.1 point on 500 examples) that depends on numpy's global random state."""
+    if not outputs:
+        raise ScoreError("ja-vqa-paper: no examples to score")
+    p_ja = [japanese_probability(o) for o in outputs]
+    raw = rouge_ja_each(answers, outputs)
+    ja = rouge_ja_each(answers, japanese_only(answers, outputs))
+    metrics = {t: sum(r[t] for r in raw) / len(raw) for t in ROUGE_TYPES}
+    metrics |= {f"{t}_ja": sum(r[t] for r in ja) / len(ja) for t in ROUGE_TYPES}
+    metrics["ja_rate"] = sum(1 for p in p_ja if p >= 0.5) / len(outputs)
+    metrics["n"] = float(len(outputs))
+    samples = [{"output": o, "answer": a, "p_ja": p, "rougeL": r["rougeL"], "rougeL_ja": j["rougeL"]}
+               for o, a, p, r, j in zip(outputs, answers, p_ja, raw, ja, strict=True)]  # fmt: skip
+    return Scored(metrics, samples)
+
+
 @TASKS.register
 class JaVQA:
     """The task; ``prompt`` (with ``{input}``) defaults to the paper's, ``image_token`` to LLaVA's."""
@@ -121,15 +147,48 @@ class JaVQA:
             for r in rows
         ]
 
-    def run(self, backend, rows: list[dict], max_new_tokens: int | None = None, **_) -> Scored:
+    def answers(self, backend, rows: list[dict], max_new_tokens: int | None = None) -> list[str]:
+        """The model's answers to ``rows``, stripped (the protocol's budget unless ``max_new_tokens``)."""
         sampling = self.sampling
         if max_new_tokens is not None:
             sampling = replace(sampling, max_new_tokens=max_new_tokens)
-        outputs = [o.strip() for o in backend.generate(self.prompts(rows), sampling)]
-        scored = score_outputs(outputs, [question_answer(r)[1] for r in rows])
+        return [o.strip() for o in backend.generate(self.prompts(rows), sampling)]
+
+    def run(self, backend, rows: list[dict], max_new_tokens: int | None = None, **_) -> Scored:
+        outputs = self.answers(backend, rows, max_new_tokens)
+        scored = self.score_outputs(outputs, [question_answer(r)[1] for r in rows])
         for s, r in zip(scored.samples, rows, strict=True):
             s["question"] = question_answer(r)[0]
         return scored
 
     def score(self, backend, rows: list[dict], max_new_tokens: int | None = None, **kw) -> dict[str, float]:
         return self.run(backend, rows, max_new_tokens=max_new_tokens, **kw).metrics
+
+
+@TASKS.register
+class JaVQAPaper(JaVQA):
+    """``ja-vqa`` as Sakana AI's released code ran it for EvoVLM-JP; the prompt is the paper's."""
+
+    name = "ja-vqa-paper"
+    doc = ("Japanese VQA as Sakana AI's released code scored EvoVLM-JP: LLaVA loading in float16, 5 beams, "
+           "repetition penalty 1.5, mean ROUGE-L over MeCab tokens, Japanese answers only (rougeL_ja)")  # fmt: skip
+    fitness_metric = "rougeL_ja"
+    options = ()
+    backends = ("hf",)
+    shown = ("rougeL_ja", "rougeL", "rouge1_ja", "rouge2_ja")
+    result = Published("rouge", "image-text-to-text", 1.0,
+                       "ROUGE-L F x 100 over MeCab tokens (mean), a non-Japanese answer to a Japanese question "
+                       "scored as empty; LlavaForConditionalGeneration in float16, 5 beams, repetition penalty 1.5 "
+                       "(Sakana AI's released evaluation, Akiba et al., 2024)")  # fmt: skip
+    score_outputs = staticmethod(paper_score_outputs)
+
+    def __init__(self, sampling: Sampling = SAMPLING):
+        super().__init__(sampling=sampling)
+
+    def answers(self, backend, rows: list[dict], max_new_tokens: int | None = None) -> list[str]:
+        """Generated on ``backend``'s model loaded as ``llava`` (the ``hf`` backend's loading)."""
+        loaded_as = getattr(backend, "loaded_as", None)
+        if loaded_as is None:
+            raise ScoreError(f"ja-vqa-paper runs on the hf backend (its llava loading), not {type(backend).__name__}")
+        with loaded_as("llava") as paper:
+            return super().answers(paper, rows, max_new_tokens)
