@@ -183,3 +183,91 @@ def test_from_the_hub_each_task_is_one_well_formed_eval_result(hub, model_dir, t
     assert [(r.dataset_type, r.dataset_config, r.metric_value) for r in legacy] == [
         (e.dataset_id, c, e.value) for e, c in zip(parsed, ["JCommonsenseQA", "JNLI", "MARC-ja", "JSQuAD", "v2.0", None,
                                                             None, "ja", "JCoLA"], strict=True)]  # fmt: skip
+
+
+# -- against jp-stable's own requests ---------------------------------------------------------
+
+CASES = sorted(p.name for p in DATA.glob("*.json"))
+
+
+def _build(case: dict, tmp_path: Path):
+    """Our task for a reference file, as its registration YAML makes it, reading the file's
+    fixture rows (local JSONL splits) with its prompt version."""
+    import datasets
+    import yaml
+
+    from evohub.score import jp_stable
+    from evohub.score.lmeval import OUR_TASKS
+
+    files = {}
+    for split, rows in case["rows"].items():
+        files[split] = str(tmp_path / f"{split}.jsonl")
+        Path(files[split]).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    text = (OUR_TASKS / "jp_stable" / f"jp_stable_{case['task']}.yaml").read_text()
+    cfg = yaml.safe_load(text.replace("!function ", ""))
+    cls = getattr(jp_stable, cfg.pop("class").rpartition(".")[2])
+    # one schema for every split (MGSM's test rows have no worked answer: null there)
+    features = datasets.Dataset.from_list([r for rows in case["rows"].values() for r in rows]).features
+    cfg |= {"dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": files, "features": features},
+            "metadata": {"prompt_version": case.get("prompt_version") or "0.3"}}  # fmt: skip
+    return cls(config=cfg)
+
+
+def _tokenizer(case: dict, tmp_path: Path):
+    from evohub.local.tiny import save_tokenizer
+
+    tok = case.get("tokenizer") or {}
+    chars = tok.get("tokens") or ["<unk>", "</s>", *sorted(set(json.dumps(case["rows"], ensure_ascii=False)))]
+    fast = save_tokenizer(tmp_path / "tok", chars, unk="<unk>", eos="</s>", chars=True)
+    return fast, tok.get("max_length", 2048), tok.get("max_gen_toks", 256)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_requests_and_scores_equal_jp_stables(name, tmp_path):
+    from evohub.score import jp_stable
+
+    case = json.loads((DATA / name).read_text())
+    tokenizer, max_length, max_gen_toks = _tokenizer(case, tmp_path)
+    with jp_stable.bound_to(tokenizer, max_length, max_gen_toks):
+        task = _build(case, tmp_path)
+        assert task.prompt_version == (case.get("prompt_version") or "")
+        task.build_all_requests(limit=None, rank=0, world_size=1)
+        ours: dict[int, list] = {}
+        for inst in task.instances:
+            ours.setdefault(inst.doc["_position"], []).append(inst)
+        for want in case["requests"]:
+            got = sorted(ours[want["eval_row"]], key=lambda i: i.idx)
+            if want["type"] == "loglikelihood":
+                assert [list(i.arguments) for i in got] == want["args"], f"row {want['eval_row']}"
+            else:
+                ((ctx, gen),) = [i.arguments for i in got]
+                assert ctx == want["args"][0], f"row {want['eval_row']}"
+                assert (gen["until"], gen["max_gen_toks"]) == (
+                    want["args"][1]["until"],
+                    want["args"][1]["max_gen_toks"],
+                )
+        # jp-stable's scoring of scripted model outputs: the same per-document values and totals
+        fake = case["fake_lm_check"]
+        per_metric: dict[str, list] = {}
+        for row, response in fake["responses"].items():
+            doc = next(i.doc for i in task.instances if i.doc["_position"] == int(row))
+            results = [(ll, False) for ll in response] if isinstance(response, list) else [response]
+            for k, v in task.process_results(doc, results).items():
+                per_metric.setdefault(k, []).append(v)
+        got = {k: task.aggregation()[k](v) for k, v in per_metric.items()}
+    want = fake["aggregate"]
+    if case["task"] == "xlsum_ja":  # ROUGE-2 by the model's tokenizer, as jp-stable's evaluator leaves it
+        want = {
+            "rouge2": next(v["plain_mean"] for k, v in fake["rouge2_by_tokenizer"].items() if k.startswith("task_"))
+        }
+    assert set(got) == set(want) and all(got[k] == pytest.approx(want[k], abs=1e-9) for k in want), (got, want)
+
+
+def test_a_misspelt_data_name_fails_before_any_model_loads(tmp_path):
+    from evohub.errors import ScoreError
+    from evohub.score.evaluate import evaluate
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")  # never loaded: the name is checked first
+    with pytest.raises(ScoreError, match="lm-eval has no task or group 'jp_stable_jnil'"):
+        evaluate(tmp_path / "m", ["jp-lmeh"], data={"jp_stable_jnil": str(tmp_path / "x.jsonl")})

@@ -78,6 +78,7 @@ def _refs(spec: JobSpec) -> list[tuple[str, str, str | None]]:
         suite = find_suite(name)
         if suite.dataset is not None:
             out.append((suite.dataset.repo, "dataset", suite.dataset.revision))
+        out += [(r.dataset.repo, "dataset", r.dataset.revision) for r in suite.reports]  # JAQKET: read as JSON files
         if suite.lmeval_tasks:
             from evohub.score.lmeval import task_datasets
 

@@ -23,7 +23,7 @@ from evohub.errors import ScoreError
 from evohub.files import atomic_write, write_json
 from evohub.models import kind_of
 from evohub.score.data import checked, load_rows
-from evohub.score.lmeval import run_lmeval
+from evohub.score.lmeval import check_tasks, run_lmeval
 from evohub.score.suites import SUITES, Suite, find_suite, scores
 from evohub.score.tasks import TASKS, get_task
 from evohub.spec import DataRef
@@ -211,6 +211,9 @@ def evaluate(
         raise ScoreError(f"{model_dir}: not a model directory (no config.json)")
     out = Path(out_dir).resolve() if out_dir is not None else None
     settings = _Settings(dict(data or {}), limit, max_new_tokens, batch_size, prompt, stop, out, prompt_version)
+    lm_data = [k for k in settings.data if k not in {x.name for x in SUITES if x.runner == "task"}]
+    if lm_data:
+        check_tasks(lm_data)  # a misspelt --data name fails before any model is loaded
     model = _Model(model_dir, backend, device, batch_size)
     results: list[SuiteResult] = []
     try:

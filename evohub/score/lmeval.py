@@ -15,6 +15,7 @@ in the same way; one that cannot be read at all is left out and named with the r
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,11 +57,38 @@ def leaves(task: str, tm) -> list[str]:
     return out
 
 
-def task_datasets(tasks: Sequence[str]) -> dict[str, tuple[str, str | None]]:
-    """``{task: (dataset_path, dataset_name)}`` of every task ``tasks`` (groups expanded) reads."""
+def _new_manager(defaults: bool, extra: str | None = None, prompt_version: str | None = None):
+    """lm-eval's task index: ours (and ``extra``), with its built-in tasks when ``defaults``;
+    ``prompt_version`` reaches every task as metadata."""
     from lm_eval.tasks import TaskManager
 
-    tm = TaskManager(include_path=[str(OUR_TASKS)], verbosity="ERROR")
+    paths = [str(OUR_TASKS), *([extra] if extra else [])]
+    meta = {"prompt_version": prompt_version} if prompt_version else None
+    return TaskManager(include_path=paths, include_defaults=defaults, metadata=meta)
+
+
+#: indexing lm-eval's built-in tasks parses some 10,000 YAML files (seconds): once per process,
+#: and not at all for tasks of ours alone
+_manager = functools.lru_cache(maxsize=4)(_new_manager)
+
+
+def _index_for(tasks: Sequence[str]):
+    """The smallest index that knows ``tasks``."""
+    ours = _manager(False)
+    return ours if all(t in ours.all_tasks for t in tasks) else _manager(True)
+
+
+def check_tasks(tasks: Sequence[str]) -> None:
+    """Raise (one line) for a name that is no lm-eval task or group."""
+    tm = _index_for(tasks)
+    missing = [t for t in tasks if t not in tm.all_tasks]
+    if missing:
+        raise ScoreError(f"lm-eval has no task or group {missing[0]!r}")
+
+
+def task_datasets(tasks: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+    """``{task: (dataset_path, dataset_name)}`` of every task ``tasks`` (groups expanded) reads."""
+    tm = _index_for(tasks)
     out = {}
     for t in tasks:
         if t not in tm.all_tasks:
@@ -162,18 +190,17 @@ def run_lmeval(
     ``prompt_version`` is the jp-stable tasks' (default :data:`jp_stable.DEFAULT_PROMPT`)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
     from evohub.score import jp_stable
 
-    include = [str(OUR_TASKS)]
-    meta = {"prompt_version": prompt_version or jp_stable.DEFAULT_PROMPT}
+    version = prompt_version or jp_stable.DEFAULT_PROMPT
     with tempfile.TemporaryDirectory(prefix="evohub-lmeval-") as tmp:
-        tm = TaskManager(include_path=include, verbosity="ERROR", metadata=meta)
-        missing = [t for t in tasks if t not in tm.all_tasks]
-        if missing:
-            raise ScoreError(f"lm-eval has no task or group {missing[0]!r}")
-        renamed = local_overrides(data or {}, tm, Path(tmp)) if data else {}
+        check_tasks(tasks)
+        tm = _index_for(tasks)
+        defaults = tm is not _manager(False)
+        asked = set(tasks) | {leaf for t in tasks for leaf in leaves(t, tm)}
+        data = {k: v for k, v in (data or {}).items() if k in asked}  # others are other suites' tasks
+        renamed = local_overrides(data, tm, Path(tmp)) if data else {}
         hub, not_run = _hub_overrides(list(tasks), data or {}, tm, Path(tmp))
         renamed |= hub
         changed = set(renamed) | set(not_run)
@@ -181,8 +208,8 @@ def run_lmeval(
         for t in tasks:  # a group with a changed task runs task by task
             parts = leaves(t, tm) if changed & set(leaves(t, tm)) and t not in changed else [t]
             wanted += [renamed.get(p, p) for p in parts if p not in not_run]
-        if renamed:
-            tm = TaskManager(include_path=[*include, tmp], verbosity="ERROR", metadata=meta)
+        # local and conversion YAMLs live in tmp (an index of its own: tmp goes away)
+        tm = _new_manager(defaults, tmp, version) if renamed else _manager(defaults, None, version)
         if not wanted:
             return {"not_run": not_run}
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
