@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -183,6 +184,7 @@ def rehearse(job_path: Path, work: Path, *, live: bool = False, record_dir: Path
     in order, each timed."""
     work = Path(work).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work / "run", ignore_errors=True)  # a rehearsal starts afresh (its own earlier run goes)
     spec = load_job(job_path)
     result = Rehearsal(job=str(job_path))
     if vllm is None:

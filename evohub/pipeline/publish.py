@@ -218,7 +218,9 @@ def _results_table(results: dict | None, paper_model: str | None = None) -> dict
             if any(v != "-" for v in paper):
                 metrics[f"{what}, published ({found.references[0][2]})"] = paper
         rows[suite] = [{"metric": k, "values": v} for k, v in metrics.items()]
-    return {"suites": list(results["suites"]), "names": names, "rows": rows, "not_run": not_run, "notes": notes}
+    docs = {suite: find_suite(suite).doc for suite in results["suites"]}  # which protocol each is
+    return {"suites": list(results["suites"]), "names": names, "rows": rows, "not_run": not_run, "notes": notes,
+            "docs": docs}  # fmt: skip
 
 
 def _card_values(suite: str, m: dict) -> list[tuple[str, str]]:
