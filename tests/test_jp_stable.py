@@ -157,13 +157,19 @@ def test_from_the_hub_each_task_is_one_well_formed_eval_result(hub, model_dir, t
     from evohub.models import KINDS
     from evohub.pipeline.publish import _results
     from evohub.score.evaluate import evaluate
+    from evohub.score.suites import find_suite
 
     _seed_hub(hub)
     out = evaluate(model_dir, ["jp-lmeh"], limit=2, max_new_tokens=4)
     m = out["suites"]["jp-lmeh"]["metrics"]
     assert "not_run" not in m and len(m["scores"]) == 9 and "average" in m
     assert all("local" not in s and s["dataset"] for s in m["scores"])
-    assert m["scores"][0]["dataset"] == "shunk031/JGLUE:JCommonsenseQA[validation]"
+    # each names the dataset commit it was read at (the Hub's main, as nothing is pinned here)
+    served = {
+        r: hub.repo(r, "dataset").branches["main"] for r in {x.dataset.repo for x in find_suite("jp-lmeh").reports}
+    }
+    assert [s["revision"] for s in m["scores"]] == [served[r.dataset.repo] for r in find_suite("jp-lmeh").reports]
+    assert m["scores"][0]["dataset"] == f"shunk031/JGLUE:JCommonsenseQA[validation]@{served['shunk031/JGLUE'][:12]}"
 
     entries = _results({"models": {"evolved": out}}, KINDS.get("llm"))
     meta = CardMeta(repo_id="me/evo", template="llm", pipeline_tag="text-generation", base_models=[], language=["ja"],
@@ -178,6 +184,7 @@ def test_from_the_hub_each_task_is_one_well_formed_eval_result(hub, model_dir, t
         ("shunk031/JGLUE", "jp_stable_jcola"),
     ]  # fmt: skip
     assert [e.value for e in parsed] == [s["value"] for s in m["scores"]]
+    assert [e.dataset_revision for e in parsed] == [s["revision"] for s in m["scores"]]
     assert all("prompt version 0.3" in e.notes for e in parsed)
     # model-index: the same nine, keyed by the Hub dataset and its config, not by lm-eval task names
     assert [(r.dataset_type, r.dataset_config, r.metric_value) for r in legacy] == [

@@ -257,7 +257,8 @@ def _results(results: dict | None, kind) -> list[Result]:
             if m.get("prompt_version"):
                 notes += f"; prompt version {m['prompt_version']}"
             out.append(Result(dataset_id=d.repo, task_id=rep.task or suite.name, config=d.config,
-                              split=d.split, revision=d.revision, metric=rep.metric.split(",")[0],
+                              split=d.split, revision=by_name[rep.name].get("revision") or d.revision,
+                              metric=rep.metric.split(",")[0],
                               metric_type=rep.metric_type, task_type=kind.pipeline_tag,
                               value=by_name[rep.name]["value"], notes=notes))  # fmt: skip
     return out

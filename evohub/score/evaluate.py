@@ -12,6 +12,8 @@ same task code.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
 import platform
 import time
@@ -182,6 +184,34 @@ def _run_lmeval_suite(suite: Suite, model: _Model, s: _Settings) -> SuiteResult:
 RUNNERS = {"task": _run_task_suite, "lmeval": _run_lmeval_suite}
 
 
+@functools.lru_cache(maxsize=64)
+def _served_commit(repo: str) -> str | None:
+    from evohub.errors import EvohubError
+    from evohub.hub import client
+
+    if client.offline():
+        return None
+    try:
+        return client.listing(repo, None, "dataset").sha
+    except EvohubError:
+        return None
+
+
+def with_revisions(suite: Suite, metrics: dict) -> dict:
+    """Each number read from the Hub names the dataset commit it was read at: the suite's pin,
+    else the commit the Hub serves now (docs/design.md#reported-results)."""
+    by_name = {r.name: r for r in suite.reports}
+    for row in metrics.get("scores") or ():
+        if row.get("local") or row["name"] not in by_name:
+            continue
+        d = by_name[row["name"]].dataset
+        rev = d.revision or _served_commit(d.repo)
+        if rev:
+            row["revision"] = rev
+            row["dataset"] = dataclasses.replace(d, revision=rev).display()
+    return metrics
+
+
 def evaluate(
     model_dir: str | Path,
     suites: list[str],
@@ -221,6 +251,7 @@ def evaluate(
             start = time.perf_counter()
             suite = find_suite(name)
             results.append(RUNNERS[suite.runner](suite, model, settings))
+            with_revisions(suite, results[-1].metrics)
             results[-1].seconds = time.perf_counter() - start
     finally:
         model.close()
