@@ -212,6 +212,23 @@ def with_revisions(suite: Suite, metrics: dict) -> dict:
     return metrics
 
 
+def _run_suites(suites: list[str], model: _Model, settings: _Settings) -> list[SuiteResult]:
+    lm_data = [k for k in settings.data if k not in {x.name for x in SUITES if x.runner == "task"}]
+    if lm_data:
+        check_tasks(lm_data)  # a misspelt --data name fails before any model is loaded
+    results: list[SuiteResult] = []
+    try:
+        for name in suites:
+            start = time.perf_counter()
+            suite = find_suite(name)
+            results.append(RUNNERS[suite.runner](suite, model, settings))
+            with_revisions(suite, results[-1].metrics)
+            results[-1].seconds = time.perf_counter() - start
+    finally:
+        model.close()
+    return results
+
+
 def evaluate(
     model_dir: str | Path,
     suites: list[str],
@@ -241,20 +258,7 @@ def evaluate(
         raise ScoreError(f"{model_dir}: not a model directory (no config.json)")
     out = Path(out_dir).resolve() if out_dir is not None else None
     settings = _Settings(dict(data or {}), limit, max_new_tokens, batch_size, prompt, stop, out, prompt_version)
-    lm_data = [k for k in settings.data if k not in {x.name for x in SUITES if x.runner == "task"}]
-    if lm_data:
-        check_tasks(lm_data)  # a misspelt --data name fails before any model is loaded
-    model = _Model(model_dir, backend, device, batch_size)
-    results: list[SuiteResult] = []
-    try:
-        for name in suites:
-            start = time.perf_counter()
-            suite = find_suite(name)
-            results.append(RUNNERS[suite.runner](suite, model, settings))
-            with_revisions(suite, results[-1].metrics)
-            results[-1].seconds = time.perf_counter() - start
-    finally:
-        model.close()
+    results = _run_suites(suites, _Model(model_dir, backend, device, batch_size), settings)
     out = {
         "model": label or str(model_dir),
         "suites": {r.suite: {"metrics": r.metrics, "seconds": round(r.seconds, 2)} for r in results},
