@@ -278,3 +278,18 @@ def test_a_misspelt_data_name_fails_before_any_model_loads(tmp_path):
     (tmp_path / "m" / "config.json").write_text("{}")  # never loaded: the name is checked first
     with pytest.raises(ScoreError, match="lm-eval has no task or group 'jp_stable_jnil'"):
         evaluate(tmp_path / "m", ["jp-lmeh"], data={"jp_stable_jnil": str(tmp_path / "x.jsonl")})
+
+
+def test_jaqket_json_keeps_five_contexts_and_drops_questions_they_do_not_answer():
+    from evohub.score.jp_stable import _jaqket_row
+
+    def raw(answer_at: int) -> dict:
+        ctxs = [
+            {"id": str(j), "title": "t", "text": f"x{j}", "score": 1, "has_answer": j == answer_at} for j in range(7)
+        ]
+        return {"qid": "q", "question": "?", "answers": ["a", "b"], "ctxs": ctxs}
+
+    row = _jaqket_row(raw(4))
+    assert row["ctxs"]["text"] == ["x0", "x1", "x2", "x3", "x4"] and row["ctxs"]["score"] == [1.0] * 5
+    assert row["answers"] == {"text": ["a", "b"], "answer_start": [-1, -1]}
+    assert _jaqket_row(raw(5)) is None  # its answer is only in the sixth context: the script drops it

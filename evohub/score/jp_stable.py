@@ -224,6 +224,12 @@ def rouge2(tokenizer, items: list[tuple[str, str]]) -> float:
 # -- the protocol ---------------------------------------------------------------------------
 
 
+def _request_kwargs(kwargs: dict) -> dict:
+    """What lm-eval passes ``construct_requests`` that an ``Instance`` takes (not the chat options:
+    jp-stable's prompts are plain text)."""
+    return {k: v for k, v in kwargs.items() if k not in ("apply_chat_template", "chat_template")}
+
+
 class JpStableTask(Task):
     """jp-stable's task protocol on lm-eval 0.4 (see the module docstring).
 
@@ -341,8 +347,8 @@ class JpStableTask(Task):
             if self.has_training_docs():
                 pool = self.training_docs()
                 chosen = self._stratified(pool, k, rnd) if self.STRATIFIED else rnd.sample(pool, k)
-            else:
-                pool = self._ordered()
+            else:  # shots from the evaluated split itself, in its own order, never the document
+                pool = sorted(self._ordered(), key=lambda d: d["_position"])
                 chosen = self._stratified(pool, k + 1, rnd) if self.STRATIFIED else rnd.sample(pool, k + 1)
                 chosen = [d for d in chosen if d["_position"] != doc["_position"]][:k]
             shots = p.sep.join(self.doc_to_text(d) + self.doc_to_target(d) for d in chosen) + p.sep
@@ -375,7 +381,7 @@ class JpStableTask(Task):
 
     # requests and metrics
     def construct_requests(self, doc, ctx, **kwargs):
-        kwargs.pop("apply_chat_template", None), kwargs.pop("chat_template", None)
+        kwargs = _request_kwargs(kwargs)
         return [
             Instance(request_type="loglikelihood", doc=doc, arguments=(ctx, c), idx=i, **kwargs)
             for i, c in enumerate(self.choices(doc))
@@ -531,7 +537,7 @@ class XWinogradJa(JpStableTask):
         return ""
 
     def construct_requests(self, doc, ctx, **kwargs):
-        kwargs.pop("apply_chat_template", None), kwargs.pop("chat_template", None)
+        kwargs = _request_kwargs(kwargs)
         return [Instance(request_type="loglikelihood", doc=doc, arguments=("", doc[f"sentence{i}"]), idx=i - 1, **kwargs)
                 for i in (1, 2)]  # fmt: skip
 
@@ -555,7 +561,7 @@ class _Extractive(JpStableTask):
         return max(len(self.tokens(a)) for a in doc["answers"]["text"])
 
     def construct_requests(self, doc, ctx, **kwargs):
-        kwargs.pop("apply_chat_template", None), kwargs.pop("chat_template", None)
+        kwargs = _request_kwargs(kwargs)
         return self.generate(doc, ctx, ["\n"], self.answer_tokens(doc), **kwargs)
 
     def process_results(self, doc, results):
@@ -683,7 +689,7 @@ class XLSumJa(JpStableTask):
         return out
 
     def construct_requests(self, doc, ctx, **kwargs):
-        kwargs.pop("apply_chat_template", None), kwargs.pop("chat_template", None)
+        kwargs = _request_kwargs(kwargs)
         budget = len(self.tokens(doc["summary"])) + 10
         ctx = self.truncate(ctx, self.model().max_length - budget)
         return self.generate(doc, ctx, ["\n"], budget, **kwargs)
@@ -733,7 +739,7 @@ class MGSM(JpStableTask):
         return len(self.tokens(ctx)) <= m.max_length - m.max_gen_toks
 
     def construct_requests(self, doc, ctx, **kwargs):
-        kwargs.pop("apply_chat_template", None), kwargs.pop("chat_template", None)
+        kwargs = _request_kwargs(kwargs)
         m = self.model()
         return self.generate(doc, ctx, [m.tokenizer.eos_token or "</s>", "\n"], m.max_gen_toks, **kwargs)
 
