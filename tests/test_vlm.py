@@ -262,7 +262,7 @@ def test_vlm_job_evolves_evaluates_and_renders_a_vlm_card(vworld, tmp_path, run_
     meta = yaml.safe_load(text.split("---")[1])
     assert meta["pipeline_tag"] == "image-text-to-text" and meta["base_model_relation"] == "merge"
     assert "AutoModelForImageTextToText" in text and "vision-language model" in text
-    assert "| rougeL |" in text
+    assert "| JA-VG-VQA-500 rougeL (local data) |" in text  # one scale (0-100), and says the data was local
     assert "[INST] <<SYS>>" in text
 
 
