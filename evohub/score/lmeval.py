@@ -10,7 +10,8 @@ runs and tests. A task whose Hub dataset is behind a loading script (``Rakuten/J
 ``juletxara/mgsm``) reads the Hub's parquet conversion instead, through a generated task YAML
 in the same way; one that cannot be read at all is left out and named with the reason
 (docs/design.md#datasets-behind-scripts). ``evohub/score/lmeval_tasks/`` holds task YAMLs of our own:
-``jp_stable/`` registers the paper's JP-LMEH as jp-stable ran it (:mod:`evohub.score.jp_stable`).
+``jp_stable/`` registers the paper's JP-LMEH as jp-stable ran it (:mod:`evohub.score.jp_stable`),
+``jmmlu/`` JMMLU as the Swallow LLM Leaderboard reports it (:mod:`evohub.score.llm_jp_eval`).
 """
 
 from __future__ import annotations
@@ -100,23 +101,27 @@ def task_datasets(tasks: Sequence[str]) -> dict[str, tuple[str, str | None]]:
     return out
 
 
-def hub_access(path: str, name: str | None) -> tuple[dict | None, str | None]:
+def hub_access(path: str, name: str | None, revision: str | None = None) -> tuple[dict | None, str | None]:
     """How lm-eval reads a Hub dataset: ``(None, None)`` as its YAML says; ``(dataset kwargs, None)``
     from the parquet conversion when ``main`` is behind a loading script (``datasets`` >= 4
-    refuses scripts; evohub never runs them); ``(None, reason)`` when it cannot be read at all."""
+    refuses scripts; evohub never runs them); ``(None, reason)`` when it cannot be read at all.
+    A task that pins a ``revision`` is read there or not at all (``swallow_jmmlu``: the last
+    commit with plain CSV files)."""
     from evohub.hub import client
 
     if client.offline() or path in _PACKAGED or "/" not in path:
         return None, None
     try:
-        files = client.listing(path, None, "dataset").files
+        files = client.listing(path, revision, "dataset").files
         if not client.unreadable(path, files):
             return None, None
-        layout = client.parquet_layout(path)
+        layout = None if revision else client.parquet_layout(path)
     except EvohubError as e:
         return None, str(e)
     config = name or "default"
     script = client.loading_script(path, files)
+    if revision:
+        return None, f"{path}@{revision} {f'is a loading script ({script})' if script else 'has no data files'}"
     what = f"is a loading script ({script}) and has" if script else "has no data files and"
     if layout is None:
         return None, f"{path} {what} no parquet conversion (refs/convert/parquet)"
@@ -161,7 +166,8 @@ def _hub_overrides(tasks: list[str], data: dict[str, str], tm, out_dir: Path) ->
         cfg = _cfg(leaf, tm)
         if not cfg.get("dataset_path"):
             continue
-        kwargs, reason = hub_access(cfg["dataset_path"], cfg.get("dataset_name"))
+        pinned = (cfg.get("dataset_kwargs") or {}).get("revision")
+        kwargs, reason = hub_access(cfg["dataset_path"], cfg.get("dataset_name"), pinned)
         if reason:
             not_run[leaf] = reason
         elif kwargs:
