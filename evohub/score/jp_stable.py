@@ -61,6 +61,7 @@ from lm_eval.api.metrics import mean
 from lm_eval.api.task import Task
 
 from evohub.errors import ScoreError
+from evohub.score.metrics import MecabTokenizer, mecab
 
 #: the prompt version a job gets unless it names one (docs/design.md#jp-lmeh)
 DEFAULT_PROMPT = "0.3"
@@ -137,31 +138,16 @@ def encode(tokenizer, text: str) -> list[int]:
 
 # -- metrics ---------------------------------------------------------------------------------
 
-_EMOJI = re.compile(
-    "[\U0001f600-\U0001f64f\U0001f300-\U0001f5ff\U0001f680-\U0001f6ff\U0001f1e0-\U0001f1ff\U00002702-\U000027b0]+"
-)
 _PUNCT = set("！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿–—‘’‛“”„‟…‧﹏.") | set(string.punctuation)  # fmt: skip
 
-
-def normalize_answer(text: str) -> str:
-    """jp-stable's squad normalisation: emoji removed, ``neologdn``, white space collapsed."""
-    import emoji
-    import neologdn
-
-    text = _EMOJI.sub("", "".join("" if emoji.is_emoji(c) else c for c in text))
-    return " ".join(neologdn.normalize(text).split())
-
-
-_TAGGER: list = []
+#: jp-stable's squad normalisation (emoji removed, ``neologdn``, white space collapsed) is the one
+#: Sakana's VQA ROUGE uses too
+normalize_answer = MecabTokenizer.normalize
 
 
 def mecab_words(text: str) -> list[str]:
     """MeCab (``-Owakati``) words of the normalised text, punctuation dropped."""
-    if not _TAGGER:
-        from fugashi import Tagger
-
-        _TAGGER.append(Tagger("-Owakati"))
-    return [t for t in _TAGGER[0].parse(normalize_answer(text)).split() if t not in _PUNCT]
+    return [t for t in mecab().tokenize(text) if t not in _PUNCT]
 
 
 def _f1(pred: str, gold: str) -> float:

@@ -98,7 +98,7 @@ def rouge_ja(refs: Sequence[str], preds: Sequence[str], strict_japanese: bool = 
     from rouge_score import rouge_scorer, scoring
 
     types = ["rouge1", "rouge2", "rougeL"]
-    scorer = rouge_scorer.RougeScorer(types, tokenizer=_mecab())
+    scorer = rouge_scorer.RougeScorer(types, tokenizer=mecab())
     agg = scoring.BootstrapAggregator()
     for ref, pred in zip(refs, preds, strict=True):
         if strict_japanese and is_japanese(ref) and not is_japanese(pred):
@@ -123,7 +123,7 @@ def rouge_ja_each(refs: Sequence[str], preds: Sequence[str]) -> list[dict[str, f
     an empty prediction scores 0."""
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), tokenizer=_mecab())
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), tokenizer=mecab())
     out = []
     for ref, pred in zip(refs, preds, strict=True):
         s = scorer.score(ref, pred)
@@ -140,5 +140,6 @@ def japanese_only(refs: Sequence[str], preds: Sequence[str], p_ja=None) -> list[
 
 
 @lru_cache(maxsize=1)
-def _mecab() -> MecabTokenizer:
+def mecab() -> MecabTokenizer:
+    """The one MeCab tokenizer of the process (building a Tagger loads its dictionary)."""
     return MecabTokenizer()
