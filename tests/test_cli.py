@@ -47,7 +47,9 @@ def test_usage_error_is_one_line_exit_2(run_cli):
 
 
 def test_validate_shipped_jobs_exit_0(run_cli):
-    jobs = sorted(str(p) for p in (REPO / "jobs").glob("*.yaml"))
+    from jobs import runnable_jobs
+
+    jobs = [str(p) for p in runnable_jobs()]
     code, out, err = run_cli("validate", *jobs)
     assert code == 0, err
     assert out.count("ok: ") == len(jobs)

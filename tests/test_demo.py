@@ -24,7 +24,7 @@ def test_demo_evolves_a_skill_no_source_has(tmp_path, run_cli):
         name: r["suites"]["ja-math"]["metrics"]["acc_ja"]
         for name, r in json.loads((run / "results.json").read_text())["models"].items()
     }
-    assert set(scores) == {"evolved", "base", "math", "japanese", "untuned merge"}
+    assert set(scores) == {"evolved", "PS winner", "base", "math", "japanese", "untuned merge"}
     best_source = max(scores[k] for k in ("base", "math", "japanese"))
     assert scores["evolved"] > best_source and scores["evolved"] >= scores["untuned merge"] + 0.10, scores
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())

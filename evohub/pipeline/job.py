@@ -25,7 +25,7 @@ from evohub.pipeline.compare import evaluate_run
 from evohub.pipeline.pull import pull
 from evohub.pipeline.report import StageSummary, plot_fitness, summarize
 from evohub.pipeline.rundir import RunDir
-from evohub.pipeline.stages import evolve_stage, model_dirs
+from evohub.pipeline.stages import evolve_stage, model_dirs, ps_winner_dir
 from evohub.spec import JobSpec, Recipe, load_job
 
 log = logging.getLogger("evohub")
@@ -69,10 +69,7 @@ def start_run(spec_path: Path, run_dir: Path, resume: bool) -> tuple[JobSpec, Ru
 def _stage_one(spec: JobSpec, run: RunDir, stage: str, progress: bool) -> None:
     """Materialise the parameter-space winner as model A of a PS-then-DFS job's second stage."""
     if stage == "dfs" and spec.data_flow_space and spec.data_flow_space.a == "ps":
-        model_a, recipe = run.stage_model_dir("ps"), run.stage_recipe("ps")
-        assert recipe is not None
-        if not model_a.exists():
-            merge_to_disk(recipe, model_dirs(run, recipe), model_a, progress=progress)
+        ps_winner_dir(run, progress=progress)
 
 
 def run_job(

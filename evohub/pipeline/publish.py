@@ -150,13 +150,27 @@ def _link(ref: ModelRef, run: RunDir) -> str:
     return f"[{ref.repo}](https://huggingface.co/{ref.repo})" if ref.repo else f"`{ref.display(run.root)}`"
 
 
+def _converted_from(converted: dict | None) -> str | None:
+    """Where a converted model's weights came from, in words: the package that shipped them (its
+    name and version) or the pickle files, each file read with its sha256."""
+    if not converted:
+        return None
+    files = ", ".join(f"`{name}` (sha256 `{digest}`)" for name, digest in converted.get("from", {}).items())
+    package = converted.get("package")
+    if package:  # e.g. a GGUF shipped in a PyPI wheel
+        where = " ".join(x for x in (package.get("index"), "package", package["name"], package["version"]) if x)
+        return f"converted to safetensors from {files} in the {where}"
+    return f"converted to safetensors from {files}"
+
+
 def _sources(job: JobSpec, run: RunDir, licenses: dict[str, str | None]) -> tuple[dict | None, list[dict]]:
     entries = {e["name"]: e for e in run.lock()}
 
     def info(name: str, ref: ModelRef) -> dict:
         e = entries.get(name, {})
         return {"name": name, "ref": ref, "link": _link(ref, run), "revision": (e.get("revision") or "local")[:12],
-                "license": licenses.get(name), "architecture": e.get("architecture")}  # fmt: skip
+                "license": licenses.get(name), "architecture": e.get("architecture"),
+                "provenance": _converted_from(e.get("converted"))}  # fmt: skip
 
     rows = [info(name, ref) for name, ref in job.models()]
     return (rows[0] if job.base_model else None), rows[1:] if job.base_model else rows

@@ -20,7 +20,7 @@ from evohub.evolve.search import Candidate, Evaluator, Log, Outcome, run_stage
 from evohub.evolve.worker import WorkerSpec
 from evohub.files import write_json
 from evohub.merging.arch import num_decoder_layers
-from evohub.merging.build import tokenizer_dir
+from evohub.merging.build import merge_to_disk, tokenizer_dir
 from evohub.pipeline.gpu import sources_fit
 from evohub.pipeline.rundir import RunDir
 from evohub.progress import bar as progress_bar
@@ -166,3 +166,14 @@ def evolve_stage(
 def model_dirs(run: RunDir, recipe: Recipe) -> list[Path]:
     """Local directories of a recipe's inputs (Recipe.inputs order), from the run's lock."""
     return [run.local_dir(ref) for ref in recipe.inputs()]
+
+
+def ps_winner_dir(run: RunDir, progress: bool = False) -> Path:
+    """The parameter-space winner on disk, merged once: model A of a PS-then-DFS job's second
+    stage, and the held-out evaluation's measure of what the data-flow stage added."""
+    out, recipe = run.stage_model_dir("ps"), run.stage_recipe("ps")
+    if recipe is None:
+        raise RunError(f"{run.root}: the parameter-space stage has no recipe yet")
+    if not out.exists():
+        merge_to_disk(recipe, model_dirs(run, recipe), out, progress=progress)
+    return out
