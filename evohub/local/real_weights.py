@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import re
 import time
@@ -43,6 +42,7 @@ import torch
 
 from evohub.errors import RunError
 from evohub.files import atomic_write, replace_dir, write_json
+from evohub.local.world import answer_loss, warmup_cosine
 from evohub.merging.io import sha256_file
 
 log = logging.getLogger("evohub")
@@ -227,18 +227,12 @@ def fine_tune(model, tok, recipe: dict, seed: int, say=log.info) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     steps = recipe["steps"]
     opt = torch.optim.AdamW(params, lr=recipe["lr"], weight_decay=0.0)
-    warmup = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (i + 1) / warmup if i < warmup else 0.1 + 0.45 * (
-        1 + math.cos(math.pi * (i - warmup) / max(1, steps - warmup))))  # fmt: skip
+    sched = warmup_cosine(opt, steps, warmup=max(1, steps // 10))
     model.train()
     started = time.perf_counter()
     for i in range(steps):
         x, m, att = _batch(tok, recipe["rows"], recipe["batch"], rng)
-        logits = model(input_ids=x, attention_mask=att).logits[:, :-1]
-        w = m[:, 1:].float()
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
-                                                 reduction="none")  # fmt: skip
-        loss = (loss * w.reshape(-1)).sum() / w.sum()
+        loss = answer_loss(model(input_ids=x, attention_mask=att).logits, x, m)
         opt.zero_grad()
         loss.backward()
         opt.step()

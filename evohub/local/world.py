@@ -124,11 +124,9 @@ def _batch(mix: dict[str, float], rng: random.Random):
     return x, m
 
 
-def _train(model, steps: int, lr: float, mix: dict[str, float], seed: int) -> None:
-    rng = random.Random(f"evohub-world-train-{seed}")
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    warmup = max(1, steps // 20)  # linear warm-up, then cosine decay to a tenth
-    sched = torch.optim.lr_scheduler.LambdaLR(
+def warmup_cosine(opt, steps: int, warmup: int):
+    """Linear warm-up over ``warmup`` steps, then cosine decay to a tenth of the learning rate."""
+    return torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda i: (
             (i + 1) / warmup
@@ -136,16 +134,23 @@ def _train(model, steps: int, lr: float, mix: dict[str, float], seed: int) -> No
             else 0.1 + 0.45 * (1 + math.cos(math.pi * (i - warmup) / max(1, steps - warmup)))
         ),
     )
+
+
+def answer_loss(logits, x, mask):
+    """Mean next-token cross-entropy over the positions ``mask`` marks (the answer tokens)."""
+    logits, target, weight = logits[:, :-1], x[:, 1:], mask[:, 1:].float()
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+    return (loss * weight.reshape(-1)).sum() / weight.sum()
+
+
+def _train(model, steps: int, lr: float, mix: dict[str, float], seed: int) -> None:
+    rng = random.Random(f"evohub-world-train-{seed}")
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = warmup_cosine(opt, steps, warmup=max(1, steps // 20))
     model.train()
     for _ in range(steps):
         x, m = _batch(mix, rng)
-        logits = model(input_ids=x, attention_mask=(x != 0) | (m == 1)).logits[:, :-1]
-        target = x[:, 1:]
-        weight = m[:, 1:].float()
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none"
-        )
-        loss = (loss * weight.reshape(-1)).sum() / weight.sum()
+        loss = answer_loss(model(input_ids=x, attention_mask=(x != 0) | (m == 1)).logits, x, m)
         opt.zero_grad()
         loss.backward()
         opt.step()
