@@ -119,6 +119,24 @@ class PSGenome:
     def x0(self) -> list[float]:
         return [self.search.optimizer.x0] * self.dims
 
+    def references(self) -> list[tuple[int | None, Recipe]]:
+        """The models this stage merges, each as a recipe that reproduces it: the base (every
+        weight 0; index None) and each source k (weight 1, the others 0, density 1) — what a
+        fitness estimator calibrates on (docs/design.md#fitness-estimators)."""
+        ps, K = self.search, len(self.sources)
+        out: list[tuple[int | None, Recipe]] = []
+        for k in ([None] if ps.kind.base and self.base is not None else []) + list(range(K)):
+            models = []
+            for j in range(K):
+                m: dict = {"source": self.sources[j], "weight": 1.0 if j == k else 0.0}
+                if ps.kind.density and not ps.kind.shares:
+                    m["density"] = 1.0
+                models.append(m)
+            data = self.decode(self.x0()).model_dump(mode="python", exclude_none=True)
+            data["parameter_space"]["models"] = models
+            out.append((k, Recipe.model_validate(data)))
+        return out
+
     def decode(self, x: Sequence[float]) -> Recipe:
         ps, G, K = self.search, self.search.layer_groups, len(self.sources)
         P = len(ps.patterns)
@@ -207,6 +225,10 @@ class DFSGenome:
     def max_hops(self) -> int:
         """The longest path a genotype can give."""
         return min(self.T, self.search.max_path_length or self.T)
+
+    def references(self) -> list:
+        """None: a data-flow stage has no recipe that reproduces model B alone."""
+        return []
 
     def x0(self) -> list[float]:
         on = [0.75 if t < self.layers_a else 0.25 for t in range(self.T)]

@@ -32,7 +32,7 @@ class InProcessPool(Evaluator):
             self._worker = self.spec.build()
         for c in batch:
             for _ in range(ATTEMPTS):
-                out = self._worker.evaluate(c.genotype, c.recipe, c.generation, c.split)
+                out = self._worker.evaluate(c.genotype, c.recipe, c.items, c.split)
                 if out.error is None:
                     break
             done(c, out)
@@ -49,8 +49,8 @@ class _Actor:
     def __init__(self, spec: WorkerSpec):
         self.worker = spec.build()
 
-    def evaluate(self, genotype: list[float], recipe, generation: int, split: str) -> Outcome:
-        return self.worker.evaluate(genotype, recipe, generation, split)
+    def evaluate(self, genotype: list[float], recipe, items: tuple[int, ...] | None, split: str) -> Outcome:
+        return self.worker.evaluate(genotype, recipe, items, split)
 
     def pid(self) -> int:
         return os.getpid()
@@ -86,7 +86,7 @@ class RayPool(Evaluator):
             while queue and free:
                 slot = free.pop(0)
                 c, attempt = queue.pop(0)
-                ref = self.actors[slot].evaluate.remote(list(c.genotype), c.recipe, c.generation, c.split)
+                ref = self.actors[slot].evaluate.remote(list(c.genotype), c.recipe, c.items, c.split)
                 pending[ref] = (slot, c, attempt)
             ready, _ = ray.wait(list(pending), num_returns=1)
             slot, c, attempt = pending.pop(ready[0])

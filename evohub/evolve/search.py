@@ -22,13 +22,15 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from evohub.errors import RunError
+from evohub.evolve.estimators import ESTIMATORS, Estimate
 from evohub.evolve.genome import Budget, Genome
+from evohub.evolve.matrix import COST_FIELDS, ScoreMatrix, totals
 from evohub.evolve.optimizers import OPTIMIZERS
 from evohub.files import atomic_write, write_json
 from evohub.spec import Optimizer, Recipe
@@ -45,12 +47,16 @@ def stage_seed(seed: int, stage: str) -> int:
 
 @dataclass
 class Outcome:
-    """What evaluating one candidate gave."""
+    """What evaluating one candidate on some items gave: the task's metric and metrics on them,
+    each item's score (``scores``, in the items' order) and what it cost (``cost``: the
+    :data:`~evohub.evolve.matrix.COST_FIELDS` but ``seconds``)."""
 
     fitness: float | None
     metrics: dict = field(default_factory=dict)
     error: str | None = None
     seconds: float = 0.0
+    scores: list[float] | None = None
+    cost: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,8 @@ class Candidate:
     genotype: tuple[float, ...]
     recipe: Recipe
     split: str = "fitness"  # or "validation", when the final choice is re-scored
+    #: the fitness rows to score (None: every row of the split)
+    items: tuple[int, ...] | None = None
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -122,6 +130,9 @@ class StageResult:
     #: False when this invocation's cap (``max_evals``) stopped the stage before its budget did:
     #: the stage is not finished and resumes from the log (docs/design.md#resuming)
     complete: bool = True
+    #: an audited estimator's rows with a full-set score (``full``), best first: the finalists
+    #: the winner is chosen among (None for ``full``: every row's fitness is a full score)
+    ranked: list[dict] | None = None
 
 
 def _penalised(fitness: Sequence[float | None]) -> list[float]:
@@ -146,23 +157,109 @@ def _replayed(log: Log, cands: Sequence[Candidate]) -> list[Candidate]:
     return todo
 
 
-def _row(c: Candidate, out: Outcome) -> dict:
-    return {
+@dataclass(frozen=True)
+class Scoring:
+    """How a stage scores its candidates (docs/design.md#fitness-estimators): the estimator and
+    its settings, the item pool every full-set score is over (None: the evaluator scores the rows
+    it has, as synthetic evaluators do), the range of one item's score, the reference models
+    (name, recipe) an estimator may calibrate on, and the score matrix's file."""
+
+    estimator: str = "full"
+    options: dict = field(default_factory=dict)
+    minibatch: int | None = None
+    pool: tuple[int, ...] | None = None
+    item_range: tuple[float, float] | None = None
+    references: tuple[tuple[str, Recipe], ...] = ()
+    matrix: Path | None = None
+
+
+@dataclass
+class _Call:
+    items: tuple[int, ...] | None
+    scores: list[float] | None
+    fitness: float | None
+    metrics: dict
+    error: str | None
+
+
+class _Context:
+    """What an estimator's strategy sees of a stage (:class:`evohub.evolve.estimators.Context`)."""
+
+    def __init__(self, stage: str, seed: int, scoring: Scoring, evaluator: Evaluator, matrix: ScoreMatrix,
+                 popsize: int, after_call: Callable[[dict], None] | None):  # fmt: skip
+        self.stage, self.seed, self.evaluator, self.matrix = stage, seed, evaluator, matrix
+        self.pool = list(scoring.pool) if scoring.pool is not None else None
+        self.item_range = scoring.item_range
+        self.popsize, self.mu = popsize, max(1, popsize // 2)
+        self._references = scoring.references
+        self.after_call = after_call
+        self.generation = 0  # the generation being run (a call's ``at``)
+
+    def references(self) -> list[Candidate]:
+        return [Candidate(self.stage, -1, k, (), recipe) for k, (_, recipe) in enumerate(self._references)]
+
+    def full_rows(self, before: int) -> dict[tuple[int, int], list[float]]:
+        return self.matrix.full_rows(self.pool or [], before)
+
+    def score(self, calls, why: str = "fitness") -> list[_Call]:
+        out: list[_Call | None] = [None] * len(calls)
+        todo: dict[tuple, tuple[int, Candidate]] = {}
+        for k, (cand, items) in enumerate(calls):
+            items = None if items is None else tuple(items)
+            row = self.matrix.get(cand.generation, cand.index, items)
+            if row is not None:
+                out[k] = _call(row)
+            else:
+                c = replace(cand, items=items)
+                todo[self.matrix.key(c.generation, c.index, items)] = (k, c)
+        if todo:
+
+            def done(c: Candidate, o: Outcome) -> None:
+                row = {"g": c.generation, "i": c.index, "at": self.generation, "why": why,
+                       "items": None if c.items is None else list(c.items), "scores": o.scores,
+                       "fitness": o.fitness, "metrics": o.metrics, "error": o.error,
+                       **{f: o.cost.get(f, 0) for f in COST_FIELDS if f not in ("items", "seconds")},
+                       "seconds": round(o.seconds, 4)}  # fmt: skip
+                if c.generation < 0:
+                    row["ref"] = self._references[c.index][0]
+                row = self.matrix.append(row)
+                out[todo[self.matrix.key(c.generation, c.index, c.items)][0]] = _call(row)
+                if self.after_call:
+                    self.after_call(row)
+
+            self.evaluator.evaluate([c for _, c in todo.values()], done)
+        if any(o is None for o in out):
+            raise RunError(f"stage {self.stage}: the evaluator returned no result for some candidates")
+        return out  # type: ignore[return-value]
+
+
+def _call(row: dict) -> _Call:
+    items = None if row["items"] is None else tuple(row["items"])
+    return _Call(items, row.get("scores"), row.get("fitness"), row.get("metrics") or {}, row.get("error"))
+
+
+def _row(c: Candidate, est: Estimate, calls: list[dict]) -> dict:
+    """The candidates.jsonl row of ``c``: the estimate, and the summed cost of its calls."""
+    cost = totals(calls)
+    row = {
         "stage": c.stage, "generation": c.generation, "index": c.index,
         "genotype": list(c.genotype), "recipe_hash": recipe_hash(c.recipe),
-        "fitness": out.fitness, "metrics": out.metrics, "error": out.error,
-        "seconds": round(out.seconds, 4),
+        "fitness": est.fitness, "metrics": est.metrics, "error": est.error,
+        **{f: cost[f] for f in COST_FIELDS},
     }  # fmt: skip
+    if est.tell is not None and est.tell != est.fitness:
+        row["tell"] = est.tell
+    return row
 
 
 def _checkpoint(path: Path, stage: str, generation: int, evaluations: int, pop: int, dims: int, search,
-                best: tuple[float, Candidate] | None, elapsed: float) -> None:  # fmt: skip
+                best: tuple[float, Candidate] | None, elapsed: float, extra: dict) -> None:  # fmt: skip
     """checkpoint.json: where the stage stands, replaced atomically after every generation."""
     write_json(path, {
         "stage": stage, "generation": generation, "evaluations": evaluations, "popsize": pop, "dims": dims,
         **search.state(), "best_fitness": best[0] if best else None,
         "best_recipe_hash": recipe_hash(best[1].recipe) if best else None, "elapsed_s": round(elapsed, 3),
-        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **extra, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })  # fmt: skip
 
 
@@ -176,6 +273,83 @@ def _out_of_time(stage: str, budget: Budget, elapsed: float, evaluated: int) -> 
     return True
 
 
+def _ok(f) -> bool:
+    return f is not None and math.isfinite(f)
+
+
+class _Audit:
+    """The audits of a non-``full`` estimator: the stage's ``audit_top`` best estimates (distinct
+    recipes, among generations up to the audit's) scored on the whole item pool."""
+
+    def __init__(self, ctx: _Context, log: Log, genome: Genome, options: dict):
+        self.ctx, self.log, self.genome = ctx, log, genome
+        self.every, self.top = int(options["audit_every"]), int(options["audit_top"])
+
+    def run(self, stage: str, last: int) -> None:
+        rows = [r for r in self.log.stage_rows(stage) if r["generation"] <= last and _ok(r["fitness"])]
+        seen, top = set(), []
+        for r in sorted(rows, key=lambda r: (-r["fitness"], r["generation"], r["index"])):
+            if r["recipe_hash"] not in seen:
+                seen.add(r["recipe_hash"])
+                top.append(r)
+            if len(top) == self.top:
+                break
+        calls = []
+        for r in top:
+            known = self.ctx.matrix.known(r["generation"], r["index"])
+            missing = [j for j in self.ctx.pool or [] if j not in known]
+            if missing:
+                c = Candidate(
+                    stage, r["generation"], r["index"], tuple(r["genotype"]), self.genome.decode(r["genotype"])
+                )
+                calls.append((c, missing))
+        self.ctx.generation = last
+        self.ctx.score(calls, why="audit")
+
+    def state(self, stage: str) -> dict:
+        """What the checkpoint says of the audits: every full-set score so far."""
+        return {"audited": {f"{r['generation']}/{r['index']}": r["full"] for r in self.full(stage)}}
+
+    def best(self, stage: str) -> tuple[float, Candidate] | None:
+        """The best full-set score of the stage so far, and its candidate."""
+        ranked = self.full(stage)
+        if not ranked:
+            return None
+        top = ranked[0]
+        return top["full"], Candidate(stage, top["generation"], top["index"], tuple(top["genotype"]),
+                                      self.genome.decode(top["genotype"]))  # fmt: skip
+
+    def full(self, stage: str) -> list[dict]:
+        """The stage's rows with a full-set score (``full``), best first."""
+        out = []
+        for r in self.log.stage_rows(stage):
+            f = self.ctx.matrix.full_score(r["generation"], r["index"], self.ctx.pool or [])
+            if f is not None:
+                out.append(r | {"full": f})
+        return sorted(out, key=lambda r: (-r["full"], r["generation"], r["index"]))
+
+
+def _generation_rows(ctx: _Context, strategy, audited: bool, log: Log, cands: list[Candidate],
+                     generation: int) -> list[dict]:  # fmt: skip
+    """The log rows of a generation's candidates: logged ones as they are (their genotypes
+    checked), the others estimated by the strategy and appended with the cost of their calls."""
+    todo = _replayed(log, cands)
+    if todo:
+        ctx.generation = generation
+        # ``full`` scores each candidate alone: only the unlogged ones; the other estimators rank
+        # a generation together, reading what the matrix holds for the logged ones
+        batch = cands if audited else todo
+        for c, est in zip(batch, strategy.generation(ctx, generation, batch), strict=True):
+            if c in todo:
+                mine = [r for r in ctx.matrix.rows if r["g"] == c.generation and r["i"] == c.index
+                        and r["at"] == generation and r["why"] == "fitness"]  # fmt: skip
+                log.append(_row(c, est, mine))
+    rows = [log.get(c.key) for c in cands]
+    if any(r is None for r in rows):
+        raise RunError(f"{ctx.stage}: the evaluator returned no result for some candidates")
+    return rows  # type: ignore[return-value]
+
+
 def run_stage(
     stage: str,
     genome: Genome,
@@ -186,19 +360,37 @@ def run_stage(
     seed: int,
     max_evals: int | None = None,
     on_generation: Callable[[int, list[dict]], None] | None = None,
+    scoring: Scoring | None = None,
+    on_call: Callable[[dict], None] | None = None,
 ) -> StageResult:
     """Run (or resume) one stage of the spec's optimiser; maximises fitness. ``max_evals`` caps the
-    candidates *this call* evaluates: stopped by it, the result is not ``complete`` (resumable)."""
+    candidates *this call* evaluates: stopped by it, the result is not ``complete`` (resumable).
+    ``scoring`` says how candidates are scored (default: ``full`` on the evaluator's rows);
+    ``on_call(row)`` sees each new score-matrix row (a progress bar). The stage's best is the best
+    fitness, or for an audited estimator the best full-set score (docs/design.md#fitness-estimators).
+    It is over 60 lines: one generation's steps (budget and cap, ask, estimate, tell, audit, checkpoint)
+    read in order in one loop, which resuming depends on."""
+    scoring = scoring or Scoring()
+    estimator = ESTIMATORS.get(scoring.estimator)
+    options = estimator.settings(scoring.options)
+    strategy = estimator.create(options, scoring.minibatch)
     budget = Budget.of(optimizer, genome.dims)
     pop, limit = budget.popsize, budget.evaluations
     search = OPTIMIZERS.get(optimizer.algorithm).create(genome.x0(), optimizer.sigma0, pop, stage_seed(seed, stage))
-    logged = log.stage_rows(stage)
-    elapsed = sum(r.get("seconds", 0.0) for r in logged)  # resumed runs count it all
-    cap = len(logged) + max_evals if max_evals else None  # this call's evaluations end here
+    matrix = ScoreMatrix(scoring.matrix)
+    ctx = _Context(stage, seed, scoring, evaluator, matrix, pop, on_call)
+    audit = _Audit(ctx, log, genome, options) if estimator.audited else None
+
+    def elapsed() -> float:  # evaluation time, resumed runs included: the matrix's, else the log's
+        return matrix.cost()["seconds"] if matrix.rows else sum(r.get("seconds", 0.0) for r in log.stage_rows(stage))
+
+    cap = len(log.stage_rows(stage)) + max_evals if max_evals else None  # this call's evaluations end here
     generation, complete = 0, True
     best: tuple[float, Candidate] | None = None
     while not (limit is not None and generation * pop >= limit):
-        if _out_of_time(stage, budget, elapsed, generation * pop):
+        if _out_of_time(stage, budget, elapsed(), generation * pop):
+            if audit is not None and generation % audit.every:
+                audit.run(stage, generation - 1)  # the time budget ended it: the final audit
             break
         if cap is not None and generation * pop >= cap:
             complete = False
@@ -207,30 +399,28 @@ def run_stage(
         ends = [e for e in (limit, cap) if e is not None]
         n = min([pop] + [e - generation * pop for e in ends])  # the last generation may be cut
         cands = [Candidate(stage, generation, i, tuple(X[i]), genome.decode(X[i])) for i in range(n)]
-
-        def record(c: Candidate, out: Outcome) -> None:
-            nonlocal elapsed
-            elapsed += out.seconds
-            log.append(_row(c, out))
-
-        if todo := _replayed(log, cands):
-            evaluator.evaluate(todo, record)
-        rows = [log.get(c.key) for c in cands]
-        if any(r is None for r in rows):
-            raise RunError(f"stage {stage}: the evaluator returned no result for some candidates")
-        fitness = [r["fitness"] for r in rows]  # type: ignore[index]
-        for c, f in zip(cands, fitness, strict=True):
-            if f is not None and math.isfinite(f) and (best is None or f > best[0]):
-                best = (f, c)
+        rows = _generation_rows(ctx, strategy, audit is not None, log, cands, generation)
         if n == pop:  # a cut generation ends the stage and is not told
-            search.tell(X, _penalised(fitness))
+            search.tell(X, _penalised([r.get("tell", r["fitness"]) for r in rows]))
         generation += 1
-        _checkpoint(checkpoint, stage, generation, (generation - 1) * pop + n, pop, genome.dims, search, best, elapsed)
+        done = limit is not None and generation * pop - pop + n >= limit
+        if audit is not None:
+            if generation % audit.every == 0 or done:
+                audit.run(stage, generation - 1)
+            best = audit.best(stage)
+        for c, r in zip(cands, rows, strict=True) if audit is None else ():
+            if _ok(r["fitness"]) and (best is None or r["fitness"] > best[0]):
+                best = (r["fitness"], c)
+        extra = {"estimator": scoring.estimator, "cost": matrix.cost()} | (audit.state(stage) if audit else {})
+        _checkpoint(checkpoint, stage, generation, (generation - 1) * pop + n, pop, genome.dims, search, best,
+                    elapsed(), extra)  # fmt: skip
         if on_generation:
-            on_generation(generation - 1, rows)  # type: ignore[arg-type]
+            on_generation(generation - 1, rows)
         if n < pop:
-            complete = limit is not None and generation * pop - pop + n >= limit  # cut by the budget, or by the cap
+            complete = done  # cut by the budget, or by the cap
             break
+    best = audit.best(stage) if audit is not None else best
     if best is None:
         raise RunError(f"stage {stage}: no candidate was evaluated successfully (see {log.path})")
-    return StageResult(stage, best[1], best[0], len(log.stage_rows(stage)), generation, complete)
+    ranked = audit.full(stage) if audit is not None else None
+    return StageResult(stage, best[1], best[0], len(log.stage_rows(stage)), generation, complete, ranked)

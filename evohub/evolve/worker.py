@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from evohub.evolve.estimators import ESTIMATORS
 from evohub.evolve.genome import Genome
 from evohub.evolve.search import Outcome
 from evohub.merging.arch import lm_parameters
@@ -63,7 +62,6 @@ class Worker:
         fit = spec.fitness
         self.task = get_task(fit.task, prompt=fit.prompt, stop=fit.stop)
         self.rows = checked(self.task, load_rows(fit.data), fit.data)
-        self.estimator = ESTIMATORS.get(fit.estimator)
         self._validation: list[dict] | None = None
         self._load_ps() if spec.stage == "ps" else self._load_dfs()
 
@@ -106,32 +104,37 @@ class Worker:
     def _batch(self) -> int:
         return self.spec.fitness.batch_size or 16
 
-    def _examples(self, generation: int, split: str) -> list[dict]:
+    def _examples(self, items: Sequence[int] | None, split: str) -> list[dict]:
         fit = self.spec.fitness
         if split == "validation":
             if self._validation is None:
                 assert fit.validation is not None
                 self._validation = checked(self.task, load_rows(fit.validation), fit.validation)
             return self._validation
-        idx = self.estimator.items(len(self.rows), fit.limit, fit.minibatch, self.spec.seed, generation)
-        return [self.rows[i] for i in idx]
+        return self.rows if items is None else [self.rows[i] for i in items]
 
-    def evaluate(self, genotype: Sequence[float], recipe: Recipe, generation: int, split: str = "fitness") -> Outcome:
-        """Score one candidate (its genotype decoded into ``recipe``) on the ``split`` examples of
-        ``generation``; errors become outcomes."""
+    def evaluate(self, genotype: Sequence[float], recipe: Recipe, items: Sequence[int] | None = None,
+                 split: str = "fitness") -> Outcome:  # fmt: skip
+        """Score one candidate (its genotype decoded into ``recipe``) on fitness rows ``items`` (all
+        when None), or on the validation split; errors become outcomes. The outcome holds each
+        item's score and what the call cost (docs/design.md#per-item-scores-and-the-cost-ledger)."""
         start = time.perf_counter()
         try:
             self._apply(recipe)
             merged = time.perf_counter()
-            metrics = self.task.score(
-                self.backend,
-                self._examples(generation, split),
-                max_new_tokens=self.spec.fitness.max_new_tokens,
-                batch_size=self._batch,
-            )
+            rows = self._examples(items, split)
+            before = dict(self.backend.usage)
+            scored = self.task.run(self.backend, rows, max_new_tokens=self.spec.fitness.max_new_tokens,
+                                   batch_size=self._batch)  # fmt: skip
             done = time.perf_counter()
-            metrics = dict(metrics) | {"merge_s": round(merged - start, 4), "score_s": round(done - merged, 4)}
-            return Outcome(float(metrics[self.task.fitness_metric]), metrics, None, done - start)
+            used = {k: self.backend.usage[k] - before[k] for k in before}
+            cost = {
+                "items": len(rows), "prompt_tokens": int(used["prompt_tokens"]),
+                "generated_tokens": int(used["generated_tokens"]), "merge_s": round(merged - start, 4),
+                "generate_s": round(used["generate_s"], 4), "score_s": round(done - merged - used["generate_s"], 4),
+            }  # fmt: skip
+            metrics = dict(scored.metrics)
+            return Outcome(float(metrics[self.task.fitness_metric]), metrics, None, done - start, scored.items, cost)
         except Exception as e:  # a failing candidate must not stop the run: it becomes a row
             last = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
             where = f" ({Path(last.filename).name}:{last.lineno})" if last else ""

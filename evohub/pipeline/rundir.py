@@ -7,11 +7,12 @@
       job.lock.yaml         every model: Hub repo + resolved commit, or local path, and its directory
       candidates.jsonl      one row per evaluated candidate, all stages (the source of truth)
       stages/<ps|dfs>/      checkpoint.json (after every generation), recipe.yaml (stage done),
-                            validation.json (when the spec has a validation split)
+                            validation.json (when the spec has a validation split),
+                            scores.jsonl (the score matrix: one row per scoring call, with its cost)
       stages/ps/model/      the stage-1 model, materialised for a PS-then-DFS job
       recipe.yaml           the final recipe
       model/                the final merged model
-      fitness.png           best and mean fitness per generation
+      fitness.png           best and mean fitness per generation (and best against generated tokens)
       eval/<model>/         results.json and samples of each evaluated model; eval/untuned-model/
       results.json          every evaluated model's results
       published.json        where the run was published (written once)
@@ -59,6 +60,10 @@ class RunDir:
 
     def checkpoint_path(self, stage: str) -> Path:
         return self.stage_dir(stage) / "checkpoint.json"
+
+    def scores_path(self, stage: str) -> Path:
+        """The stage's score matrix (docs/design.md#per-item-scores-and-the-cost-ledger)."""
+        return self.root / "stages" / stage / "scores.jsonl"
 
     def validation_path(self, stage: str) -> Path:
         return self.root / "stages" / stage / "validation.json"
@@ -114,6 +119,23 @@ class RunDir:
         if not self.log_path.exists():
             return []
         return [json.loads(x) for x in self.log_path.read_text().splitlines() if x.strip()]
+
+    def score_rows(self, stage: str) -> list[dict]:
+        """A stage's score matrix as rows, read only (empty when it has none; a last row cut short
+        by a crash is left out)."""
+        if not self.scores_path(stage).exists():
+            return []
+        lines = [x for x in self.scores_path(stage).read_text().splitlines() if x.strip()]
+        rows = []
+        for k, line in enumerate(lines):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                if k != len(lines) - 1:
+                    raise RunError(
+                        f"{self.scores_path(stage)}:{k + 1}: not a JSON row; the score matrix is damaged"
+                    ) from None
+        return rows
 
     def state_files(self) -> dict[str, Path]:
         """What the Hub state repo holds of the run: spec, lock, log, stage and eval files, results."""

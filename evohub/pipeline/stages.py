@@ -14,16 +14,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 from evohub.errors import RunError
+from evohub.evolve.estimators.full import fixed_subset
 from evohub.evolve.genome import Budget, Genome, genome_for
+from evohub.evolve.matrix import COST_FIELDS, ScoreMatrix, totals
 from evohub.evolve.pool import InProcessPool, RayPool
-from evohub.evolve.search import Candidate, Evaluator, Log, Outcome, run_stage
+from evohub.evolve.search import Candidate, Evaluator, Log, Scoring, run_stage
 from evohub.evolve.worker import WorkerSpec
 from evohub.files import write_json
 from evohub.merging.arch import num_decoder_layers
 from evohub.merging.build import merge_to_disk, tokenizer_dir
 from evohub.pipeline.gpu import sources_fit
+from evohub.pipeline.plan import human_count
 from evohub.pipeline.rundir import RunDir
 from evohub.progress import bar as progress_bar
+from evohub.score.data import load_rows
+from evohub.score.tasks import TASKS
 from evohub.spec import JobSpec, Recipe
 
 logger = logging.getLogger("evohub")
@@ -68,27 +73,32 @@ def _resident_device(dirs: list[Path], device: str) -> str | None:
     return None if sources_fit(sum(sizes), max(sizes), device) else "cpu"
 
 
-class _Counted(Evaluator):
-    """Wraps an evaluator: ``tick()`` after each candidate (a progress bar)."""
+def scoring_for(job: JobSpec, run: RunDir, stage: str, genome: Genome) -> Scoring:
+    """How ``stage`` scores its candidates: the job's estimator and options, the item pool (every
+    fitness row, or the ``limit`` subset), the task's item range, the reference models."""
+    fit = job.fitness
+    n = len(load_rows(fit.data))
+    names = {None: "base"} | {k: s.name for k, s in enumerate(job.sources)}
+    task = TASKS.get(fit.task)
+    return Scoring(estimator=fit.estimator, options=dict(fit.estimator_options), minibatch=fit.minibatch,
+                   pool=tuple(fixed_subset(n, fit.limit, job.seed)), item_range=task.item_range,
+                   references=tuple((names[k], r) for k, r in genome.references()),
+                   matrix=run.scores_path(stage))  # fmt: skip
 
-    def __init__(self, inner: Evaluator, tick: Callable[[], None]):
-        self.inner, self.tick = inner, tick
 
-    def evaluate(self, batch, done) -> None:
-        def counted(c: Candidate, out: Outcome) -> None:
-            done(c, out)
-            self.tick()
-
-        self.inner.evaluate(batch, counted)
-
-
-def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, genome: Genome) -> dict:
+def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, genome: Genome,
+                         ranked: list[dict] | None = None) -> dict:  # fmt: skip
     """Re-score the stage's best candidates (and its start point) on the validation split; the
-    best there wins. The scores are kept in ``validation.json``, so this runs once."""
+    best there wins. ``ranked`` are an audited estimator's finalists with their full-set scores
+    (``full``; docs/design.md#fitness-estimators), otherwise the log's rows are ranked by fitness.
+    The scores are kept in ``validation.json``, so this runs once."""
     path = run.validation_path(stage)
     rows = run.read_json(path)
     if rows is None:
-        ok = [r for r in log.stage_rows(stage) if r["fitness"] is not None and math.isfinite(r["fitness"])]
+        if ranked is not None:
+            ok = [r | {"estimate": r["fitness"], "fitness": r["full"]} for r in ranked]
+        else:
+            ok = [r for r in log.stage_rows(stage) if r["fitness"] is not None and math.isfinite(r["fitness"])]
         seen, top = set(), []
         for r in sorted(ok, key=lambda r: (-r["fitness"], r["generation"], r["index"])):
             if r["recipe_hash"] not in seen:
@@ -103,13 +113,46 @@ def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, gen
                            "validation") for r in top]  # fmt: skip
         scores: dict = {}
         pool.evaluate(cands, lambda c, out: scores.__setitem__(c.key, out))
-        rows = [r | {"validation": scores[(stage, r["generation"], r["index"])].fitness} for r in top]
+        rows = []
+        for r in top:
+            out = scores[(stage, r["generation"], r["index"])]
+            cost = {f: out.cost.get(f, 0) for f in COST_FIELDS if f != "seconds"} | {"seconds": round(out.seconds, 4)}
+            rows.append(r | {"validation": out.fitness} | cost)
         run.stage_dir(stage)
         write_json(path, rows)
     valid = [r for r in rows if r["validation"] is not None]
     if not valid:
         raise RunError(f"stage {stage}: no candidate could be scored on the validation split ({path})")
     return max(valid, key=lambda r: (r["validation"], -math.inf if r["fitness"] is None else r["fitness"]))
+
+
+class _Progress:
+    """The stage's bar: candidates done, and beside them the generation, the best fitness so far,
+    and the items and generated tokens scored (moving with every scoring call)."""
+
+    def __init__(self, bar, log: Log, run: RunDir, stage: str, on_generation: Callable[[str, int], None] | None):
+        self.bar, self.log, self.stage, self.on_generation = bar, log, stage, on_generation
+        self.spent = totals(ScoreMatrix(run.scores_path(stage)).rows)
+        self.gen: int | str = "-"
+        self.best = math.nan
+
+    def _show(self) -> None:
+        self.bar.set_postfix(gen=self.gen, best=f"{self.best:.4g}", items=human_count(self.spent["items"]),
+                             tokens=human_count(self.spent["generated_tokens"]))  # fmt: skip
+
+    def call(self, row: dict) -> None:
+        self.spent["items"] += len(row["items"] or ())
+        self.spent["generated_tokens"] += row.get("generated_tokens") or 0
+        self._show()
+
+    def generation(self, gen: int, rows: list[dict]) -> None:
+        if self.on_generation:
+            self.on_generation(self.stage, gen)
+        self.gen = gen
+        fits = [r["fitness"] for r in self.log.stage_rows(self.stage) if r["fitness"] is not None]
+        self.best = max(fits, default=math.nan)
+        self.bar.update(len(rows))
+        self._show()
 
 
 def evolve_stage(
@@ -140,23 +183,18 @@ def evolve_stage(
         logger.info("resuming stage %s after generation %d: %d of %d evaluations done", stage, gens - 1, done,
                     budget.evaluations)  # fmt: skip
     bar = progress_bar(budget.evaluations, f"evolve {stage}", "cand", initial=done, disable=not progress)
-
-    def show(gen: int, rows: list[dict]) -> None:
-        if on_generation:
-            on_generation(stage, gen)
-        fits = [r["fitness"] for r in rows if r["fitness"] is not None]
-        best = max((r["fitness"] for r in log.stage_rows(stage) if r["fitness"] is not None), default=math.nan)
-        bar.set_postfix(gen=gen, best=f"{best:.4g}", mean=f"{sum(fits) / len(fits):.4g}" if fits else "-")
-
+    shown = _Progress(bar, log, run, stage, on_generation)
     try:
         with bar:
-            result = run_stage(stage, genome, part.optimizer, _Counted(pool, bar.update), log,
-                               run.checkpoint_path(stage), job.seed, max_evals, show)  # fmt: skip
+            result = run_stage(stage, genome, part.optimizer, pool, log, run.checkpoint_path(stage), job.seed,
+                               max_evals, shown.generation, scoring=scoring_for(job, run, stage, genome),
+                               on_call=shown.call)  # fmt: skip
         if not result.complete:
             return None
         winner = result.best.recipe
         if job.fitness.validation is not None:
-            winner = genome.decode(choose_on_validation(pool, run, stage, log, genome)["genotype"])
+            chosen = choose_on_validation(pool, run, stage, log, genome, result.ranked)
+            winner = genome.decode(chosen["genotype"])
     finally:
         pool.close()
     run.write_recipe(winner, stage)

@@ -120,6 +120,9 @@ class Fitness(Frozen):
     data: DataRef
     validation: DataRef | None = None
     estimator: Annotated[str, registered(ESTIMATORS)] = "full"
+    estimator_options: dict[str, float] = Field(
+        default_factory=dict, description="the estimator's settings (`evohub list estimators` names them)"
+    )
     limit: int | None = Field(None, gt=0, description="fixed subset size, drawn once from the seed")
     minibatch: int | None = Field(None, gt=0, description="fresh subset of this size per generation")
     backend: Backend = "vllm"
@@ -313,6 +316,34 @@ def _fitness_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:
             yield ("fitness", option), f"{fit.task} takes no {option!r}"
     if fit.limit and fit.minibatch and fit.minibatch > fit.limit:
         yield ("fitness", "minibatch"), f"{fit.minibatch} is larger than 'limit' ({fit.limit})"
+    yield from _estimator_problems(j, task)
+
+
+def _estimator_problems(j: JobSpec, task) -> Iterator[tuple[Loc, str]]:
+    fit = j.fitness
+    est = ESTIMATORS.get(fit.estimator)
+    for msg in est.problems(fit.estimator_options):
+        yield ("fitness", "estimator_options"), msg
+    if est.needs == "binary" and not task.item_binary:
+        yield (
+            ("fitness", "estimator"),
+            f"{fit.estimator} needs right/wrong item scores; {fit.task} scores each item on a scale: use race or full",
+        )
+    elif est.needs == "bounded" and task.item_range is None:
+        yield (
+            ("fitness", "estimator"),
+            f"{fit.estimator} needs bounded item scores; {fit.task}'s are unbounded: use full",
+        )
+    if est.audited and fit.minibatch:
+        yield (
+            ("fitness", "minibatch"),
+            f"{fit.estimator} chooses its own items: drop 'minibatch' (use 'limit' for a fixed pool)",
+        )
+    if fit.estimator == "gmp-irt" and j.parameter_space is None:
+        yield (
+            ("fitness", "estimator"),
+            "gmp-irt combines the sources' abilities, which only a parameter-space stage has: use irt",
+        )
 
 
 def unknown_source(v: str, known: list[str]) -> str:

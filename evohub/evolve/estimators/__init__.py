@@ -1,25 +1,159 @@
-"""Fitness estimators: which examples a candidate is scored on (docs/design.md#fitness-estimators).
+"""Fitness estimators: how a generation's candidates are scored (docs/design.md#fitness-estimators).
 
-An estimator picks, for each generation, the indices of the fitness rows every candidate of
-that generation is scored on; the fitness is the task's metric on them. All candidates of a
-generation see the same rows, so CMA-ES ranks them on equal terms, and the choice is a function
-of the job seed alone, so a resumed run scores the same rows.
+An estimator decides, for each generation, which fitness items each candidate is scored on and
+what the optimiser is told. It runs in the driver: it asks a :class:`Context` to score
+(candidate, items) calls — the context reuses any call the stage's score matrix already holds,
+so a resumed run evaluates nothing twice — and returns one :class:`Estimate` per candidate.
+Every choice is a function of the job seed and of logged scores, so resume is bit-identical.
+
+``full`` scores every candidate on the generation's items (all, the ``limit`` subset, or a fresh
+``minibatch``). The others (``race``, ``irt``, ``gmp-irt``) score less and are *audited*: every
+``audit_every`` generations and at the stage's end the stage's ``audit_top`` best estimates are
+scored on the whole item pool, and the stage's winner is chosen on those full scores (and on the
+validation split), never on an estimate.
+
+An entry is light (no torch): its ``create`` builds the per-stage strategy, ``planned_items``
+says how many item evaluations a stage is expected to cost (``evohub plan``'s cost model).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from evohub.registry import Registry
+
+
+@dataclass(frozen=True)
+class Option:
+    """A setting of an estimator, given in the job spec's ``fitness.estimator_options``."""
+
+    name: str
+    default: float
+    doc: str
+    integer: bool = True
+    low: float = 0.0  # exclusive for floats, inclusive for integers (>= 1 means "at least one")
+    high: float | None = None  # inclusive
+
+    def check(self, value) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{self.name} must be a number"
+        if self.integer and not float(value).is_integer():
+            return f"{self.name} must be a whole number"
+        if (value < self.low) if self.integer else (value <= self.low):
+            return f"{self.name} must be {'at least' if self.integer else 'above'} {self.low:g}"
+        if self.high is not None and value > self.high:
+            return f"{self.name} must be at most {self.high:g}"
+        return None
+
+
+#: The audit every non-``full`` estimator takes (docs/design.md#fitness-estimators).
+AUDIT_OPTIONS = (
+    Option(
+        "audit_every", 10, "score the stage's best estimates on the whole item pool every this many generations", low=1
+    ),
+    Option("audit_top", 2, "how many of the stage's best estimates (distinct recipes) each audit scores", low=1),
+)
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What a stage's expected item evaluations depend on (``evohub plan``)."""
+
+    n_items: int  # the item pool: every fitness row, or the ``limit`` subset
+    popsize: int
+    evaluations: int
+    references: int  # reference models the stage can score (the base and the sources of a PS stage)
+    minibatch: int | None = None
+
+
+@dataclass
+class Estimate:
+    """What one candidate of a generation got: ``fitness`` (the metric's scale; an estimate for a
+    non-``full`` estimator), ``tell`` (what the optimiser is told, when it differs: a value that
+    keeps a stopped candidate's rank), ``metrics`` and its ``error``."""
+
+    fitness: float | None
+    metrics: dict = field(default_factory=dict)
+    error: str | None = None
+    tell: float | None = None
+
+
+class Call(Protocol):
+    """One scoring call's result: the items, each one's score, the task's metrics on them."""
+
+    items: tuple[int, ...]
+    scores: list[float] | None
+    fitness: float | None
+    metrics: dict
+    error: str | None
+
+
+class Context(Protocol):
+    """What a strategy may do and know in one stage (implemented by :mod:`evohub.evolve.search`)."""
+
+    stage: str
+    seed: int
+    pool: list[int]  # the fitness items every full-set score is over (row indices)
+    popsize: int
+    mu: int  # the optimiser's parent number (CMA-ES: popsize // 2)
+    item_range: tuple[float, float] | None  # the bounds of one item's score (None: unbounded)
+
+    def score(self, calls: Sequence[tuple[object, Sequence[int]]], why: str = "fitness") -> list[Call]:
+        """Score each (candidate, items) pair (logged calls are read back, never re-run)."""
+        ...
+
+    def references(self) -> list:
+        """The stage's reference models as candidates (the base and each source of a PS stage)."""
+        ...
+
+    def full_rows(self, before: int) -> dict[tuple[int, int], list[float]]:
+        """(generation, index) -> pool scores of every candidate fully scored before ``before``."""
+        ...
+
+
+class Strategy(Protocol):
+    def generation(self, ctx: Context, generation: int, cands: Sequence) -> list[Estimate]: ...
 
 
 @dataclass(frozen=True)
 class Estimator:
     name: str
     doc: str
-    #: items(n_rows, limit, minibatch, seed, generation) -> sorted row indices
-    items: Callable[[int, int | None, int | None, int, int], list[int]]
+    #: (options, the spec's ``fitness.minibatch``) -> the strategy of one stage
+    create: Callable[[dict, int | None], Strategy]
+    #: (stage inputs, options) -> expected item evaluations of the stage, audits included
+    planned_items: Callable[[PlanInputs, dict], float]
+    options: tuple[Option, ...] = ()
+    #: what the task's per-item scores must be: "any", "bounded" (a known range) or "binary"
+    needs: str = "any"
+    #: True for the estimators whose winner is picked on audited full-set scores
+    audited: bool = True
+
+    def settings(self, given: dict | None) -> dict:
+        """The options with their defaults filled in (``given`` already checked)."""
+        out = {o.name: o.default for o in self.options} | dict(given or {})
+        return {o.name: int(out[o.name]) if o.integer else float(out[o.name]) for o in self.options}
+
+    def problems(self, given: dict | None) -> list[str]:
+        """One message per bad option (unknown names get the known ones)."""
+        known = {o.name: o for o in self.options}
+        out = []
+        for k, v in (given or {}).items():
+            if k not in known:
+                names = ", ".join(sorted(known)) or "none"
+                out.append(f"the {self.name} estimator has no option {k!r} (its options: {names})")
+            elif msg := known[k].check(v):
+                out.append(msg)
+        return out
+
+
+def audit_items(inputs: PlanInputs, options: dict, generations: int) -> float:
+    """Expected item evaluations of the audits: each scores ``audit_top`` candidates on the pool
+    (a candidate already scored in full costs nothing; counted in full here, an upper bound)."""
+    audits = generations // int(options["audit_every"]) + 1
+    return audits * int(options["audit_top"]) * inputs.n_items
 
 
 ESTIMATORS: Registry[Estimator] = Registry("fitness estimator", package="evohub.evolve.estimators")

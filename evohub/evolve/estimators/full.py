@@ -1,14 +1,16 @@
 """``full``: the task's metric on the fitness rows, or on seeded subsets of them.
 
-``limit`` draws a fixed subset once from the seed; ``minibatch`` draws a fresh subset of that
-for each generation (the paper's DFS stage: 200 problems per generation).
+``limit`` draws a fixed subset once from the seed (the item pool of every estimator); ``minibatch``
+draws a fresh subset of that for each generation (the paper's DFS stage: 200 problems per
+generation). Every candidate of a generation is scored on the same items and told the task's
+metric on them; the stage's best fitness (or validation score) wins, as in the paper.
 """
 
 from __future__ import annotations
 
 import random
 
-from evohub.evolve.estimators import ESTIMATORS, Estimator
+from evohub.evolve.estimators import ESTIMATORS, Estimate, Estimator, PlanInputs
 
 
 def fixed_subset(n: int, size: int | None, seed: int) -> list[int]:
@@ -25,14 +27,27 @@ def minibatch(indices: list[int], size: int | None, seed: int, generation: int) 
     return sorted(random.Random(f"evohub-minibatch-{seed}-{generation}").sample(indices, size))
 
 
-def items(n: int, limit: int | None, size: int | None, seed: int, generation: int) -> list[int]:
-    return minibatch(fixed_subset(n, limit, seed), size, seed, generation)
+class Full:
+    def __init__(self, minibatch_size: int | None):
+        self.size = minibatch_size
+
+    def generation(self, ctx, generation: int, cands) -> list[Estimate]:
+        items = minibatch(ctx.pool, self.size, ctx.seed, generation)
+        calls = ctx.score([(c, items) for c in cands])
+        return [Estimate(c.fitness, c.metrics, c.error) for c in calls]
+
+
+def planned_items(inputs: PlanInputs, options: dict) -> float:
+    per = min(inputs.minibatch, inputs.n_items) if inputs.minibatch else inputs.n_items
+    return float(inputs.evaluations * per)
 
 
 ESTIMATORS.register(
     Estimator(
         name="full",
         doc="the task's metric on every fitness row (or the spec's `limit` subset, or a fresh `minibatch` per generation)",
-        items=items,
+        create=lambda options, minibatch_size: Full(minibatch_size),
+        planned_items=planned_items,
+        audited=False,
     )
 )

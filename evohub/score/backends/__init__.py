@@ -45,7 +45,15 @@ class Sampling:
     repetition_penalty: float = 1.0
 
 
+def new_usage() -> dict:
+    """A backend's running count of what it generated: prompt tokens read, tokens generated and
+    seconds spent generating (a worker takes the difference around each candidate)."""
+    return {"prompt_tokens": 0, "generated_tokens": 0, "generate_s": 0.0}
+
+
 class Backend(Protocol):
+    usage: dict
+
     def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[str]: ...
     def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> None: ...
     def close(self) -> None: ...

@@ -17,6 +17,7 @@ Sakana AI's released evaluation code loaded EvoVLM-JP (``llava``, docs/design.md
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +27,7 @@ import transformers
 
 from evohub.errors import ScoreError
 from evohub.models import kind_of
-from evohub.score.backends import Prompt, Sampling, VisionPrompt, continuation, cut_at_stop, render
+from evohub.score.backends import Prompt, Sampling, VisionPrompt, continuation, cut_at_stop, new_usage, render
 
 #: how a model is loaded: ``native`` as its directory says (its kind's auto class and processor);
 #: ``llava`` as Sakana AI's released code loaded EvoVLM-JP (:func:`llava_model`, :func:`llava_processor`)
@@ -169,6 +170,8 @@ class HFBackend:
         self.batch_size = batch_size
         self._ids: dict[str, list[int]] = {}
         self._params = None
+        #: what generation has cost so far (docs/design.md#per-item-scores-and-the-cost-ledger)
+        self.usage = new_usage()
 
     @classmethod
     def load(
@@ -218,10 +221,32 @@ class HFBackend:
             ids = self._ids[text] = self.tokenizer(text).input_ids
         return ids
 
-    @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[str]:
-        if any(isinstance(p, VisionPrompt) for p in prompts):
-            return self._generate_vision(prompts, sampling)
+        start = time.perf_counter()
+        try:
+            if any(isinstance(p, VisionPrompt) for p in prompts):
+                return self._generate_vision(prompts, sampling)
+            return self._generate_text(prompts, sampling)
+        finally:
+            self.usage["generate_s"] += time.perf_counter() - start
+
+    def _count(self, prompt: int, new: list[int]) -> None:
+        """Count a row's prompt tokens and the tokens generated for it: up to its end of
+        sequence (counted) or its first padding (a row stopped early is padded)."""
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        n = len(new)
+        for k, t in enumerate(new):
+            if t == eos:
+                n = k + 1
+                break
+            if t == pad:
+                n = k
+                break
+        self.usage["prompt_tokens"] += prompt
+        self.usage["generated_tokens"] += n
+
+    @torch.no_grad()
+    def _generate_text(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[str]:
         encoded = [self._encode(self.render(p)) for p in prompts]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         out: list[str] = [""] * len(encoded)
@@ -243,7 +268,9 @@ class HFBackend:
                 )
             gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
             for row, i in enumerate(idx):
-                out[i] = cut_at_stop(self._continuation(encoded[i], gen[row, width:].tolist()), sampling.stop)
+                new = gen[row, width:].tolist()
+                self._count(len(encoded[i]), new)
+                out[i] = cut_at_stop(self._continuation(encoded[i], new), sampling.stop)
         return out
 
     @torch.no_grad()
@@ -279,6 +306,7 @@ class HFBackend:
             mask = batch["attention_mask"]
             for row, i in enumerate(idx):
                 prompt, new = batch["input_ids"][row][mask[row].bool()].tolist(), gen[row, width:].tolist()
+                self._count(len(prompt), new)
                 if self.loading == "llava":  # Sakana AI's: the new tokens alone, as batch_decode gives them
                     text = self.tokenizer.decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
                 else:

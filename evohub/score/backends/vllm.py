@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
-from evohub.score.backends import Prompt, Sampling, VisionPrompt, continuation, cut_at_stop, render
+from evohub.score.backends import Prompt, Sampling, VisionPrompt, continuation, cut_at_stop, new_usage, render
 
 log = logging.getLogger(__name__)
 #: vLLM refuses a utilisation above what is free; evohub never asks for more than this.
@@ -63,6 +64,7 @@ class VLLMBackend:
         self.llm = LLM(model=str(path), dtype=dtype, max_model_len=max_model_len, seed=seed, **engine_args)
         self.tokenizer = self.llm.get_tokenizer()
         self._warned_penalty = False
+        self.usage = new_usage()
 
     def render(self, prompt: Prompt) -> str:
         return render(self.tokenizer, prompt)
@@ -75,6 +77,13 @@ class VLLMBackend:
         return {"prompt": self.render(prompt)}
 
     def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[str]:
+        start = time.perf_counter()
+        try:
+            return self._generate(prompts, sampling)
+        finally:
+            self.usage["generate_s"] += time.perf_counter() - start
+
+    def _generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[str]:
         from vllm import SamplingParams
 
         inputs = [self._input(p) for p in prompts]
@@ -89,6 +98,9 @@ class VLLMBackend:
             repetition_penalty=sampling.repetition_penalty,
         )
         outs = self.llm.generate(inputs, params, use_tqdm=False)
+        for o in outs:
+            self.usage["prompt_tokens"] += len(o.prompt_token_ids or ())
+            self.usage["generated_tokens"] += len(o.outputs[0].token_ids)
         return [o.outputs[0].text for o in outs]
 
     def _beam_search(self, inputs: list[dict], sampling: Sampling) -> list[str]:
@@ -102,6 +114,8 @@ class VLLMBackend:
         for result in self.llm.beam_search(inputs, params):
             best = result.sequences[0]
             n = len(best.orig_prompt["prompt_token_ids"])  # the tokens hold the prompt too
+            self.usage["prompt_tokens"] += n
+            self.usage["generated_tokens"] += len(best.tokens) - n
             out.append(cut_at_stop(continuation(self.tokenizer, best.tokens[:n], best.tokens[n:]), sampling.stop))
         return out
 

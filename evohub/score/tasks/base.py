@@ -25,6 +25,9 @@ class Scored:
 
     metrics: dict[str, float]
     samples: list[dict] = field(default_factory=list)
+    #: each example's contribution to the fitness metric, in row order (the score matrix's
+    #: entries: docs/design.md#per-item-scores-and-the-cost-ledger); None where a task has none
+    items: list[float] | None = None
 
 
 class Task(Protocol):
@@ -43,12 +46,20 @@ class Task(Protocol):
     max_new_tokens: ClassVar[int | None]
     #: metrics shown in tables and on the card, in order
     shown: ClassVar[tuple[str, ...]]
+    #: the range of one example's score in ``Scored.items`` (None: unbounded), and whether every
+    #: one is 0 or 1: what the cheaper fitness estimators need (``Estimator.needs``)
+    item_range: ClassVar[tuple[float, float] | None]
+    item_binary: ClassVar[bool]
 
     def check(self, rows: Sequence[dict]) -> None:
         """Raise a one-line ScoreError for the first row the task cannot score."""
         ...
 
     def score(self, backend, rows: list[dict], max_new_tokens: int | None = None, batch_size: int = 16) -> dict: ...
+
+    def run(self, backend, rows: list[dict], max_new_tokens: int | None = None, batch_size: int = 16) -> Scored:
+        """The metrics, one record per example and ``items`` (each example's score)."""
+        ...
 
 
 TASKS: Registry = Registry("fitness task", package="evohub.score.tasks")

@@ -56,7 +56,8 @@ def score_outputs(outputs: list[str], answers: list[float]) -> Scored:
         "ja_rate": sum(1 for s in samples if s["p_ja"] > 0.5) / n,
         "n": float(n),
     }
-    return Scored(metrics, samples)
+    items = [1.0 if s["correct"] and s["p_ja"] > 0.5 else 0.0 for s in samples]  # acc_ja is their mean
+    return Scored(metrics, samples, items)
 
 
 @TASKS.register
@@ -70,6 +71,7 @@ class JaMath:
     backends = ("vllm", "hf")
     max_new_tokens = MAX_NEW_TOKENS
     shown = ("acc_ja", "acc", "acc_ja_strict", "acc_strict")
+    item_range, item_binary = (0.0, 1.0), True
     #: how the fitness metric is published (.eval_results, model-index): its scale and description
     result = Published("accuracy", "text-generation", 100.0,
                        "acc_ja (%): correct and Japanese (fastText lid.176 P(ja) > 0.5); zero-shot CoT, greedy (Akiba et al., 2024)")  # fmt: skip

@@ -31,7 +31,7 @@ from dataclasses import replace
 
 from evohub.errors import ScoreError
 from evohub.score.backends import Sampling, VisionPrompt
-from evohub.score.metrics import ROUGE_TYPES, japanese_only, japanese_probability, rouge_ja, rouge_ja_each
+from evohub.score.metrics import ROUGE_TYPES, is_japanese, japanese_only, japanese_probability, rouge_ja, rouge_ja_each
 from evohub.score.tasks.base import TASKS, Published, Scored
 
 #: The prompt of the paper's released evaluation code (evomerge, "ja-shisa-vqa").
@@ -79,7 +79,10 @@ def score_outputs(outputs: list[str], answers: list[str]) -> Scored:
     metrics = dict(strict) | {f"{k}_any_language": v for k, v in raw.items()}
     metrics["ja_rate"] = sum(1 for s in samples if s["p_ja"] > 0.5) / len(samples)
     metrics["n"] = float(len(samples))
-    return Scored(metrics, samples)
+    # each example's ROUGE-L under the same rule: rougeL (a bootstrap "mid") estimates their mean
+    ruled = ["" if is_japanese(a) and not is_japanese(o) else o for o, a in zip(outputs, answers, strict=True)]
+    items = [r["rougeL"] for r in rouge_ja_each(answers, ruled)]
+    return Scored(metrics, samples, items)
 
 
 def paper_score_outputs(outputs: list[str], answers: list[str]) -> Scored:
@@ -99,7 +102,7 @@ def paper_score_outputs(outputs: list[str], answers: list[str]) -> Scored:
     metrics["n"] = float(len(outputs))
     samples = [{"output": o, "answer": a, "p_ja": p, "rougeL": r["rougeL"], "rougeL_ja": j["rougeL"]}
                for o, a, p, r, j in zip(outputs, answers, p_ja, raw, ja, strict=True)]  # fmt: skip
-    return Scored(metrics, samples)
+    return Scored(metrics, samples, [j["rougeL"] for j in ja])
 
 
 @TASKS.register
@@ -113,6 +116,7 @@ class JaVQA:
     backends = ("vllm", "hf")
     max_new_tokens = SAMPLING.max_new_tokens
     shown = ("rougeL", "rouge1", "rouge2")
+    item_range, item_binary = (0.0, 100.0), False
     #: how the fitness metric is published (.eval_results, model-index): its scale and description
     result = Published("rouge", "image-text-to-text", 1.0,
                        "ROUGE-L F x 100 over MeCab tokens; a non-Japanese answer scores as empty; "

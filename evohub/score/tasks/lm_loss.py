@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from evohub.errors import ScoreError
-from evohub.score.tasks.base import TASKS
+from evohub.score.tasks.base import TASKS, Scored
 
 
 @TASKS.register
@@ -22,6 +22,7 @@ class LMLoss:
     backends = ("hf",)
     max_new_tokens = None
     shown = ("neg_nll", "ppl")
+    item_range, item_binary = None, False  # an example's score: −(its mean NLL per token)
 
     def check(self, rows: list[dict]) -> None:
         for i, r in enumerate(rows):
@@ -35,19 +36,23 @@ class LMLoss:
 
         Needs the transformers backend (it reads logits).
         """
+        return self.run(backend, rows, batch_size=batch_size).metrics
+
+    def run(self, backend, rows: list[dict], batch_size: int = 16, **_) -> Scored:
+        """The metrics, and each example's −(mean NLL per token) as its item score."""
         import torch
 
         with torch.no_grad():
             return self._score(backend, rows, batch_size)
 
-    def _score(self, backend, rows: list[dict], batch_size: int) -> dict[str, float]:
+    def _score(self, backend, rows: list[dict], batch_size: int) -> Scored:
         import torch
 
         model, tokenizer = getattr(backend, "model", None), getattr(backend, "tokenizer", None)
         if model is None or not hasattr(model, "parameters"):
             raise ScoreError("lm-loss needs the hf backend (fitness.backend: hf)")
         device = next(model.parameters()).device
-        total_nll, total_tokens = 0.0, 0
+        total_nll, total_tokens, items = 0.0, 0, []
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
             seqs, starts = [], []
@@ -76,7 +81,12 @@ class LMLoss:
                 scored[i, max(st, 1) - 1 : len(s) - 1] = True
             total_nll += float(nll[scored].sum())
             total_tokens += int(scored.sum())
+            per = (nll * scored).sum(1) / scored.sum(1).clamp(min=1)
+            items += [-float(x) for x in per]
         if total_tokens == 0:
             raise ScoreError("lm-loss: no tokens to score")
         mean = total_nll / total_tokens
-        return {"neg_nll": -mean, "ppl": math.exp(min(mean, 50.0)), "tokens": float(total_tokens)}
+        if (usage := getattr(backend, "usage", None)) is not None:
+            usage["prompt_tokens"] += total_tokens
+        metrics = {"neg_nll": -mean, "ppl": math.exp(min(mean, 50.0)), "tokens": float(total_tokens)}
+        return Scored(metrics, [], items)
