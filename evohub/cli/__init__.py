@@ -51,6 +51,16 @@ def positive(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
 def device(text: str) -> str:
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto``; anything else is refused before torch loads."""
     if text in ("cpu", "cuda", "auto") or re.fullmatch(r"cuda:\d+", text):
@@ -140,7 +150,12 @@ COMMANDS = (
              arg("--json", action="store_true", help="print the plan as JSON"),
              arg("--markdown", action="store_true", help="print the plan as Markdown (CI summaries, PR comments)"),
              arg("--gpu", metavar="NAME", help="the memory of each stage on one GPU (h100, h200, a100, a100-40, l40s):\n"
-                 "resident sources, workspace, engine weights, KV cache; exit 2 if a stage cannot fit")),
+                 "resident sources, workspace, engine weights, KV cache; exit 2 if a stage cannot fit; and the\n"
+                 "cost of each stage (items, tokens, hours) on h100, h200, a100 or cpu (cpu: the cost only)"),
+             arg("--max-hours", type=positive_float, metavar="H",
+                 help="exit 2 (one line) when the estimated hours on --gpu exceed H (a runner's limit)"),
+             arg("--max-evals", type=positive, metavar="N",
+                 help="the cost covers at most N evaluations a stage (a night's cap)")),
             quiet=None),
     Command("jobs", "list the job specs in a directory",
             "List job specs (file, name, stages, nightly flag); --nightly keeps the ones the nightly\n"

@@ -70,24 +70,48 @@ def plan(args: argparse.Namespace) -> int:
     import evohub
     from evohub.pipeline.plan import render, render_markdown
 
+    if (args.max_hours or args.max_evals) and not args.gpu:
+        raise UsageError("--max-hours and --max-evals need --gpu NAME (the device the hours are counted on)")
     job = evohub.load_job(args.job)
     p = evohub.plan(job)
-    gp = None
+    gp = cost = None
     if args.gpu:
-        from evohub.pipeline.gpu import gpu_plan, refusal, render_gpu
+        from evohub.pipeline.cost import PROFILES, estimate_cost
+        from evohub.pipeline.gpu import GPUS, gpu_plan
 
-        gp = gpu_plan(job, p, args.gpu)
+        if args.gpu not in GPUS and args.gpu not in PROFILES:
+            raise UsageError(f"--gpu {args.gpu!r}: unknown GPU (known: {', '.join([*GPUS, 'cpu'])})")
+        if args.max_hours and args.gpu not in PROFILES:
+            raise UsageError(f"--max-hours: no cost profile for {args.gpu} (profiles: {', '.join(PROFILES)})")
+        gp = gpu_plan(job, p, args.gpu) if args.gpu in GPUS else None
+        cost = estimate_cost(job, p, args.gpu, args.max_evals) if args.gpu in PROFILES else None
     if args.json:
-        print(json.dumps(p.to_dict() | ({"gpu": gp.to_dict()} if gp else {}), indent=2))
+        extra = ({"gpu": gp.to_dict()} if gp else {}) | ({"cost": cost.to_dict()} if cost else {})
+        print(json.dumps(p.to_dict() | extra, indent=2))
     elif args.markdown:
         print(render_markdown(p), end="")
     else:
         render(p, _console())
         if gp is not None:
+            from evohub.pipeline.gpu import render_gpu
+
             render_gpu(gp, _console())
-    if gp is not None and (why := refusal(job, gp)):
-        print(why, file=sys.stderr)
-        return EXIT_USAGE
+        if cost is not None:
+            from evohub.pipeline.cost import render_cost
+
+            render_cost(cost, _console())
+    if gp is not None:
+        from evohub.pipeline.gpu import refusal
+
+        if why := refusal(job, gp):
+            print(why, file=sys.stderr)
+            return EXIT_USAGE
+    if cost is not None and args.max_hours:
+        from evohub.pipeline.cost import over_limit
+
+        if why := over_limit(args.job, cost, args.max_hours):
+            print(why, file=sys.stderr)
+            return EXIT_USAGE
     return EXIT_OK
 
 

@@ -1,0 +1,406 @@
+"""What a job's evolution will cost in time and tokens: the cost table of ``evohub plan --gpu NAME``
+(docs/design.md#cost-model).
+
+Per search stage, from the plan (parameter counts, evaluations) and the job's fitness section:
+
+- **items**: the item evaluations the stage's estimator expects (``Estimator.planned_items``:
+  ``full`` scores every item, ``race`` and the ``irt`` estimators fewer, audits included), over
+  the fitness set's rows (a local file is counted; a Hub dataset's rows come from its recorded
+  snapshot, ``evohub/local/snapshots/datasets/``, else from ``fitness.limit``, else unknown);
+- **prompt tokens**: items × the task's mean prompt length (:data:`TASK_TOKENS`; a job's own prompt
+  template over local rows is measured in characters: about one token per Japanese character);
+- **generated tokens**: items × the generation budget (``fitness.max_new_tokens``, else the task's)
+  × the task's mean fill (the share of the budget an answer uses before its end-of-sequence or a
+  stop string);
+- **hours**: prefill and decode seconds from a roofline throughput model of one device
+  (:class:`Profile`), times a slowdown for the ``hf`` backend (every data-flow stage runs on it:
+  the path executor is transformers over resident layers), plus each candidate's merge and weight
+  swap (weight bytes at a measured rate).
+
+Decode, one step of ``batch`` sequences (one new token each), is memory- or compute-bound:
+
+    step = max((weight bytes + batch × context × KV bytes per token) / (bandwidth × e_bw),
+               2 × P × batch / (peak FLOP/s × e_flop))
+    decode tokens/s = batch / step;   prefill s = prompt tokens × 2 × P / (peak FLOP/s × e_prefill)
+
+``batch`` is vLLM's concurrency (``max_num_seqs``, capped by the KV cache the GPU memory plan leaves
+the engine) or the ``hf`` backend's ``fitness.batch_size``. An estimate, not a measurement: it
+is calibrated against this project's own runs (the ``cpu`` profile) and vendor peaks with stated
+efficiencies (the GPUs); ``bench/`` holds the measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from evohub.errors import SpecError
+from evohub.evolve.estimators import ESTIMATORS, PlanInputs
+from evohub.merging.arch import dtype_bytes
+from evohub.pipeline.plan import Plan
+from evohub.score.tasks import TASKS
+from evohub.spec import JobSpec
+
+#: vLLM's default ``max_num_seqs`` (EngineArgs, https://docs.vllm.ai/en/latest/configuration/engine_args.html):
+#: the sequences one engine step decodes at most.
+VLLM_MAX_SEQS = 256
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One device's throughput figures (peaks × efficiencies)."""
+
+    name: str
+    label: str  # the unit of its hours: "H100" -> H100-hours
+    bandwidth: float  # memory bandwidth, bytes/s (peak)
+    flops: dict[str, float]  # peak dense FLOP/s per dtype
+    e_bw: float  # share of the bandwidth a decode step reaches
+    e_flop: float  # share of the peak a decode step reaches when compute-bound
+    e_prefill: float  # share of the peak a prefill reaches
+    hf_slowdown: float  # the hf backend's time over the model's (no continuous batching)
+    merge_bps: float  # merge + weight swap: bytes of merged weights per second
+    source: str
+
+    def peak(self, dtype: str) -> float:
+        return self.flops.get(dtype, self.flops["bfloat16"])
+
+
+# GPU peaks are the vendors' datasheets: H100 SXM 3.35 TB/s, 989 TFLOP/s bf16 dense
+# (https://www.nvidia.com/en-us/data-center/h100/); H200 4.8 TB/s, 989 TFLOP/s
+# (https://www.nvidia.com/en-us/data-center/h200/); A100 80GB SXM 2.0 TB/s (2,039 GB/s), 312
+# TFLOP/s bf16 dense (https://www.nvidia.com/en-us/data-center/a100/). float32 runs on the tensor
+# cores as TF32 (half the bf16 peak). Efficiencies are assumptions: a vLLM decode step reaches
+# about 70% of HBM bandwidth, a compute-bound step or a prefill about 50% of the peak (MFU).
+# The hf backend (transformers' generate) has no continuous batching or paged KV cache and runs
+# eager kernels: each static batch runs to its longest answer and pays Python per step; vLLM's
+# own comparison measured 14-24x higher throughput than transformers at large batches
+# (https://blog.vllm.ai/2023/06/20/vllm.html); at evohub's batch of 16-64 greedy answers we assume 4x.
+# Merge + swap: bench/gpu_merge.py measured 0.40 s per billion parameters (bf16, dare_ties of 3
+# sources, 2026-11-26, H200): 5 GB/s of merged weights, scaled by bandwidth to the other cards.
+_GPU_EFF = {"e_bw": 0.7, "e_flop": 0.5, "e_prefill": 0.5, "hf_slowdown": 4.0}
+_H200_MERGE = 2e9 / 0.40
+
+#: The ``cpu`` profile is fitted to this project's own measurements, 2026-12-05, this 2-core x86
+#: machine with AMX, torch's pool of 2 threads:
+#:
+#: - the demo world's ``math`` model (1.78M parameters, float32) scoring 1069 ja-math rows (prompt
+#:   ``問 {input} 答 ``, no stop strings, max_new_tokens 8, batch 64, hf backend): 1.05 s (median
+#:   of 5), 10,690 prompt tokens and 5,125 generated (4.8 an answer, ``46です`` and end-of-sequence);
+#:   ``CPU_FLOPS["float32"]`` is what reproduces it with the hf slowdown below (the per-step Python
+#:   overhead that dominates so small a model is folded in);
+#: - the hf slowdown, 2.5: ``bench/score_bench.py`` (2026-11-26), ja-math on the hf backend 0.473 s
+#:   against vLLM's 0.190 s for the same 64 rows on this machine;
+#: - bfloat16: 3.7x the float32 rate (AMX: a 32 x 60-token prefill, README, 2026-12-05); the
+#:   real-weights example (SmolLM2-135M, bf16, 48 items, up to 24 new tokens, batch 48, hf) took
+#:   3.2 s a candidate, 0.25 s of it merging: this profile gives about 4 s;
+#: - merge + swap: the real-weights example's 0.25 s for 134.5M bf16 parameters (about 1 GB/s).
+CPU_FLOPS = {"float32": 1.35e11, "bfloat16": 1.35e11 * 3.7, "float16": 1.35e11}
+
+PROFILES: dict[str, Profile] = {
+    "h100": Profile("h100", "H100", 3.35e12, {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12},
+                    **_GPU_EFF, merge_bps=_H200_MERGE * 3.35 / 4.8, source="NVIDIA H100 SXM datasheet"),
+    "h200": Profile("h200", "H200", 4.8e12, {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12},
+                    **_GPU_EFF, merge_bps=_H200_MERGE, source="NVIDIA H200 datasheet; bench/gpu_merge.py"),
+    "a100": Profile("a100", "A100", 2.0e12, {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12},
+                    **_GPU_EFF, merge_bps=_H200_MERGE * 2.0 / 4.8, source="NVIDIA A100 80GB SXM datasheet"),
+    "cpu": Profile("cpu", "CPU", 2.0e10, CPU_FLOPS, e_bw=0.5, e_flop=1.0, e_prefill=1.0, hf_slowdown=2.5,
+                   merge_bps=1.0e9, source="measured on the demo world, 2026-12-05, 2-core x86 with AMX"),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TaskTokens:
+    """A task's mean tokens per item: the prompt, and the share of the generation budget used."""
+
+    prompt: float
+    fill: float
+    #: the fill when the job gives its own (short, non-CoT) prompt: the demo world measured 4.8 of 8
+    own_prompt_fill: float = 0.6
+    #: beams of the task's decoding (each beam is a sequence the engine decodes)
+    beams: int = 1
+
+
+#: Per-task figures. ja-math: the paper's CoT prompt (about 70 characters of template and a
+#: GSM8K-ja question, about one token a Japanese character: ~300 tokens, as pipeline/gpu.py notes);
+#: answers are worked solutions of ~360 tokens, 0.35 of the 1024-token budget (an assumption: a
+#: good merge writes 200-400 tokens, a broken one runs to the budget; fill 1.0 is the upper bound).
+#: ja-vqa: LLaVA-1.6's image (up to 5 tiles of 576 tokens; ~2,200 typical) and the question;
+#: short answers (~25 of 512 tokens), 5 beams. lm-loss: one forward over the text, nothing generated.
+TASK_TOKENS: dict[str, TaskTokens] = {
+    "ja-math": TaskTokens(prompt=300, fill=0.35),
+    "ja-vqa": TaskTokens(prompt=2300, fill=0.05, beams=5),
+    "ja-vqa-paper": TaskTokens(prompt=2300, fill=0.05, beams=5),
+    "lm-loss": TaskTokens(prompt=256, fill=0.0),
+}
+DEFAULT_TOKENS = TaskTokens(prompt=300, fill=0.35)
+
+
+@dataclass
+class StageCost:
+    stage: str
+    backend: str
+    evaluations: int | None  # the evaluations the estimate covers (capped by --max-evals)
+    items: float | None  # item evaluations (None: the fitness set's size is unknown offline)
+    prompt_tokens: float | None
+    generated_tokens: float | None
+    batch: int
+    decode_tokens_per_s: float
+    generation_hours: float | None
+    merge_hours: float | None
+    hours: float | None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CostPlan:
+    gpu: str
+    unit: str  # "H100-hours", "CPU-hours"
+    n_items: int | None
+    items_source: str
+    prompt_tokens_per_item: float
+    generated_tokens_per_item: float
+    budget: int
+    estimator: str
+    stages: list[StageCost] = field(default_factory=list)
+
+    @property
+    def hours(self) -> float | None:
+        if any(s.hours is None for s in self.stages):
+            return None
+        return sum(s.hours for s in self.stages)  # type: ignore[misc]
+
+    @property
+    def evaluations(self) -> int:
+        return sum(s.evaluations or 0 for s in self.stages)
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"hours": self.hours, "evaluations": self.evaluations}
+
+
+# -- the fitness set's rows -----------------------------------------------------------------------
+
+_SLICE = re.compile(r"^(?P<name>[^\[]+)(?:\[(?P<a>-?\d*):(?P<b>-?\d*)\])?$")
+SNAPSHOT_DATASETS = Path(__file__).resolve().parents[1] / "local" / "snapshots" / "datasets"
+
+
+def _sliced(n: int, split: str) -> int:
+    m = _SLICE.match(split)
+    if not m or (m["a"] is None and m["b"] is None):
+        return n
+    return len(range(n)[slice(int(m["a"]) if m["a"] else None, int(m["b"]) if m["b"] else None)])
+
+
+def _local_rows(path: str) -> list[dict] | None:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        return None
+    try:
+        if path.endswith(".jsonl"):
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    return data if isinstance(data, list) else None
+
+
+def fitness_rows(spec: JobSpec, snapshots: Path = SNAPSHOT_DATASETS) -> tuple[int | None, str, list[dict] | None]:
+    """(the fitness set's row count or None, where it came from, the local rows when read)."""
+    ref = spec.fitness.data
+    limit = spec.fitness.limit
+    split = ref.split.split("[")[0]
+    n: int | None = None
+    rows = None
+    if ref.path is not None:
+        rows = _local_rows(ref.path)
+        if rows is not None:
+            n, where = _sliced(len(rows), ref.split), f"{len(rows)} rows in {Path(ref.path).name}"
+    else:
+        snap = snapshots / f"{ref.repo.replace('/', '--')}.yaml"  # type: ignore[union-attr]
+        counts = _snapshot_splits(snap, ref.config)
+        if split in counts:
+            n, where = _sliced(counts[split], ref.split), f"{counts[split]} rows ({ref.repo} snapshot)"
+    if n is None:
+        if limit:
+            return limit, f"fitness.limit {limit} (the set's size is unknown offline)", rows
+        return None, "unknown: the fitness set cannot be counted offline", rows
+    if limit and limit < n:
+        return limit, f"fitness.limit {limit} of {where}", rows
+    return n, where, rows
+
+
+def _snapshot_splits(path: Path, config: str | None) -> dict[str, int]:
+    if not path.is_file():
+        return {}
+    from evohub.spec.yamlio import parse_yaml
+
+    try:
+        doc = parse_yaml(path.read_text(encoding="utf-8"), str(path)).data
+    except Exception:  # a damaged snapshot says nothing about the size
+        return {}
+    configs = (doc.get("configs") if isinstance(doc, dict) else None) or {}
+    cfg = configs.get(config or "default") or (next(iter(configs.values())) if len(configs) == 1 else {})
+    return {k: int(v) for k, v in (cfg.get("splits") or {}).items()}
+
+
+# -- per-item figures ------------------------------------------------------------------------------
+
+
+def token_figures(spec: JobSpec, rows: list[dict] | None) -> tuple[float, float, int, TaskTokens]:
+    """(prompt tokens an item, generated tokens an item, the budget, the task's figures)."""
+    fit = spec.fitness
+    figures = TASK_TOKENS.get(fit.task, DEFAULT_TOKENS)
+    budget = fit.max_new_tokens or TASKS.get(fit.task).max_new_tokens or 0
+    prompt = figures.prompt
+    fill = figures.fill
+    if fit.prompt is not None and figures.fill > 0:
+        fill = figures.own_prompt_fill
+        inputs = [r.get("question") for r in rows or [] if isinstance(r, dict) and isinstance(r.get("question"), str)]
+        if inputs:  # about one token a character (Japanese in Mistral-family tokenizers; a char-level one exactly)
+            prompt = sum(len(fit.prompt.format(input=q)) for q in inputs) / len(inputs)
+    return prompt, budget * fill, budget, figures
+
+
+# -- the throughput model --------------------------------------------------------------------------
+
+
+def decode_rate(
+    profile: Profile, params: int, dtype: str, batch: int, kv_bytes_per_token: float, context: float
+) -> float:
+    """Tokens a second one device decodes at ``batch`` sequences of ``context`` tokens (roofline)."""
+    moved = params * dtype_bytes(dtype) + batch * context * kv_bytes_per_token
+    memory = moved / (profile.bandwidth * profile.e_bw)
+    compute = 2 * params * batch / (profile.peak(dtype) * profile.e_flop)
+    return batch / max(memory, compute)
+
+
+def prefill_seconds(profile: Profile, params: int, dtype: str, tokens: float) -> float:
+    return tokens * 2 * params / (profile.peak(dtype) * profile.e_prefill)
+
+
+def _vllm_batch(profile: Profile, spec: JobSpec, plan: Plan, stage: str, per_seq_bytes: float) -> int:
+    """vLLM's concurrency: max_num_seqs, capped by the KV cache the GPU memory plan leaves."""
+    if profile.name == "cpu" or per_seq_bytes <= 0:
+        return VLLM_MAX_SEQS
+    from evohub.pipeline.gpu import GPUS, OVERHEAD, gpu_plan
+
+    if profile.name not in GPUS:
+        return VLLM_MAX_SEQS
+    for s in gpu_plan(spec, plan, profile.name).stages:
+        if s.stage == stage and s.utilization is not None:
+            room = s.utilization * s.gpu_total - s.engine - OVERHEAD
+            return max(1, min(VLLM_MAX_SEQS, int(room // per_seq_bytes)))
+    return VLLM_MAX_SEQS
+
+
+def estimate_cost(spec: JobSpec, plan: Plan, gpu: str, max_evals: int | None = None) -> CostPlan:
+    """The time and tokens of each search stage of ``spec`` on one ``gpu`` (a key of
+    :data:`PROFILES`); ``max_evals`` caps each stage's evaluations (the nightly cap)."""
+    if gpu not in PROFILES:
+        raise SpecError(f"--gpu {gpu!r}: no cost profile (profiles: {', '.join(PROFILES)})")
+    profile = PROFILES[gpu]
+    fit = spec.fitness
+    n_items, where, rows = fitness_rows(spec)
+    prompt, generated, budget, figures = token_figures(spec, rows)
+    estimator = ESTIMATORS.get(fit.estimator)
+    settings = estimator.settings(getattr(fit, "estimator_options", None) or {})
+    by_name = {s.name: s for s in plan.sources}
+    merged = max((by_name[s.key] for s in spec.sources), key=lambda s: s.params)
+    out = CostPlan(gpu, f"{profile.label}-hours", n_items, where, prompt, generated, budget, fit.estimator)
+    for st in plan.stages:
+        dfs = st.name == "data_flow_space"
+        backend = "hf" if dfs else fit.backend
+        evals = st.evaluations
+        if evals is not None and max_evals is not None:
+            evals = min(evals, max_evals)
+        if dfs:  # the path executor holds A's and B's layers; a path runs the output's layers
+            params, layers = plan.output_params, None
+        else:
+            params, layers = merged.params, merged.layers
+        refs = len(spec.sources) + (1 if spec.base_model is not None else 0) if not dfs else 0
+        notes: list[str] = ["every path at its longest (all slots on): an upper bound"] if dfs else []
+        kv_token = merged.kv_bytes_per_layer_token * (layers or _path_layers(plan, merged))
+        context = prompt + generated
+        beams = figures.beams
+        if backend == "vllm":
+            batch = _vllm_batch(profile, spec, plan, st.name, context * beams * kv_token)
+        else:
+            batch = fit.batch_size or 16
+        rate = decode_rate(profile, params, spec.dtype, batch * beams, kv_token, prompt + generated / 2) / beams
+        if evals is None or n_items is None:
+            why = "a wall-time budget: its evaluations are known at run time" if evals is None else where
+            out.stages.append(
+                StageCost(st.name, backend, evals, None, None, None, batch, rate, None, None, None, [why])
+            )
+            continue
+        inputs = PlanInputs(n_items=n_items, popsize=st.popsize, evaluations=evals, references=refs,
+                            minibatch=fit.minibatch)  # fmt: skip
+        items = estimator.planned_items(inputs, settings)
+        p_tokens, g_tokens = items * prompt, items * generated
+        seconds = prefill_seconds(profile, params, spec.dtype, p_tokens) + (g_tokens / rate if g_tokens else 0.0)
+        if backend == "hf":
+            seconds *= profile.hf_slowdown
+            notes.append(f"hf backend: x{profile.hf_slowdown:g} (no continuous batching)")
+        merge = 0.0 if dfs else evals * params * dtype_bytes(spec.dtype) / profile.merge_bps
+        out.stages.append(StageCost(st.name, backend, evals, items, p_tokens, g_tokens, batch, rate,
+                                    seconds / 3600, merge / 3600, (seconds + merge) / 3600, notes))  # fmt: skip
+    return out
+
+
+def _path_layers(plan: Plan, merged) -> int:
+    """Decoder layers a data-flow path runs: the output's, from its parameter count."""
+    per = max(merged.per_layer, 1)
+    return max(1, math.ceil((plan.output_params - (merged.params - merged.layers * per)) / per))
+
+
+# -- showing it ------------------------------------------------------------------------------------
+
+
+def _count(n: float | None) -> str:
+    from evohub.pipeline.plan import human_count
+
+    return "?" if n is None else human_count(n)
+
+
+def render_cost(cp: CostPlan, console) -> None:
+    """The cost table on a rich ``console``."""
+    from rich.table import Table
+
+    t = Table("stage", "backend", "evals", "items", "prompt tok", "generated tok", cp.unit,
+              title=f"cost on one {cp.gpu} (estimator {cp.estimator})")  # fmt: skip
+    for s in cp.stages:
+        t.add_row(s.stage, s.backend, str(s.evaluations or "-"), _count(s.items), _count(s.prompt_tokens),
+                  _count(s.generated_tokens), _hours(s.hours))  # fmt: skip
+    total = cp.hours
+    t.add_row("total", "", str(cp.evaluations), _count(_sum(s.items for s in cp.stages)),
+              _count(_sum(s.prompt_tokens for s in cp.stages)), _count(_sum(s.generated_tokens for s in cp.stages)),
+              _hours(total))  # fmt: skip
+    console.print(t)
+    console.print(f"  fitness items: {cp.items_source}; per item {cp.prompt_tokens_per_item:.0f} prompt tokens, "
+                  f"{cp.generated_tokens_per_item:.1f} generated (budget {cp.budget})")  # fmt: skip
+    for s in cp.stages:
+        for n in s.notes:
+            console.print(f"  {s.stage}: {n}")
+
+
+def _hours(h: float | None) -> str:
+    return "?" if h is None else f"{h:.3g}" + (f" ({h * 3600:.0f} s)" if h < 0.1 else "")
+
+
+def _sum(values) -> float | None:
+    values = list(values)
+    return None if any(v is None for v in values) else sum(values)
+
+
+def over_limit(path: str, cp: CostPlan, max_hours: float) -> str | None:
+    """One line when the estimate exceeds ``max_hours`` (None: within it)."""
+    total = cp.hours
+    if total is None or total <= max_hours:
+        return None
+    return (f"{path}: estimated {total:.1f} {cp.unit} for {cp.evaluations} evaluations exceeds the runner's "
+            f"{max_hours:g} h limit; choose a cheaper fitness.estimator or cap the night's evaluations")  # fmt: skip

@@ -1,0 +1,158 @@
+"""The cost model of ``evohub plan --gpu`` (docs/design.md#cost-model): offline, from config.json files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evohub.evolve.estimators import ESTIMATORS, PlanInputs
+from evohub.pipeline import cost
+from evohub.pipeline.plan import make_plan
+from evohub.spec import load_job
+
+REPO = Path(__file__).resolve().parents[1]
+#: Mistral-7B's shapes
+CFG = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 4096,
+       "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+       "vocab_size": 32000, "max_position_embeddings": 32768, "tie_word_embeddings": False, "torch_dtype": "bfloat16"}  # fmt: skip
+ROWS = 100
+
+
+def _job(tmp_path: Path, fitness: str = "", dfs: bool = False, evals: int = 90, backend: str = "vllm") -> Path:
+    for d in ("base", "a", "b"):
+        (tmp_path / d).mkdir(exist_ok=True)
+        (tmp_path / d / "config.json").write_text(json.dumps(CFG))
+    (tmp_path / "fit.jsonl").write_text("".join(json.dumps({"question": f"{i}+1", "answer_number": i + 1}) + "\n"
+                                                for i in range(ROWS)))  # fmt: skip
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "evohub_job: 1\nname: seven\nbase_model: {path: base}\nsources:\n  - {name: a, path: a}\n  - {name: b, path: b}\n"
+        f"parameter_space:\n  method: task_arithmetic\n  optimizer: {{popsize: 9, max_evals: {evals}}}\n"
+        + ("data_flow_space:\n  a: ps\n  b: a\n  optimizer: {popsize: 10, max_evals: 40}\n" if dfs else "")
+        + f"fitness:\n  task: ja-math\n  data: {{path: fit.jsonl}}\n  backend: {backend}\n{fitness}"
+    )
+    return job
+
+
+def _cost(job: Path, gpu: str = "h100", max_evals: int | None = None) -> cost.CostPlan:
+    spec = load_job(job)
+    return cost.estimate_cost(spec, make_plan(spec), gpu, max_evals)
+
+
+def test_items_come_from_the_estimator_and_tokens_from_the_per_item_figures(tmp_path):
+    full = _cost(_job(tmp_path))
+    (ps,) = full.stages
+    assert full.n_items == ROWS and ps.evaluations == 90 and ps.items == 90 * ROWS
+    ja = cost.TASK_TOKENS["ja-math"]
+    assert full.prompt_tokens_per_item == ja.prompt and full.generated_tokens_per_item == pytest.approx(1024 * ja.fill)
+    assert ps.prompt_tokens == pytest.approx(90 * ROWS * ja.prompt)
+    assert ps.generated_tokens == pytest.approx(90 * ROWS * 1024 * ja.fill)
+    mini = _cost(_job(tmp_path, "  minibatch: 20\n")).stages[0]
+    assert mini.items == 90 * 20 and mini.generated_tokens == pytest.approx(90 * 20 * 1024 * ja.fill)
+    irt = _cost(_job(tmp_path, "  estimator: irt\n")).stages[0]
+    # calibration: 3 references + generation 0 (9) on every item; then 30 anchors; audits of 3 on the pool
+    expected = (3 + 9) * ROWS + (90 - 9) * 30 + (10 // 5 + 1) * 3 * ROWS
+    assert (
+        irt.items
+        == expected
+        == ESTIMATORS.get("irt").planned_items(PlanInputs(ROWS, 9, 90, 3), ESTIMATORS.get("irt").settings({}))
+    )
+    assert irt.items < ps.items and irt.hours < ps.hours
+    # the job's own prompt over local rows is measured (one token a character), with a short answer's fill
+    own = _cost(_job(tmp_path, '  prompt: "Q {input} A "\n  max_new_tokens: 10\n'))
+    mean_chars = sum(len(f"Q {i}+1 A ") for i in range(ROWS)) / ROWS
+    assert own.prompt_tokens_per_item == pytest.approx(mean_chars)
+    assert own.generated_tokens_per_item == pytest.approx(10 * ja.own_prompt_fill)
+
+
+def test_hours_follow_the_roofline_and_scale_with_evaluations(tmp_path):
+    job = _job(tmp_path, "  limit: 50\n")
+    whole, capped = _cost(job), _cost(job, max_evals=45)
+    assert whole.n_items == 50 and "fitness.limit 50" in whole.items_source
+    assert capped.stages[0].evaluations == 45 and capped.evaluations == 45
+    assert capped.stages[0].generation_hours == pytest.approx(whole.stages[0].generation_hours / 2)
+    assert capped.stages[0].merge_hours == pytest.approx(whole.stages[0].merge_hours / 2)
+    ps = whole.stages[0]
+    spec = load_job(job)
+    plan = make_plan(spec)
+    P = plan.sources[0].params
+    h100 = cost.PROFILES["h100"]
+    kv = plan.sources[0].kv_bytes_per_layer_token * 32
+    rate = cost.decode_rate(h100, P, "bfloat16", ps.batch, kv, 300 + 1024 * 0.35 / 2)
+    prefill = ps.prompt_tokens * 2 * P / (989e12 * h100.e_prefill)
+    assert ps.generation_hours * 3600 == pytest.approx(prefill + ps.generated_tokens / rate)
+    assert ps.merge_hours * 3600 == pytest.approx(90 * P * 2 / h100.merge_bps)
+    # one sequence: bound by reading the weights; many: by the FLOPs
+    assert cost.decode_rate(h100, P, "bfloat16", 1, 0, 0) == pytest.approx(3.35e12 * h100.e_bw / (P * 2))
+    assert cost.decode_rate(h100, P, "bfloat16", 10**6, 0, 0) == pytest.approx(989e12 * h100.e_flop / (2 * P))
+    # vLLM's concurrency is capped by the KV cache left beside the resident sources
+    assert 1 <= ps.batch <= cost.VLLM_MAX_SEQS
+    assert _cost(job, "h200").hours < whole.hours < _cost(job, "a100").hours
+
+
+def test_the_data_flow_stage_runs_on_hf_with_its_slowdown(tmp_path):
+    vllm = _cost(_job(tmp_path, dfs=True))
+    ps, dfs = vllm.stages
+    assert (ps.backend, dfs.backend) == ("vllm", "hf") and dfs.merge_hours == 0
+    assert dfs.evaluations == 40 and dfs.items == 40 * ROWS and dfs.batch == 16
+    spec = load_job(tmp_path / "job.yaml")
+    plan = make_plan(spec)
+    h100 = cost.PROFILES["h100"]
+    prefill = dfs.prompt_tokens * 2 * plan.output_params / (989e12 * h100.e_prefill)
+    plain = prefill + dfs.generated_tokens / dfs.decode_tokens_per_s
+    assert dfs.generation_hours * 3600 == pytest.approx(h100.hf_slowdown * plain)
+    hf = _cost(_job(tmp_path, dfs=True, backend="hf")).stages[0]  # a PS stage on hf pays it too
+    assert hf.backend == "hf" and hf.generation_hours > ps.generation_hours
+
+
+def test_demo_world_on_the_cpu_profile():
+    """The calibration's own case: 1069 demo rows took 1.05 s on this machine (cpu profile)."""
+    spec = load_job(REPO / "jobs" / "demo.yaml")
+    cp = cost.estimate_cost(spec, make_plan(spec), "cpu")
+    assert cp.n_items == 64 and cp.prompt_tokens_per_item == 10 and cp.generated_tokens_per_item == pytest.approx(4.8)
+    ps = cp.stages[0]
+    seconds_1069 = ps.generation_hours * 3600 / ps.items * 1069
+    assert 0.5 < seconds_1069 < 2.1
+
+
+def test_hub_fitness_rows_come_from_the_recorded_snapshot():
+    from evohub.local.snapshot import load_snapshot
+
+    spec = load_job(REPO / "jobs" / "evollm-jp.yaml")
+    configs = {n: load_snapshot(r.repo, "model").config for n, r in spec.models()}
+    cp = cost.estimate_cost(spec, make_plan(spec, configs=configs), "h100")
+    (ps,) = cp.stages
+    assert cp.n_items == 1069 and "snapshot" in cp.items_source
+    assert ps.items == 1000 * 1069 and ps.backend == "vllm"
+    assert 5 < cp.hours < 40  # the issue's figure: ~18 H100-hours
+
+
+def test_cli_cost_json_refusal_and_cpu(tmp_path, run_cli):
+    job = _job(tmp_path, dfs=True)
+    code, out, err = run_cli("plan", "--json", "--gpu", "h100", job)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert "gpu" in doc and [s["stage"] for s in doc["cost"]["stages"]] == ["parameter_space", "data_flow_space"]
+    assert doc["cost"]["unit"] == "H100-hours" and doc["cost"]["hours"] > 0
+    code, out, err = run_cli("plan", "--json", "--gpu", "cpu", job)
+    doc = json.loads(out)
+    assert code == 0 and "gpu" not in doc and doc["cost"]["unit"] == "CPU-hours"
+    hours = _cost(job).hours
+    code, out, err = run_cli("plan", "--gpu", "h100", "--max-hours", f"{hours / 2:.3f}", job)
+    assert code == 2 and "cost on one h100" in out
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"{job}: estimated {hours:.1f} H100-hours for 130 evaluations exceeds the runner's")
+    assert f"{hours / 2:.3f}".rstrip("0") in line and "fitness.estimator" in line
+    code, _, err = run_cli("plan", "--gpu", "h100", "--max-hours", f"{hours * 2:.3f}", job)
+    assert code == 0, err
+    # the night's cap brings it under the limit
+    code, _, err = run_cli("plan", "--gpu", "h100", "--max-hours", f"{hours / 2:.3f}", "--max-evals", "9", job)
+    assert code == 0, err
+    code, _, err = run_cli("plan", "--gpu", "l40s", "--max-hours", "1", job)
+    assert code == 2 and "no cost profile" in err
+    code, _, err = run_cli("plan", "--max-hours", "1", job)
+    assert code == 2 and "--gpu" in err
+    code, _, err = run_cli("plan", "--gpu", "tpu", job)
+    assert code == 2 and "unknown GPU" in err
