@@ -118,7 +118,8 @@ def test_publish_is_one_tagged_commit_with_every_file(hub, finished_run, run_cli
     assert len(commits) == 1  # one commit holds everything
     files = hub.files("me/evo-tiny")
     expected = {"README.md", "recipe.yaml", "results.json", "fitness.png", "candidates.jsonl.gz", "config.json",
-                "generation_config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors.index.json"}  # fmt: skip
+                "generation_config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors.index.json",
+                "scores-ps.jsonl.gz"}  # fmt: skip
     assert expected <= set(files) and any(n.startswith("model-") and n.endswith(".safetensors") for n in files)
     repo = hub.repo("me/evo-tiny")
     (tag,) = repo.tags
@@ -137,6 +138,21 @@ def test_publish_is_one_tagged_commit_with_every_file(hub, finished_run, run_cli
         f"- {n}: unknown" in licence for n in ("base", "one", "two")
     )
     assert "evohub merge recipe.yaml" in files["README.md"].decode()
+    # what fitness cost: results.json's totals (CPU-seconds: the run scored on the CPU), stated by the card
+    import gzip
+
+    from evohub.evolve.matrix import totals
+
+    cost = json.loads(files["results.json"])["cost"]
+    matrix = [json.loads(x) for x in gzip.decompress(files["scores-ps.jsonl.gz"]).decode().splitlines()]
+    ledger = totals(matrix)
+    assert cost["device"] == "cpu" and cost["total"]["items"] == ledger["items"] > 0
+    labelled = {k: v for k, v in ledger.items() if k != "seconds"} | {"cpu_seconds": ledger["seconds"]}
+    assert cost["stages"]["ps"] == labelled
+    said = f"Evolution scored {ledger['items']:,} fitness items ({ledger['prompt_tokens']:,} prompt tokens) in "
+    readme = files["README.md"].decode()
+    assert said in readme
+    assert " CPU-seconds." in readme and "[`scores-ps.jsonl.gz`](scores-ps.jsonl.gz)" in readme
     from evohub.merging.io import read_header
     from evohub.pipeline.plan import human_count
 
@@ -239,3 +255,126 @@ def test_verify_rebuilds_a_published_model_and_names_a_tampered_tensor(hub, fini
     code, out, err = run_cli("verify", "me/verify-me", "--sources-dir", finished_run, "--device", "cpu", "-q")
     assert code == 1 and f"DIFFERENT {shard}  (tensors differ: model.norm.weight)" in out, out + err
     assert "NOT verified" in out
+
+
+# -- the cost ledger: what fitness cost, in results.json, the card, fitness.png and the commit ------
+
+
+def _ledger(tokens: bool = True) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Hand-built candidates rows and score matrices of a PS-then-DFS run: 2 generations of 2 per
+    stage, each candidate one fitness call on 10 items; PS also scored a reference and an audit."""
+    cost = {"prompt_tokens": 100, "merge_s": 1.0, "generate_s": 8.0, "score_s": 1.0, "seconds": 10.0}
+    rows, matrices = [], {"ps": [], "dfs": []}
+    for st in ("ps", "dfs"):
+        if st == "ps":
+            matrices[st].append({"g": -1, "i": "ref", "at": 0, "why": "reference", "items": list(range(10)),
+                                 "scores": [0] * 10, "error": None, **cost, "generated_tokens": 7})  # fmt: skip
+        for g in range(2):
+            for i in range(2):
+                gen = 10 ** (g + 1) * (1 if st == "ps" else 100)  # PS 10, 10, 100, 100; DFS 1000, ..., 10000
+                fit = 0.1 * g + 0.05 * i + (0.5 if st == "dfs" else 0)
+                rows.append({"stage": st, "generation": g, "index": i, "fitness": fit, "error": None,
+                             "items": 10, "generated_tokens": gen, **cost} if tokens else
+                            {"stage": st, "generation": g, "index": i, "fitness": fit, "error": None, "seconds": 10.0})  # fmt: skip
+                matrices[st].append({"g": g, "i": i, "at": g, "why": "fitness", "items": list(range(10)),
+                                     "scores": [1] * 10, "error": None, **cost, "generated_tokens": gen})  # fmt: skip
+        if st == "ps":
+            rows[-1]["full"] = 0.9  # its audit scored it on the whole pool: the curve takes that
+            matrices[st].append({"g": 1, "i": 1, "at": 1, "why": "audit", "items": list(range(10, 40)),
+                                 "scores": [1] * 30, "error": None, **cost, "generated_tokens": 3})  # fmt: skip
+    return rows, matrices
+
+
+def test_stage_costs_come_from_the_matrix_else_the_checkpoint_else_the_rows():
+    from evohub.pipeline.report import summarize
+
+    rows, matrices = _ledger()
+    ps = summarize("ps", rows, None, matrix=matrices["ps"]).cost
+    # the matrix counts the reference and the audit calls that candidates.jsonl does not
+    assert ps == {"calls": 6, "items": 80, "prompt_tokens": 600, "generated_tokens": 230, "merge_s": 6.0,
+                  "generate_s": 48.0, "score_s": 6.0, "seconds": 60.0}  # fmt: skip
+    kept = {"calls": 5, "items": 70, "prompt_tokens": 500, "generated_tokens": 227, "merge_s": 5.0, "generate_s": 40.0,
+            "score_s": 5.0, "seconds": 50.0}  # fmt: skip
+    assert summarize("ps", rows, None, checkpoint={"generation": 2, "cost": kept}).cost == kept
+    from_rows = summarize("dfs", rows, None).cost  # no matrix, no checkpoint: the rows summed
+    assert from_rows["items"] == 40 and from_rows["generated_tokens"] == 22000 and from_rows["seconds"] == 40.0
+    assert summarize("ps", _ledger(tokens=False)[0], None).cost is None  # an older run recorded none
+    validation = [{"generation": 1, "index": 1, "fitness": 0.15, "validation": 0.2, "items": 5, "prompt_tokens": 50,
+                   "generated_tokens": 9, "seconds": 2.5}]  # fmt: skip
+    s = summarize("ps", rows, validation, matrix=matrices["ps"])
+    assert s.validation == 0.2 and s.validation_cost["items"] == 5 and s.validation_cost["seconds"] == 2.5
+
+
+def test_results_cost_is_labelled_by_device_and_the_card_states_the_totals():
+    from evohub.pipeline.publish import cost_line
+    from evohub.pipeline.report import run_cost, summarize
+
+    rows, matrices = _ledger()
+    valid = [{"generation": 1, "index": 1, "fitness": 0.65, "validation": 0.6, "items": 5, "prompt_tokens": 50,
+              "generated_tokens": 9, "seconds": 400.0}]  # fmt: skip
+    stages = [summarize("ps", rows, None, matrix=matrices["ps"]), summarize("dfs", rows, valid, matrix=matrices["dfs"])]
+    cost = run_cost(stages, "cuda:0")
+    assert set(cost) == {"device", "stages", "total"} and set(cost["stages"]) == {"ps", "dfs"}
+    assert cost["stages"]["ps"]["gpu_seconds"] == 60.0 and "seconds" not in cost["stages"]["ps"]
+    assert cost["total"] | {"validation": None} == {
+        "calls": 10, "items": 120, "prompt_tokens": 1000, "generated_tokens": 22230, "merge_s": 10.0,
+        "generate_s": 80.0, "score_s": 10.0, "gpu_seconds": 100.0, "validation": None}  # fmt: skip
+    assert cost["total"]["validation"]["gpu_seconds"] == 400.0 and cost["stages"]["dfs"]["validation"]["items"] == 5
+    assert json.loads(json.dumps(cost)) == cost  # results.json holds it as is
+    assert "cpu_seconds" in run_cost(stages, "cpu")["total"]
+    assert run_cost([summarize("ps", _ledger(tokens=False)[0], None)], "cpu") is None  # an older run: no cost
+    assert cost_line(cost) == (
+        "Evolution scored 120 fitness items (1,000 prompt and 22,230 generated tokens) in 100 GPU-seconds "
+        "(PS 60, DFS 40). Choosing each stage's winner on the validation split scored 5 more items in "
+        "0.11 GPU-hours."
+    )
+    hours = {**cost, "stages": {"ps": cost["stages"]["ps"] | {"gpu_seconds": 1368.0}, "dfs": cost["stages"]["dfs"] |
+             {"gpu_seconds": 108.0}}, "total": {**cost["total"], "gpu_seconds": 1476.0, "validation": None}}  # fmt: skip
+    assert "in 0.41 GPU-hours (PS 0.38, DFS 0.03)." in cost_line(hours)
+    assert " CPU-seconds (PS 60, DFS 40)" in cost_line(run_cost(stages, "cpu"))
+    assert cost_line(None) is None
+
+
+def test_fitness_png_has_a_tokens_panel_when_the_run_counted_tokens(tmp_path):
+    from PIL import Image
+
+    from evohub.pipeline.report import plot_fitness, token_curves
+
+    rows, matrices = _ledger()
+    curves = token_curves(rows, ["ps", "dfs"], matrices)
+    (_, psx, psy, ps_end), (_, dfsx, dfsy, dfs_end) = curves
+    # one point per call in file order, the x-axis running on across stages; a candidate counts
+    # from its call, its full-set score (0.9) over its estimate
+    # (the reference call before them adds its tokens, but no point: nothing is best yet)
+    assert psx == [17, 27, 127, 227, 230] and psy == [0.0, 0.05, 0.1, 0.9, 0.9], (psx, psy)
+    assert ps_end == 230 and dfsx[0] == 1230 and dfs_end == 22230 and dfsy == [0.5, 0.55, 0.6, 0.65]
+    # no matrix: each candidates row's own count
+    assert token_curves(rows, ["ps", "dfs"])[0][1] == [10, 20, 120, 220]
+    assert token_curves(_ledger(tokens=False)[0], ["ps", "dfs"]) is None
+    two, one = tmp_path / "two.png", tmp_path / "one.png"
+    plot_fitness(rows, two, ["ps", "dfs"], matrices)
+    plot_fitness(_ledger(tokens=False)[0], one, ["ps", "dfs"])  # an older run keeps the one panel
+    (w2, h2), (w1, h1) = Image.open(two).size, Image.open(one).size
+    assert h2 == h1 and w2 > 1.5 * w1, ((w2, h2), (w1, h1))
+
+
+def test_the_published_files_carry_each_stage_score_matrix_gzipped(tmp_path):
+    import gzip
+
+    from evohub.pipeline.publish import publish_files, score_files
+    from evohub.pipeline.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    (run.model_dir).mkdir(parents=True)
+    (run.model_dir / "config.json").write_text("{}")
+    run.log_path.write_text('{"stage": "ps"}\n')
+    assert "scores-ps.jsonl.gz" not in publish_files(run, "card", {})  # no matrix: nothing to carry
+    _, matrices = _ledger()
+    run.scores_path("ps").parent.mkdir(parents=True)
+    run.scores_path("ps").write_text("".join(json.dumps(r) + "\n" for r in matrices["ps"]))
+    files = publish_files(run, "card", {})
+    assert list(score_files(run)) == ["scores-ps.jsonl.gz"] and "scores-dfs.jsonl.gz" not in files
+    assert gzip.decompress(files["scores-ps.jsonl.gz"]) == run.scores_path("ps").read_bytes()
+    again = publish_files(run, "card", {})["scores-ps.jsonl.gz"]
+    assert files["scores-ps.jsonl.gz"] == again  # mtime 0: the same bytes
+    assert run.score_rows("ps") == matrices["ps"]

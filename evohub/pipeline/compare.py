@@ -8,6 +8,7 @@ from pathlib import Path
 
 from evohub.files import write_json
 from evohub.merging.build import merge_to_disk
+from evohub.pipeline.report import run_cost, stage_summary
 from evohub.pipeline.rundir import RunDir
 from evohub.pipeline.stages import model_dirs, ps_winner_dir, stage_genome
 from evohub.score.evaluate import evaluate, suites_for
@@ -33,7 +34,8 @@ PS_WINNER = "PS winner"
 
 
 def evaluate_run(job: JobSpec, run: RunDir, device: str) -> dict:
-    """results.json: the evolved model on the held-out suites, and each source when asked.
+    """results.json: the evolved model on the held-out suites, and each source when asked, and
+    (``cost``) what evolution's fitness cost on ``device`` (:func:`~evohub.pipeline.report.run_cost`).
 
     Each model's results are kept in ``eval/<name>/results.json``, so a resumed run evaluates
     only what it has not.
@@ -65,5 +67,9 @@ def evaluate_run(job: JobSpec, run: RunDir, device: str) -> dict:
             if kept is None:
                 kept = evaluate(directory, suites, out_dir=run.eval_dir(name), label=label, **kw)
             out["models"][name] = kept
+    rows = run.log_rows()
+    cost = run_cost([stage_summary(run, stage, rows) for stage in job.stages()], device)
+    if cost is not None:
+        out["cost"] = cost
     write_json(run.results_path, out)
     return out

@@ -23,7 +23,7 @@ from evohub.merging.build import merge_to_disk
 from evohub.pipeline import publish as publishing
 from evohub.pipeline.compare import evaluate_run
 from evohub.pipeline.pull import pull
-from evohub.pipeline.report import StageSummary, plot_fitness, summarize
+from evohub.pipeline.report import StageSummary, plot_fitness, stage_matrices, stage_summary
 from evohub.pipeline.rundir import RunDir
 from evohub.pipeline.stages import evolve_stage, model_dirs, ps_winner_dir
 from evohub.spec import JobSpec, Recipe, load_job
@@ -114,16 +114,16 @@ def run_job(
             _stage_one(spec, run, stage, progress)  # model A of a data-flow stage, only when it evolves
             final = evolve_stage(spec, run, stage, candidates, max_evals=max_evals, device=device,
                                  ray_actors=ray_actors, progress=progress, on_generation=pushed)  # fmt: skip
-        summaries.append(summarize(stage, candidates.rows, run.read_json(run.validation_path(stage))))  # type: ignore[arg-type]
+        summaries.append(stage_summary(run, stage, candidates.rows))
         summaries[-1].seconds = time.perf_counter() - started
         if final is None:  # this call's cap stopped the stage: nothing after it is final
-            plot_fitness(candidates.rows, run.fitness_plot, spec.stages())
+            plot_fitness(candidates.rows, run.fitness_plot, spec.stages(), stage_matrices(run, spec.stages()))
             log.info("stage %s stopped at the --max-evals cap (%d evaluations so far); --resume continues it",
                      stage, summaries[-1].evaluations)  # fmt: skip
             return RunSummary(run.root, None, None, summaries, paused=stage)
     assert final is not None
     run.write_recipe(final)
-    plot_fitness(candidates.rows, run.fitness_plot, spec.stages())
+    plot_fitness(candidates.rows, run.fitness_plot, spec.stages(), stage_matrices(run, spec.stages()))
     if not run.model_dir.exists():
         merge_to_disk(final, model_dirs(run, final), run.model_dir, progress=progress)
     results = evaluate_run(spec, run, device) if spec.evaluation else None

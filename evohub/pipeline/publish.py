@@ -1,5 +1,5 @@
 """A finished run as ONE Hub commit — weights, config, tokenizer, recipe, results, fitness curve,
-compressed candidates log, model card, eval results — tagged with the run id; and the run state
+compressed candidates log and score matrices, model card, eval results — tagged with the run id; and the run state
 in a private dataset repo for runs that continue on another machine (docs/design.md#publishing).
 
     >>> done, card = publish_run(RunDir("runs/x"), "me/EvoLLM-JP", dry_run=True)   # doctest: +SKIP
@@ -27,7 +27,7 @@ from evohub.merging.methods import METHODS
 from evohub.models import KINDS
 from evohub.pipeline.plan import human_count
 from evohub.pipeline.pull import model_license
-from evohub.pipeline.report import summarize
+from evohub.pipeline.report import SHORT, run_cost, seconds_key, stage_matrices, stage_summary, token_curves
 from evohub.pipeline.rundir import RunDir
 from evohub.score.evaluate import score_rows, shown_metrics, shown_value
 from evohub.score.suites import find_suite
@@ -116,6 +116,12 @@ def run_id(run: RunDir) -> str:
     return f"evohub-{name}-{digest}"
 
 
+def score_files(run: RunDir) -> dict[str, Path]:
+    """Each stage's score matrix, by the name its gzipped copy has in the commit (``scores-<stage>.jsonl.gz``)."""
+    paths = {stage: run.scores_path(stage) for stage in STAGE_NAMES}
+    return {f"scores-{stage}.jsonl.gz": p for stage, p in paths.items() if p.exists()}
+
+
 def publish_files(run: RunDir, readme: str, extra: dict[str, str]) -> dict[str, bytes | Path]:
     """Everything a published run holds, by path in the repo."""
     if not (run.model_dir / "config.json").exists():
@@ -128,6 +134,8 @@ def publish_files(run: RunDir, readme: str, extra: dict[str, str]) -> dict[str, 
             files[p.name] = p
     if run.log_path.exists():
         files["candidates.jsonl.gz"] = gzip.compress(run.log_path.read_bytes(), mtime=0)
+    for name, path in score_files(run).items():
+        files[name] = gzip.compress(path.read_bytes(), mtime=0)
     files |= {k: v.encode() for k, v in extra.items()}
     files["README.md"] = readme.encode()
     return files
@@ -291,11 +299,57 @@ def _stages(job: JobSpec, run: RunDir) -> list[dict]:
     out = []
     for st in job.stages():
         opt = (job.parameter_space if st == "ps" else job.data_flow_space).optimizer  # type: ignore[union-attr]
-        s = summarize(st, rows, None)
+        s = stage_summary(run, st, rows)
         best = _fmt(s.best_fitness) if s.evaluations > s.failed else "-"
+        scored = f"{s.cost['items']:,}" if s.cost else None
         out.append({"stage": STAGE_NAMES[st], "x0": opt.x0, "sigma0": _fmt(opt.sigma0), "popsize": s.popsize,
-                    "evaluations": s.evaluations, "generations": s.generations, "failed": s.failed, "best": best})  # fmt: skip
+                    "evaluations": s.evaluations, "generations": s.generations, "failed": s.failed, "best": best,
+                    "scored": scored})  # fmt: skip
     return out
+
+
+def _run_cost(job: JobSpec, run: RunDir, results: dict | None) -> dict | None:
+    """What evolution cost: results.json's ``cost``, else the run's ledger read now (its device
+    then the one the evolved model was evaluated on, when known)."""
+    if results and results.get("cost"):
+        return results["cost"]
+    device = ((results or {}).get("models", {}).get("evolved", {}).get("config") or {}).get("device")
+    rows = run.log_rows()
+    return run_cost([stage_summary(run, st, rows) for st in job.stages()], device)
+
+
+def _duration(seconds: float, unit: str, parts: dict[str, float]) -> str:
+    """``0.41 GPU-hours (PS 0.38, DFS 0.03)``: hours from 0.1 h on, else seconds (two digits
+    under 10); each stage's share when there are several."""
+    hours = seconds >= 360
+    num = (lambda s: f"{s / 3600:.2f}") if hours else (lambda s: f"{s:,.0f}" if s >= 10 else f"{s:.2g}")
+    each = f" ({', '.join(f'{SHORT.get(st, st)} {num(v)}' for st, v in parts.items())})" if len(parts) > 1 else ""
+    what = f"{unit}-hours" if hours else f"{unit}-seconds"
+    if not unit:
+        what = "hours of evaluation" if hours else "seconds of evaluation"
+    return f"{num(seconds)} {what}{each}"
+
+
+def cost_line(cost: dict | None) -> str | None:
+    """The card's sentence on what evolution's fitness cost (results.json's ``cost``), e.g.
+    ``Evolution scored 25,650 fitness items (…) in 0.41 GPU-hours (PS 0.38, DFS 0.03).``"""
+    if not cost:
+        return None
+    key = seconds_key(cost.get("device"))
+    unit = key.removesuffix("seconds").removesuffix("_").upper()
+    total, stages = cost["total"], cost["stages"]
+    tokens = " and ".join(
+        [f"{total['prompt_tokens']:,} prompt"]
+        + ([f"{total['generated_tokens']:,} generated"] if total["generated_tokens"] else [])
+    )
+    line = (f"Evolution scored {total['items']:,} fitness items ({tokens} tokens) in "
+            f"{_duration(total[key], unit, {st: c[key] for st, c in stages.items()})}.")  # fmt: skip
+    if valid := total.get("validation"):
+        parts = {st: c["validation"][key] for st, c in stages.items() if "validation" in c}
+        whose = "each stage's" if len(stages) > 1 else "the"
+        line += (f" Choosing {whose} winner on the validation split scored "
+                 f"{valid['items']:,} more items in {_duration(valid[key], unit, parts)}.")  # fmt: skip
+    return line
 
 
 def _recipe_facts(recipe: Recipe, sources: list[dict], run: RunDir) -> dict:
@@ -349,6 +403,9 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
         "description": job.description, "base": base, "sources": sources, "license_note": licence.note,
         "architecture": arch, "model_shape": _model_shape(run, config),
         "primary": primary or "its VLM source", "stages": _stages(job, run),
+        "cost": cost_line(_run_cost(job, run, results)),  # type: ignore[arg-type]
+        "score_files": list(score_files(run)),
+        "tokens_panel": token_curves(run.log_rows(), job.stages(), stage_matrices(run, job.stages())) is not None,
         "fitness": f"`{fit.task}` on {fit.data.display(run.root)}"
         + (f" (best chosen on {fit.validation.display(run.root)})" if fit.validation else ""),
         "fitness_task": fit.task, "results": _results_table(results, ev.paper_reference if ev else None), "example_prompt": example.replace("\n", "\\n"),
