@@ -396,7 +396,9 @@ def run_stage(
             complete = False
             break
         X = search.ask()
-        ends = [e for e in (limit, cap) if e is not None]
+        # the cap cuts a generation for ``full``; an estimator that ranks a generation together
+        # finishes it (a capped call may then score up to popsize − 1 more candidates)
+        ends = [e for e in (limit, cap if audit is None else None) if e is not None]
         n = min([pop] + [e - generation * pop for e in ends])  # the last generation may be cut
         cands = [Candidate(stage, generation, i, tuple(X[i]), genome.decode(X[i])) for i in range(n)]
         rows = _generation_rows(ctx, strategy, audit is not None, log, cands, generation)
@@ -420,6 +422,12 @@ def run_stage(
             complete = done  # cut by the budget, or by the cap
             break
     best = audit.best(stage) if audit is not None else best
+    if best is None and not complete:  # a capped call before any audit: nothing is chosen from it
+        rows = [r for r in log.stage_rows(stage) if _ok(r["fitness"])]
+        if rows:
+            r = max(rows, key=lambda r: r["fitness"])
+            best = (r["fitness"], Candidate(stage, r["generation"], r["index"], tuple(r["genotype"]),
+                                            genome.decode(r["genotype"])))  # fmt: skip
     if best is None:
         raise RunError(f"stage {stage}: no candidate was evaluated successfully (see {log.path})")
     ranked = audit.full(stage) if audit is not None else None

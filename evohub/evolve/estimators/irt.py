@@ -14,8 +14,8 @@ on Consumer-grade GPUs") use it, with item parameters fitted on this job's own m
 - **Anchors**: k-means (seeded) of the items' (α_j, β_j) into ``anchors`` clusters; each
   cluster's anchor is its item nearest the centre, with weight w_k = cluster size / N.
 - **A candidate** is scored on the anchors only (n items of the pool's N).
-  - ``irt`` (p-IRT, tinyBenchmarks): θ̂ = argmax of the anchors' likelihood with the N(0, I)
-    prior, and  Ẑ = (n/N)·ȳ_anchors + (1 − n/N)·mean_{j ∉ anchors} σ(θ̂·α_j − β_j).
+  - ``irt`` (p-IRT, tinyBenchmarks): θ̂ = argmax of the anchors' likelihood with a normal prior
+    fitted to the calibration models' abilities (their mean and covariance), and  Ẑ = (n/N)·ȳ_anchors + (1 − n/N)·mean_{j ∉ anchors} σ(θ̂·α_j − β_j).
   - ``gmp-irt`` (MERGE³): the merge's ability is a combination of its sources' abilities,
     θ̂ = Σ_k λ_k θ_k over the reference models (λ by maximum likelihood on the anchors, from
     λ = 1/K; a 10⁻³ ridge keeps it finite when the anchors cannot tell the sources apart);
@@ -94,19 +94,23 @@ def anchors_of(alpha: np.ndarray, beta: np.ndarray, k: int, seed: int) -> tuple[
     return chosen, w / w.sum()
 
 
-def ability(y, alpha, beta, basis: np.ndarray | None = None) -> np.ndarray:
-    """θ̂ from anchor responses: MAP with a N(0, I) prior, or, with a ``basis`` (rows: reference
-    abilities), the maximum-likelihood combination Σ λ_k θ_k (a 10⁻³ ridge on λ − 1/K)."""
+def ability(y, alpha, beta, basis: np.ndarray | None = None, prior: tuple | None = None) -> np.ndarray:
+    """θ̂ from anchor responses: MAP with a normal ``prior`` (mean, precision; default N(0, I)) —
+    the calibration models' spread of abilities, so a candidate is not shrunk harder than they
+    were — or, with a ``basis`` (rows: reference abilities), the maximum-likelihood combination
+    Σ λ_k θ_k (a 10⁻³ ridge on λ − 1/K)."""
     from scipy.optimize import minimize
 
     y = np.asarray(y, dtype=float)
     if basis is None:
+        d = alpha.shape[1]
+        mu, prec = prior if prior is not None else (np.zeros(d), np.eye(d))
 
         def loss(t):
-            z = alpha @ t - beta
-            return (_softplus(z) - y * z).sum() + 0.5 * (t @ t), alpha.T @ (_sigmoid(z) - y) + t
+            z, dt = alpha @ t - beta, t - mu
+            return (_softplus(z) - y * z).sum() + 0.5 * dt @ prec @ dt, alpha.T @ (_sigmoid(z) - y) + prec @ dt
 
-        return minimize(loss, np.zeros(alpha.shape[1]), jac=True, method="L-BFGS-B").x
+        return minimize(loss, np.array(mu, dtype=float), jac=True, method="L-BFGS-B").x
     K = len(basis)
     start = np.full(K, 1.0 / K)
 
@@ -117,6 +121,12 @@ def ability(y, alpha, beta, basis: np.ndarray | None = None) -> np.ndarray:
         return (_softplus(z) - y * z).sum() + 1e-3 * ((lam - start) ** 2).sum(), g + 2e-3 * (lam - start)
 
     return minimize(loss_l, start, jac=True, method="L-BFGS-B").x @ basis
+
+
+def population(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, precision) of fitted abilities: the prior of a new model's θ (a 10⁻³ ridge)."""
+    cov = np.atleast_2d(np.cov(theta.T)) if len(theta) > 1 else np.eye(theta.shape[1])
+    return theta.mean(0), np.linalg.inv(cov + 1e-3 * np.eye(theta.shape[1]))
 
 
 class IRT:
@@ -137,7 +147,7 @@ class IRT:
         theta, alpha, beta = fit_items(Y, self.dims, ctx.seed)
         pos, weights = anchors_of(alpha, beta, self.anchors, ctx.seed)
         refs = np.asarray([theta[n] for n, k in enumerate(keys) if k[0] == -1])
-        self._fit = (keys, alpha, beta, pos, weights, refs)
+        self._fit = (keys, alpha, beta, pos, weights, refs, population(theta))
         return self._fit
 
     def generation(self, ctx, generation: int, cands) -> list[Estimate]:
@@ -149,7 +159,7 @@ class IRT:
             ctx.score([(r, ctx.pool) for r in refs], why="reference")
             calls = ctx.score([(c, ctx.pool) for c in cands])
             return [Estimate(c.fitness, c.metrics, c.error) for c in calls]
-        _, alpha, beta, pos, weights, refs = self._calibrate(ctx, generation)
+        _, alpha, beta, pos, weights, refs, prior = self._calibrate(ctx, generation)
         anchor_items = [ctx.pool[p] for p in pos]
         N, n = len(ctx.pool), len(pos)
         rest = np.setdiff1d(np.arange(N), pos)
@@ -160,7 +170,7 @@ class IRT:
                 continue
             y = np.asarray(call.scores, dtype=float)
             a, b = alpha[pos], beta[pos]
-            theta = ability(y, a, b, refs if self.merged else None)
+            theta = ability(y, a, b, refs if self.merged else None, prior)
             unseen = float(_sigmoid(alpha[rest] @ theta - beta[rest]).mean()) if len(rest) else 0.0
             if self.merged:
                 weighted = float(weights @ y)

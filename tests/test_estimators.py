@@ -1,0 +1,218 @@
+"""Fitness estimators (docs/design.md#fitness-estimators) and the score matrix
+(docs/design.md#per-item-scores-and-the-cost-ledger), on a synthetic item world: a candidate's
+chance on item j is a known logistic function of its distance to an optimum, so every estimator
+can be checked against the true full-set score."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evohub.errors import SpecError
+from evohub.evolve.estimators import ESTIMATORS, PlanInputs
+from evohub.evolve.estimators.irt import anchors_of, fit_items
+from evohub.evolve.estimators.race import decide, half_width
+from evohub.evolve.genome import PSGenome
+from evohub.evolve.matrix import ScoreMatrix, totals
+from evohub.evolve.search import Log, Outcome, Scoring, run_stage
+from evohub.spec import JobSpec
+
+N_ITEMS = 240
+TARGET = (0.8, 0.2, 0.6, 0.3)
+
+
+def spec(estimator: str = "full", evals: int = 60, popsize: int = 6, **options) -> JobSpec:
+    return JobSpec.model_validate({
+        "evohub_job": 1, "name": "items", "seed": 5, "base_model": {"path": "/x/base"},
+        "sources": [{"name": "one", "path": "/x/one"}, {"name": "two", "path": "/x/two"}],
+        "dtype": "float32",
+        "parameter_space": {"method": "task_arithmetic", "layer_groups": 2, "weight": {"bounds": [0, 1]},
+                            "optimizer": {"max_evals": evals, "popsize": popsize}},
+        "fitness": {"task": "ja-math", "data": {"path": "/x/fit.jsonl"}, "backend": "hf", "estimator": estimator,
+                    "estimator_options": options},
+    })  # fmt: skip
+
+
+class Items:
+    """A synthetic evaluator: P(item j right) = σ(4·(1 − 3·d²) − b_j), d the recipe's weights'
+    distance to TARGET; the draw is a fixed function of (weights, j), so a call is reproducible."""
+
+    def __init__(self):
+        rng = np.random.default_rng(0)
+        self.b = rng.normal(0, 1.5, N_ITEMS)
+        self.calls: list[tuple] = []
+
+    @staticmethod
+    def weights(recipe) -> list[float]:
+        G = recipe.parameter_space.layer_groups  # a reference's weight is one number for every group
+        return [
+            w
+            for m in recipe.parameter_space.models
+            for w in (m.weight if isinstance(m.weight, tuple) else (m.weight,) * G)
+        ]
+
+    def p(self, recipe) -> np.ndarray:
+        d2 = sum((w - t) ** 2 for w, t in zip(self.weights(recipe), TARGET, strict=True))
+        return 1 / (1 + np.exp(-(4 * (1 - 3 * d2) - self.b)))
+
+    def truth(self, recipe) -> float:
+        return float(self.p(recipe).mean())
+
+    def evaluate(self, batch, done):
+        for c in batch:
+            self.calls.append((c.generation, c.index, c.items))
+            p = self.p(c.recipe)
+            key = int(abs(hash(tuple(round(w, 9) for w in self.weights(c.recipe)))) % 2**32)
+            u = np.random.default_rng(key).random(N_ITEMS)
+            items = list(c.items)
+            scores = [float(u[j] < p[j]) for j in items]
+            cost = {"items": len(items), "prompt_tokens": 10 * len(items), "generated_tokens": 3 * len(items)}
+            done(c, Outcome(sum(scores) / len(scores), {"acc_ja": sum(scores) / len(scores)}, None, 0.01, scores, cost))
+
+
+def run(tmp_path: Path, job: JobSpec, name: str, max_evals: int | None = None, ev: Items | None = None):
+    genome = PSGenome.for_job(job)
+    fit = job.fitness
+    scoring = Scoring(estimator=fit.estimator, options=dict(fit.estimator_options), pool=tuple(range(N_ITEMS)),
+                      item_range=(0.0, 1.0), references=tuple((str(k), r) for k, r in genome.references()),
+                      matrix=tmp_path / name / "scores.jsonl")  # fmt: skip
+    (tmp_path / name).mkdir(exist_ok=True)
+    ev = ev or Items()
+    res = run_stage("ps", genome, job.parameter_space.optimizer, ev, Log(tmp_path / name / "c.jsonl"),
+                    tmp_path / name / "ck.json", seed=job.seed, max_evals=max_evals, scoring=scoring)  # fmt: skip
+    return res, ev
+
+
+def lines(path: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(x).items() if k != "seconds" and not k.endswith("_s")}
+            for x in path.read_text().splitlines()]  # fmt: skip
+
+
+def test_hoeffding_serfling_bound_closes_on_the_whole_pool():
+    widths = [half_width(n, 200, 1.0, 10, 7, 0.05) for n in (10, 50, 100, 199, 200)]
+    assert widths == sorted(widths, reverse=True) and widths[-1] == 0.0
+    assert widths[0] == pytest.approx(math.sqrt((1 - 9 / 200) * math.log(2 * 10 * 7 / 0.05) / 20))
+
+
+def test_race_decisions_reject_only_the_surely_worse():
+    mean = {0: 0.9, 1: 0.85, 2: 0.5, 3: 0.1}
+    assert decide(mean, 0.1, slots=2) == {0: "accepted", 1: "accepted", 2: "rejected", 3: "rejected"}
+    assert decide(mean, 0.3, slots=2) == {3: "rejected"}  # 0.1 + .3 < 0.85 - .3 and 0.9 - .3: two better
+    assert decide(mean, 0.5, slots=2) == {}
+
+
+@pytest.mark.parametrize("estimator", ["race", "irt", "gmp-irt"])
+def test_cheaper_estimators_score_less_and_pick_the_winner_on_full_scores(tmp_path, estimator):
+    job = spec(estimator, evals=60)
+    res, ev = run(tmp_path, job, estimator)
+    full, _ = run(tmp_path, spec("full", evals=60), "full")
+    m = ScoreMatrix(tmp_path / estimator / "scores.jsonl")
+    share = m.cost()["items"] / ScoreMatrix(tmp_path / "full" / "scores.jsonl").cost()["items"]
+    assert share < {"race": 0.9, "irt": 0.5, "gmp-irt": 0.5}[estimator]  # audits and calibration included
+    # the winner is a candidate scored on every item, its fitness the full-set mean (not an estimate)
+    assert res.ranked and res.best_fitness == pytest.approx(res.ranked[0]["full"])
+    assert m.full_score(res.best.generation, res.best.index, list(range(N_ITEMS))) == res.best_fitness
+    # and it is good: close to what scoring everything found
+    assert ev.truth(res.best.recipe) > full.best_fitness - 0.1
+    ck = json.loads((tmp_path / estimator / "ck.json").read_text())
+    assert ck["cost"] == totals(m.rows) and ck["estimator"] == estimator and ck["audited"]
+
+
+@pytest.mark.parametrize("estimator", ["race", "irt"])
+def test_resume_in_capped_calls_and_after_a_crash_is_bit_identical(tmp_path, estimator):
+    job = spec(estimator, evals=48)
+    run(tmp_path, job, "once")
+    for _ in range(6):  # the same run in capped calls
+        res, _ = run(tmp_path, job, "capped", max_evals=9)
+        if res.complete:
+            break
+    assert res.complete
+    assert lines(tmp_path / "capped" / "c.jsonl") == lines(tmp_path / "once" / "c.jsonl")
+    assert lines(tmp_path / "capped" / "scores.jsonl") == lines(tmp_path / "once" / "scores.jsonl")
+    # a crash inside generation 3: both files cut, the matrix's last row torn
+    crash = tmp_path / "crash"
+    crash.mkdir()
+    log_rows = (tmp_path / "once" / "c.jsonl").read_text().splitlines(keepends=True)
+    (crash / "c.jsonl").write_text("".join(r for r in log_rows if json.loads(r)["generation"] < 3))
+    calls = (tmp_path / "once" / "scores.jsonl").read_text().splitlines(keepends=True)
+    cut = max(k for k, r in enumerate(calls) if json.loads(r)["at"] == 3) - 1
+    (crash / "scores.jsonl").write_text("".join(calls[:cut]) + calls[cut][:40])
+    res, ev = run(tmp_path, job, "crash")
+    assert lines(crash / "c.jsonl") == lines(tmp_path / "once" / "c.jsonl")
+    assert lines(crash / "scores.jsonl") == lines(tmp_path / "once" / "scores.jsonl")
+    assert len(ev.calls) == len(calls) - cut  # only the lost calls were scored again
+
+
+def test_race_tells_every_rejected_candidate_less_than_every_parent(tmp_path):
+    run(tmp_path, spec("race", evals=30, block=16), "r")
+    rows = [json.loads(x) for x in (tmp_path / "r" / "c.jsonl").read_text().splitlines()]
+    for g in {r["generation"] for r in rows}:
+        gen = [r for r in rows if r["generation"] == g]
+        rejected = [r.get("tell", r["fitness"]) for r in gen if r["metrics"]["race"] == "rejected"]
+        kept = [r.get("tell", r["fitness"]) for r in gen if r["metrics"]["race"] != "rejected"]
+        assert rejected and kept and max(rejected) < min(kept)
+    assert any(r["items"] < N_ITEMS for r in rows if r["metrics"]["race"] == "rejected")  # stopped early
+
+
+def test_irt_predicts_held_out_models_from_their_anchors():
+    from evohub.evolve.estimators.irt import _sigmoid, ability, population
+
+    rng = np.random.default_rng(1)
+    theta, alpha, beta = rng.normal(0, 1, 60), rng.lognormal(0, 0.3, 400), rng.normal(0, 1.2, 400)
+    Y = (rng.random((60, 400)) < 1 / (1 + np.exp(-(np.outer(theta, alpha) - beta)))).astype(float)
+    fitted, a, b = fit_items(Y[:40], 1, seed=0)
+    assert np.corrcoef(fitted[:, 0], theta[:40])[0, 1] > 0.95 and np.corrcoef(b, beta)[0, 1] > 0.9
+    pos, w = anchors_of(a, b, 50, seed=0)
+    assert len(pos) == len(set(pos)) <= 50 and w.sum() == pytest.approx(1.0)
+    rest = np.setdiff1d(np.arange(400), pos)
+    err, blind = [], []
+    for y in Y[40:]:  # held-out models, seen on the anchors only
+        t = ability(y[pos], a[pos], b[pos], prior=population(fitted))
+        est = 50 / 400 * y[pos].mean() + (1 - 50 / 400) * _sigmoid(a[rest] @ t - b[rest]).mean()
+        err.append(abs(est - y.mean()))
+        blind.append(abs(Y[:40].mean() - y.mean()))  # the calibration models' mean: no anchors used
+    assert np.mean(err) < 0.045 and np.mean(err) < 0.4 * np.mean(blind), (np.mean(err), np.mean(blind))
+
+
+def test_spec_checks_estimator_options_and_what_the_task_scores():
+    with pytest.raises(Exception, match="no option 'anchor'"):
+        spec("irt", anchor=10)
+    with pytest.raises(Exception, match="delta must be at most 1"):
+        spec("race", delta=2)
+    lm = spec("irt").model_dump(mode="json") | {}
+    lm["fitness"] = lm["fitness"] | {"task": "lm-loss"}
+    with pytest.raises(Exception, match="irt needs right/wrong item scores"):
+        JobSpec.model_validate(lm)
+    mb = spec("race").model_dump(mode="json")
+    mb["fitness"]["minibatch"] = 10
+    with pytest.raises(Exception, match="drop 'minibatch'"):
+        JobSpec.model_validate(mb)
+    assert SpecError  # the loader turns these into one line each (tests/test_spec.py)
+
+
+def test_planned_items_follow_each_estimator():
+    inputs = PlanInputs(n_items=1069, popsize=9, evaluations=1000, references=4)
+    settings = lambda name: ESTIMATORS.get(name).settings({})  # noqa: E731
+    assert ESTIMATORS.get("full").planned_items(inputs, settings("full")) == 1000 * 1069
+    mb = PlanInputs(n_items=1069, popsize=9, evaluations=1000, references=4, minibatch=200)
+    assert ESTIMATORS.get("full").planned_items(mb, settings("full")) == 1000 * 200
+    irt = ESTIMATORS.get("irt").planned_items(inputs, settings("irt"))
+    audits = (111 // 10 + 1) * 2 * 1069
+    assert irt == (4 + 9) * 1069 + (1000 - 9) * 30 + audits
+
+
+def test_the_matrix_drops_a_torn_row_and_answers_replayed_calls(tmp_path):
+    m = ScoreMatrix(tmp_path / "s.jsonl")
+    m.append({"g": 0, "i": 1, "at": 0, "why": "fitness", "items": [3, 4], "scores": [1.0, 0.0], "error": None,
+              "prompt_tokens": 7, "generated_tokens": 2, "seconds": 0.5})  # fmt: skip
+    with open(tmp_path / "s.jsonl", "a") as f:
+        f.write('{"g": 0, "i": 2, "at"')
+    again = ScoreMatrix(tmp_path / "s.jsonl")
+    assert len(again.rows) == 1 and again.get(0, 1, (3, 4))["scores"] == [1, 0] and again.get(0, 1, (4, 3)) is None
+    assert again.known(0, 1) == {3: 1, 4: 0} and again.full_score(0, 1, [3, 4]) == 0.5
+    assert again.cost() == {"calls": 1, "items": 2, "prompt_tokens": 7, "generated_tokens": 2, "merge_s": 0.0,
+                            "generate_s": 0.0, "score_s": 0.0, "seconds": 0.5}  # fmt: skip
