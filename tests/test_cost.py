@@ -156,3 +156,24 @@ def test_cli_cost_json_refusal_and_cpu(tmp_path, run_cli):
     assert code == 2 and "--gpu" in err
     code, _, err = run_cli("plan", "--gpu", "tpu", job)
     assert code == 2 and "unknown GPU" in err
+
+
+def test_nightly_jobs_fit_the_runner_and_paper_exact_jobs_keep_full():
+    """issue 20: a nightly job's estimate fits the nightly runner's limit (the workflow's own
+    --max-hours), and the paper-exact jobs keep the `full` estimator, marked as such."""
+    import re
+
+    from evohub.local.snapshot import load_snapshot
+
+    limit = float(re.search(r"--max-hours (\S+)", (REPO / ".github/workflows/nightly.yml").read_text()).group(1))
+    nightly = []
+    for path in sorted((REPO / "jobs").glob("evo*.yaml")):
+        spec = load_job(path)
+        if "paper-exact" in path.read_text():
+            assert spec.fitness.estimator == "full" and not spec.nightly, path.name
+        if spec.nightly:
+            configs = {n: load_snapshot(r.repo, "model").config for n, r in spec.models()}
+            cp = cost.estimate_cost(spec, make_plan(spec, configs=configs), "h100")
+            assert cp.hours <= limit, (path.name, cp.hours)
+            nightly.append(path.name)
+    assert nightly  # the nightly workflow has a job to run

@@ -216,3 +216,26 @@ def test_the_matrix_drops_a_torn_row_and_answers_replayed_calls(tmp_path):
     assert again.known(0, 1) == {3: 1, 4: 0} and again.full_score(0, 1, [3, 4]) == 0.5
     assert again.cost() == {"calls": 1, "items": 2, "prompt_tokens": 7, "generated_tokens": 2, "merge_s": 0.0,
                             "generate_s": 0.0, "score_s": 0.0, "seconds": 0.5}  # fmt: skip
+
+
+def test_the_hf_backend_counts_the_tokens_it_read_and_generated():
+    """The demo world's tokenizer is one token a character: a row's generated tokens are its answer's
+    characters and the end of sequence, or the whole budget when it never ends."""
+    import torch
+
+    from evohub.local.world import target_rows
+    from evohub.score.backends.hf import HFBackend
+    from evohub.score.tasks import get_task
+
+    world = Path(__file__).resolve().parents[1] / "jobs" / "demo-world"
+    be = HFBackend.load(world / "math", "cpu", torch.float32, batch_size=16)
+    rows = target_rows(40, seed=3)
+    task = get_task("ja-math", prompt="問 {input} 答 ", stop=[])
+    scored = task.run(be, rows, max_new_tokens=8)
+    prompts = [len(be.tokenizer("問 " + r["question"] + " 答 ").input_ids) for r in rows]
+    assert be.usage["prompt_tokens"] == sum(prompts)
+    assert be.usage["generated_tokens"] == sum(min(len(s["output"]) + 1, 8) for s in scored.samples)
+    assert 0 < be.usage["generate_s"] and scored.items == [
+        float(s["correct"] and s["p_ja"] > 0.5) for s in scored.samples
+    ]
+    assert sum(scored.items) / len(rows) == scored.metrics["acc_ja"]

@@ -14,7 +14,11 @@ from evohub.score.tasks import TASKS
 KIND_TABLES: dict[str, tuple[str, Registry, dict[str, str]]] = {
     "methods": ("merge methods (`parameter_space.method`)", METHODS, {"takes": "params", "needs a base": "base"}),
     "tasks": ("fitness tasks (`fitness.task`)", TASKS, {"fitness": "fitness_metric", "options": "options"}),
-    "estimators": ("fitness estimators (`fitness.estimator`)", ESTIMATORS, {}),
+    "estimators": (
+        "fitness estimators (`fitness.estimator`)",
+        ESTIMATORS,
+        {"item scores": "needs", "options (`fitness.estimator_options`)": "defaults"},
+    ),
     "optimisers": ("optimisers (`optimizer.algorithm`)", OPTIMIZERS, {"settings": "fields"}),
     "suites": ("evaluation suites (`evaluation.suites`)", SUITES, {"task": "task", "dataset": "dataset_name"}),
     "kinds": ("model kinds (`publish.card`)", KINDS, {"pipeline": "pipeline_tag"}),

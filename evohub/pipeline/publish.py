@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evohub.errors import RunError, UsageError
+from evohub.evolve.estimators import ESTIMATORS
 from evohub.hub.card import CardMeta, Result, render_card
 from evohub.hub.client import download_dataset_repo
 from evohub.hub.commit import Published, check_repo_id, commit_files, push_dataset_files
@@ -330,6 +331,16 @@ def _duration(seconds: float, unit: str, parts: dict[str, float]) -> str:
     return f"{num(seconds)} {what}{each}"
 
 
+def _estimator_note(fit) -> str:
+    """How candidates were scored, when not on every item (docs/design.md#fitness-estimators)."""
+    if fit.estimator == "full":
+        return ""
+    est = ESTIMATORS.get(fit.estimator)
+    opts = ", ".join(f"{k} {v:g}" for k, v in est.settings(fit.estimator_options).items())
+    return (f"; candidates were scored with the `{fit.estimator}` estimator ({opts}), and each stage's "
+            "winner was chosen among candidates scored on every item")  # fmt: skip
+
+
 def cost_line(cost: dict | None) -> str | None:
     """The card's sentence on what evolution's fitness cost (results.json's ``cost``), e.g.
     ``Evolution scored 25,650 fitness items (…) in 0.41 GPU-hours (PS 0.38, DFS 0.03).``"""
@@ -407,7 +418,8 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
         "score_files": list(score_files(run)),
         "tokens_panel": token_curves(run.log_rows(), job.stages(), stage_matrices(run, job.stages())) is not None,
         "fitness": f"`{fit.task}` on {fit.data.display(run.root)}"
-        + (f" (best chosen on {fit.validation.display(run.root)})" if fit.validation else ""),
+        + (f" (best chosen on {fit.validation.display(run.root)})" if fit.validation else "")
+        + _estimator_note(fit),
         "fitness_task": fit.task, "results": _results_table(results, ev.paper_reference if ev else None), "example_prompt": example.replace("\n", "\\n"),
         "install": install_line(),
         **_recipe_facts(recipe, sources, run),

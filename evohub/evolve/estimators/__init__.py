@@ -131,6 +131,11 @@ class Estimator:
     #: True for the estimators whose winner is picked on audited full-set scores
     audited: bool = True
 
+    @property
+    def defaults(self) -> str:
+        """Its options with their defaults, as ``evohub list`` shows them."""
+        return ", ".join(f"{o.name}={o.default:g}" for o in self.options)
+
     def settings(self, given: dict | None) -> dict:
         """The options with their defaults filled in (``given`` already checked)."""
         out = {o.name: o.default for o in self.options} | dict(given or {})
