@@ -235,7 +235,7 @@ def test_the_hf_backend_counts_the_tokens_it_read_and_generated():
     prompts = [len(be.tokenizer("問 " + r["question"] + " 答 ").input_ids) for r in rows]
     assert be.usage["prompt_tokens"] == sum(prompts)
     assert be.usage["generated_tokens"] == sum(min(len(s["output"]) + 1, 8) for s in scored.samples)
-    assert 0 < be.usage["generate_s"] and scored.items == [
+    assert be.usage["generate_s"] > 0 and scored.items == [
         float(s["correct"] and s["p_ja"] > 0.5) for s in scored.samples
     ]
     assert sum(scored.items) / len(rows) == scored.metrics["acc_ja"]
