@@ -166,8 +166,10 @@ def test_irt_predicts_held_out_models_from_their_anchors():
     Y = (rng.random((60, 400)) < 1 / (1 + np.exp(-(np.outer(theta, alpha) - beta)))).astype(float)
     fitted, a, b = fit_items(Y[:40], 1, seed=0)
     assert np.corrcoef(fitted[:, 0], theta[:40])[0, 1] > 0.95 and np.corrcoef(b, beta)[0, 1] > 0.9
-    pos, w = anchors_of(a, b, 50, seed=0)
-    assert len(pos) == len(set(pos)) <= 50 and w.sum() == pytest.approx(1.0)
+    pos, w = anchors_of(b, 50, np.random.default_rng(0))
+    assert len(pos) == len(set(pos)) == 50 and w.sum() == pytest.approx(1.0)
+    ranks = np.argsort(np.argsort(b))[pos]  # one anchor from each stratum of 8 items in difficulty order
+    assert sorted(ranks // 8) == list(range(50))
     rest = np.setdiff1d(np.arange(400), pos)
     err, blind = [], []
     for y in Y[40:]:  # held-out models, seen on the anchors only
