@@ -1,0 +1,177 @@
+"""What cheaper fitness costs and loses: `full`, `minibatch`, `race`, `irt`, `gmp-irt` on one world.
+
+    .venv/bin/python bench/fitness_cost.py [--seeds 0 1 2] [--evals 300] [--out bench/results/fitness_cost.json]
+
+Setup (issue 20): the demo world's three models (jobs/demo-world), a fitness set of 1069 Japanese
+addition problems from the world's own generator (a fixed seed; disjoint from a 64-problem
+validation set and the 300 held-out test problems), the demo's parameter-space stage
+(task_arithmetic, 4 layer groups + embeddings + LM head, 18 genes, popsize 10) with `--evals`
+evaluations, the winner chosen on the validation split, then scored on the test set. Each
+strategy runs the same job but for `fitness.estimator` (`minibatch`: `full` with a fresh 107-item
+minibatch per generation, a tenth of the pool), for each seed, in this one process, one after
+another, the threads pinned (EVOHUB_THREADS, default 2).
+
+Reported per strategy (mean over seeds): items scored, generated tokens and wall time of the
+evolution (references, audits and validation included: the stage's score matrix and
+validation.json), the winner's held-out acc_ja, its gap to `full`'s, and `evohub plan`'s CPU
+estimate of the stage's tokens and hours beside the measured ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+WORLD = ROOT / "jobs" / "demo-world"
+STRATEGIES = {
+    "full": {},
+    "minibatch": {"minibatch": 107},
+    "irt": {"estimator": "irt"},
+    "gmp-irt": {"estimator": "gmp-irt"},
+    "race": {"estimator": "race"},
+}
+FITNESS, VALIDATION, TEST = 1069, 64, 300
+
+
+def write_world(root: Path) -> None:
+    from evohub.local.world import target_rows
+
+    rows = target_rows(FITNESS + VALIDATION + TEST, seed=1069)
+    parts = {"fitness": rows[:FITNESS], "validation": rows[FITNESS : FITNESS + VALIDATION],
+             "test": rows[FITNESS + VALIDATION :]}  # fmt: skip
+    root.mkdir(parents=True, exist_ok=True)
+    for name, part in parts.items():
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    for m in ("base", "math", "japanese"):
+        if not (root / m).exists():
+            (root / m).symlink_to(WORLD / m)
+
+
+def job(root: Path, strategy: str, seed: int, evals: int) -> Path:
+    spec = yaml.safe_load((ROOT / "jobs" / "demo.yaml").read_text())
+    spec.pop("data_flow_space")
+    spec["name"] = f"fitness-cost-{strategy}-{seed}"
+    spec["seed"] = seed
+    for k in ("base_model",):
+        spec[k] = {"path": str(root / "base")}
+    spec["sources"] = [
+        {"name": "math", "path": str(root / "math")},
+        {"name": "japanese", "path": str(root / "japanese")},
+    ]
+    spec["parameter_space"]["optimizer"]["max_evals"] = evals
+    fit = spec["fitness"]
+    fit["data"] = {"path": str(root / "fitness.jsonl")}
+    fit["validation"] = {"path": str(root / "validation.jsonl")}
+    fit.update(STRATEGIES[strategy])
+    spec["evaluation"]["data"] = {"ja-math": str(root / "test.jsonl")}
+    spec["evaluation"]["compare_sources"] = False
+    spec.pop("publish", None)
+    out = root / "jobs" / f"{strategy}-{seed}.yaml"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    return out
+
+
+def measure(root: Path, strategy: str, seed: int, evals: int) -> dict:
+    import evohub
+    from evohub.evolve.matrix import ScoreMatrix, totals
+    from evohub.pipeline.rundir import RunDir
+
+    spec_path = job(root, strategy, seed, evals)
+    run_dir = root / "runs" / f"{strategy}-{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    start = time.perf_counter()
+    summary = evohub.run(spec_path, run_dir, device="cpu", progress=False, publish=False)
+    wall = time.perf_counter() - start
+    run = RunDir(run_dir)
+    cost = totals(ScoreMatrix(run.scores_path("ps")).rows)
+    validation = run.read_json(run.validation_path("ps")) or []
+    val = totals(validation)
+    results = json.loads(run.results_path.read_text())
+    held_out = _acc_ja(results)
+    evolution_s = cost["seconds"] + val["seconds"]
+    return {"strategy": strategy, "seed": seed, "items": cost["items"] + val["items"],
+            "generated_tokens": cost["generated_tokens"] + val["generated_tokens"],
+            "prompt_tokens": cost["prompt_tokens"] + val["prompt_tokens"], "evolution_s": round(evolution_s, 2),
+            "wall_s": round(wall, 2), "acc_ja": held_out, "run": summary.run_dir.name}  # fmt: skip
+
+
+def _acc_ja(results: dict) -> float:
+    """The evolved model's held-out acc_ja (0-100) from results.json."""
+    return 100 * float(results["models"]["evolved"]["suites"]["ja-math"]["metrics"]["acc_ja"])
+
+
+def estimate(root: Path, strategy: str, evals: int) -> dict:
+    """`evohub plan --gpu cpu --json`'s estimate of the parameter-space stage (the command, run now)."""
+    out = subprocess.run([sys.executable, "-m", "evohub", "plan", str(job(root, strategy, 0, evals)), "--gpu", "cpu",
+                          "--json"], check=True, capture_output=True, text=True).stdout  # fmt: skip
+    st = json.loads(out)["cost"]["stages"][0]
+    return {"generated_tokens": st["generated_tokens"], "items": st["items"], "seconds": st["hours"] * 3600}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--evals", type=int, default=300)
+    ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/evohub-fitness-cost"))
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fitness_cost.json")
+    args = ap.parse_args()
+    os.environ.setdefault("EVOHUB_THREADS", "2")
+    write_world(args.dir)
+    rows = []
+    for strategy in args.strategies:  # each strategy's seeds together: a cut-short run keeps whole strategies
+        for seed in args.seeds:
+            r = measure(args.dir, strategy, seed, args.evals)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    table = []
+    full = [r for r in rows if r["strategy"] == "full"]
+    full_tokens = statistics.mean(r["generated_tokens"] for r in full) if full else None
+    full_acc = statistics.mean(r["acc_ja"] for r in full) if full else None
+    for strategy in args.strategies:
+        mine = [r for r in rows if r["strategy"] == strategy]
+        est = estimate(args.dir, strategy, args.evals)
+        m = {
+            k: statistics.mean(r[k] for r in mine)
+            for k in ("items", "generated_tokens", "evolution_s", "wall_s", "acc_ja")
+        }
+        table.append(m | {
+            "strategy": strategy, "acc_ja_per_seed": [r["acc_ja"] for r in mine],
+            "gap_to_full": None if full_acc is None else round(m["acc_ja"] - full_acc, 2),
+            "token_share": None if not full_tokens else round(m["generated_tokens"] / full_tokens, 4),
+            "plan_tokens": est["generated_tokens"], "plan_seconds": round(est["seconds"], 1),
+            "plan_tokens_ratio": round(est["generated_tokens"] / m["generated_tokens"], 2),
+            "plan_seconds_ratio": round(est["seconds"] / m["evolution_s"], 2),
+        })  # fmt: skip
+    print(
+        "\n| strategy | items | generated tokens | share of full | evolution s | wall s | held-out acc_ja (seeds) | gap to full | plan tokens (x) | plan s (x) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for t in table:
+        seeds = ", ".join(f"{a:.1f}" for a in t["acc_ja_per_seed"])
+        print(f"| {t['strategy']} | {t['items']:.0f} | {t['generated_tokens']:.0f} | {t['token_share']} | "
+              f"{t['evolution_s']:.0f} | {t['wall_s']:.0f} | {t['acc_ja']:.1f} ({seeds}) | {t['gap_to_full']:+.1f} | "
+              f"{t['plan_tokens']:.0f} ({t['plan_tokens_ratio']}) | {t['plan_seconds']:.0f} ({t['plan_seconds_ratio']}) |")  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "python": sys.version.split()[0], "evals": args.evals, "seeds": args.seeds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, "rows": rows, "table": table,
+    }, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
