@@ -5,8 +5,10 @@ A worker is built once (in the driver process, or inside a Ray actor) from a pic
 the local directories of its models — and then scores candidates (docs/design.md#a-candidates-life):
 its recipe is merged in memory (parameter space: :class:`~evohub.merging.ps.ResidentMerge` writes
 straight into the scoring model's parameters; data flow: :class:`~evohub.merging.path.PathExecutor`
-switches the path over resident layers), the backend generates on the generation's fitness rows,
-and the task scores the outputs into an :class:`~evohub.evolve.search.Outcome`.
+switches the path over resident layers), the backend generates on the fitness rows the estimator
+asked for (``Candidate.items``), and the task scores the outputs into an
+:class:`~evohub.evolve.search.Outcome`: its metrics, each item's score, and the call's tokens and
+seconds (docs/design.md#per-item-scores-and-the-cost-ledger).
 """
 
 from __future__ import annotations
