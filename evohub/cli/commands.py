@@ -195,12 +195,17 @@ def run(args: argparse.Namespace) -> int:
     summary = evohub.run(args.job, args.run_dir, resume=args.resume, max_evals=args.max_evals,
                          device=_device(args.device), ray_actors=args.ray, progress=not args.quiet,
                          publish=not args.no_publish, state_repo=args.state_repo, evolve=not args.no_evolve)  # fmt: skip
-    table = Table("stage", "evaluations", "generations", "failed", "best fitness", "validation", "time",
+    from evohub.pipeline.plan import human_count
+
+    table = Table("stage", "evals", "gens", "failed", "best", "valid.", "items", "gen. tokens", "time",
                   title=f"run {summary.run_dir}")  # fmt: skip
     for st in summary.stages:
         val = f"{st.validation:.4g}" if st.validation is not None else "-"
+        items, tokens = (
+            (human_count(st.cost["items"]), human_count(st.cost["generated_tokens"])) if st.cost else ("-", "-")
+        )
         table.add_row(st.stage, str(st.evaluations), str(st.generations), str(st.failed), f"{st.best_fitness:.4g}",
-                      val, f"{st.seconds:.1f} s")  # fmt: skip
+                      val, items, tokens, f"{st.seconds:.1f} s")  # fmt: skip
     console = _console()
     console.print(table)
     if summary.paused:
