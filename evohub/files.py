@@ -12,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+from evohub.errors import RunError
+
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
     """Replace ``path`` with ``data`` (text is UTF-8): temp file, fsync, rename."""
@@ -28,6 +30,36 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def append_jsonl(path: str | Path, row: dict) -> None:
+    """Append one JSON row to an append-only log, flushed and fsynced before it returns."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row, separators=(",", ":")) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | Path, what: str, repair: bool = True) -> list[dict]:
+    """The rows of an append-only JSON-lines log (none when there is no file). A last row cut
+    short by a crash is left out and, with ``repair``, cut from the file, so the next append
+    starts on a line of its own; a damaged row before it is a one-line error naming ``what``."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    rows = []
+    for k, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if k != len(lines) - 1:
+                raise RunError(f"{path}:{k + 1}: not a JSON row; {what} is damaged") from None
+            if repair:
+                atomic_write(path, "".join(x + "\n" for x in lines[:k]))
+    return rows
 
 
 def write_json(path: str | Path, obj: object, indent: int | None = 2) -> Path:

@@ -21,13 +21,10 @@ source of truth for item scores, as ``candidates.jsonl`` is for what the optimis
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from evohub.errors import RunError
-from evohub.files import atomic_write
+from evohub.files import append_jsonl, read_jsonl
 
 #: what one scoring call costs; rows of the matrix and of candidates.jsonl carry these fields
 COST_FIELDS = ("items", "prompt_tokens", "generated_tokens", "merge_s", "generate_s", "score_s", "seconds")
@@ -61,17 +58,8 @@ class ScoreMatrix:
         self.rows: list[dict] = []
         self._calls: dict[tuple, dict] = {}
         self._known: dict[tuple[int, int], dict[int, float]] = {}
-        if path is not None and path.exists():
-            lines = path.read_text().splitlines()
-            for k, line in enumerate(lines):
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    if k != len(lines) - 1:
-                        raise RunError(f"{path}:{k + 1}: not a JSON row; the score matrix is damaged") from None
-                    atomic_write(path, "".join(x + "\n" for x in lines[:k]))  # cut short by a crash
-                    break
-                self._add(row)
+        for row in read_jsonl(path, "the score matrix") if path is not None else []:
+            self._add(row)
 
     @staticmethod
     def key(g: int, i: int, items: Sequence[int] | None) -> tuple:
@@ -92,11 +80,7 @@ class ScoreMatrix:
         if row.get("scores") is not None:
             row["scores"] = [_compact(s) for s in row["scores"]]
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row, separators=(",", ":"), ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            append_jsonl(self.path, row)
         self._add(row)
         return row
 

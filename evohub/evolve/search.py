@@ -16,10 +16,8 @@ genotype and its recipe.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,7 +30,7 @@ from evohub.evolve.estimators import ESTIMATORS, Estimate
 from evohub.evolve.genome import Budget, Genome
 from evohub.evolve.matrix import COST_FIELDS, ScoreMatrix, totals
 from evohub.evolve.optimizers import OPTIMIZERS
-from evohub.files import atomic_write, write_json
+from evohub.files import append_jsonl, read_jsonl, write_json
 from evohub.spec import Optimizer, Recipe
 
 
@@ -80,29 +78,14 @@ class Log:
 
     def __init__(self, path: Path):
         self.path = path
-        self.rows: list[dict] = []
-        if path.exists():
-            lines = path.read_text().splitlines()
-            for i, line in enumerate(lines):
-                try:
-                    self.rows.append(json.loads(line))
-                except ValueError:
-                    if i != len(lines) - 1:
-                        raise RunError(f"{path}:{i + 1}: not a JSON row; the log is damaged") from None
-                    self._truncate(len(lines) - 1)  # a row cut short by a crash: drop it
+        self.rows: list[dict] = read_jsonl(path, "the log")
         self._index = {(r["stage"], r["generation"], r["index"]): r for r in self.rows}
-
-    def _truncate(self, keep_lines: int) -> None:
-        atomic_write(self.path, "".join(line + "\n" for line in self.path.read_text().splitlines()[:keep_lines]))
 
     def get(self, key: tuple[str, int, int]) -> dict | None:
         return self._index.get(key)
 
     def append(self, row: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row, separators=(",", ":")) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.path, row)
         self.rows.append(row)
         self._index[(row["stage"], row["generation"], row["index"])] = row
 

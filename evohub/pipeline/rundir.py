@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from evohub.errors import RunError
-from evohub.files import atomic_write
+from evohub.files import atomic_write, read_jsonl
 from evohub.spec import JobSpec, ModelRef, Recipe, load_job, load_recipe
 from evohub.spec.yamlio import read_yaml
 
@@ -123,19 +123,7 @@ class RunDir:
     def score_rows(self, stage: str) -> list[dict]:
         """A stage's score matrix as rows, read only (empty when it has none; a last row cut short
         by a crash is left out)."""
-        if not self.scores_path(stage).exists():
-            return []
-        lines = [x for x in self.scores_path(stage).read_text().splitlines() if x.strip()]
-        rows = []
-        for k, line in enumerate(lines):
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                if k != len(lines) - 1:
-                    raise RunError(
-                        f"{self.scores_path(stage)}:{k + 1}: not a JSON row; the score matrix is damaged"
-                    ) from None
-        return rows
+        return read_jsonl(self.scores_path(stage), "the score matrix", repair=False)
 
     def state_files(self) -> dict[str, Path]:
         """What the Hub state repo holds of the run: spec, lock, log, stage and eval files, results."""
