@@ -57,6 +57,7 @@ class ScoreMatrix:
         self.path = path
         self.rows: list[dict] = []
         self._calls: dict[tuple, dict] = {}
+        self._of: dict[tuple[int, int], list[dict]] = {}  # candidate -> its calls, in order
         self._known: dict[tuple[int, int], dict[int, float]] = {}
         for row in read_jsonl(path, "the score matrix") if path is not None else []:
             self._add(row)
@@ -68,6 +69,7 @@ class ScoreMatrix:
     def _add(self, row: dict) -> None:
         self.rows.append(row)
         self._calls[self.key(row["g"], row["i"], row["items"])] = row
+        self._of.setdefault((row["g"], row["i"]), []).append(row)
         if row.get("error") is None and row["items"] is not None and row.get("scores") is not None:
             known = self._known.setdefault((row["g"], row["i"]), {})
             known.update(zip(row["items"], row["scores"], strict=True))
@@ -83,6 +85,10 @@ class ScoreMatrix:
             append_jsonl(self.path, row)
         self._add(row)
         return row
+
+    def calls_of(self, g: int, i: int) -> list[dict]:
+        """Every call candidate (g, i) had, in the order they were made."""
+        return self._of.get((g, i), [])
 
     def known(self, g: int, i: int) -> dict[int, float]:
         """Item -> score of every item candidate (g, i) was scored on so far."""

@@ -289,18 +289,10 @@ class _Audit:
         self.ctx.generation = last
         self.ctx.score(calls, why="audit")
 
-    def state(self, stage: str) -> dict:
-        """What the checkpoint says of the audits: every full-set score so far."""
-        return {"audited": {f"{r['generation']}/{r['index']}": r["full"] for r in self.full(stage)}}
-
-    def best(self, stage: str) -> tuple[float, Candidate] | None:
-        """The best full-set score of the stage so far, and its candidate."""
-        ranked = self.full(stage)
-        if not ranked:
-            return None
-        top = ranked[0]
-        return top["full"], Candidate(stage, top["generation"], top["index"], tuple(top["genotype"]),
-                                      self.genome.decode(top["genotype"]))  # fmt: skip
+    @staticmethod
+    def state(ranked: list[dict]) -> dict:
+        """What the checkpoint says of the audits: every full-set score so far (``full``'s rows)."""
+        return {"audited": {f"{r['generation']}/{r['index']}": r["full"] for r in ranked}}
 
     def full(self, stage: str) -> list[dict]:
         """The stage's rows with a full-set score (``full``), best first."""
@@ -324,8 +316,8 @@ def _generation_rows(ctx: _Context, strategy, audited: bool, log: Log, cands: li
         batch = cands if audited else todo
         for c, est in zip(batch, strategy.generation(ctx, generation, batch), strict=True):
             if c in todo:
-                mine = [r for r in ctx.matrix.rows if r["g"] == c.generation and r["i"] == c.index
-                        and r["at"] == generation and r["why"] == "fitness"]  # fmt: skip
+                mine = [r for r in ctx.matrix.calls_of(c.generation, c.index)
+                        if r["at"] == generation and r["why"] == "fitness"]  # fmt: skip
                 log.append(_row(c, est, mine))
     rows = [log.get(c.key) for c in cands]
     if any(r is None for r in rows):
@@ -368,10 +360,10 @@ def run_stage(
         return matrix.cost()["seconds"] if matrix.rows else sum(r.get("seconds", 0.0) for r in log.stage_rows(stage))
 
     cap = len(log.stage_rows(stage)) + max_evals if max_evals else None  # this call's evaluations end here
-    generation, complete = 0, True
+    generation, complete, spent = 0, True, elapsed()
     best: tuple[float, Candidate] | None = None
     while not (limit is not None and generation * pop >= limit):
-        if _out_of_time(stage, budget, elapsed(), generation * pop):
+        if _out_of_time(stage, budget, spent, generation * pop):
             if audit is not None and generation % audit.every:
                 audit.run(stage, generation - 1)  # the time budget ended it: the final audit
             break
@@ -389,29 +381,40 @@ def run_stage(
             search.tell(X, _penalised([r.get("tell", r["fitness"]) for r in rows]))
         generation += 1
         done = limit is not None and generation * pop - pop + n >= limit
+        audited = {}
         if audit is not None:
             if generation % audit.every == 0 or done:
                 audit.run(stage, generation - 1)
-            best = audit.best(stage)
+            ranked = audit.full(stage)
+            best = _best(ranked, "full", genome)
+            audited = audit.state(ranked)
         for c, r in zip(cands, rows, strict=True) if audit is None else ():
             if _ok(r["fitness"]) and (best is None or r["fitness"] > best[0]):
                 best = (r["fitness"], c)
-        extra = {"estimator": scoring.estimator, "cost": matrix.cost()} | (audit.state(stage) if audit else {})
+        spent = elapsed()
+        extra = {"estimator": scoring.estimator, "cost": matrix.cost()} | audited
         _checkpoint(checkpoint, stage, generation, (generation - 1) * pop + n, pop, genome.dims, search, best,
-                    elapsed(), extra)  # fmt: skip
+                    spent, extra)  # fmt: skip
         if on_generation:
             on_generation(generation - 1, rows)
         if n < pop:
             complete = done  # cut by the budget, or by the cap
             break
-    best = audit.best(stage) if audit is not None else best
-    if best is None and not complete:  # a capped call before any audit: nothing is chosen from it
-        rows = [r for r in log.stage_rows(stage) if _ok(r["fitness"])]
-        if rows:
-            r = max(rows, key=lambda r: r["fitness"])
-            best = (r["fitness"], Candidate(stage, r["generation"], r["index"], tuple(r["genotype"]),
-                                            genome.decode(r["genotype"])))  # fmt: skip
+    ranked = audit.full(stage) if audit is not None else None
+    if ranked is not None:
+        best = _best(ranked, "full", genome)
+        if best is None and not complete:  # a capped call before any audit: nothing is chosen from it
+            best = _best(sorted((r for r in log.stage_rows(stage) if _ok(r["fitness"])), key=lambda r: -r["fitness"]),
+                         "fitness", genome)  # fmt: skip
     if best is None:
         raise RunError(f"stage {stage}: no candidate was evaluated successfully (see {log.path})")
-    ranked = audit.full(stage) if audit is not None else None
     return StageResult(stage, best[1], best[0], len(log.stage_rows(stage)), generation, complete, ranked)
+
+
+def _best(ranked: list[dict], score: str, genome: Genome) -> tuple[float, Candidate] | None:
+    """The first of ``ranked`` log rows (best first) as (its ``score``, its candidate)."""
+    if not ranked:
+        return None
+    r = ranked[0]
+    return r[score], Candidate(r["stage"], r["generation"], r["index"], tuple(r["genotype"]),
+                               genome.decode(r["genotype"]))  # fmt: skip
