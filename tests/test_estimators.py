@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evohub.errors import SpecError
+from evohub.errors import RunError, SpecError
 from evohub.evolve.estimators import ESTIMATORS, PlanInputs
 from evohub.evolve.estimators.irt import anchors_of, fit_items
 from evohub.evolve.estimators.race import decide, half_width
@@ -193,7 +193,24 @@ def test_spec_checks_estimator_options_and_what_the_task_scores():
     mb["fitness"]["minibatch"] = 10
     with pytest.raises(Exception, match="drop 'minibatch'"):
         JobSpec.model_validate(mb)
+    two = spec("gmp-irt").model_dump(mode="json")
+    two["data_flow_space"] = {"a": "ps", "b": "two", "optimizer": {"max_evals": 8}}
+    with pytest.raises(Exception, match="gmp-irt combines the sources' abilities"):
+        JobSpec.model_validate(two)  # its data-flow stage would fail after the whole PS stage
+    JobSpec.model_validate(two | {"fitness": two["fitness"] | {"estimator": "irt"}})
     assert SpecError  # the loader turns these into one line each (tests/test_spec.py)
+
+
+def test_a_stage_without_the_reference_models_an_estimator_needs_is_refused(tmp_path):
+    job = spec("gmp-irt")
+    genome = PSGenome.for_job(job)
+    scoring = Scoring(estimator="gmp-irt", pool=tuple(range(N_ITEMS)), item_range=(0.0, 1.0),
+                      references=genome.references()[:1], matrix=tmp_path / "s.jsonl")  # fmt: skip
+    ev = Items()
+    with pytest.raises(RunError, match="gmp-irt needs 2 reference models"):
+        run_stage("ps", genome, job.parameter_space.optimizer, ev, Log(tmp_path / "c.jsonl"), tmp_path / "ck.json",
+                  seed=0, scoring=scoring)  # fmt: skip
+    assert ev.calls == []
 
 
 def test_planned_items_follow_each_estimator():

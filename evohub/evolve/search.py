@@ -349,6 +349,9 @@ def run_stage(
     estimator = ESTIMATORS.get(scoring.estimator)
     options = estimator.settings(scoring.options)
     strategy = estimator.create(options, scoring.minibatch)
+    if len(scoring.references) < estimator.min_references:
+        raise RunError(f"stage {stage}: {scoring.estimator} needs {estimator.min_references} reference models "
+                       f"(the sources of a parameter-space stage); this stage has {len(scoring.references)}")  # fmt: skip
     budget = Budget.of(optimizer, genome.dims)
     pop, limit = budget.popsize, budget.evaluations
     search = OPTIMIZERS.get(optimizer.algorithm).create(genome.x0(), optimizer.sigma0, pop, stage_seed(seed, stage))

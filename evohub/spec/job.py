@@ -339,10 +339,11 @@ def _estimator_problems(j: JobSpec, task) -> Iterator[tuple[Loc, str]]:
             ("fitness", "minibatch"),
             f"{fit.estimator} chooses its own items: drop 'minibatch' (use 'limit' for a fixed pool)",
         )
-    if fit.estimator == "gmp-irt" and j.parameter_space is None:
+    if est.min_references and j.data_flow_space is not None:
         yield (
             ("fitness", "estimator"),
-            "gmp-irt combines the sources' abilities, which only a parameter-space stage has: use irt",
+            f"{fit.estimator} combines the sources' abilities, which a data-flow stage has none of "
+            "(the job's fitness section scores every stage): use irt",
         )
 
 

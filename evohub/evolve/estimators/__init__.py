@@ -130,6 +130,9 @@ class Estimator:
     needs: str = "any"
     #: True for the estimators whose winner is picked on audited full-set scores
     audited: bool = True
+    #: reference models a stage must offer (the base and sources of a parameter-space stage; a
+    #: data-flow stage has none): the schema and the stage both check it
+    min_references: int = 0
 
     @property
     def defaults(self) -> str:

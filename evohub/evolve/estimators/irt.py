@@ -147,11 +147,7 @@ class IRT:
 
     def generation(self, ctx, generation: int, cands) -> list[Estimate]:
         if generation == 0:  # the calibration generation: references and candidates on the whole pool
-            refs = ctx.references()
-            if self.merged and len(refs) < 2:
-                raise RunError(f"stage {ctx.stage}: gmp-irt combines the abilities of at least 2 reference models "
-                               f"(the sources of a parameter-space stage); this stage has {len(refs)}: use irt")  # fmt: skip
-            ctx.score([(r, ctx.pool) for r in refs], why="reference")
+            ctx.score([(r, ctx.pool) for r in ctx.references()], why="reference")
             calls = ctx.score([(c, ctx.pool) for c in cands])
             return [Estimate(c.fitness, c.metrics, c.error) for c in calls]
         _, alpha, beta, refs, prior = self._calibrate(ctx, generation)
@@ -210,5 +206,6 @@ ESTIMATORS.register(
         planned_items=planned_items,
         options=_OPTIONS,
         needs="binary",
+        min_references=2,  # θ̂ is a combination of the references' abilities
     )
 )
