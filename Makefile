@@ -46,7 +46,7 @@ $(VLLM_STAMP): pyproject.toml
 
 test-vllm: $(VLLM_STAMP)
 	VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 \
-	$(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_vllm.py; rc=$$?; \
+	$(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_vllm.py tests/test_vllm_dfs.py; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-vllm: no vLLM tests collected: the set-up is broken" >&2; exit 1; fi; \
 	exit $$rc
 

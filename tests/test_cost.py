@@ -93,19 +93,21 @@ def test_hours_follow_the_roofline_and_scale_with_evaluations(tmp_path):
     assert _cost(job, "h200").hours < whole.hours < _cost(job, "a100").hours
 
 
-def test_the_data_flow_stage_runs_on_hf_with_its_slowdown(tmp_path):
-    vllm = _cost(_job(tmp_path, dfs=True))
-    ps, dfs = vllm.stages
-    assert (ps.backend, dfs.backend) == ("vllm", "hf") and dfs.merge_hours == 0
-    assert dfs.evaluations == 40 and dfs.items == 40 * ROWS and dfs.batch == 16
+def test_the_data_flow_stage_runs_on_the_fitness_backend(tmp_path):
+    h100 = cost.PROFILES["h100"]
+    ps, dfs = _cost(_job(tmp_path, dfs=True)).stages  # vllm: the path model, continuous batching
+    assert (ps.backend, dfs.backend) == ("vllm", "vllm") and dfs.merge_hours == 0
+    assert 1 <= dfs.batch <= cost.VLLM_MAX_SEQS and any("eager" in n for n in dfs.notes)
     spec = load_job(tmp_path / "job.yaml")
     plan = make_plan(spec)
-    h100 = cost.PROFILES["h100"]
     prefill = dfs.prompt_tokens * 2 * plan.output_params / (989e12 * h100.e_prefill)
-    plain = prefill + dfs.generated_tokens / dfs.decode_tokens_per_s
-    assert dfs.generation_hours * 3600 == pytest.approx(h100.hf_slowdown * plain)
-    hf = _cost(_job(tmp_path, dfs=True, backend="hf")).stages[0]  # a PS stage on hf pays it too
-    assert hf.backend == "hf" and hf.generation_hours > ps.generation_hours
+    assert dfs.generation_hours * 3600 == pytest.approx(prefill + dfs.generated_tokens / dfs.decode_tokens_per_s)
+    hf_ps, hf_dfs = _cost(_job(tmp_path, dfs=True, backend="hf")).stages  # hf: the path executor, slowed
+    assert (hf_ps.backend, hf_dfs.backend) == ("hf", "hf")
+    assert hf_dfs.evaluations == 40 and hf_dfs.items == 40 * ROWS and hf_dfs.batch == 16
+    plain = prefill + hf_dfs.generated_tokens / hf_dfs.decode_tokens_per_s
+    assert hf_dfs.generation_hours * 3600 == pytest.approx(h100.hf_slowdown * plain)
+    assert hf_dfs.generation_hours > dfs.generation_hours and hf_ps.generation_hours > ps.generation_hours
 
 
 def test_demo_world_on_the_cpu_profile():

@@ -103,3 +103,39 @@ def test_vlm_merged_in_memory_on_gpu_matches_disk_and_answers_about_images(tmp_p
     prompts = [VisionPrompt(f"<image> t{i}", (synthetic_image(i, size=(30 + 25 * i, 48)),)) for i in range(3)]
     beams = Sampling(max_new_tokens=4, num_beams=5, repetition_penalty=1.5)
     assert be.generate(prompts, beams) == [be.generate([p], beams)[0] for p in prompts]
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_ties", "dare_linear", "linear"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_fused_kernels_on_gpu_equal_the_reference(monkeypatch, method, normalize):
+    """Triton's fused kernels (docs/design.md#fused-merge-kernels) against the reference kernels
+    on the same GPU, bit for bit; TIES with bf16 deltas tied in thousands at the threshold."""
+    from evohub.merging import fused
+    from evohub.merging.methods import METHODS
+
+    if not fused.enabled(torch.device("cuda")):
+        pytest.skip("no Triton: the fused kernels are off on this GPU")
+    m = METHODS.get(method)
+    n = fused.MIN_NUMEL * 4 + 77
+    g = torch.Generator(device="cuda").manual_seed(1)
+    base = torch.randn(n, device="cuda", generator=g).bfloat16()
+    xs = [(base.float() + torch.randint(-3, 4, (n,), device="cuda", generator=g) / 64).bfloat16() for _ in range(3)]
+    weights, densities = [0.7, -0.4, 0.5], [0.35, 1.0, 0.6]
+    keys = [methods.dare_key(3, i, "model.layers.0.mlp.up_proj.weight") for i in range(3)]
+    outs = []
+    for on in (True, False):
+        monkeypatch.setitem(fused._state, "enabled", on)
+        ws = methods.Workspace(methods.slots_for(m, normalize), "cuda")
+        out = torch.empty(n, dtype=torch.bfloat16, device="cuda")
+        if method == "linear":
+            outs.append(methods.linear(xs, weights, normalize, out, ws))
+        else:
+            outs.append(methods.merge_deltas(m, base, xs, weights, densities, keys, normalize, out, ws))
+        if method == "ties":
+            cut = methods.trim_threshold(xs[0], base, 0.35, ws, slot=1)
+            outs[-1] = (outs[-1], cut)
+        assert fused._state["enabled"] == on, "the fused kernel failed and fell back to the reference"
+    if method == "ties":
+        assert outs[0][1] == outs[1][1]
+        outs = [o[0] for o in outs]
+    assert torch.equal(outs[0], outs[1])

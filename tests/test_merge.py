@@ -300,6 +300,28 @@ def test_in_memory_equals_on_disk(worlds, tmp_path, method, tables):
     assert [b.data_ptr() for b in resident.ws._f32] == ws_before  # scratch reused, not reallocated
 
 
+def test_resident_merge_writes_strided_places_and_one_tensor_at_a_time_as_it_writes_parameters(worlds):
+    """An engine's places need not be whole contiguous parameters (docs/design.md#candidates-in-vllm):
+    a transposed view gets the same values through a scratch copy, ``write`` merges one tensor,
+    ``skip`` leaves a tensor alone, and a place of another shape is refused."""
+    root = worlds["f32"]
+    recipe = recipe_for(root, "dare_ties")
+    resident = ResidentMerge(open_inputs(recipe, [Path(r.path) for r in recipe.inputs()]), recipe)
+    shapes = {t.key: t.shape for t in resident.plan.tasks if t.key is not None}
+    plain = {k: torch.zeros(s) for k, s in shapes.items()}
+    strided = {k: torch.zeros(s[::-1]).t() if len(s) == 2 else torch.zeros(s) for k, s in shapes.items()}
+    assert resident.apply(recipe, plain) == len(shapes)
+    skip = "model.norm.weight"
+    assert resident.apply(recipe, strided, skip={skip}) == len(shapes) - 1
+    assert not strided["model.layers.0.self_attn.q_proj.weight"].is_contiguous()
+    assert all(torch.equal(strided[k], plain[k]) for k in shapes if k != skip)
+    assert not strided[skip].any()
+    resident.write(recipe, skip, strided[skip])
+    assert torch.equal(strided[skip], plain[skip])
+    with pytest.raises(EvohubError, match="with shape"):
+        resident.write(recipe, "model.norm.weight", torch.zeros(3))
+
+
 def test_layer_groups_and_overrides_pick_the_right_values(worlds, tmp_path):
     root = worlds["f32"]
     recipe = recipe_for(

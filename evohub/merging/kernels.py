@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
+from evohub.merging import fused
 from evohub.merging.methods import MergeMethod
 
 _M32 = 0xFFFFFFFF
@@ -179,7 +180,12 @@ def _abs_bits(x: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tens
 
 
 def trim_threshold(x: torch.Tensor, base: torch.Tensor, density: float, ws: Workspace, slot: int) -> Trim | None:
-    """Where TIES cuts δ = x − base: None keeps everything, else a :class:`Trim`."""
+    """Where TIES cuts δ = x − base: None keeps everything, else a :class:`Trim`.
+
+    A radix select on the float32 bit patterns of |δ|: a histogram of their top 16 bits finds
+    the bucket holding the k-th largest, one of the low 16 bits inside the bucket the exact
+    pattern, and the flat index of the last tie kept (the lowest indices win).
+    """
     n = x.numel()
     if density >= 1 or n == 0:
         return None
@@ -269,6 +275,8 @@ def merge_deltas(
         if method.sparsify == "magnitude"
         else None
     )
+    if fused.merge_deltas(method, base, sources, weights, densities, keys, normalize, out, trims):
+        return out
     bf, of = _flat(base), _flat(out)
     xs = [_flat(x) for x in sources]
     for s, e in ws.spans(n):
@@ -333,6 +341,8 @@ def linear(
     ws: Workspace,
 ) -> torch.Tensor:
     """Σ w_k θ_k (divided by Σ w_k when ``normalize``), written into ``out``."""
+    if fused.linear(sources, weights, normalize, out):
+        return out
     xs = [_flat(x) for x in sources]
     of = _flat(out)
     sw = float(sum(weights))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol
@@ -29,7 +29,7 @@ from typing import Protocol
 import torch
 
 from evohub.errors import MergeError
-from evohub.merging import kernels
+from evohub.merging import fused, kernels
 from evohub.merging.arch import decoder_layer_index, is_embedding, num_decoder_layers
 from evohub.merging.io import DTYPES
 from evohub.merging.methods import MergeMethod
@@ -349,15 +349,7 @@ class ResidentMerge:
         if ps is None:
             raise MergeError("ResidentMerge needs a recipe with a parameter_space section")
         has_base = recipe.base_model is not None
-        plan = plan_tensors(ps, inputs, has_base)
-        used = set(used_inputs(ps.kind, len(inputs), has_base))
-        needed: list[list[str]] = [[] for _ in inputs]
-        for t in plan.tasks:
-            for i, m in enumerate(inputs):
-                if t.key is not None and i in used:
-                    needed[i].append(m.by_lm_name[t.key])
-                elif t.key is None and i == plan.primary:
-                    needed[i].append(t.name)
+        _, needed = resident_names(inputs, recipe)
         self.device = kernels.resolve_device(device)
         # the sources live on the GPU, or (when they do not fit there) in pinned host memory,
         # streamed to the GPU tensor by tensor as candidates are merged (docs/design.md#gpu-memory)
@@ -368,11 +360,14 @@ class ResidentMerge:
             for m, names in zip(inputs, needed, strict=True)
         ]
         self.plan = plan_tensors(ps, self.inputs, has_base)
+        self._by_key = {t.key: t for t in self.plan.tasks if t.key is not None}
         self._structure = _structure(recipe)
         self.ws = workspace_for(recipe, self.device)
         if mask_tables is None:
             entries = sum(math.prod(t.shape) for t in self.plan.tasks if t.key is not None) * len(ps.models)
-            mask_tables = self.device.type == "cpu" and 4 * entries <= _memory_bytes() // 4
+            # a fused kernel hashes in registers, faster than it could read a table
+            mask_tables = self.device.type == "cpu" and not fused.enabled(self.device)
+            mask_tables = mask_tables and 4 * entries <= _memory_bytes() // 4
         self.mask_tables = bool(mask_tables) and ps.kind.sparsify == "random"
         self._tables: dict[tuple[int, int], torch.Tensor] = {}
 
@@ -400,27 +395,87 @@ class ResidentMerge:
                 )
 
     @torch.no_grad()
-    def apply(self, recipe: Recipe, params: Mapping[str, torch.Tensor]) -> int:
+    def apply(self, recipe: Recipe, params: Mapping[str, torch.Tensor], skip: Collection[str] = ()) -> int:
         """Write ``recipe``'s merged language-model tensors into ``params`` in place.
 
         ``params`` is keyed by LLM-style name (:func:`~evohub.merging.arch.lm_parameters` of the
-        resident model): a VLM's module names need not match its checkpoint's. Tensors copied unchanged from the primary model (a VLM's vision tower) are not written:
-        they never change between candidates. Returns how many tensors were written.
+        resident model, or the views of a vLLM engine's parameters that
+        :mod:`~evohub.score.backends.vllm_merge` maps): a VLM's module names need not match its
+        checkpoint's. Tensors copied unchanged from the primary model (a VLM's vision tower) are
+        not written: they never change between candidates; nor are the names in ``skip`` (those an
+        engine's loader drops, such as a tied LM head). Returns how many tensors were written.
         """
         if _structure(recipe) != self._structure:
             raise MergeError("this recipe merges other models or another method than the resident inputs")
         n = 0
         for task in self.plan.tasks:
-            if task.key is None:
+            if task.key is None or task.key in skip:
                 continue
             dest = params.get(task.key)
             if dest is None:
                 raise MergeError(f"the resident model has no parameter {task.key!r}")
-            if dest.device != self.device or not dest.is_contiguous():
-                raise MergeError(f"parameter {task.key!r} must be contiguous and on {self.device}")
-            merge_into(recipe, self.plan, task, self.inputs, dest, self.ws, self._table)
+            self._write(recipe, task, dest)
             n += 1
         return n
+
+    @torch.no_grad()
+    def write(self, recipe: Recipe, key: str, dest: torch.Tensor) -> None:
+        """Write ``recipe``'s merged tensor ``key`` (a language-model name) into ``dest``, for an
+        engine that asks for its tensors one at a time (vLLM's in-place reload)."""
+        if _structure(recipe) != self._structure:
+            raise MergeError("this recipe merges other models or another method than the resident inputs")
+        task = self._by_key.get(key)
+        if task is None:
+            raise MergeError(f"{key!r} is not a merged tensor of the resident inputs")
+        self._write(recipe, task, dest)
+
+    def _write(self, recipe: Recipe, task: Task, dest: torch.Tensor) -> None:
+        if dest.device != self.device or tuple(dest.shape) != task.shape:
+            raise MergeError(
+                f"parameter {task.key!r} must be on {self.device} with shape {task.shape} "
+                f"(it is on {dest.device} with {tuple(dest.shape)})"
+            )
+        if dest.is_contiguous():
+            merge_into(recipe, self.plan, task, self.inputs, dest, self.ws, self._table)
+        else:  # a strided view (an engine's transposed or column-sliced weight): merged, then copied in
+            out = torch.empty(task.shape, dtype=dest.dtype, device=self.device)
+            dest.copy_(merge_into(recipe, self.plan, task, self.inputs, out, self.ws, self._table))
+
+
+def resident_names(inputs: Sequence[Model], recipe: Recipe) -> tuple[TensorPlan, list[list[str]]]:
+    """The plan of a resident merge of ``inputs`` and, per input, the tensors it keeps resident:
+    the merged tensors of the inputs the method reads, and the primary's copied ones. Reads
+    headers only, so a driver can size what an engine's worker will load."""
+    ps = recipe.parameter_space
+    if ps is None:
+        raise MergeError("a resident merge needs a recipe with a parameter_space section")
+    has_base = recipe.base_model is not None
+    plan = plan_tensors(ps, inputs, has_base)
+    used = set(used_inputs(ps.kind, len(inputs), has_base))
+    needed: list[list[str]] = [[] for _ in inputs]
+    for t in plan.tasks:
+        for i, m in enumerate(inputs):
+            if t.key is not None and i in used:
+                needed[i].append(m.by_lm_name[t.key])
+            elif t.key is None and i == plan.primary:
+                needed[i].append(t.name)
+    return plan, needed
+
+
+def resident_bytes(inputs: Sequence[Model], needed: Sequence[Sequence[str]]) -> int:
+    """Bytes the resident tensors take, as stored (:func:`resident_names`' ``needed``)."""
+    return sum(
+        math.prod(m.tensors.shape(n)) * m.tensors.dtype(n).itemsize
+        for m, names in zip(inputs, needed, strict=True)
+        for n in names
+    )
+
+
+def workspace_bytes(method: MergeMethod, normalize: bool, device_type: str = "cuda") -> int:
+    """The merge workspace's chunk buffers on a device: float32 slots and the mask, int64 hash
+    and index buffers (the memory plan's figure: docs/design.md#gpu-memory)."""
+    chunk = kernels.CHUNK[device_type]
+    return (kernels.slots_for(method, normalize) + 1) * chunk * 4 + 3 * chunk * 8 + 2 * chunk
 
 
 def _memory_bytes() -> int:

@@ -13,9 +13,9 @@ Per search stage, from the plan (parameter counts, evaluations) and the job's fi
   × the task's mean fill (the share of the budget an answer uses before its end-of-sequence or a
   stop string);
 - **hours**: prefill and decode seconds from a roofline throughput model of one device
-  (:class:`Profile`), times a slowdown for the ``hf`` backend (every data-flow stage runs on it:
-  the path executor is transformers over resident layers), plus each candidate's merge and weight
-  swap (weight bytes at a measured rate).
+  (:class:`Profile`), times a slowdown for the ``hf`` backend (no continuous batching; a data-flow
+  stage follows the fitness backend: the transformers path executor on ``hf``, the vLLM path model
+  on ``vllm``), plus each candidate's merge and weight swap (weight bytes at a measured rate).
 
 Decode, one step of ``batch`` sequences (one new token each), is memory- or compute-bound:
 
@@ -314,16 +314,18 @@ def estimate_cost(spec: JobSpec, plan: Plan, gpu: str, max_evals: int | None = N
     out = CostPlan(gpu, f"{profile.label}-hours", n_items, where, prompt, generated, budget, fit.estimator)
     for st in plan.stages:
         dfs = st.name == "data_flow_space"
-        backend = "hf" if dfs else fit.backend
+        backend = fit.backend  # a data-flow stage too: vllm runs the path model (vllm_path.py)
         evals = st.evaluations
         if evals is not None and max_evals is not None:
             evals = min(evals, max_evals)
-        if dfs:  # the path executor holds A's and B's layers; a path runs the output's layers
+        if dfs:  # the path executor or path model holds A's and B's layers; a path runs the output's
             params, layers = plan.output_params, None
         else:
             params, layers = merged.params, merged.layers
         refs = len(spec.sources) + (1 if spec.base_model is not None else 0) if not dfs else 0
         notes: list[str] = ["every path at its longest (all slots on): an upper bound"] if dfs else []
+        if dfs and backend == "vllm":
+            notes.append("vLLM path model: eager (no CUDA graphs), not in the roofline")
         kv_token = merged.kv_bytes_per_layer_token * (layers or _path_layers(plan, merged))
         context = prompt + generated
         beams = figures.beams

