@@ -7,8 +7,9 @@ and dare_ties with equal options (float32 arithmetic, bfloat16 output, normalize
 
 - whole processes, alternating evohub / mergekit, ``--runs`` each: wall time and peak RSS
   (ru_maxrss of the child), medians;
-- in-process: evohub's merge_to_disk, mergekit's run_merge (in its own venv), and the floor:
-  reading every input byte once; medians;
+- in-process: evohub's merge_to_disk (as ``evohub merge`` runs it, and with the fused kernels
+  forced: EVOHUB_FUSED=1), mergekit's run_merge (in its own venv), and the floor: reading every
+  input byte once; medians;
 - in memory: one dare_ties candidate applied into a resident model (what evolution does per
   candidate), against mergekit's in-process merge of the same recipe;
 - equality of the outputs for linear, task_arithmetic and ties (within one bfloat16 ulp; for
@@ -234,6 +235,12 @@ def main() -> None:
                 [python_of(a.mergekit_venv), "-c", MERGEKIT_INPROC, str(mkcfg), str(tmp), str(a.runs)],
                 check=True, capture_output=True, text=True).stdout.split()[-1])  # fmt: skip
             row["inprocess_vs_floor"] = row["evohub_inprocess_s"] / results[f"read_floor_s_{layers}L"]
+            # the fused kernels forced (a one-shot merge this small does not fuse: compiling in a
+            # fresh process would cost more than it saves; evolution and 7B-sized merges do)
+            row["evohub_inprocess_fused_s"] = float(subprocess.run(
+                [sys.executable, "-c", EVOHUB_INPROC, str(recipe), str(tmp), str(a.runs)],
+                check=True, capture_output=True, text=True, env=os.environ | {"EVOHUB_FUSED": "1"}).stdout.split()[-1])  # fmt: skip
+            row["inprocess_fused_vs_floor"] = row["evohub_inprocess_fused_s"] / results[f"read_floor_s_{layers}L"]
             if method == "dare_ties" and layers == sizes[0]:
                 row["resident_apply_s"] = float(subprocess.run(
                     [sys.executable, "-c", RESIDENT, str(recipe), str(a.runs)],
@@ -268,7 +275,8 @@ def print_table(r: dict) -> None:
     for key, row in r["methods"].items():
         if "evohub_inprocess_s" in row:
             print(f"{key}: in-process evohub {row['evohub_inprocess_s']:.3f} s, mergekit {row['mergekit_inprocess_s']:.3f} s, "
-                  f"evohub / read floor {row['inprocess_vs_floor']:.2f}")  # fmt: skip
+                  f"evohub / read floor {row['inprocess_vs_floor']:.2f}; fused forced {row['evohub_inprocess_fused_s']:.3f} s, "
+                  f"{row['inprocess_fused_vs_floor']:.2f}x the floor")  # fmt: skip
         if "resident_apply_s" in row:
             print(
                 f"{key}: resident apply {row['resident_apply_s']:.3f} s = {row['resident_vs_mergekit_inprocess']:.3f} x mergekit in-process"

@@ -113,3 +113,15 @@ def test_small_and_strided_tensors_use_the_reference(monkeypatch):
     assert not fused.merge_deltas(m, small, [small], [1.0], [0.5], [(1, 2)], False, torch.empty(100), None)
     wide = torch.empty(2, N)[:, : N // 2]  # not contiguous: never written through a copy
     assert not fused._run(lambda *a: None, wide)
+
+
+def test_fusion_is_used_where_compiling_pays(monkeypatch, tmp_path):
+    """Evolution's resident merge always fuses (compiled once, run per candidate); a one-shot
+    merge only from fused.MIN_WORK source entries, or when EVOHUB_FUSED=1 forces it."""
+    assert fused.worth_it(0, amortised=True)
+    assert not fused.worth_it(fused.MIN_WORK - 1, amortised=False)
+    assert fused.worth_it(fused.MIN_WORK, amortised=False)
+    monkeypatch.setattr(fused, "_MODE", "1")
+    assert fused.worth_it(1, amortised=False)
+    monkeypatch.setitem(fused._state, "enabled", False)  # EVOHUB_FUSED=0, or no compiler
+    assert not fused.worth_it(fused.MIN_WORK, amortised=True)

@@ -23,10 +23,11 @@ import torch
 
 from evohub.errors import MergeError
 from evohub.files import atomic_write, replace_dir, write_json
+from evohub.merging import fused
 from evohub.merging.arch import decoder_layer_index, read_config
 from evohub.merging.dfs import check_pair, check_path, folded_tensors, layer_counts, path_config
 from evohub.merging.io import DTYPES, CheckpointReader, ShardedWriter
-from evohub.merging.ps import MergedTensors, Model, TensorSource, plan_tensors, workspace_for
+from evohub.merging.ps import MergedTensors, Model, TensorSource, plan_tensors, source_entries, workspace_for
 from evohub.progress import bar as progress_bar
 from evohub.spec import Recipe
 
@@ -101,7 +102,8 @@ def build_output(recipe: Recipe, dirs: Sequence[Path], inputs: Sequence[Model], 
     if ps is not None:
         n = (1 if has_base else 0) + len(ps.models)
         plan = plan_tensors(ps, inputs[:n], has_base)
-        source = MergedTensors(recipe, plan, inputs[:n], workspace_for(recipe, device), dtype)
+        fuse = fused.worth_it(source_entries(plan, len(ps.models)), amortised=False)
+        source = MergedTensors(recipe, plan, inputs[:n], workspace_for(recipe, device, fuse=fuse), dtype)
         merged = _Part(source, inputs[plan.primary].config, dirs[plan.primary], "the parameter-space merge")
         count = len(plan.tasks)
     refs = recipe.inputs()

@@ -15,10 +15,12 @@ off), and the DARE hash is the same integer arithmetic on int32 lanes. TIES's ex
 threshold is found first by the reference's radix select (kernels.trim_threshold); the fused
 pass applies it.
 
-Compilation costs seconds once per method, number of sources and dtype in a process (cached on
-disk by inductor across processes), so tensors under :data:`MIN_NUMEL` entries, where it cannot
-pay, stay on the reference kernels. ``EVOHUB_FUSED=0`` turns fusion off; where it cannot compile
-(no C++ compiler, no Triton) evohub warns once and uses the reference kernels.
+Compiling costs seconds in a fresh process (about 3 s on a 2-core CPU with inductor's disk
+cache warm; more cold), so tensors under :data:`MIN_NUMEL` entries stay on the reference
+kernels, and a one-shot merge fuses only from :data:`MIN_WORK` source entries
+(:func:`worth_it`; evolution's resident merge always does). ``EVOHUB_FUSED=0`` turns fusion off,
+``=1`` forces it; where it cannot compile (no C++ compiler, no Triton) evohub warns once and
+uses the reference kernels.
 """
 
 from __future__ import annotations
@@ -42,7 +44,20 @@ _S1, _S2 = 0x7FEB352D, 0x31848BAB
 MAX_NUMEL = 2**31 - 1
 _INF_BITS = 0x7F800000  # the pattern of +inf: patterns above it are NaNs
 _OPTIONS = {"emulate_precision_casts": True}  # eager's rounding: no FMA contraction in Triton
-_state = {"enabled": os.environ.get("EVOHUB_FUSED", "1") != "0", "warned": False}
+#: A one-shot merge (``evohub merge``) fuses when it moves at least this many source entries:
+#: below, the seconds of compiling in a fresh process cost more than the kernels save.
+MIN_WORK = 1 << 30
+_MODE = os.environ.get("EVOHUB_FUSED", "auto")  # auto | 1 (always) | 0 (never)
+_state = {"enabled": _MODE != "0", "warned": False}
+
+
+def worth_it(entries: int, amortised: bool) -> bool:
+    """Whether a merge moving ``entries`` source entries should use the fused kernels: always
+    when repeated (evolution's resident merge: compiled once, run per candidate) or forced with
+    ``EVOHUB_FUSED=1``; for a one-shot merge from :data:`MIN_WORK` entries (docs/design.md#fused-merge-kernels)."""
+    if not _state["enabled"]:
+        return False
+    return amortised or _MODE == "1" or entries >= MIN_WORK
 
 
 def enabled(device: torch.device) -> bool:

@@ -76,8 +76,10 @@ def resolve_device(device: torch.device | str) -> torch.device:
 class Workspace:
     """Chunk-sized scratch buffers, reused for every chunk of every tensor."""
 
-    def __init__(self, slots: int, device: torch.device | str = "cpu", chunk: int | None = None):
+    def __init__(self, slots: int, device: torch.device | str = "cpu", chunk: int | None = None, fuse: bool = True):
         self.device = resolve_device(device)
+        #: whether tensors large enough go through the fused kernels (:func:`fused.worth_it`)
+        self.fuse = fuse
         self.chunk = chunk or CHUNK.get(self.device.type, CHUNK["cuda"])
         dev = self.device
         self.mask_slot = slots  # one more float32 buffer, for DARE's keep mask
@@ -275,7 +277,7 @@ def merge_deltas(
         if method.sparsify == "magnitude"
         else None
     )
-    if fused.merge_deltas(method, base, sources, weights, densities, keys, normalize, out, trims):
+    if ws.fuse and fused.merge_deltas(method, base, sources, weights, densities, keys, normalize, out, trims):
         return out
     bf, of = _flat(base), _flat(out)
     xs = [_flat(x) for x in sources]
@@ -341,7 +343,7 @@ def linear(
     ws: Workspace,
 ) -> torch.Tensor:
     """Σ w_k θ_k (divided by Σ w_k when ``normalize``), written into ``out``."""
-    if fused.linear(sources, weights, normalize, out):
+    if ws.fuse and fused.linear(sources, weights, normalize, out):
         return out
     xs = [_flat(x) for x in sources]
     of = _flat(out)

@@ -282,10 +282,17 @@ def _fetch(m: Model, key: str, device: torch.device) -> torch.Tensor:
     return t if t.device == device else t.to(device, non_blocking=True)
 
 
-def workspace_for(recipe: Recipe, device: torch.device | str, chunk: int | None = None) -> kernels.Workspace:
+def workspace_for(
+    recipe: Recipe, device: torch.device | str, chunk: int | None = None, fuse: bool = True
+) -> kernels.Workspace:
     ps = recipe.parameter_space
     assert ps is not None
-    return kernels.Workspace(kernels.slots_for(ps.kind, ps.normalize), device, chunk)
+    return kernels.Workspace(kernels.slots_for(ps.kind, ps.normalize), device, chunk, fuse)
+
+
+def source_entries(plan: TensorPlan, n_models: int) -> int:
+    """How many source entries a merge of ``plan`` reads: what decides whether fusing pays."""
+    return sum(math.prod(t.shape) for t in plan.tasks if t.key is not None) * n_models
 
 
 # ----------------------------------------------------------------------------------------------
@@ -362,11 +369,11 @@ class ResidentMerge:
         self.plan = plan_tensors(ps, self.inputs, has_base)
         self._by_key = {t.key: t for t in self.plan.tasks if t.key is not None}
         self._structure = _structure(recipe)
-        self.ws = workspace_for(recipe, self.device)
+        self.ws = workspace_for(recipe, self.device, fuse=fused.worth_it(0, amortised=True))
         if mask_tables is None:
             entries = sum(math.prod(t.shape) for t in self.plan.tasks if t.key is not None) * len(ps.models)
             # a fused kernel hashes in registers, faster than it could read a table
-            mask_tables = self.device.type == "cpu" and not fused.enabled(self.device)
+            mask_tables = self.device.type == "cpu" and not (self.ws.fuse and fused.enabled(self.device))
             mask_tables = mask_tables and 4 * entries <= _memory_bytes() // 4
         self.mask_tables = bool(mask_tables) and ps.kind.sparsify == "random"
         self._tables: dict[tuple[int, int], torch.Tensor] = {}
