@@ -12,7 +12,11 @@ from evohub.score.tasks import TASKS
 
 #: kind -> (title, registry, extra columns: header -> attribute)
 KIND_TABLES: dict[str, tuple[str, Registry, dict[str, str]]] = {
-    "methods": ("merge methods (`parameter_space.method`)", METHODS, {"takes": "params", "needs a base": "base"}),
+    "methods": (
+        "merge methods (`parameter_space.method`)",
+        METHODS,
+        {"takes": "params", "needs a base": "base", "options (`parameter_space.options`)": "option_list"},
+    ),
     "tasks": ("fitness tasks (`fitness.task`)", TASKS, {"fitness": "fitness_metric", "options": "options"}),
     "estimators": (
         "fitness estimators (`fitness.estimator`)",

@@ -30,6 +30,7 @@ from evohub.evolve.estimators import ESTIMATORS, Estimate
 from evohub.evolve.genome import Budget, Genome
 from evohub.evolve.matrix import COST_FIELDS, ScoreMatrix, totals
 from evohub.evolve.optimizers import OPTIMIZERS
+from evohub.evolve.optimizers.nsga2 import front_rows
 from evohub.files import append_jsonl, read_jsonl, write_json
 from evohub.spec import Optimizer, Recipe
 
@@ -116,6 +117,9 @@ class StageResult:
     #: an audited estimator's rows with a full-set score (``full``), best first: the finalists
     #: the winner is chosen among (None for ``full``: every row's fitness is a full score)
     ranked: list[dict] | None = None
+    #: a multi-objective optimiser's final Pareto front (log rows), best fitness first: the
+    #: finalists the winner is chosen among (docs/design.md#optimisers; None for one objective)
+    front: list[dict] | None = None
 
 
 def _penalised(fitness: Sequence[float | None]) -> list[float]:
@@ -342,7 +346,8 @@ def run_stage(
     candidates *this call* evaluates: stopped by it, the result is not ``complete`` (resumable).
     ``scoring`` says how candidates are scored (default: ``full`` on the evaluator's rows);
     ``on_call(row)`` sees each new score-matrix row (a progress bar). The stage's best is the best
-    fitness, or for an audited estimator the best full-set score (docs/design.md#fitness-estimators).
+    fitness, or for an audited estimator the best full-set score (docs/design.md#fitness-estimators),
+    or for a multi-objective optimiser the best fitness on the final Pareto front (``front``).
     It is over 60 lines: one generation's steps (budget and cap, ask, estimate, tell, audit, checkpoint)
     read in order in one loop, which resuming depends on."""
     scoring = scoring or Scoring()
@@ -354,7 +359,9 @@ def run_stage(
                        f"(the sources of a parameter-space stage); this stage has {len(scoring.references)}")  # fmt: skip
     budget = Budget.of(optimizer, genome.dims)
     pop, limit = budget.popsize, budget.evaluations
-    search = OPTIMIZERS.get(optimizer.algorithm).create(genome.x0(), optimizer.sigma0, pop, stage_seed(seed, stage))
+    kind = OPTIMIZERS.get(optimizer.algorithm)
+    more = {f: getattr(optimizer, f) for f in kind.fields if f not in ("x0", "sigma0", "popsize")}
+    search = kind.create(genome.x0(), optimizer.sigma0, pop, stage_seed(seed, stage), **more)
     matrix = ScoreMatrix(scoring.matrix)
     ctx = _Context(stage, seed, scoring, evaluator, matrix, pop, on_call)
     audit = _Audit(ctx, log, genome, options) if estimator.audited else None
@@ -381,7 +388,8 @@ def run_stage(
         cands = [Candidate(stage, generation, i, tuple(X[i]), genome.decode(X[i])) for i in range(n)]
         rows = _generation_rows(ctx, strategy, audit is not None, log, cands, generation)
         if n == pop:  # a cut generation ends the stage and is not told
-            search.tell(X, _penalised([r.get("tell", r["fitness"]) for r in rows]))
+            search.tell(X, _penalised([r.get("tell", r["fitness"]) for r in rows]),
+                        [(r.get("metrics") or {}) if r.get("error") is None else {} for r in rows])  # fmt: skip
         generation += 1
         done = limit is not None and generation * pop - pop + n >= limit
         audited = {}
@@ -409,9 +417,13 @@ def run_stage(
         if best is None and not complete:  # a capped call before any audit: nothing is chosen from it
             best = _best(sorted((r for r in log.stage_rows(stage) if _ok(r["fitness"])), key=lambda r: -r["fitness"]),
                          "fitness", genome)  # fmt: skip
+    front = None
+    if optimizer.objectives:  # a multi-objective stage: the best fitness on its final Pareto front
+        front = front_rows(log.stage_rows(stage), optimizer.objectives)
+        best = _best(front, "fitness", genome) or best
     if best is None:
         raise RunError(f"stage {stage}: no candidate was evaluated successfully (see {log.path})")
-    return StageResult(stage, best[1], best[0], len(log.stage_rows(stage)), generation, complete, ranked)
+    return StageResult(stage, best[1], best[0], len(log.stage_rows(stage)), generation, complete, ranked, front)
 
 
 def _best(ranked: list[dict], score: str, genome: Genome) -> tuple[float, Candidate] | None:

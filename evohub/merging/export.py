@@ -7,9 +7,10 @@
 What carries over exactly: the method, base model, models (``repo@revision``), weights and
 densities per layer group (as mergekit ``filter`` lists: ``layers.{i}.`` per decoder layer, the
 embeddings, then a default for the final norm and LM head), ``normalize``, dtypes. What cannot:
-DARE masks are random in mergekit (evohub's are keyed by the recipe seed), and mergekit's
-``rescale`` matches the L1 norm where evohub divides by the density; overrides must be plain
-substrings (mergekit filters are substrings, not regexes).
+DARE and DELLA masks are random in mergekit (evohub's are keyed by the recipe seed), and mergekit's
+``rescale`` matches the L1 norm where evohub divides by the density (DELLA: by each entry's keep
+probability); overrides must be plain substrings (mergekit filters are substrings, not regexes).
+Method options (DELLA's ``epsilon``, Breadcrumbs' ``gamma``) become top-level ``parameters``.
 """
 
 from __future__ import annotations
@@ -103,8 +104,14 @@ def to_mergekit(recipe: Recipe, layers: int | None = None) -> str:
         config["models"] = [
             {"model": _ref(m.source), "parameters": _model_params(k, m, layers)} for k, m in enumerate(ps.models)
         ]
-        config["parameters"] = {"normalize": ps.normalize}
-        if method.sparsify == "random":
+        if method.weights:
+            config["parameters"] = {"normalize": ps.normalize}
+        else:  # model_stock: over whole tensors, like evohub
+            config["models"] = [{"model": _ref(m.source)} for m in ps.models]
+            config["parameters"] = {"filter_wise": False}
+        for o in method.options:  # mergekit reads them as defaults of the per-model parameters
+            config["parameters"][o.name] = method.option(o.name)
+        if method.sparsify == "random" or method.key_domain == "della":
             config["parameters"]["rescale"] = True
     config["dtype"] = "float32"
     config["out_dtype"] = recipe.dtype
@@ -119,6 +126,7 @@ def to_mergekit(recipe: Recipe, layers: int | None = None) -> str:
     )
     header = (
         "# mergekit configuration exported by evohub from an evohub recipe (schema 1).\n"
-        f"# evohub merged in float32 with seed {recipe.seed}" + (dare if method.sparsify == "random" else ".\n")
+        f"# evohub merged in float32 with seed {recipe.seed}"
+        + (dare if method.sparsify == "random" or method.key_domain == "della" else ".\n")
     )
     return header + dump_yaml(config)

@@ -31,6 +31,7 @@ tensor order, with any chunk size and any number of threads, and are computed on
 from __future__ import annotations
 
 import hashlib
+import importlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -48,9 +49,11 @@ EPS = 1e-8
 CHUNK = {"cpu": 1 << 19, "cuda": 1 << 26}
 
 
-def dare_key(seed: int, source_index: int, tensor_name: str) -> tuple[int, int]:
-    """The two 32-bit words keying one tensor's DARE mask."""
-    digest = hashlib.blake2b(f"evohub-dare-v1\0{seed}\0{source_index}\0{tensor_name}".encode(), digest_size=8).digest()
+def dare_key(seed: int, source_index: int, tensor_name: str, domain: str = "dare") -> tuple[int, int]:
+    """The two 32-bit words keying one tensor's DARE mask (``domain``: another method's masks,
+    e.g. ``della``, drawn from the same hash but independent of DARE's)."""
+    tag = f"evohub-{domain}-v1\0{seed}\0{source_index}\0{tensor_name}"
+    digest = hashlib.blake2b(tag.encode(), digest_size=8).digest()
     return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")
 
 
@@ -403,4 +406,8 @@ def apply(
     if method.kernel == "deltas":
         assert base is not None
         return merge_deltas(method, base, sources, weights, densities, keys, normalize, out, ws, tables)
-    return method.kernel(method, base, sources, weights, densities, keys, normalize, out, ws, tables)
+    kernel = method.kernel
+    if isinstance(kernel, str):  # "module:function", imported when first used (the registry stays light)
+        module, _, name = kernel.partition(":")
+        kernel = getattr(importlib.import_module(module), name)
+    return kernel(method, base, sources, weights, densities, keys, normalize, out, ws, tables)

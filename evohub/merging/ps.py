@@ -183,7 +183,8 @@ def _pick(value: float | tuple[float, ...], group: int) -> float:
 def values_for(ps: PSRecipe, k: int, key: str, group: int) -> tuple[float, float]:
     """(weight, density) of model ``k`` for tensor ``key`` in layer group ``group``."""
     m = ps.models[k]
-    weight, density = m.weight, m.density if m.density is not None else 1.0
+    weight = m.weight if m.weight is not None else 1.0  # None: the method takes no weights
+    density = m.density if m.density is not None else 1.0
     for o in m.overrides:
         if re.search(o.pattern, key):
             weight = o.weight if o.weight is not None else weight
@@ -213,7 +214,7 @@ def merge_into(
     rows = task.rows
     xs = [_fetch(inputs[plan.input_index(k)], task.key, ws.device)[:rows] for k in range(K)]
     base = _fetch(inputs[0], task.key, ws.device)[:rows] if method.base else None
-    keys = [kernels.dare_key(recipe.seed, k, task.key) for k in range(K)]
+    keys = [kernels.dare_key(recipe.seed, k, task.key, method.key_domain) for k in range(K)]
     n = math.prod(xs[0].shape)
     kept = [tables(key, n) for key in keys] if tables and method.sparsify == "random" else None
     weights, densities = [w for w, _ in vals], [d for _, d in vals]

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evohub.errors import RunError, SpecError
-from evohub.evolve.search import Log
+from evohub.evolve.search import Log, recipe_hash
 from evohub.files import write_json
 from evohub.merging.build import merge_to_disk
 from evohub.pipeline import publish as publishing
 from evohub.pipeline.compare import evaluate_run
 from evohub.pipeline.pull import pull
-from evohub.pipeline.report import StageSummary, plot_fitness, stage_matrices, stage_summary
+from evohub.pipeline.report import StageSummary, plot_fitness, plot_front, stage_matrices, stage_summary
 from evohub.pipeline.rundir import RunDir
 from evohub.pipeline.stages import evolve_stage, model_dirs, ps_winner_dir
 from evohub.spec import JobSpec, Recipe, load_job
@@ -70,6 +70,15 @@ def _stage_one(spec: JobSpec, run: RunDir, stage: str, progress: bool) -> None:
     """Materialise the parameter-space winner as model A of a PS-then-DFS job's second stage."""
     if stage == "dfs" and spec.data_flow_space and spec.data_flow_space.a == "ps":
         ps_winner_dir(run, progress=progress)
+
+
+def _plot_fronts(spec: JobSpec, run: RunDir, rows: list[dict]) -> None:
+    """front.png beside fitness.png: each multi-objective stage's Pareto front, its winner marked."""
+    multi = {st: (part.optimizer.objectives, recipe_hash(run.stage_recipe(st)))
+             for st, part in (("ps", spec.parameter_space), ("dfs", spec.data_flow_space))
+             if part is not None and part.optimizer.objectives}  # fmt: skip
+    if multi:
+        plot_front(rows, run.fitness_plot.with_name("front.png"), multi)
 
 
 def run_job(
@@ -124,6 +133,7 @@ def run_job(
     assert final is not None
     run.write_recipe(final)
     plot_fitness(candidates.rows, run.fitness_plot, spec.stages(), stage_matrices(run, spec.stages()))
+    _plot_fronts(spec, run, candidates.rows)
     if not run.model_dir.exists():
         merge_to_disk(final, model_dirs(run, final), run.model_dir, progress=progress)
     results = evaluate_run(spec, run, device) if spec.evaluation else None

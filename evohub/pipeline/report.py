@@ -207,6 +207,42 @@ def plot_fitness(rows: list[dict], out: Path, stages: list[str], matrices: dict[
     atomic_write(out, buf.getvalue())
 
 
+def plot_front(rows: list[dict], out: Path, stages: dict[str, tuple[tuple[str, ...], str | None]]) -> None:
+    """front.png, for the stages of a multi-objective optimiser (``stages``: each one's objectives
+    and its winner's recipe hash): every candidate by its first two objectives, the final Pareto
+    front (docs/design.md#optimisers) joined, the winner starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from evohub.evolve.optimizers.nsga2 import front_rows, parse_objective
+
+    fig, axes = plt.subplots(1, len(stages), figsize=(6 * len(stages), 4.5), squeeze=False)
+    for ax, (stage, (objectives, winner)) in zip(axes[0], stages.items(), strict=True):
+        names = [parse_objective(o)[0] for o in objectives[:2]]
+        mine = [r for r in rows if r["stage"] == stage and r.get("error") is None and r.get("metrics")]
+        xy = [(r["metrics"].get(names[0]), r["metrics"].get(names[1])) for r in mine]
+        ax.scatter([x for x, _ in xy], [y for _, y in xy], s=10, color="lightgrey", label="candidates")
+        front = sorted(front_rows(mine, objectives), key=lambda r: r["metrics"][names[0]])
+        ax.plot([r["metrics"][names[0]] for r in front], [r["metrics"][names[1]] for r in front], "o-",
+                ms=4, label="Pareto front")  # fmt: skip
+        won = [r for r in front if r["recipe_hash"] == winner] or [r for r in mine if r["recipe_hash"] == winner]
+        if won:
+            ax.plot([won[0]["metrics"][names[0]]], [won[0]["metrics"][names[1]]], "*", ms=14, color="crimson",
+                    label="winner")  # fmt: skip
+        ax.set_xlabel(objectives[0])
+        ax.set_ylabel(objectives[1])
+        ax.set_title(stage)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write(out, buf.getvalue())
+
+
 def _generations_panel(ax, rows: list[dict], stages: list[str]) -> None:
     offset = 0
     for stage in stages:

@@ -87,16 +87,19 @@ def scoring_for(job: JobSpec, run: RunDir, stage: str, genome: Genome) -> Scorin
 
 
 def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, genome: Genome,
-                         ranked: list[dict] | None = None) -> dict:  # fmt: skip
+                         ranked: list[dict] | None = None, front: list[dict] | None = None) -> dict:  # fmt: skip
     """Re-score the stage's best candidates (and its start point) on the validation split; the
     best there wins. ``ranked`` are an audited estimator's finalists with their full-set scores
-    (``full``; docs/design.md#fitness-estimators), otherwise the log's rows are ranked by fitness.
+    (``full``; docs/design.md#fitness-estimators), ``front`` a multi-objective optimiser's final
+    Pareto front (docs/design.md#optimisers), otherwise the log's rows are ranked by fitness.
     The scores are kept in ``validation.json``, so this runs once."""
     path = run.validation_path(stage)
     rows = run.read_json(path)
     if rows is None:
         if ranked is not None:
             ok = [r | {"estimate": r["fitness"], "fitness": r["full"]} for r in ranked]
+        elif front is not None:
+            ok = list(front)
         else:
             ok = [r for r in log.stage_rows(stage) if r["fitness"] is not None and math.isfinite(r["fitness"])]
         seen, top = set(), []
@@ -193,7 +196,7 @@ def evolve_stage(
             return None
         winner = result.best.recipe
         if job.fitness.validation is not None:
-            chosen = choose_on_validation(pool, run, stage, log, genome, result.ranked)
+            chosen = choose_on_validation(pool, run, stage, log, genome, result.ranked, result.front)
             winner = genome.decode(chosen["genotype"])
     finally:
         pool.close()

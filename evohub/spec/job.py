@@ -74,6 +74,9 @@ class Optimizer(Frozen):
     max_evals: int | None = Field(None, gt=0)
     generations: int | None = Field(None, gt=0)
     max_hours: float | None = Field(None, gt=0)
+    #: a multi-objective optimiser's objectives (``nsga2``): the fitness task's metric names, each
+    #: maximised, or minimised with a ``-`` prefix (docs/design.md#optimisers)
+    objectives: tuple[str, ...] | None = Field(None, description="nsga2: >= 2 task metrics; '-name' minimises")
 
     @model_validator(mode="after")
     def _budget(self) -> Optimizer:
@@ -277,6 +280,40 @@ def _job_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:
     elif ts not in names:
         yield ("tokenizer_source",), unknown_source(ts, ["base", *names])
     yield from _fitness_problems(j)
+    for stage, part in (("parameter_space", j.parameter_space), ("data_flow_space", j.data_flow_space)):
+        if part is not None:
+            yield from _optimizer_problems(j, stage, part.optimizer)
+
+
+def _optimizer_problems(j: JobSpec, stage: str, opt: Optimizer) -> Iterator[tuple[Loc, str]]:
+    """The fields the algorithm does not read, and a multi-objective one's objectives: at least
+    two distinct metrics the fitness task reports (where it declares them), on the ``full`` estimator."""
+    kind = OPTIMIZERS.get(opt.algorithm)
+    for f in ("x0", "sigma0", "popsize", "objectives"):
+        if f in opt.model_fields_set and f not in kind.fields and getattr(opt, f) is not None:
+            reads = ", ".join(repr(x) for x in kind.fields)
+            yield (stage, "optimizer", f), f"{opt.algorithm} takes no {f!r} (it reads {reads} and the budget)"
+    if "objectives" not in kind.fields:
+        return
+    objs = opt.objectives or ()
+    names = [o[1:] if o.startswith("-") else o for o in objs]
+    if len(set(names)) < 2:
+        yield (
+            (stage, "optimizer", "objectives"),
+            f"{opt.algorithm} needs at least 2 distinct task metrics, e.g. [acc, ja_rate]",
+        )
+    task = TASKS.get(j.fitness.task)
+    known = getattr(task, "metrics", None)
+    for k, n in enumerate(names):
+        if known is not None and n not in known:
+            near = difflib.get_close_matches(n, known, n=1)
+            hint = f"did you mean {near[0]!r}?" if near else f"it reports {', '.join(known)}"
+            yield (stage, "optimizer", "objectives", k), f"{j.fitness.task} reports no metric {n!r}; {hint}"
+    if j.fitness.estimator != "full":
+        yield (
+            ("fitness", "estimator"),
+            f"{opt.algorithm} ranks every candidate's metrics on the same items: use the full estimator",
+        )
 
 
 def _ps_search_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:
@@ -287,6 +324,11 @@ def _ps_search_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:
         yield ("parameter_space", "method"), f"{ps.method!r} merges task vectors: add a top-level 'base_model'"
     if (problem := model_count_problem(m, len(j.sources), "sources")) is not None:
         yield ("sources",), problem
+    if not m.params:
+        yield (
+            ("parameter_space", "method"),
+            f"{ps.method!r} has no per-model values to evolve; use it in a recipe ('evohub merge')",
+        )
     lo, hi = m.weight_domain
     if not (lo <= ps.weight.bounds[0] and ps.weight.bounds[1] <= hi):
         yield ("parameter_space", "weight", "bounds"), f"must lie inside [{lo:g}, {hi:g}] for {ps.method}"

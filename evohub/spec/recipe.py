@@ -37,7 +37,8 @@ class Override(Frozen):
 
 class RecipeModel(Frozen):
     source: ModelRef
-    weight: NumOrList
+    #: None only for a method that takes no weights (``model_stock``)
+    weight: NumOrList | None = None
     density: NumOrList | None = None
     overrides: tuple[Override, ...] = ()
 
@@ -56,12 +57,14 @@ class PSRecipe(Frozen):
     normalize: bool = False
     layer_groups: int = Field(1, ge=1)
     vocab: Vocab = None
+    #: method-wide scalars (``MergeMethod.options``: DELLA's epsilon, Breadcrumbs' gamma)
+    options: dict[str, float] = Field(default_factory=dict)
     models: tuple[RecipeModel, ...] = Field(min_length=1)
 
     @property
     def kind(self) -> MergeMethod:
-        """The method's registry entry."""
-        return METHODS.get(self.method)
+        """The method's registry entry, with this recipe's ``options`` bound."""
+        return METHODS.get(self.method).bind(self.options)
 
 
 def _a_tag(v: Any) -> str:
@@ -125,6 +128,8 @@ class Recipe(Frozen):
         for m in (data.get("parameter_space") or {}).get("models", []):
             if not m.get("overrides"):
                 m.pop("overrides", None)  # the common case reads better without "overrides: []"
+        if data.get("parameter_space") is not None and not data["parameter_space"].get("options"):
+            data["parameter_space"].pop("options", None)  # and without "options: {}"
         return dump_yaml(relative_paths(data, relative_to) if relative_to is not None else data)
 
     @classmethod
@@ -180,6 +185,7 @@ def _ps_problems(ps: PSRecipe, base: ModelRef | None) -> Iterator[tuple[Loc, str
         yield (*at, "method"), f"{ps.method!r} merges task vectors: add a top-level 'base_model'"
     if (problem := model_count_problem(m, len(ps.models))) is not None:
         yield (*at, "models"), problem
+    yield from _option_problems(m, ps.options)
     G = ps.layer_groups
     for i, model in enumerate(ps.models):
         here = (*at, "models", i)
@@ -191,7 +197,7 @@ def _ps_problems(ps: PSRecipe, base: ModelRef | None) -> Iterator[tuple[Loc, str
         ]
         for loc, key, v in values:
             yield from _value_problems(m, G, loc, key, v, top=loc == here)
-    if m.shares and len(ps.models) == 2:
+    if m.shares and len(ps.models) == 2 and all(x.weight is not None for x in ps.models):
         for g in range(G):
             w = [as_list(x.weight)[min(g, len(as_list(x.weight)) - 1)] for x in ps.models]
             if sum(w) <= 0:
@@ -204,6 +210,11 @@ def _value_problems(m: MergeMethod, groups: int, loc: Loc, key: str, v: Any, top
     if v is None:
         if key == "density" and m.density and top:
             yield (*loc, key), f"method {m.name!r} needs a density in [0, 1] for every model"
+        if key == "weight" and m.weights and top:
+            yield (*loc, key), f"method {m.name!r} needs a weight for every model"
+        return
+    if key == "weight" and not m.weights:
+        yield (*loc, key), f"method {m.name!r} takes no weights (it derives its own coefficients)"
         return
     if key == "density" and not m.density:
         yield (*loc, key), f"method {m.name!r} takes no density (only {', '.join(_density_methods())})"
@@ -214,6 +225,18 @@ def _value_problems(m: MergeMethod, groups: int, loc: Loc, key: str, v: Any, top
     bad = [x for x in as_list(v) if not lo <= x <= hi]
     if bad:
         yield (*loc, key), f"{bad[0]} is outside [{lo:g}, {hi:g}] for {m.name}"
+
+
+def _option_problems(m: MergeMethod, options: dict[str, float]) -> Iterator[tuple[Loc, str]]:
+    """Problems of ``parameter_space.options``: names the method lacks, values outside their domain."""
+    known = {o.name: o for o in m.options}
+    for name, value in options.items():
+        o = known.get(name)
+        if o is None:
+            has = ", ".join(known) or "none"
+            yield ("parameter_space", "options", name), f"method {m.name!r} has no option {name!r} (it has: {has})"
+        elif not o.domain[0] <= value <= o.domain[1]:
+            yield ("parameter_space", "options", name), f"{value:g} is outside [{o.domain[0]:g}, {o.domain[1]:g}]"
 
 
 def _density_methods() -> list[str]:

@@ -46,6 +46,9 @@ class Task(Protocol):
     max_new_tokens: ClassVar[int | None]
     #: metrics shown in tables and on the card, in order
     shown: ClassVar[tuple[str, ...]]
+    #: optional: every metric ``run`` reports, so the schema can check a multi-objective optimiser's
+    #: ``objectives`` (a task without it is checked at its first outcome)
+    # metrics: ClassVar[tuple[str, ...]]
     #: the range of one example's score in ``Scored.items`` (None: unbounded), and whether every
     #: one is 0 or 1: what the cheaper fitness estimators need (``Estimator.needs``)
     item_range: ClassVar[tuple[float, float] | None]

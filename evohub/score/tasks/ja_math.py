@@ -71,6 +71,7 @@ class JaMath:
     backends = ("vllm", "hf")
     max_new_tokens = MAX_NEW_TOKENS
     shown = ("acc_ja", "acc", "acc_ja_strict", "acc_strict")
+    metrics = ("acc", "acc_ja", "acc_strict", "acc_ja_strict", "ja_rate", "n")
     item_range, item_binary = (0.0, 1.0), True
     #: how the fitness metric is published (.eval_results, model-index): its scale and description
     result = Published("accuracy", "text-generation", 100.0,

@@ -22,6 +22,7 @@ class LMLoss:
     backends = ("hf",)
     max_new_tokens = None
     shown = ("neg_nll", "ppl")
+    metrics = ("neg_nll", "ppl", "tokens")
     item_range, item_binary = None, False  # an example's score: −(its mean NLL per token)
 
     def check(self, rows: list[dict]) -> None:
