@@ -1,4 +1,4 @@
-"""The newer merge operators (della, breadcrumbs, model_stock) against straightforward formulas."""
+"""The newer merge operators (della, breadcrumbs, model_stock, tsv) against straightforward formulas."""
 
 from __future__ import annotations
 
@@ -258,3 +258,112 @@ def test_export_to_mergekit(world):
     assert "merge_method: breadcrumbs_ties" in text and "gamma: 0.01" in text
     text = to_mergekit(recipe(world, "model_stock"))
     assert "merge_method: model_stock" in text and "weight" not in text and "filter_wise: false" in text
+
+
+# ----------------------------------------------------------------------------------------------
+# TSV-Merge
+
+
+def ref_polar(a: np.ndarray) -> np.ndarray:
+    """A·(AᵀA)^(−1/2): the orthogonal Procrustes factor, computed without an SVD of A."""
+    lam, q = np.linalg.eigh(a.T @ a)
+    return a @ (q / np.sqrt(lam)) @ q.T
+
+
+def ref_tsv(base: torch.Tensor, xs: list[torch.Tensor], weights: list[float], fraction: float = 0.0) -> torch.Tensor:
+    """TSV-M in float64 numpy: matrices by truncated SVD + Procrustes, other tensors the mean."""
+    b = base.double().numpy()
+    ds = [x.double().numpy() - b for x in xs]
+    t = len(ds)
+    if b.ndim != 2:
+        return torch.from_numpy(b + sum(w * d for w, d in zip(weights, ds, strict=True)) / t).float()
+    k = max(1, int((fraction or 1 / t) * min(b.shape)))
+    svds = [np.linalg.svd(d, full_matrices=False) for d in ds]
+    u = np.concatenate([s[0][:, :k] for s in svds], axis=1)
+    sigma = np.concatenate([w * s[1][:k] for w, s in zip(weights, svds, strict=True)])
+    v = np.concatenate([s[2][:k].T for s in svds], axis=1)
+    return torch.from_numpy(b + ref_polar(u) @ np.diag(sigma) @ ref_polar(v).T).float()
+
+
+def tasks(shape, t: int, seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g)
+    return base, [base + 0.1 * torch.randn(shape, generator=g) for _ in range(t)]
+
+
+@pytest.mark.parametrize("t", [2, 3])
+@pytest.mark.parametrize("shape", [(12, 20), (21, 9)])
+@pytest.mark.parametrize("fraction", [0.0, 0.2])
+def test_tsv_is_the_formula(t, shape, fraction):
+    base, xs = tasks(shape, t, seed=10 * t + shape[0])
+    weights = [0.7, -0.4, 1.2][:t]
+    got = run("tsv", base, xs, weights, [1.0] * t, rank=fraction)
+    torch.testing.assert_close(got, ref_tsv(base, xs, weights, fraction), rtol=1e-4, atol=1e-5)
+    # normalize divides by the mean weight: only the weights' ratios matter
+    again = run("tsv", base, xs, [3 * w for w in weights], [1.0] * t, normalize=True, rank=fraction)
+    want = base + (ref_tsv(base, xs, weights, fraction) - base) / (sum(weights) / t)
+    torch.testing.assert_close(again, want, rtol=1e-4, atol=1e-5)
+    # a weight scales its task's singular values: the same as scaling its task matrix first
+    scaled = [base + w * (x - base) for w, x in zip(weights, xs, strict=True)]
+    torch.testing.assert_close(run("tsv", base, scaled, [1.0] * t, [1.0] * t, rank=fraction), got, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(17,), (2, 3, 4)])
+def test_tsv_takes_the_mean_of_tensors_that_are_not_matrices(shape):
+    base, xs = tasks(shape, 3, seed=5)
+    got = run("tsv", base, xs, [1.0, 0.5, -2.0], [1.0] * 3)
+    want = base + sum(w * (x - base) for w, x in zip([1.0, 0.5, -2.0], xs, strict=True)) / 3
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got, ref_tsv(base, xs, [1.0, 0.5, -2.0]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("t", "shape", "fraction"), [(2, (16, 30), 0.2), (3, (20, 30), 0.0), (3, (24, 24), 0.1)])
+def test_tsv_rank_and_orthogonal_bases(t, shape, fraction):
+    base, xs = tasks(shape, t, seed=t)
+    k = operators.tsv_rank(shape, t, fraction)
+    assert k == max(1, int((fraction or 1 / t) * min(shape)))
+    assert t * k < min(shape)  # so that the rank bound says something
+    delta = run("tsv", base, xs, [1.0] * t, [1.0] * t, rank=fraction) - base
+    sv = torch.linalg.svdvals(delta.double())  # (θ_b + Δ) − θ_b in float32: rounding noise ~1e-7
+    assert sv[t * k :].max() < 1e-5 * sv[0] and sv[t * k - 1] > 1e-2 * sv[0]
+    # the decorrelated bases are orthonormal where the concatenated ones were not
+    ds = [(x - base).float() for x in xs]
+    us = torch.cat([torch.linalg.svd(d, full_matrices=False)[0][:, :k] for d in ds], 1)
+    vs = torch.cat([torch.linalg.svd(d, full_matrices=False)[2][:k].mT for d in ds], 1)
+    eye = torch.eye(t * k)
+    assert (us.mT @ us - eye).abs().max() > 1e-2
+    for concat in (us, vs):
+        basis = operators.polar(concat)
+        torch.testing.assert_close(basis.mT @ basis, eye, rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            basis, torch.from_numpy(ref_polar(concat.double().numpy())).float(), rtol=0, atol=1e-5
+        )
+        # the nearest orthonormal basis (Procrustes): closer than another one of the same span (QR's)
+        q = torch.linalg.qr(concat)[0]
+        assert torch.linalg.matrix_norm(basis - concat) < torch.linalg.matrix_norm(q - concat)
+
+
+def test_tsv_of_tasks_in_orthogonal_subspaces_is_task_arithmetic():
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(12, 10, generator=g)
+    d1, d2 = torch.zeros(12, 10), torch.zeros(12, 10)
+    d1[:6, :5] = torch.randn(6, 5, generator=g)
+    d2[6:, 5:] = torch.randn(6, 5, generator=g)
+    got = run("tsv", base, [base + d1, base + d2], [0.6, 1.5], [1.0, 1.0])  # k = 5 = each task's rank
+    torch.testing.assert_close(got, base + 0.6 * d1 + 1.5 * d2, rtol=1e-5, atol=1e-5)
+    # is deterministic: the same input gives the same bits
+    assert torch.equal(got, run("tsv", base, [base + d1, base + d2], [0.6, 1.5], [1.0, 1.0]))
+
+
+def test_tsv_from_a_recipe_and_no_mergekit_export(world, tmp_path):
+    r = recipe(world, "tsv", weight=1.0)
+    assert Recipe.from_yaml(r.to_yaml()) == r
+    got = merge(r, tmp_path / "tsv")
+    base, xs = load(world / "base"), [load(world / f"ft{k}") for k in (1, 2, 3)]
+    assert any(t.dim() == 2 for t in got.values()) and any(t.dim() == 1 for t in got.values())
+    for name, t in got.items():
+        torch.testing.assert_close(
+            t, ref_tsv(base[name], [x[name] for x in xs], [1.0] * 3), rtol=1e-4, atol=1e-5, msg=name
+        )
+    with pytest.raises(EvohubError, match="mergekit has no equivalent of merge method 'tsv'"):
+        to_mergekit(r)

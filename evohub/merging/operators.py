@@ -1,4 +1,4 @@
-"""Kernels of the newer merge operators: DELLA, Model Breadcrumbs and Model Stock.
+"""Kernels of the newer merge operators: DELLA, Model Breadcrumbs, Model Stock and TSV-Merge.
 
 Their registry entries are in :mod:`evohub.merging.methods.operators`; the definitions, papers and
 the keying of DELLA's masks are in docs/design.md#merge-methods. Each kernel has the signature of
@@ -14,6 +14,10 @@ tensor of scratch memory; these methods have no fused kernels.
   then the smallest are dropped so that ⌊density·n⌋ remain (ties: lower flat index counts larger).
 - ``model_stock``: θ_b + t·mean_k δ_k with t = K·cosθ / (1 + (K − 1)·cosθ), cosθ the mean pairwise
   cosine of the deltas over the whole tensor.
+- ``tsv`` (TSV-Merge): per 2-D tensor, each task matrix's top-k singular triplets (k = ⌊min(m, n)/T⌋
+  by default), σ scaled by the model's weight, concatenated; the concatenated U and V are each
+  replaced by their orthogonal Procrustes factor P·Qᵀ and the delta is U⊥·diag(σ)·V⊥ᵀ. Other
+  tensors take the mean of the weighted deltas. SVDs in float32 (``torch.linalg.svd``).
 
 Sparsified deltas are then weighted, optionally sign-elected and normalised exactly as the
 ``deltas`` kernel does (:func:`combine`).
@@ -158,3 +162,48 @@ def model_stock(method: MergeMethod, base, sources, weights, densities, keys, no
     t = stock_ratio(ds)
     mean = torch.stack(ds).mean(0)
     return out.copy_((base.reshape(-1).float() + t * mean).view(out.shape))
+
+
+def polar(a: torch.Tensor) -> torch.Tensor:
+    """The orthogonal Procrustes factor P·Qᵀ of ``a`` = P·Σ·Qᵀ (thin SVD): the (semi-)orthogonal
+    matrix nearest to ``a`` in Frobenius norm, TSV-M's decorrelation of concatenated bases."""
+    p, _, qh = torch.linalg.svd(a, full_matrices=False)
+    return p @ qh
+
+
+def tsv_rank(shape: Sequence[int], tasks: int, fraction: float) -> int:
+    """Singular components kept per task: max(1, ⌊f·min(m, n)⌋), f = ``fraction`` or, when it is
+    0, 1/T (the paper's choice: the T truncated bases then fill the matrix's rank)."""
+    f = fraction if fraction > 0 else 1.0 / tasks
+    return max(1, int(f * min(shape[0], shape[1])))
+
+
+def tsv_delta(deltas: Sequence[torch.Tensor], weights: Sequence[float], k: int) -> torch.Tensor:
+    """TSV-M's merged task matrix from the 2-D float32 task matrices ``deltas``: each task's top-k
+    singular triplets (σ scaled by its weight) are concatenated, U and V each replaced by their
+    Procrustes factor, and U⊥·diag(w·σ)·V⊥ᵀ returned (rank ≤ T·k)."""
+    us, ss, vs = [], [], []
+    for d, w in zip(deltas, weights, strict=True):
+        u, s, vh = torch.linalg.svd(d, full_matrices=False)
+        us.append(u[:, :k])
+        ss.append(s[:k] * w)
+        vs.append(vh[:k].mT)
+    u_perp, v_perp = polar(torch.cat(us, 1)), polar(torch.cat(vs, 1))
+    return (u_perp * torch.cat(ss)) @ v_perp.mT
+
+
+def tsv(method: MergeMethod, base, sources, weights, densities, keys, normalize, out, ws, tables=None):
+    """TSV-Merge (Task Singular Vectors, arXiv 2412.00081) in float32: a 2-D tensor gets
+    θ_b + :func:`tsv_delta` (per-task rank from option ``rank``, :func:`tsv_rank`); any other tensor
+    (norms, biases) θ_b + (1/T)·Σ w_k δ_k, the paper's task-arithmetic mean. ``normalize`` divides
+    the merged delta by the mean weight (all-equal weights then give the paper's TSV-M)."""
+    ds = [_delta(x, base) for x in sources]
+    if base.dim() == 2:
+        k = tsv_rank(base.shape, len(ds), method.option("rank"))
+        merged = tsv_delta([d.view(base.shape) for d in ds], weights, k).reshape(-1)
+    else:
+        merged = sum(d * w for d, w in zip(ds, weights, strict=True)) / len(ds)
+    mean_w = float(sum(weights)) / len(weights)
+    if normalize and abs(mean_w) >= EPS:
+        merged = merged / mean_w
+    return out.copy_((base.reshape(-1).float() + merged).view(out.shape))

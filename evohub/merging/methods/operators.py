@@ -1,4 +1,4 @@
-"""Newer merge operators: DELLA, Model Breadcrumbs, Model Stock (docs/design.md#merge-methods).
+"""Newer merge operators: DELLA, Model Breadcrumbs, Model Stock, TSV-Merge (docs/design.md#merge-methods).
 
 Their kernels are :mod:`evohub.merging.operators`, named as ``"module:function"`` and imported when
 a tensor is merged (this package stays light: the schema and ``--help`` read it).
@@ -11,12 +11,16 @@ a tensor is merged (this package stays light: the schema and ``--help`` read it)
   largest ``gamma`` fraction by |δ| is dropped, then the smallest, so that ``density`` remains.
 - ``model_stock`` (Model Stock, arXiv 2403.19522): θ_b + t·mean δ_k with t = K·cosθ / (1 + (K−1)·cosθ)
   from the mean pairwise cosine of the task vectors; no per-model values.
+- ``tsv`` (TSV-Merge, Task Singular Vectors, arXiv 2412.00081): per weight matrix, each task's
+  top singular components (``rank`` of min(m, n) each, 1/T by default) are concatenated and their
+  U and V bases decorrelated by orthogonal Procrustes; other tensors take the task-vector mean.
 """
 
 from evohub.merging.methods.base import METHODS, MergeMethod, Option
 
 EPSILON = Option("epsilon", 0.15, (0.0, 0.5), "DELLA: keep probabilities span density ± epsilon")
 GAMMA = Option("gamma", 0.01, (0.0, 1.0), "Breadcrumbs: the fraction of largest-|δ| entries dropped")
+RANK = Option("rank", 0.0, (0.0, 1.0), "TSV: fraction of min(m, n) singular components kept per task (0: 1/T)")
 
 
 for method in (
@@ -68,6 +72,14 @@ for method in (
         models=(2, None),
         mergekit="model_stock",
         url="https://arxiv.org/abs/2403.19522",
+    ),
+    MergeMethod(
+        name="tsv",
+        doc="TSV-Merge: per matrix, each task's top singular vectors (σ·weight), bases decorrelated (Procrustes)",
+        kernel="evohub.merging.operators:tsv",
+        models=(2, None),
+        options=(RANK,),
+        url="https://arxiv.org/abs/2412.00081",
     ),
 ):
     METHODS.register(method)
