@@ -45,11 +45,13 @@ STRATEGIES = {
 FITNESS, VALIDATION, TEST = 1069, 64, 300
 
 
-def write_world(root: Path) -> None:
+def write_world(root: Path, fitness: int = FITNESS) -> None:
+    """The fitness, validation and test sets (``fitness``: the first so many of the 1069 fitness
+    problems; validation and test the same for any) and links to the world's three models."""
     from evohub.local.world import target_rows
 
     rows = target_rows(FITNESS + VALIDATION + TEST, seed=1069)
-    parts = {"fitness": rows[:FITNESS], "validation": rows[FITNESS : FITNESS + VALIDATION],
+    parts = {"fitness": rows[:fitness], "validation": rows[FITNESS : FITNESS + VALIDATION],
              "test": rows[FITNESS + VALIDATION :]}  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
     for name, part in parts.items():
@@ -59,10 +61,12 @@ def write_world(root: Path) -> None:
             (root / m).symlink_to(WORLD / m)
 
 
-def job(root: Path, strategy: str, seed: int, evals: int) -> Path:
+def base_spec(root: Path, name: str, seed: int, evals: int) -> dict:
+    """The demo's parameter-space stage on the world in ``root`` (write_world): fitness, validation
+    and test sets, ``evals`` evaluations, no data-flow stage, no publication."""
     spec = yaml.safe_load((ROOT / "jobs" / "demo.yaml").read_text())
     spec.pop("data_flow_space")
-    spec["name"] = f"fitness-cost-{strategy}-{seed}"
+    spec["name"] = name
     spec["seed"] = seed
     for k in ("base_model",):
         spec[k] = {"path": str(root / "base")}
@@ -74,10 +78,15 @@ def job(root: Path, strategy: str, seed: int, evals: int) -> Path:
     fit = spec["fitness"]
     fit["data"] = {"path": str(root / "fitness.jsonl")}
     fit["validation"] = {"path": str(root / "validation.jsonl")}
-    fit.update(STRATEGIES[strategy])
     spec["evaluation"]["data"] = {"ja-math": str(root / "test.jsonl")}
     spec["evaluation"]["compare_sources"] = False
     spec.pop("publish", None)
+    return spec
+
+
+def job(root: Path, strategy: str, seed: int, evals: int) -> Path:
+    spec = base_spec(root, f"fitness-cost-{strategy}-{seed}", seed, evals)
+    spec["fitness"].update(STRATEGIES[strategy])
     out = root / "jobs" / f"{strategy}-{seed}.yaml"
     out.parent.mkdir(exist_ok=True)
     out.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
