@@ -312,3 +312,22 @@ def test_not_an_evohub_document(tmp_path: Path):
     assert "expected a mapping" in msg
     (msg,) = problems(write(tmp_path, ""))
     assert "expected a mapping" in msg
+
+
+def test_job_method_options_reach_every_candidate_recipe(world: Path, run_cli):
+    """parameter_space.options (DELLA's epsilon) is checked against the method's options and
+    copied into each decoded candidate; an unknown option is a one-line error naming its field."""
+    from evohub.evolve.genome import PSGenome
+    from evohub.spec import JobSpec
+
+    text = JOB.replace("method: dare_ties", "method: della\n  options: {epsilon: 0.3}", 1)
+    job = load(write(world, text))
+    assert isinstance(job, JobSpec) and job.parameter_space is not None
+    genome = PSGenome.for_job(job)
+    recipe = genome.decode(genome.x0())
+    assert recipe.parameter_space.options == {"epsilon": 0.3}
+    assert recipe.parameter_space.kind.option("epsilon") == 0.3
+    bad = write(world, JOB.replace("method: dare_ties", "method: della\n  options: {epsilonx: 0.3}", 1), "bad.yaml")
+    code, _out, err = run_cli("validate", bad)
+    assert code == 2 and "parameter_space.options.epsilonx" in err and "has no option 'epsilonx'" in err
+    assert "  options:" not in load(write(world, JOB, "plain.yaml")).to_yaml()  # existing specs read as before

@@ -176,6 +176,7 @@ class PSGenome:
                     "normalize": ps.normalize,
                     "layer_groups": G,
                     "vocab": ps.vocab,
+                    "options": dict(ps.options or {}),
                     "models": models,
                 },
             }

@@ -22,7 +22,7 @@ from evohub.score.backends import BACKENDS
 from evohub.score.suites import find_suite
 from evohub.score.tasks import TASKS
 from evohub.spec.problems import Invalid, validate_doc
-from evohub.spec.recipe import Dtype, MethodName, Vocab, model_count_problem
+from evohub.spec.recipe import Dtype, MethodName, Vocab, model_count_problem, option_problems
 from evohub.spec.refs import (
     DataRef,
     Frozen,
@@ -96,6 +96,9 @@ class PSSearch(Frozen):
     weight: Range = Range(bounds=(0.0, 1.0))
     density: Range | None = None
     vocab: Vocab = None
+    #: the method's fixed scalars (``MergeMethod.options``: DELLA's epsilon, Breadcrumbs' gamma,
+    #: TSV's rank), copied into every candidate recipe; None: the method's defaults
+    options: dict[str, float] | None = None
     optimizer: Optimizer
 
     @property
@@ -324,6 +327,7 @@ def _ps_search_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:
         yield ("parameter_space", "method"), f"{ps.method!r} merges task vectors: add a top-level 'base_model'"
     if (problem := model_count_problem(m, len(j.sources), "sources")) is not None:
         yield ("sources",), problem
+    yield from option_problems(m, ps.options or {})
     if not m.params:
         yield (
             ("parameter_space", "method"),

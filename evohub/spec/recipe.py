@@ -185,7 +185,7 @@ def _ps_problems(ps: PSRecipe, base: ModelRef | None) -> Iterator[tuple[Loc, str
         yield (*at, "method"), f"{ps.method!r} merges task vectors: add a top-level 'base_model'"
     if (problem := model_count_problem(m, len(ps.models))) is not None:
         yield (*at, "models"), problem
-    yield from _option_problems(m, ps.options)
+    yield from option_problems(m, ps.options)
     G = ps.layer_groups
     for i, model in enumerate(ps.models):
         here = (*at, "models", i)
@@ -227,7 +227,7 @@ def _value_problems(m: MergeMethod, groups: int, loc: Loc, key: str, v: Any, top
         yield (*loc, key), f"{bad[0]} is outside [{lo:g}, {hi:g}] for {m.name}"
 
 
-def _option_problems(m: MergeMethod, options: dict[str, float]) -> Iterator[tuple[Loc, str]]:
+def option_problems(m: MergeMethod, options: dict[str, float]) -> Iterator[tuple[Loc, str]]:
     """Problems of ``parameter_space.options``: names the method lacks, values outside their domain."""
     known = {o.name: o for o in m.options}
     for name, value in options.items():
