@@ -196,7 +196,7 @@ def main() -> int:
             new.append((time.perf_counter() - start, out["merge_s"]))
             start = time.perf_counter()
             parts = be.llm.collective_rpc(_old_path, args=(recipe.model_dump(mode="json", exclude_none=True),))[0]
-            be.llm.reset_prefix_cache()
+            be.reset_prefix_cache()
             old.append((time.perf_counter() - start, parts))
         total = statistics.median(x for x, _ in new)
         merge_s = statistics.median(x for _, x in new)

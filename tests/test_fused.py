@@ -110,7 +110,7 @@ def test_fused_linear_equals_reference(monkeypatch, normalize):
 def test_small_and_strided_tensors_use_the_reference(monkeypatch):
     m = METHODS.get("dare_ties")
     small = torch.randn(100)
-    assert not fused.merge_deltas(m, small, [small], [1.0], [0.5], [(1, 2)], False, torch.empty(100), None)
+    assert not fused.merge_deltas(m, small, [small], [2.0], [1.0], [0.5], [(1, 2)], False, torch.empty(100), None)
     wide = torch.empty(2, N)[:, : N // 2]  # not contiguous: never written through a copy
     assert not fused._run(lambda *a: None, wide)
 

@@ -38,10 +38,10 @@ log = logging.getLogger(__name__)
 
 #: Tensors smaller than this (entries) use the reference kernels: compiling cannot pay there.
 MIN_NUMEL = 1 << 18
-#: kernels._C1 and _C2 as int32 (both are below 2³¹)
-_S1, _S2 = 0x7FEB352D, 0x31848BAB
 #: int32 lanes index a tensor; larger ones (4 GB of bf16) use the reference kernels
 MAX_NUMEL = 2**31 - 1
+#: kernels._C1 and _C2 as int32 (both are below 2³¹); this module sits below kernels (it cannot import it)
+_S1, _S2 = 0x7FEB352D, 0x31848BAB
 _INF_BITS = 0x7F800000  # the pattern of +inf: patterns above it are NaNs
 _OPTIONS = {"emulate_precision_casts": True}  # eager's rounding: no FMA contraction in Triton
 #: A one-shot merge (``evohub merge``) fuses when it moves at least this many source entries:
@@ -185,6 +185,7 @@ def merge_deltas(
     method: MergeMethod,
     base: torch.Tensor,
     sources: Sequence[torch.Tensor],
+    scales: Sequence[float],
     weights: Sequence[float],
     densities: Sequence[float],
     keys: Sequence[tuple[int, int]],
@@ -192,10 +193,10 @@ def merge_deltas(
     out: torch.Tensor,
     trims: Sequence | None,
 ) -> bool:
-    """:func:`evohub.merging.kernels.merge_deltas` in one fused pass; False when not done here."""
+    """:func:`evohub.merging.kernels.merge_deltas` in one fused pass, with the caller's
+    ``scales`` (each weight, DARE's 1/density folded in) and TIES ``trims``; False when not done here."""
     dev = base.device
     dare = method.sparsify == "random"
-    scales = [w / d if dare and 0 < d < 1 else w for w, d in zip(weights, densities, strict=True)]
     cut = [-1.0] * len(sources)  # TIES's threshold |δ|: −1 keeps everything
     alive = [1.0] * len(sources)
     if method.sparsify == "magnitude":
@@ -243,7 +244,7 @@ def _s32(word: int) -> int:
 def _divisor(weights: Sequence[float]) -> float:
     """What a normalised plain sum is divided by: Σw, or 1 (x / 1 = x) where it is 0."""
     sw = float(sum(weights))
-    return sw if abs(sw) >= 1e-8 else 1.0
+    return sw if abs(sw) >= 1e-8 else 1.0  # kernels.EPS
 
 
 def _run(fn: Callable, out: torch.Tensor, *args) -> bool:

@@ -280,7 +280,7 @@ def merge_deltas(
         if method.sparsify == "magnitude"
         else None
     )
-    if ws.fuse and fused.merge_deltas(method, base, sources, weights, densities, keys, normalize, out, trims):
+    if ws.fuse and fused.merge_deltas(method, base, sources, scales, weights, densities, keys, normalize, out, trims):
         return out
     bf, of = _flat(base), _flat(out)
     xs = [_flat(x) for x in sources]

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from evohub.errors import ScoreError
 from evohub.score.backends import Prompt, Sampling, VisionPrompt, continuation, cut_at_stop, new_usage, render
 
 if TYPE_CHECKING:
@@ -138,7 +139,14 @@ class VLLMBackend:
         """Ready tensors by checkpoint name into the engine (each copied into a layer vLLM
         rebuilds, then re-processed): the backend protocol's swap; candidates use :meth:`merge`."""
         self.llm.collective_rpc(_load, args=(list(named),))
-        self.llm.reset_prefix_cache()
+        self.reset_prefix_cache()
+
+    def reset_prefix_cache(self) -> None:
+        """After every swap of weights or path: the prefix cache is keyed by tokens only, so KV
+        computed with the old weights must not be served. vLLM declines (False) while requests
+        run; none do between generations, so a refusal is an error, not a retry."""
+        if not self.llm.reset_prefix_cache():
+            raise ScoreError("vLLM did not reset its prefix cache after a swap; the next scores would be stale")
 
     def resident(self, model_dirs: Sequence[str | Path], template: Recipe, resident_device: str | None = None) -> dict:
         """Load a parameter-space search's inputs (``model_dirs``, in ``template.inputs()`` order)
@@ -153,7 +161,7 @@ class VLLMBackend:
         """Merge one candidate into the engine's weights (:meth:`resident` first) and reset the
         prefix cache. Returns the worker's seconds: the merge's arithmetic and its total."""
         out = self.llm.collective_rpc("evohub_merge", args=(recipe.model_dump(mode="json", exclude_none=True),))[0]
-        self.llm.reset_prefix_cache()
+        self.reset_prefix_cache()
         return out
 
     def close(self) -> None:

@@ -138,7 +138,7 @@ class VLLMPathBackend:
                                       load_format="dummy", enforce_eager=True, **engine_args)  # fmt: skip
             self.llm = self.engine.llm
             self.llm.collective_rpc(_load_pair, args=(str(a_dir), str(b_dir)))
-            self._reset_prefix_cache()
+            self.engine.reset_prefix_cache()
         except BaseException:
             self._remove_dir()
             raise
@@ -153,14 +153,8 @@ class VLLMPathBackend:
             raise ScoreError(f"a path of {len(path)} hops: this engine was started for at most {self.hops}")
         hops = [(str(w), int(i)) for w, i in path]
         self.llm.collective_rpc(_set_path, args=(hops, [float(s) for s in scales]))
-        self._reset_prefix_cache()
+        self.engine.reset_prefix_cache()
         self.path = hops
-
-    def _reset_prefix_cache(self) -> None:
-        # the prefix cache is keyed by tokens only: KV computed with other weights or another path
-        # must not be served. vLLM declines (False) while requests run; none do between generations
-        if not self.llm.reset_prefix_cache():
-            raise ScoreError("vLLM did not reset its prefix cache after a path switch; the next scores would be stale")
 
     def render(self, prompt: Prompt) -> str:
         return self.engine.render(prompt)
