@@ -33,8 +33,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fitness_cost import ROOT, _acc_ja, base_spec, write_world
 
+from evohub.evolve.optimizers import OPTIMIZERS
 from evohub.merging.methods import METHODS
 
+#: map-elites' grid: the answers' mean length in characters (ja-math's ``mean_chars``; the demo's
+#: answers are at most 8 characters). ja_rate and acc_strict, the other candidates, are
+#: saturated or equal to the fitness here: a first run over them kept one cell (coverage 1/24).
+DESCRIPTORS = [{"metric": "mean_chars", "bounds": [0.0, 8.0], "bins": 16}]
 #: name -> (optimizer fields, merge method). `cma-es/dare_ties` is the paper's jobs' default
 #: (jobs/evollm-jp*.yaml), `cma-es/task_arithmetic` the demo job's own.
 ARMS = {
@@ -44,6 +49,10 @@ ARMS = {
     "cma-es/della": ({"algorithm": "cma-es"}, "della"),
     "cma-es/breadcrumbs": ({"algorithm": "cma-es"}, "breadcrumbs"),
     "cma-es/breadcrumbs_ties": ({"algorithm": "cma-es"}, "breadcrumbs_ties"),
+    # M2N2 mixes genotypes: exactly the parents' merges for task_arithmetic (linear in its genes)
+    "m2n2/task_arithmetic": ({"algorithm": "m2n2"}, "task_arithmetic"),
+    "m2n2/dare_ties": ({"algorithm": "m2n2"}, "dare_ties"),
+    "map-elites/dare_ties": ({"algorithm": "map-elites", "descriptors": DESCRIPTORS}, "dare_ties"),
 }
 BASELINE = "cma-es/dare_ties"
 
@@ -57,8 +66,8 @@ def job(root: Path, arm: str, seed: int, evals: int) -> Path:
     if METHODS.get(method).density:
         ps["density"] = {"bounds": [0, 1]}
     opt = {"popsize": ps["optimizer"]["popsize"], "max_evals": evals} | optimizer
-    if optimizer["algorithm"] == "cma-es":
-        opt |= {"x0": ps["optimizer"]["x0"], "sigma0": ps["optimizer"]["sigma0"]}
+    reads = OPTIMIZERS.get(optimizer["algorithm"]).fields
+    opt |= {f: ps["optimizer"][f] for f in ("x0", "sigma0") if f in reads}
     ps["optimizer"] = opt
     out = root / "jobs" / f"{slug}-{seed}.yaml"
     out.parent.mkdir(exist_ok=True)

@@ -21,6 +21,7 @@ import difflib
 import importlib
 import pkgutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from evohub.errors import UnknownName
@@ -106,6 +107,51 @@ class Registry(Generic[T]):
     def choices(self) -> str:
         """``a | b | c``: the names, for ``--help`` and error messages."""
         return " | ".join(self.names())
+
+
+@dataclass(frozen=True)
+class Option:
+    """A numeric setting of a registered algorithm, given in the job spec (an estimator's
+    ``fitness.estimator_options``, an optimiser's ``optimizer.options``)."""
+
+    name: str
+    default: float
+    doc: str
+    integer: bool = True
+    low: float = 0.0  # exclusive for floats, inclusive for integers (>= 1 means "at least one")
+    high: float | None = None  # inclusive
+    low_inclusive: bool | None = None  # None: as said above; True: a float may equal ``low``
+
+    def check(self, value) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{self.name} must be a number"
+        if self.integer and not float(value).is_integer():
+            return f"{self.name} must be a whole number"
+        closed = self.integer if self.low_inclusive is None else self.low_inclusive
+        if (value < self.low) if closed else (value <= self.low):
+            return f"{self.name} must be {'at least' if closed else 'above'} {self.low:g}"
+        if self.high is not None and value > self.high:
+            return f"{self.name} must be at most {self.high:g}"
+        return None
+
+
+def option_settings(options: tuple[Option, ...], given: dict | None) -> dict:
+    """``options`` with their defaults filled in from ``given`` (already checked)."""
+    out = {o.name: o.default for o in options} | dict(given or {})
+    return {o.name: int(out[o.name]) if o.integer else float(out[o.name]) for o in options}
+
+
+def option_problems(owner: str, options: tuple[Option, ...], given: dict | None) -> list[str]:
+    """One message per bad entry of ``given`` (an unknown name gets the known ones)."""
+    known = {o.name: o for o in options}
+    out = []
+    for k, v in (given or {}).items():
+        if k not in known:
+            names = ", ".join(sorted(known)) or "none"
+            out.append(f"{owner} has no option {k!r} (its options: {names})")
+        elif msg := known[k].check(v):
+            out.append(msg)
+    return out
 
 
 def markdown_table(entries: list, columns: dict[str, str]) -> str:

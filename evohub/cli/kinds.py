@@ -23,7 +23,11 @@ KIND_TABLES: dict[str, tuple[str, Registry, dict[str, str]]] = {
         ESTIMATORS,
         {"item scores": "needs", "options (`fitness.estimator_options`)": "defaults"},
     ),
-    "optimisers": ("optimisers (`optimizer.algorithm`)", OPTIMIZERS, {"settings": "fields"}),
+    "optimisers": (
+        "optimisers (`optimizer.algorithm`)",
+        OPTIMIZERS,
+        {"reads": "fields", "options (`optimizer.options`)": "defaults", "stages": "stages"},
+    ),
     "suites": ("evaluation suites (`evaluation.suites`)", SUITES, {"task": "task", "dataset": "dataset_name"}),
     "kinds": ("model kinds (`publish.card`)", KINDS, {"pipeline": "pipeline_tag"}),
 }

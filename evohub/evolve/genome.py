@@ -137,6 +137,42 @@ class PSGenome:
             out.append((k, Recipe.model_validate(data)))
         return out
 
+    @property
+    def slot_count(self) -> int:
+        """Slots in depth order: the layer groups, then the patterns."""
+        return self.search.layer_groups + len(self.search.patterns)
+
+    def slots(self) -> list[int]:
+        """Each gene's slot (0 … :attr:`slot_count` − 1): the layer group, or G + the pattern's index."""
+        S = self.slot_count
+        if self.search.kind.shares:
+            return list(range(S))
+        per = self.genes_per_slot
+        return [(n // per) % S for n in range(self.dims)]
+
+    def source_genotypes(self) -> list[list[float]]:
+        """For each source, the genotype nearest to it alone (weight 1, the others 0, density 1;
+        slerp: t = 0 or 1), each gene clipped to the cube where the bounds leave the value out."""
+        ps, K, S = self.search, len(self.sources), self.slot_count
+
+        def gene(v: float, bounds: tuple[float, float]) -> float:
+            lo, hi = bounds
+            return 0.5 if hi == lo else min(max((v - lo) / (hi - lo), 0.0), 1.0)
+
+        if ps.kind.shares:
+            return [[gene(float(k), ps.weight.bounds)] * S for k in range(min(K, 2))]
+        out = []
+        for k in range(K):
+            x: list[float] = []
+            for j in range(K):
+                slot = [gene(1.0 if j == k else 0.0, ps.weight.bounds)]
+                if ps.kind.density:
+                    assert ps.density is not None
+                    slot.append(gene(1.0, ps.density.bounds))
+                x += slot * S
+            out.append(x)
+        return out
+
     def decode(self, x: Sequence[float]) -> Recipe:
         ps, G, K = self.search, self.search.layer_groups, len(self.sources)
         P = len(ps.patterns)

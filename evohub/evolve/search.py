@@ -360,7 +360,11 @@ def run_stage(
     budget = Budget.of(optimizer, genome.dims)
     pop, limit = budget.popsize, budget.evaluations
     kind = OPTIMIZERS.get(optimizer.algorithm)
-    more = {f: getattr(optimizer, f) for f in kind.fields if f not in ("x0", "sigma0", "popsize")}
+    more = {f: getattr(optimizer, f) for f in kind.fields if f not in ("x0", "sigma0", "popsize", "options")}
+    if "options" in kind.fields:
+        more["options"] = kind.settings(optimizer.options)
+    if kind.genome:
+        more["genome"] = genome
     search = kind.create(genome.x0(), optimizer.sigma0, pop, stage_seed(seed, stage), **more)
     matrix = ScoreMatrix(scoring.matrix)
     ctx = _Context(stage, seed, scoring, evaluator, matrix, pop, on_call)
@@ -389,7 +393,8 @@ def run_stage(
         rows = _generation_rows(ctx, strategy, audit is not None, log, cands, generation)
         if n == pop:  # a cut generation ends the stage and is not told
             search.tell(X, _penalised([r.get("tell", r["fitness"]) for r in rows]),
-                        [(r.get("metrics") or {}) if r.get("error") is None else {} for r in rows])  # fmt: skip
+                        [(r.get("metrics") or {}) if r.get("error") is None else {} for r in rows],
+                        _item_scores(matrix, cands, rows, scoring.item_range) if kind.item_scores else None)  # fmt: skip
         generation += 1
         done = limit is not None and generation * pop - pop + n >= limit
         audited = {}
@@ -424,6 +429,24 @@ def run_stage(
     if best is None:
         raise RunError(f"stage {stage}: no candidate was evaluated successfully (see {log.path})")
     return StageResult(stage, best[1], best[0], len(log.stage_rows(stage)), generation, complete, ranked, front)
+
+
+def _item_scores(matrix: ScoreMatrix, cands: list[Candidate], rows: list[dict],
+                 item_range: tuple[float, float] | None) -> list[list[float] | None]:  # fmt: skip
+    """Each candidate's fitness scores item by item (in item order, mapped to [0, 1] where the task
+    bounds an item's score), from its generation's calls in the score matrix; None for a failed one."""
+    out: list[list[float] | None] = []
+    lo, hi = item_range or (0.0, 1.0)
+    for c, r in zip(cands, rows, strict=True):
+        known: dict[int, float] = {}
+        for call in matrix.calls_of(c.generation, c.index):
+            if call["why"] == "fitness" and call["at"] == c.generation and call.get("scores") is not None:
+                known.update(zip(call["items"] or range(len(call["scores"])), call["scores"], strict=True))
+        if r.get("error") is None and _ok(r["fitness"]) and not known:
+            raise RunError(f"stage {c.stage}: the optimiser compares item scores, and the evaluator gave none "
+                           f"for candidate {c.generation}/{c.index}")  # fmt: skip
+        out.append([(known[j] - lo) / (hi - lo) for j in sorted(known)] if r.get("error") is None and known else None)
+    return out
 
 
 def _best(ranked: list[dict], score: str, genome: Genome) -> tuple[float, Candidate] | None:

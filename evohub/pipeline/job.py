@@ -78,7 +78,7 @@ def _plot_fronts(spec: JobSpec, run: RunDir, rows: list[dict]) -> None:
              for st, part in (("ps", spec.parameter_space), ("dfs", spec.data_flow_space))
              if part is not None and part.optimizer.objectives}  # fmt: skip
     if multi:
-        plot_front(rows, run.fitness_plot.with_name("front.png"), multi)
+        plot_front(rows, run.front_plot, multi)
 
 
 def run_job(

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from rich.table import Table
 
 from evohub.evolve.genome import Budget, Genome, genome_for
+from evohub.evolve.optimizers import OPTIMIZERS
 from evohub.hub.client import fetch_config
 from evohub.merging.arch import ParamCount, count_parameters, dtype_bytes, read_config, stored_dtype
 from evohub.spec import JobSpec, ModelRef
@@ -59,6 +60,8 @@ class StagePlan:
     evaluations: int | None
     generations: int | None
     max_hours: float | None
+    #: the optimiser and what it reads beyond the budget (objectives, descriptors, options)
+    optimizer: str = "cma-es"
 
 
 @dataclass
@@ -116,7 +119,21 @@ def _config(ref: ModelRef) -> dict:
 def _stage(name: str, genome: Genome, opt) -> StagePlan:
     budget = Budget.of(opt, genome.dims)
     return StagePlan(name=name, dims=genome.dims, dims_detail=genome.describe(), popsize=budget.popsize,
-                     evaluations=budget.evaluations, generations=budget.generations, max_hours=budget.max_hours)  # fmt: skip
+                     evaluations=budget.evaluations, generations=budget.generations, max_hours=budget.max_hours,
+                     optimizer=_optimizer_line(opt))  # fmt: skip
+
+
+def _optimizer_line(opt) -> str:
+    """``nsga2 (objectives acc, ja_rate)``: the algorithm and the settings it reads."""
+    kind = OPTIMIZERS.get(opt.algorithm)
+    parts = []
+    if "objectives" in kind.fields and opt.objectives:
+        parts.append("objectives " + ", ".join(opt.objectives))
+    if "descriptors" in kind.fields and opt.descriptors:
+        parts.append("descriptors " + ", ".join(f"{d.metric} ({d.bins} bins)" for d in opt.descriptors))
+    if kind.options:
+        parts.append(", ".join(f"{k}={v:g}" for k, v in kind.settings(opt.options).items()))
+    return opt.algorithm + (f" ({'; '.join(parts)})" if parts else "")
 
 
 def _fitness_line(spec: JobSpec) -> str:
@@ -211,12 +228,12 @@ def render(plan: Plan, console) -> None:
             human_bytes(s.bytes),
         )
     console.print(t)
-    t = Table("stage", "dims", "popsize", "evaluations", "generations", title="search (CMA-ES)")
+    t = Table("stage", "optimiser", "dims", "popsize", "evaluations", "generations", title="search")
     for st in plan.stages:
         evals = str(st.evaluations) if st.evaluations else "-"
         if st.max_hours:
             evals += f" (or {st.max_hours:g} h)"
-        t.add_row(st.name, str(st.dims), str(st.popsize), evals, str(st.generations or "-"))
+        t.add_row(st.name, st.optimizer, str(st.dims), str(st.popsize), evals, str(st.generations or "-"))
     console.print(t)
     for st in plan.stages:
         console.print(f"  {st.name}: {st.dims_detail}")

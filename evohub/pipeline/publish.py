@@ -130,7 +130,7 @@ def publish_files(run: RunDir, readme: str, extra: dict[str, str]) -> dict[str, 
     files: dict[str, bytes | Path] = {
         p.name: p for p in sorted(run.model_dir.iterdir()) if p.is_file() and not p.name.startswith(".")
     }
-    for p in (run.recipe_path, run.results_path, run.fitness_plot):
+    for p in (run.recipe_path, run.results_path, run.fitness_plot, run.front_plot):
         if p.exists():
             files[p.name] = p
     if run.log_path.exists():
@@ -416,6 +416,7 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
         "primary": primary or "its VLM source", "stages": _stages(job, run),
         "cost": cost_line(_run_cost(job, run, results)),  # type: ignore[arg-type]
         "score_files": list(score_files(run)),
+        "front_plot": run.front_plot.exists(),
         "tokens_panel": token_curves(run.log_rows(), job.stages(), stage_matrices(run, job.stages())) is not None,
         "fitness": f"`{fit.task}` on {fit.data.display(run.root)}"
         + (f" (best chosen on {fit.validation.display(run.root)})" if fit.validation else "")

@@ -49,6 +49,8 @@ class RunDir:
     recipe_path = property(lambda self: self.root / "recipe.yaml")
     model_dir = property(lambda self: self.root / "model")
     fitness_plot = property(lambda self: self.root / "fitness.png")
+    #: a multi-objective stage's Pareto front (``nsga2``), beside fitness.png
+    front_plot = property(lambda self: self.root / "front.png")
     results_path = property(lambda self: self.root / "results.json")
     published_path = property(lambda self: self.root / "published.json")
     untuned_dir = property(lambda self: self.root / "eval" / "untuned-model")

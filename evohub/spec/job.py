@@ -6,6 +6,7 @@ of the kinds it names (docs/design.md#the-job-spec).
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
@@ -60,6 +61,22 @@ class Source(ModelRef):
         return self.plain()
 
 
+class Descriptor(Frozen):
+    """A quality-diversity descriptor (``map-elites``): a task metric cut into ``bins`` equal cells
+    over ``bounds`` (docs/design.md#optimisers)."""
+
+    metric: str
+    bounds: tuple[float, float]
+    bins: int = Field(10, ge=1, le=1000)
+
+    @field_validator("bounds")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(math.isfinite(x) for x in v) or v[0] >= v[1]:
+            raise ValueError("give two finite numbers, the lower first")
+        return v
+
+
 class Optimizer(Frozen):
     """The optimiser and its budget (the paper: CMA-ES, x0 0.5, sigma0 1/6, popsize 4 + ⌊3 ln n⌋).
 
@@ -77,6 +94,11 @@ class Optimizer(Frozen):
     #: a multi-objective optimiser's objectives (``nsga2``): the fitness task's metric names, each
     #: maximised, or minimised with a ``-`` prefix (docs/design.md#optimisers)
     objectives: tuple[str, ...] | None = Field(None, description="nsga2: >= 2 task metrics; '-name' minimises")
+    #: a quality-diversity optimiser's descriptors (``map-elites``): 1 to 3 task metrics, each cut
+    #: into cells (docs/design.md#optimisers)
+    descriptors: tuple[Descriptor, ...] | None = Field(None, description="map-elites: 1-3 task metrics cut into cells")
+    #: the algorithm's own settings (``OptimizerKind.options``: m2n2's alpha, map-elites' sigmas)
+    options: dict[str, float] | None = None
 
     @model_validator(mode="after")
     def _budget(self) -> Optimizer:
@@ -289,34 +311,54 @@ def _job_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:
 
 
 def _optimizer_problems(j: JobSpec, stage: str, opt: Optimizer) -> Iterator[tuple[Loc, str]]:
-    """The fields the algorithm does not read, and a multi-objective one's objectives: at least
-    two distinct metrics the fitness task reports (where it declares them), on the ``full`` estimator."""
+    """The fields the algorithm does not read, its options, the stages and estimator it needs,
+    and the metrics a multi-objective or quality-diversity one ranks on: names the fitness task
+    reports (where it declares them), two distinct objectives, one to three descriptors."""
     kind = OPTIMIZERS.get(opt.algorithm)
-    for f in ("x0", "sigma0", "popsize", "objectives"):
-        if f in opt.model_fields_set and f not in kind.fields and getattr(opt, f) is not None:
+    for f in ("x0", "sigma0", "popsize", "objectives", "descriptors", "options"):
+        # a default value is no mistake: a run's own job.yaml writes every field out
+        if f not in kind.fields and getattr(opt, f) != Optimizer.model_fields[f].default:
             reads = ", ".join(repr(x) for x in kind.fields)
             yield (stage, "optimizer", f), f"{opt.algorithm} takes no {f!r} (it reads {reads} and the budget)"
-    if "objectives" not in kind.fields:
-        return
-    objs = opt.objectives or ()
-    names = [o[1:] if o.startswith("-") else o for o in objs]
-    if len(set(names)) < 2:
-        yield (
-            (stage, "optimizer", "objectives"),
-            f"{opt.algorithm} needs at least 2 distinct task metrics, e.g. [acc, ja_rate]",
-        )
-    task = TASKS.get(j.fitness.task)
-    known = getattr(task, "metrics", None)
-    for k, n in enumerate(names):
+    for msg in kind.problems(opt.options) if "options" in kind.fields else ():
+        yield (stage, "optimizer", "options"), msg
+    short = {"parameter_space": "ps", "data_flow_space": "dfs"}[stage]
+    if short not in kind.stages:
+        yield (stage, "optimizer", "algorithm"), f"{opt.algorithm} searches only {', '.join(kind.stages)} stages"
+    metrics: list[tuple[Loc, str]] = []
+    if "objectives" in kind.fields:
+        objs = opt.objectives or ()
+        names = [o[1:] if o.startswith("-") else o for o in objs]
+        if len(set(names)) < 2:
+            yield (
+                (stage, "optimizer", "objectives"),
+                f"{opt.algorithm} needs at least 2 distinct task metrics, e.g. [acc, ja_rate]",
+            )
+        metrics += [((stage, "optimizer", "objectives", k), n) for k, n in enumerate(names)]
+    if "descriptors" in kind.fields:
+        ds = opt.descriptors or ()
+        if not 1 <= len(ds) <= 3 or len({d.metric for d in ds}) < len(ds):
+            yield (
+                (stage, "optimizer", "descriptors"),
+                f"{opt.algorithm} needs 1 to 3 distinct task metrics, e.g. [{{metric: ja_rate, bounds: [0, 1]}}]",
+            )
+        metrics += [((stage, "optimizer", "descriptors", k, "metric"), d.metric) for k, d in enumerate(ds)]
+    known = getattr(TASKS.get(j.fitness.task), "metrics", None)
+    for loc, n in metrics:
         if known is not None and n not in known:
             near = difflib.get_close_matches(n, known, n=1)
             hint = f"did you mean {near[0]!r}?" if near else f"it reports {', '.join(known)}"
-            yield (stage, "optimizer", "objectives", k), f"{j.fitness.task} reports no metric {n!r}; {hint}"
-    if j.fitness.estimator != "full":
+            yield loc, f"{j.fitness.task} reports no metric {n!r}; {hint}"
+    if metrics and j.fitness.estimator != "full":
         yield (
             ("fitness", "estimator"),
             f"{opt.algorithm} ranks every candidate's metrics on the same items: use the full estimator",
         )
+    if kind.item_scores and TASKS.get(j.fitness.task).item_range is None:
+        yield ("fitness", "task"), f"{opt.algorithm} shares item scores out, and {j.fitness.task}'s are unbounded"
+    if kind.item_scores and (j.fitness.estimator != "full" or j.fitness.minibatch):
+        where = ("fitness", "minibatch") if j.fitness.estimator == "full" else ("fitness", "estimator")
+        yield where, f"{opt.algorithm} compares candidates item by item: use the full estimator without a minibatch"
 
 
 def _ps_search_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:

@@ -22,31 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from evohub.registry import Registry
-
-
-@dataclass(frozen=True)
-class Option:
-    """A setting of an estimator, given in the job spec's ``fitness.estimator_options``."""
-
-    name: str
-    default: float
-    doc: str
-    integer: bool = True
-    low: float = 0.0  # exclusive for floats, inclusive for integers (>= 1 means "at least one")
-    high: float | None = None  # inclusive
-
-    def check(self, value) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"{self.name} must be a number"
-        if self.integer and not float(value).is_integer():
-            return f"{self.name} must be a whole number"
-        if (value < self.low) if self.integer else (value <= self.low):
-            return f"{self.name} must be {'at least' if self.integer else 'above'} {self.low:g}"
-        if self.high is not None and value > self.high:
-            return f"{self.name} must be at most {self.high:g}"
-        return None
-
+from evohub.registry import Option, Registry, option_problems, option_settings
 
 #: The audit every non-``full`` estimator takes (docs/design.md#fitness-estimators).
 AUDIT_OPTIONS = (
@@ -141,20 +117,11 @@ class Estimator:
 
     def settings(self, given: dict | None) -> dict:
         """The options with their defaults filled in (``given`` already checked)."""
-        out = {o.name: o.default for o in self.options} | dict(given or {})
-        return {o.name: int(out[o.name]) if o.integer else float(out[o.name]) for o in self.options}
+        return option_settings(self.options, given)
 
     def problems(self, given: dict | None) -> list[str]:
         """One message per bad option (unknown names get the known ones)."""
-        known = {o.name: o for o in self.options}
-        out = []
-        for k, v in (given or {}).items():
-            if k not in known:
-                names = ", ".join(sorted(known)) or "none"
-                out.append(f"the {self.name} estimator has no option {k!r} (its options: {names})")
-            elif msg := known[k].check(v):
-                out.append(msg)
-        return out
+        return option_problems(f"the {self.name} estimator", self.options, given)
 
 
 def audit_items(inputs: PlanInputs, options: dict, generations: int) -> float:

@@ -1,11 +1,12 @@
 """Optimisers behind one ask/tell interface, one registry entry each (docs/design.md#optimisers).
 
 An optimiser searches the unit cube [0, 1]^n of a genome: :meth:`Search.ask` gives a
-population of genotypes, :meth:`Search.tell` takes their fitness (higher is better) and each
-one's task metrics (a dict; empty for a failed candidate), which a multi-objective optimiser
-(``nsga2``) ranks on and the others ignore. It draws
-every random number from a generator seeded from the job seed, so a run resumed by replaying the
-log asks the same genotypes again (:mod:`evohub.evolve.search`).
+population of genotypes, :meth:`Search.tell` takes their fitness (higher is better), each
+one's task metrics (a dict; empty for a failed candidate), which a multi-objective (``nsga2``)
+or quality-diversity (``map-elites``) optimiser reads, and, for an entry with ``item_scores``
+(``m2n2``), each one's per-item scores from the stage's score matrix (None for a failed
+candidate). It draws every random number from a generator seeded from the job seed, so a run
+resumed by replaying the log asks the same genotypes again (:mod:`evohub.evolve.search`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from evohub.registry import Registry
+from evohub.registry import Option, Registry, option_problems, option_settings
 
 
 class Search(Protocol):
     def ask(self) -> list[list[float]]: ...
     def tell(self, genotypes: Sequence[Sequence[float]], fitness: Sequence[float],
-             metrics: Sequence[dict] | None = None) -> None: ...  # fmt: skip
+             metrics: Sequence[dict] | None = None,
+             scores: Sequence[Sequence[float] | None] | None = None) -> None: ...  # fmt: skip
     def state(self) -> dict:
         """What the checkpoint records of the optimiser (e.g. its mean and step size)."""
         ...
@@ -32,9 +34,31 @@ class OptimizerKind:
     doc: str
     #: the job spec's optimizer fields this algorithm reads (beyond the budget)
     fields: tuple[str, ...]
-    #: create(x0, sigma0, popsize, seed, **the other ``fields``: e.g. objectives) -> Search
+    #: create(x0, sigma0, popsize, seed, **the other ``fields``: e.g. objectives; ``options``:
+    #: the settings, defaults filled in, when the entry has any; ``genome``: the stage's genome,
+    #: when ``genome`` is True) -> Search
     create: Callable[..., Search]
     url: str | None = None
+    #: its settings (``optimizer.options``)
+    options: tuple[Option, ...] = ()
+    #: tell() reads each candidate's per-item scores: every candidate must be scored on the same
+    #: items (the ``full`` estimator without a minibatch)
+    item_scores: bool = False
+    #: create() reads the stage's genome (its slots, the sources' genotypes)
+    genome: bool = False
+    #: the stages it can search ("ps": parameter space, "dfs": data-flow space)
+    stages: tuple[str, ...] = ("ps", "dfs")
+
+    @property
+    def defaults(self) -> str:
+        """Its options with their defaults, as ``evohub list`` shows them."""
+        return ", ".join(f"{o.name}={o.default:g}" for o in self.options)
+
+    def settings(self, given: dict | None) -> dict:
+        return option_settings(self.options, given)
+
+    def problems(self, given: dict | None) -> list[str]:
+        return option_problems(f"optimiser {self.name}", self.options, given)
 
 
 OPTIMIZERS: Registry[OptimizerKind] = Registry("optimiser", package="evohub.evolve.optimizers")

@@ -32,7 +32,7 @@ class CMAES:
         return [[float(v) for v in x] for x in self._asked]
 
     def tell(self, genotypes: Sequence[Sequence[float]], fitness: Sequence[float],
-             metrics: Sequence[dict] | None = None) -> None:  # fmt: skip
+             metrics: Sequence[dict] | None = None, scores=None) -> None:  # fmt: skip
         # pycma recognises its own solution arrays (others count as injected): hand them back
         assert len(genotypes) == len(self._asked)
         self.es.tell(self._asked, [-f for f in fitness])  # cma minimises

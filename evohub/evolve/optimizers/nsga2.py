@@ -103,7 +103,7 @@ class NSGA2:
         return [[float(v) for v in x] for x in X[: self.popsize]]
 
     def tell(self, genotypes: Sequence[Sequence[float]], fitness: Sequence[float],
-             metrics: Sequence[dict] | None = None) -> None:  # fmt: skip
+             metrics: Sequence[dict] | None = None, scores=None) -> None:  # fmt: skip
         from pymoo.core.evaluator import Evaluator
         from pymoo.problems.static import StaticProblem
 

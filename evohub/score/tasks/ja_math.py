@@ -54,6 +54,7 @@ def score_outputs(outputs: list[str], answers: list[float]) -> Scored:
         "acc_strict": rate("correct_strict", False),
         "acc_ja_strict": rate("correct_strict", True),
         "ja_rate": sum(1 for s in samples if s["p_ja"] > 0.5) / n,
+        "mean_chars": sum(len(s["output"]) for s in samples) / n,  # answer length: a descriptor or objective
         "n": float(n),
     }
     items = [1.0 if s["correct"] and s["p_ja"] > 0.5 else 0.0 for s in samples]  # acc_ja is their mean
@@ -71,7 +72,7 @@ class JaMath:
     backends = ("vllm", "hf")
     max_new_tokens = MAX_NEW_TOKENS
     shown = ("acc_ja", "acc", "acc_ja_strict", "acc_strict")
-    metrics = ("acc", "acc_ja", "acc_strict", "acc_ja_strict", "ja_rate", "n")
+    metrics = ("acc", "acc_ja", "acc_strict", "acc_ja_strict", "ja_rate", "mean_chars", "n")
     item_range, item_binary = (0.0, 1.0), True
     #: how the fitness metric is published (.eval_results, model-index): its scale and description
     result = Published("accuracy", "text-generation", 100.0,
