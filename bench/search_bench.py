@@ -49,9 +49,12 @@ ARMS = {
     "cma-es/della": ({"algorithm": "cma-es"}, "della"),
     "cma-es/breadcrumbs": ({"algorithm": "cma-es"}, "breadcrumbs"),
     "cma-es/breadcrumbs_ties": ({"algorithm": "cma-es"}, "breadcrumbs_ties"),
-    # M2N2 mixes genotypes: exactly the parents' merges for task_arithmetic (linear in its genes)
-    "m2n2/task_arithmetic": ({"algorithm": "m2n2"}, "task_arithmetic"),
-    "m2n2/dare_ties": ({"algorithm": "m2n2"}, "dare_ties"),
+    # M2N2 mixes genotypes: exactly the parents' merges for task_arithmetic (linear in its genes).
+    # Without mutation (the paper's setting from pre-trained models) ...
+    "m2n2/task_arithmetic": ({"algorithm": "m2n2", "options": {"mutation": 0.0}}, "task_arithmetic"),
+    "m2n2/dare_ties": ({"algorithm": "m2n2", "options": {"mutation": 0.0}}, "dare_ties"),
+    # ... and with Gaussian noise of sigma 0.05 on each child's genes (m2n2's default since this run)
+    "m2n2+mutation/task_arithmetic": ({"algorithm": "m2n2", "options": {"mutation": 0.05}}, "task_arithmetic"),
     "map-elites/dare_ties": ({"algorithm": "map-elites", "descriptors": DESCRIPTORS}, "dare_ties"),
 }
 BASELINE = "cma-es/dare_ties"
@@ -59,7 +62,7 @@ BASELINE = "cma-es/dare_ties"
 
 def job(root: Path, arm: str, seed: int, evals: int) -> Path:
     optimizer, method = ARMS[arm]
-    slug = arm.replace("/", "-")
+    slug = arm.replace("/", "-").replace("+", "-")
     spec = base_spec(root, f"search-bench-{slug}-{seed}", seed, evals)
     ps = spec["parameter_space"]
     ps["method"] = method
@@ -92,7 +95,7 @@ def measure(root: Path, arm: str, seed: int, evals: int) -> dict:
     from evohub.pipeline.rundir import RunDir
 
     spec_path = job(root, arm, seed, evals)
-    run_dir = root / "runs" / f"{arm.replace('/', '-')}-{seed}"
+    run_dir = root / "runs" / f"{arm.replace('/', '-').replace('+', '-')}-{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
     evohub.run(spec_path, run_dir, device="cpu", progress=False, publish=False)

@@ -97,7 +97,7 @@ class Optimizer(Frozen):
     #: a quality-diversity optimiser's descriptors (``map-elites``): 1 to 3 task metrics, each cut
     #: into cells (docs/design.md#optimisers)
     descriptors: tuple[Descriptor, ...] | None = Field(None, description="map-elites: 1-3 task metrics cut into cells")
-    #: the algorithm's own settings (``OptimizerKind.options``: m2n2's alpha, map-elites' sigmas)
+    #: the algorithm's own settings (``OptimizerKind.options``: m2n2's alpha, map-elites' line_sigma)
     options: dict[str, float] | None = None
 
     @model_validator(mode="after")
