@@ -60,10 +60,27 @@ ARMS = {
 BASELINE = "cma-es/dare_ties"
 
 
-def job(root: Path, arm: str, seed: int, evals: int) -> Path:
+def real_weights_spec(world: Path, name: str, seed: int, evals: int) -> dict:
+    """The real-weights example's job (SmolLM2-135M-Instruct and its two fine-tunes, built by
+    ``evohub.local.real_weights.build_world`` in ``world``): its own stage (6 layer groups, weight
+    bounds [0, 1], popsize 12), fitness, validation and 200 held-out problems; ``evals``
+    evaluations; the evolved model alone evaluated; no publication."""
+    from evohub.local.real_weights import JOB, WORLD
+
+    spec = yaml.safe_load(JOB.read_text().replace(WORLD, f"{world.resolve()}/"))
+    spec["name"], spec["seed"] = name, seed
+    spec["parameter_space"]["optimizer"]["max_evals"] = evals
+    spec["evaluation"]["compare_sources"] = False
+    spec.pop("publish", None)
+    return spec
+
+
+def job(root: Path, arm: str, seed: int, evals: int, world: Path | None = None) -> Path:
+    """The arm's job on the demo-derived world in ``root``, or with ``world`` on the real-weights one."""
     optimizer, method = ARMS[arm]
     slug = arm.replace("/", "-").replace("+", "-")
-    spec = base_spec(root, f"search-bench-{slug}-{seed}", seed, evals)
+    name = f"search-bench-{slug}-{seed}"
+    spec = real_weights_spec(world, name, seed, evals) if world else base_spec(root, name, seed, evals)
     ps = spec["parameter_space"]
     ps["method"] = method
     if METHODS.get(method).density:
@@ -90,11 +107,11 @@ def evals_to_90(fitness: list[float | None]) -> tuple[int, float]:
     return len(ok), best
 
 
-def measure(root: Path, arm: str, seed: int, evals: int) -> dict:
+def measure(root: Path, arm: str, seed: int, evals: int, world: Path | None = None) -> dict:
     import evohub
     from evohub.pipeline.rundir import RunDir
 
-    spec_path = job(root, arm, seed, evals)
+    spec_path = job(root, arm, seed, evals, world)
     run_dir = root / "runs" / f"{arm.replace('/', '-').replace('+', '-')}-{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
@@ -118,6 +135,9 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/evohub-search-bench"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "search_bench.json")
     ap.add_argument("--rows", type=Path, help="tabulate the JSON rows a run printed (a cut-short run's log) instead")
+    ap.add_argument("--real-weights", type=Path, metavar="WORLD",
+                    help="run the arms on the real-weights example's world built in WORLD "
+                    "(evohub.local.real_weights.build_world + write_splits) instead of the demo's")  # fmt: skip
     args = ap.parse_args()
     os.environ.setdefault("EVOHUB_THREADS", "1")
     rows = []
@@ -125,11 +145,11 @@ def main() -> None:
         rows = [json.loads(x) for x in args.rows.read_text().splitlines() if x.startswith('{"arm"')]
         args.arms = [a for a in args.arms if any(r["arm"] == a for r in rows)]
         args.seeds = sorted({r["seed"] for r in rows})
-    else:
+    elif not args.real_weights:
         write_world(args.dir, args.fitness)
     for arm in [] if args.rows else args.arms:  # each arm's seeds together: a cut-short run keeps whole arms
         for seed in args.seeds:
-            r = measure(args.dir, arm, seed, args.evals)
+            r = measure(args.dir, arm, seed, args.evals, args.real_weights)
             rows.append(r)
             print(json.dumps(r), flush=True)
     table = []
@@ -159,7 +179,8 @@ def main() -> None:
     args.out.write_text(json.dumps({
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": sys.version.split()[0], "threads": os.environ["EVOHUB_THREADS"], "evals": args.evals,
-        "fitness_items": args.fitness, "seeds": args.seeds, "baseline": BASELINE,
+        "fitness_items": 48 if args.real_weights else args.fitness,
+        "world": "real-weights" if args.real_weights else "demo", "seeds": args.seeds, "baseline": BASELINE,
         "peak_rss_mb": None if args.rows else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, "rows": rows, "table": table,
     }, indent=1))  # fmt: skip
 
