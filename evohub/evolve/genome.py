@@ -79,6 +79,8 @@ class PSGenome:
     seed: int
     dtype: str
     tokenizer_source: str | int
+    #: a diffusion pipeline's whole components: name -> "base" or a source index
+    components: tuple[tuple[str, str | int], ...] = ()
 
     @classmethod
     def for_job(cls, spec: JobSpec, pin: Callable[[ModelRef], ModelRef] = lambda r: r) -> PSGenome:
@@ -94,6 +96,9 @@ class PSGenome:
             seed=spec.seed,
             dtype=spec.dtype,
             tokenizer_source="base" if ts == "base" else names.index(ts),
+            components=tuple(
+                (c, "base" if v == "base" else names.index(v)) for c, v in (spec.components or {}).items()
+            ),
         )
 
     @property
@@ -207,6 +212,7 @@ class PSGenome:
                 "dtype": self.dtype,
                 "seed": self.seed,
                 "tokenizer_source": self.tokenizer_source,
+                "components": dict(self.components) or None,
                 "parameter_space": {
                     "method": ps.method,
                     "normalize": ps.normalize,

@@ -26,6 +26,7 @@ from evohub.files import atomic_write, replace_dir, write_json
 from evohub.merging import fused
 from evohub.merging.arch import decoder_layer_index, read_config
 from evohub.merging.dfs import check_pair, check_path, folded_tensors, layer_counts, path_config
+from evohub.merging.diffusion import is_pipeline, merge_pipeline
 from evohub.merging.io import DTYPES, CheckpointReader, ShardedWriter
 from evohub.merging.ps import MergedTensors, Model, TensorSource, plan_tensors, source_entries, workspace_for
 from evohub.progress import bar as progress_bar
@@ -173,6 +174,8 @@ def merge_to_disk(
         raise MergeError(f"{out} is a file, not a directory; choose another --out (--force replaces only directories)")
     if out.exists() and any(out.iterdir()) and not force:
         raise MergeError(f"{out} is a directory that is not empty; choose another --out or pass --force")
+    if dirs and is_pipeline(dirs[0]):  # a diffusion pipeline: its UNet merged, the rest copied
+        return merge_pipeline(recipe, dirs, out, device=device, shard_bytes=shard_bytes, progress=progress)
     inputs = open_inputs(recipe, dirs)
     built = build_output(recipe, dirs, inputs, device)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"

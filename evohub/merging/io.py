@@ -78,13 +78,18 @@ class CheckpointReader:
     tensors it is working on, whatever the size of the inputs (the page cache keeps the data).
     """
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, index_name: str = INDEX, files: list[str] | None = None):
+        """``files`` (names in ``directory``) are the checkpoint when given; else the ``index_name``
+        index when present, else every ``*.safetensors`` file there."""
         self._maps: dict[Path, mmap.mmap] = {}
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise MergeError(f"{self.directory}: no such model directory")
-        index = self.directory / INDEX
-        if index.is_file():
+        index = self.directory / index_name
+        weight_map: dict | None = None
+        if files is not None:
+            files = sorted(files)
+        elif index.is_file():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (ValueError, KeyError) as e:
@@ -106,7 +111,9 @@ class CheckpointReader:
         for f in files:
             path = self.directory / f
             if not path.is_file():
-                raise MergeError(f"{index}: lists {f}, which is missing")
+                raise MergeError(
+                    f"{index}: lists {f}, which is missing" if weight_map is not None else f"{path}: missing"
+                )
             for name, entry in read_header(path).items():
                 if weight_map is None or weight_map.get(name) == f:
                     self._entries[name] = entry
@@ -171,7 +178,8 @@ class CheckpointReader:
 
 
 class ShardedWriter:
-    """Writes tensors into ``model-0000i-of-0000N.safetensors`` shards plus the index.
+    """Writes tensors into ``<stem>-0000i-of-0000N.safetensors`` shards plus the index
+    (``stem`` ``model``: transformers' names; ``diffusion_pytorch_model``: diffusers').
 
     At most one shard is held in memory. Shards are written under temporary names and renamed
     when the writer closes; the index is written last, so a crash never leaves a loadable but
@@ -183,12 +191,13 @@ class ShardedWriter:
         directory: str | Path,
         shard_bytes: int = 2 << 30,
         metadata: dict[str, str] | None = None,
+        stem: str = "model",
     ):
         if shard_bytes <= 0:
             raise MergeError(f"shard size must be positive, got {shard_bytes}")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.shard_bytes = shard_bytes
+        self.shard_bytes, self.stem = shard_bytes, stem
         self.metadata = {"format": "pt", **(metadata or {})}
         self._pending: dict[str, torch.Tensor] = {}
         self._pending_bytes = 0
@@ -222,11 +231,11 @@ class ShardedWriter:
         n = len(self._shards)
         weight_map: dict[str, str] = {}
         for i, (tmp, names) in enumerate(self._shards, start=1):
-            final = f"model-{i:05d}-of-{n:05d}.safetensors"
+            final = f"{self.stem}-{i:05d}-of-{n:05d}.safetensors"
             os.replace(tmp, self.directory / final)
             weight_map.update(dict.fromkeys(names, final))
         index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
-        write_json(self.directory / INDEX, index)
+        write_json(self.directory / f"{self.stem}.safetensors.index.json", index)
         return index
 
     def __enter__(self) -> ShardedWriter:

@@ -114,10 +114,11 @@ def plan_tensors(ps: PSRecipe, inputs: Sequence[Model], has_base: bool) -> Tenso
     used = [inputs[i] for i in reads]
     primary = next((i for i in reads if inputs[i].vlm), reads[0])
     p = inputs[primary]
-    layers = num_decoder_layers(p.config)
-    if layers is None:
-        raise MergeError(f"{p.label}: config.json does not say how many decoder layers the model has")
     groups = ps.layer_groups
+    layers = num_decoder_layers(p.config)
+    if layers is None and groups > 1:  # one group needs no count (a diffusion UNet has no decoder layers)
+        raise MergeError(f"{p.label}: config.json does not say how many decoder layers the model has")
+    layers = layers or 1
     if groups > layers:
         raise MergeError(f"layer_groups is {groups} but {p.label} has {layers} decoder layers")
     tasks: list[Task] = []

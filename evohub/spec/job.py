@@ -224,6 +224,9 @@ class JobSpec(Frozen):
     sources: tuple[Source, ...] = Field(min_length=2)
     dtype: Dtype = "bfloat16"
     tokenizer_source: str = "base"
+    #: a diffusion pipeline's components taken whole from a named source (``text_encoder: jsdxl``;
+    #: or ``base``); the UNet is merged (docs/design.md#diffusion-pipelines)
+    components: dict[str, str] | None = None
     #: torch's intra-op threads on the CPU (default: the CPUs free to this process; evohub.threads)
     threads: int | None = Field(None, gt=0)
     parameter_space: PSSearch | None = None
@@ -304,6 +307,13 @@ def _job_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:
             yield ("tokenizer_source",), "'base' needs a 'base_model' (or name a source)"
     elif ts not in names:
         yield ("tokenizer_source",), unknown_source(ts, ["base", *names])
+    for comp, src in (j.components or {}).items():
+        if comp == "unet":
+            yield ("components", comp), "the UNet is what the parameter space merges; it cannot be taken whole"
+        elif src == "base" and j.base_model is None:
+            yield ("components", comp), "'base' needs a 'base_model' (or name a source)"
+        elif src != "base" and src not in names:
+            yield ("components", comp), unknown_source(src, ["base", *names])
     yield from _fitness_problems(j)
     for stage, part in (("parameter_space", j.parameter_space), ("data_flow_space", j.data_flow_space)):
         if part is not None:

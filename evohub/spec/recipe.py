@@ -97,6 +97,10 @@ class Recipe(Frozen):
     ] = "base"
     parameter_space: PSRecipe | None = None
     data_flow_space: DFSRecipe | None = None
+    #: a diffusion pipeline's components taken whole from one input (``text_encoder: 3``: model 3
+    #: of parameter_space; ``base``): the UNet is merged, a component not named here comes from the
+    #: output's primary model (docs/design.md#diffusion-pipelines)
+    components: dict[str, Literal["base"] | Annotated[int, Field(ge=0)]] | None = None
 
     @model_validator(mode="after")
     def _whole(self) -> Recipe:
@@ -164,6 +168,13 @@ def _recipe_problems(r: Recipe) -> Iterator[tuple[Loc, str]]:
                 ("tokenizer_source",),
                 f"source index {r.tokenizer_source} is out of range (parameter_space has {n} models)",
             )
+    for name, src in (r.components or {}).items():
+        if name == "unet":
+            yield ("components", name), "the UNet is what the parameter space merges; it cannot be taken whole"
+        elif src == "base" and r.base_model is None:
+            yield ("components", name), "'base' needs a 'base_model' (or name a source index)"
+        elif isinstance(src, int) and src >= (n := len(ps.models) if ps is not None else 0):
+            yield ("components", name), f"source index {src} is out of range (parameter_space has {n} models)"
 
 
 def model_count_problem(m: MergeMethod, n: int, what: str = "models") -> str | None:
