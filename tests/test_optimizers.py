@@ -80,6 +80,19 @@ def test_nondominated_ranks_on_a_hand_made_set():
     rows.append({"generation": 0, "index": 6, "fitness": None, "error": "boom", "metrics": {}})
     front = front_rows(rows, ["a", "-b"])  # b minimised: (a, -b) maximised
     assert [r["index"] for r in front] == [0, 2, 5, 1]  # best fitness first, ties by index
+    # the winner rule 'select': '-b' puts the lowest b first (b is minus the second coordinate),
+    # 'b' the highest; ties by fitness, then index
+    assert [r["index"] for r in front_rows(rows, ["a", "-b"], select="-b")] == [1, 2, 5, 0]
+    assert [r["index"] for r in front_rows(rows, ["a", "-b"], select="b")] == [0, 2, 5, 1]
+
+
+def test_the_winner_rule_picks_on_the_front(world: Path, tmp_path: Path):
+    spec = load_job(job(world, NSGA2_OPT.replace("}", ", select: -tokens}")))
+    genome, opt = PSGenome.for_job(spec), spec.parameter_space.optimizer
+    res = run_stage("ps", genome, opt, TwoGoals(), Log(tmp_path / "l.jsonl"), tmp_path / "c.json", seed=3)
+    assert res.front and res.best_fitness == res.front[0]["fitness"]
+    tokens = [r["metrics"]["tokens"] for r in res.front]
+    assert tokens[0] == min(tokens) and res.best_fitness < max(r["fitness"] for r in res.front)
 
 
 def test_same_seed_asks_the_same_genotypes():
@@ -138,6 +151,8 @@ def problems(path: Path) -> list[str]:
         ("{algorithm: nsga2, max_evals: 20}", "lm-loss", "", "at least 2 distinct"),
         ("{algorithm: nsga2, max_evals: 20, objectives: [acc, ja_rat]}", "ja-math", "", "did you mean 'ja_rate'"),
         ("{max_evals: 20, objectives: [acc, ja_rate]}", "ja-math", "", "cma-es takes no 'objectives'"),
+        ("{algorithm: nsga2, max_evals: 20, objectives: [acc, ja_rate], select: ac}", "ja-math", "", "no metric 'ac'"),
+        ("{max_evals: 20, select: acc}", "ja-math", "", "cma-es takes no 'select'"),
         ("{algorithm: nsga2, max_evals: 20, sigma0: 0.2, objectives: [acc, ja_rate]}", "ja-math", "", "no 'sigma0'"),
         (
             "{algorithm: nsga2, max_evals: 20, objectives: [acc, ja_rate]}",
@@ -156,4 +171,4 @@ def test_schema_errors(world: Path, optimizer, task, extra, words):
 def test_a_valid_nsga2_spec_and_the_registry(world: Path):
     spec = load_job(job(world, "{algorithm: nsga2, max_evals: 20, objectives: [acc, -ja_rate]}", "ja-math"))
     assert spec.parameter_space.optimizer.objectives == ("acc", "-ja_rate")
-    assert OPTIMIZERS.get("nsga2").fields == ("popsize", "objectives")
+    assert OPTIMIZERS.get("nsga2").fields == ("popsize", "objectives", "select")

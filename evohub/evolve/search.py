@@ -360,7 +360,8 @@ def run_stage(
     budget = Budget.of(optimizer, genome.dims)
     pop, limit = budget.popsize, budget.evaluations
     kind = OPTIMIZERS.get(optimizer.algorithm)
-    more = {f: getattr(optimizer, f) for f in kind.fields if f not in ("x0", "sigma0", "popsize", "options")}
+    # what the algorithm reads beyond the start; ``select`` is the stage's winner rule, applied below
+    more = {f: getattr(optimizer, f) for f in kind.fields if f not in ("x0", "sigma0", "popsize", "options", "select")}
     if "options" in kind.fields:
         more["options"] = kind.settings(optimizer.options)
     if kind.genome:
@@ -424,7 +425,7 @@ def run_stage(
                          "fitness", genome)  # fmt: skip
     front = None
     if optimizer.objectives:  # a multi-objective stage: the best fitness on its final Pareto front
-        front = front_rows(log.stage_rows(stage), optimizer.objectives)
+        front = front_rows(log.stage_rows(stage), optimizer.objectives, optimizer.select)
         best = _best(front, "fitness", genome) or best
     if best is None:
         raise RunError(f"stage {stage}: no candidate was evaluated successfully (see {log.path})")

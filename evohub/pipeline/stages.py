@@ -103,7 +103,9 @@ def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, gen
         else:
             ok = [r for r in log.stage_rows(stage) if r["fitness"] is not None and math.isfinite(r["fitness"])]
         seen, top = set(), []
-        for r in sorted(ok, key=lambda r: (-r["fitness"], r["generation"], r["index"])):
+        # a front comes in its winner rule's order (nsga2's ``select``); the others by fitness
+        order = ok if front is not None else sorted(ok, key=lambda r: (-r["fitness"], r["generation"], r["index"]))
+        for r in order:
             if r["recipe_hash"] not in seen:
                 seen.add(r["recipe_hash"])
                 top.append(r)

@@ -94,6 +94,9 @@ class Optimizer(Frozen):
     #: a multi-objective optimiser's objectives (``nsga2``): the fitness task's metric names, each
     #: maximised, or minimised with a ``-`` prefix (docs/design.md#optimisers)
     objectives: tuple[str, ...] | None = Field(None, description="nsga2: >= 2 task metrics; '-name' minimises")
+    #: a multi-objective optimiser's winner rule (``nsga2``): the task metric the final front's
+    #: best is picked by ('-' minimises; default: the fitness), then on the validation split
+    select: str | None = Field(None, description="nsga2: the metric the winner is picked by on the front")
     #: a quality-diversity optimiser's descriptors (``map-elites``): 1 to 3 task metrics, each cut
     #: into cells (docs/design.md#optimisers)
     descriptors: tuple[Descriptor, ...] | None = Field(None, description="map-elites: 1-3 task metrics cut into cells")
@@ -325,7 +328,7 @@ def _optimizer_problems(j: JobSpec, stage: str, opt: Optimizer) -> Iterator[tupl
     and the metrics a multi-objective or quality-diversity one ranks on: names the fitness task
     reports (where it declares them), two distinct objectives, one to three descriptors."""
     kind = OPTIMIZERS.get(opt.algorithm)
-    for f in ("x0", "sigma0", "popsize", "objectives", "descriptors", "options"):
+    for f in ("x0", "sigma0", "popsize", "objectives", "select", "descriptors", "options"):
         # a default value is no mistake: a run's own job.yaml writes every field out
         if f not in kind.fields and getattr(opt, f) != Optimizer.model_fields[f].default:
             reads = ", ".join(repr(x) for x in kind.fields)
@@ -345,6 +348,8 @@ def _optimizer_problems(j: JobSpec, stage: str, opt: Optimizer) -> Iterator[tupl
                 f"{opt.algorithm} needs at least 2 distinct task metrics, e.g. [acc, ja_rate]",
             )
         metrics += [((stage, "optimizer", "objectives", k), n) for k, n in enumerate(names)]
+        if opt.select:
+            metrics.append(((stage, "optimizer", "select"), opt.select.removeprefix("-")))
     if "descriptors" in kind.fields:
         ds = opt.descriptors or ()
         if not 1 <= len(ds) <= 3 or len({d.metric for d in ds}) < len(ds):

@@ -5,8 +5,8 @@ each maximised, or minimised with a ``-`` prefix. pymoo's ask/tell interface run
 number comes from the generator pymoo seeds from the stage seed (``setup(problem, seed=...)``), so a
 resumed run that replays the log asks the same genotypes. The scalar fitness (the task's metric)
 stays what is logged and what "best so far" means; :meth:`NSGA2.state` records the Pareto front of
-the candidates told so far, and a stage's winner is the best fitness on its final front
-(:func:`front_rows`).
+the candidates told so far, and a stage's winner is chosen on its final front by the job's rule,
+``select`` (a task metric, ``-`` to minimise; default the fitness) (:func:`front_rows`).
 """
 
 from __future__ import annotations
@@ -61,9 +61,10 @@ def _filled(values: Sequence[list[float] | None], k: int) -> np.ndarray:
     return arr
 
 
-def front_rows(rows: Sequence[dict], objectives: Sequence[str]) -> list[dict]:
-    """The Pareto front of a stage's successful log rows (on their objectives), best fitness
-    first (ties: earliest): the finalists a stage's winner is chosen among."""
+def front_rows(rows: Sequence[dict], objectives: Sequence[str], select: str | None = None) -> list[dict]:
+    """The Pareto front of a stage's successful log rows (on their objectives), ordered by the
+    winner rule: best ``select`` metric first (``-name``: lowest first; None: the fitness), ties by
+    fitness, then earliest: the finalists a stage's winner is chosen among."""
     ok = [r for r in rows if r.get("error") is None and r["fitness"] is not None and math.isfinite(r["fitness"])]
     values = [objective_values(objectives, r.get("metrics")) for r in ok]
     ok = [r for r, v in zip(ok, values, strict=True) if v is not None]
@@ -71,7 +72,13 @@ def front_rows(rows: Sequence[dict], objectives: Sequence[str]) -> list[dict]:
         return []
     ranks = nondominated_ranks(_filled([v for v in values if v is not None], len(objectives)))
     front = [r for r, k in zip(ok, ranks, strict=True) if k == 0]
-    return sorted(front, key=lambda r: (-r["fitness"], r["generation"], r["index"]))
+    name, sign = parse_objective(select) if select else (None, 1.0)
+
+    def rule(r: dict) -> float:
+        v = r["fitness"] if name is None else (r.get("metrics") or {}).get(name)
+        return sign * float(v) if v is not None and math.isfinite(float(v)) else -math.inf
+
+    return sorted(front, key=lambda r: (-rule(r), -r["fitness"], r["generation"], r["index"]))
 
 
 class NSGA2:
@@ -138,8 +145,8 @@ OPTIMIZERS.register(
     OptimizerKind(
         name="nsga2",
         doc="NSGA-II (pymoo), seeded; maximises >= 2 task metrics ('objectives', '-' minimises); "
-        "winner: best fitness on the final Pareto front",
-        fields=("popsize", "objectives"),
+        "winner: the final Pareto front's best on 'select' (default: the fitness)",
+        fields=("popsize", "objectives", "select"),
         create=NSGA2,
         url="https://doi.org/10.1109/4235.996017",
     )
