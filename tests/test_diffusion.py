@@ -141,3 +141,121 @@ def test_a_job_names_whole_components_by_source_and_its_recipes_carry_them(tiny_
         with pytest.raises(SpecError) as e:
             load_job(p)
         assert len(e.value.problems) == 1 and words in e.value.problems[0] and "components." in e.value.problems[0]
+
+
+@pytest.fixture(scope="module")
+def judge(tmp_path_factory):
+    """A tiny SigLIP registered as an image judge: the real scorer's code on a model made here."""
+    from evohub.local.tiny_sdxl import make_siglip
+    from evohub.score.judges import JUDGES, Judge
+    from evohub.score.judges.siglip import SiglipScorer
+
+    path = make_siglip(tmp_path_factory.mktemp("judge") / "siglip", seed=0)
+    JUDGES.register(Judge(name="tiny-siglip", doc="a tiny SigLIP made by the tests",
+                          load=lambda device: SiglipScorer(str(path), device), item_range=(0.0, 1.0)))  # fmt: skip
+    yield "tiny-siglip"
+    JUDGES.unregister("tiny-siglip")
+
+
+def sdxl_job(world: Path, evals: int = 8) -> Path:
+    (world / "prompts.jsonl").write_text(
+        "\n".join(json.dumps({"prompt": p, "seed": i}) for i, p in enumerate(["あかいふじさん", "あおいうみ", "ねこ"]))
+        + "\n"
+    )
+    p = world / "sdxl-job.yaml"
+    p.write_text(f"""\
+evohub_job: 1
+name: tiny-sdxl
+seed: 0
+sources:
+  - {{name: sdxl, path: sdxl}}
+  - {{name: dpo, path: dpo}}
+  - {{name: juggernaut, path: juggernaut}}
+  - {{name: jsdxl, path: jsdxl}}
+dtype: float32
+tokenizer_source: sdxl
+components: {{text_encoder: jsdxl, tokenizer: jsdxl}}
+parameter_space:
+  method: linear
+  normalize: true
+  patterns: ['{ATTN}']
+  weight: {{bounds: [0, 1]}}
+  optimizer: {{popsize: 4, max_evals: {evals}}}
+fitness:
+  task: text-to-image
+  data: {{path: prompts.jsonl}}
+  backend: diffusion
+  judge: tiny-siglip
+  steps: 2
+  image_size: 32
+  batch_size: 3
+""")
+    return p
+
+
+def test_a_worker_scores_candidates_merged_into_a_resident_pipeline(world: Path, judge: str, tmp_path: Path):
+    from diffusers import StableDiffusionXLPipeline
+
+    from evohub.evolve.genome import PSGenome
+    from evohub.evolve.worker import WorkerSpec
+    from evohub.merging.build import merge_to_disk
+    from evohub.score.judges import JUDGES
+    from evohub.spec import load_job
+
+    spec = load_job(sdxl_job(world))
+    genome = PSGenome.for_job(spec)
+    dirs = tuple(str(world / n) for n in ("sdxl", "dpo", "juggernaut", "jsdxl"))
+    worker = WorkerSpec("ps", genome, spec.fitness, 0, "float32", dirs).build()
+    x = [0.9, 0.1, 0.3, 0.6, 0.2, 0.8, 0.5, 0.4]  # (conv, attn) per source
+    recipe = genome.decode(x)
+    out = worker.evaluate(x, recipe)
+    assert out.error is None and len(out.scores) == 3 and out.metrics["n"] == 3.0
+    assert out.fitness == pytest.approx(sum(out.scores) / 3) and all(0 < s < 1 for s in out.scores)
+    # the same candidate merged to disk and run by diffusers itself gives the same scores
+    merged = merge_to_disk(recipe, [Path(d) for d in dirs], tmp_path / "m")
+    pipe = StableDiffusionXLPipeline.from_pretrained(merged, dtype=torch.float32)
+    prompts = ["あかいふじさん", "あおいうみ", "ねこ"]  # one batch, each image from its row's seed, as the worker does
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    images = pipe(prompts, num_inference_steps=2, guidance_scale=0.0, height=32, width=32, generator=gens).images
+    resident = dict(worker.backend.pipe.unet.named_parameters())
+    assert all(torch.equal(resident[n], t) for n, t in _unet(merged).items())  # the same weights, bit for bit
+    scores = JUDGES.get(judge).scorer("cpu").score(images, prompts)
+    assert scores == pytest.approx(out.scores, abs=1e-6)
+    # another candidate changes the images (and so the scores); the first one's come back exactly
+    other = worker.evaluate([0.1] * 8, genome.decode([0.1] * 8))
+    assert other.scores != out.scores
+    again = worker.evaluate(x, recipe)
+    assert again.scores == out.scores
+
+
+def test_a_parameter_space_stage_evolves_a_pipeline_and_resumes(world: Path, judge: str, tmp_path: Path):
+    from evohub.evolve.genome import PSGenome
+    from evohub.evolve.pool import InProcessPool
+    from evohub.evolve.search import Log, Scoring, run_stage
+    from evohub.evolve.worker import WorkerSpec
+    from evohub.spec import load_job
+
+    spec = load_job(sdxl_job(world, evals=8))
+    genome, opt = PSGenome.for_job(spec), spec.parameter_space.optimizer
+    dirs = tuple(str(world / n) for n in ("sdxl", "dpo", "juggernaut", "jsdxl"))
+    pool = InProcessPool(WorkerSpec("ps", genome, spec.fitness, 0, "float32", dirs))
+
+    def stage(log: Path, cap: int | None = None):
+        scoring = Scoring(item_range=(0.0, 1.0), matrix=log.with_suffix(".scores.jsonl"))
+        return run_stage(
+            "ps", genome, opt, pool, Log(log), tmp_path / "ck.json", seed=0, max_evals=cap, scoring=scoring
+        )
+
+    full = stage(tmp_path / "a.jsonl")
+    rows = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert full.evaluations == 8 and all(r["error"] is None and 0 < r["fitness"] < 1 for r in rows)
+    assert len({r["fitness"] for r in rows}) > 4  # the weights change the images
+    assert full.best_fitness == max(r["fitness"] for r in rows)
+    assert full.best.recipe.components == {"text_encoder": 3, "tokenizer": 3}
+    # in two capped calls (5 candidates, then the rest), the same rows
+    assert not stage(tmp_path / "b.jsonl", cap=5).complete
+    assert stage(tmp_path / "b.jsonl").complete
+    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k != "seconds" and not k.endswith("_s")}  # noqa: E731
+                       for x in p.read_text().splitlines()]  # fmt: skip
+    assert strip(tmp_path / "b.jsonl") == strip(tmp_path / "a.jsonl")
+    pool.close()

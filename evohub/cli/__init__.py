@@ -23,6 +23,7 @@ from evohub.evolve.estimators import ESTIMATORS
 from evohub.evolve.optimizers import OPTIMIZERS
 from evohub.merging.methods import METHODS
 from evohub.models import KINDS
+from evohub.score.judges import JUDGES
 from evohub.score.suites import suite_names
 from evohub.score.tasks import TASKS
 
@@ -86,6 +87,7 @@ def _vocabulary() -> str:
     """What a job spec may name, read from the registries."""
     rows = [("merge methods", METHODS.choices()), ("fitness tasks", TASKS.choices()),
             ("fitness estimators", ESTIMATORS.choices()), ("optimisers", OPTIMIZERS.choices()),
+            ("image judges (fitness.judge)", JUDGES.choices()),
             ("evaluation suites", suite_names()), ("model kinds (publish.card)", KINDS.choices())]  # fmt: skip
     return "names a job spec may use (evohub list shows them with their descriptions):\n" + "\n".join(
         f"  {what}: {names}" for what, names in rows

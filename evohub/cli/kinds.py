@@ -7,6 +7,7 @@ from evohub.evolve.optimizers import OPTIMIZERS
 from evohub.merging.methods import METHODS
 from evohub.models import KINDS
 from evohub.registry import Registry, markdown_table
+from evohub.score.judges import JUDGES
 from evohub.score.suites import SUITES
 from evohub.score.tasks import TASKS
 
@@ -28,6 +29,7 @@ KIND_TABLES: dict[str, tuple[str, Registry, dict[str, str]]] = {
         OPTIMIZERS,
         {"reads": "fields", "options (`optimizer.options`)": "defaults", "stages": "stages"},
     ),
+    "judges": ("image judges (`fitness.judge`)", JUDGES, {"model": "repo"}),
     "suites": ("evaluation suites (`evaluation.suites`)", SUITES, {"task": "task", "dataset": "dataset_name"}),
     "kinds": ("model kinds (`publish.card`)", KINDS, {"pipeline": "pipeline_tag"}),
 }

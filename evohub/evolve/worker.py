@@ -27,6 +27,7 @@ from evohub.evolve.genome import DFSGenome, Genome
 from evohub.evolve.search import Outcome
 from evohub.merging.arch import lm_parameters
 from evohub.merging.build import open_inputs
+from evohub.merging.diffusion import is_pipeline
 from evohub.merging.io import DTYPES
 from evohub.merging.path import PathExecutor
 from evohub.merging.ps import Model, ResidentMerge, resident_bytes, resident_names, workspace_bytes
@@ -34,6 +35,7 @@ from evohub.score.backends.hf import HFBackend, load_model
 from evohub.score.data import checked, load_rows
 from evohub.score.tasks import get_task
 from evohub.spec import Fitness, Recipe
+from evohub.spec.job import TASK_OPTIONS
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class Worker:
             torch.set_num_threads(spec.threads)
         self.spec = spec
         fit = spec.fitness
-        self.task = get_task(fit.task, prompt=fit.prompt, stop=fit.stop)
+        self.task = get_task(fit.task, **{k: getattr(fit, k) for k in TASK_OPTIONS})
         self.rows = checked(self.task, load_rows(fit.data), fit.data)
         self._validation: list[dict] | None = None
         self._load_ps() if spec.stage == "ps" else self._load_dfs()
@@ -72,6 +74,9 @@ class Worker:
     def _load_ps(self) -> None:
         spec = self.spec
         template = spec.genome.decode(spec.genome.x0())
+        if is_pipeline(spec.model_dirs[0]):
+            self._load_pipeline(template)
+            return
         inputs = open_inputs(template, [Path(d) for d in spec.model_dirs])
         if spec.fitness.backend == "vllm":
             self._load_vllm(template, inputs)
@@ -80,6 +85,25 @@ class Worker:
         primary = spec.model_dirs[self.merge.plan.primary]
         self.backend = HFBackend.load(primary, spec.device, _dtype(spec.dtype), self._batch, spec.tokenizer_dir)
         params = lm_parameters(self.backend.model)
+        self._apply = lambda recipe: self.merge.apply(recipe, params)
+
+    def _load_pipeline(self, template: Recipe) -> None:
+        """A diffusion pipeline (docs/design.md#image-fitness): the inputs' UNets resident, the
+        primary's pipeline (with the recipe's whole components) generating, each candidate's UNet
+        merged into its parameters."""
+        from evohub.merging.diffusion import component_sources, components, read_index, unet_model
+        from evohub.score.backends.diffusion import DiffusionBackend
+
+        spec = self.spec
+        dirs = [Path(d) for d in spec.model_dirs]
+        labels = [r.display() for r in template.inputs()]
+        inputs = [unet_model(d, label) for d, label in zip(dirs, labels, strict=True)]
+        self.merge = ResidentMerge(inputs, template, device=spec.device, resident_device=spec.resident_device)
+        primary = self.merge.plan.primary
+        sources = component_sources(template, primary, components(read_index(dirs[primary])))
+        swapped = {c: dirs[k] for c, k in sources.items() if k != primary}
+        self.backend = DiffusionBackend.load(dirs[primary], swapped, spec.device, _dtype(spec.dtype))
+        params = {n: p.data for n, p in self.backend.pipe.unet.named_parameters()}
         self._apply = lambda recipe: self.merge.apply(recipe, params)
 
     def _load_vllm(self, template: Recipe, inputs: list[Model]) -> None:

@@ -97,3 +97,35 @@ def make_sdxl(path: str | Path, seed: int, base: str | Path | None = None, noise
         pipe.unet.to(unet_dtype)
     pipe.save_pretrained(path, variant=variant, safe_serialization=True)
     return path
+
+
+def make_siglip(path: str | Path, seed: int = 0) -> Path:
+    """A tiny SigLIP (image 32x32, patches of 8, width 32) with a character tokenizer over hiragana
+    and a few Latin letters, saved with its processor: a deterministic image judge that loads as
+    the real ones do (``AutoModel``, ``AutoProcessor``)."""
+    import tempfile
+
+    from transformers import SiglipConfig, SiglipModel, SiglipProcessor, SiglipTextConfig, SiglipVisionConfig
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    from evohub.local.tiny import save_tokenizer
+
+    path = Path(path)
+    chars = [chr(0x3041 + i) for i in range(83)] + list("abcdefghijklmnopqrstuvwxyz ")
+    tokens = [*chars, "<unk>", "</s>", "<pad>"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = save_tokenizer(tmp, tokens, unk="<unk>", eos="</s>", pad="<pad>", chars=True)
+    tok.model_max_length = 16
+    n = len(tokens)
+    text = SiglipTextConfig(vocab_size=n, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                            num_attention_heads=2, max_position_embeddings=16, bos_token_id=None,
+                            eos_token_id=n - 2, pad_token_id=n - 1)  # fmt: skip
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=32, patch_size=8)  # fmt: skip
+    torch.manual_seed(seed)
+    SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).save_pretrained(path)
+    processor = SiglipProcessor(
+        image_processor=SiglipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tok
+    )
+    processor.save_pretrained(path)
+    return path

@@ -20,6 +20,7 @@ from evohub.merging.methods import METHODS
 from evohub.merging.methods.base import DENSITY_DOMAIN, MergeMethod
 from evohub.models import KINDS
 from evohub.score.backends import BACKENDS
+from evohub.score.judges import JUDGES
 from evohub.score.suites import find_suite
 from evohub.score.tasks import TASKS
 from evohub.spec.problems import Invalid, validate_doc
@@ -42,6 +43,9 @@ from evohub.spec.yamlio import Loc, dump_yaml, parse_yaml
 
 #: DFS hidden-state scales must be > 0 (the fold divides by them) and at most this.
 SCALE_MAX = 10.0
+
+#: the ``fitness`` fields a task may take (``Task.options``), passed to it by name
+TASK_OPTIONS = ("prompt", "stop", "judge", "steps", "guidance_scale", "image_size")
 
 Backend = Literal[BACKENDS]  # type: ignore[valid-type]  # the scoring backends: vllm | hf
 
@@ -161,6 +165,11 @@ class Fitness(Frozen):
     batch_size: int | None = Field(None, gt=0)
     prompt: str | None = Field(None, description="prompt template with {input}; default: the task's (the paper's)")
     stop: tuple[str, ...] | None = Field(None, description="stop strings; default: the task's (the paper's)")
+    #: text-to-image: the image judge, denoising steps, guidance scale and image size (pixels)
+    judge: Annotated[str, registered(JUDGES)] | None = Field(None, description="text-to-image: the image judge")
+    steps: int | None = Field(None, gt=0, description="text-to-image: denoising steps")
+    guidance_scale: float | None = Field(None, ge=0, description="text-to-image: classifier-free guidance scale")
+    image_size: int | None = Field(None, gt=0, description="text-to-image: square image size in pixels")
 
     @field_validator("prompt")
     @classmethod
@@ -414,7 +423,7 @@ def _fitness_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:
             ("fitness", "backend"),
             f"{fit.task} runs on {' or '.join(task.backends)}: set 'backend: {task.backends[0]}'",
         )
-    for option in ("prompt", "stop"):
+    for option in TASK_OPTIONS:
         if getattr(fit, option) is not None and option not in task.options:
             yield ("fitness", option), f"{fit.task} takes no {option!r}"
     if fit.limit and fit.minibatch and fit.minibatch > fit.limit:

