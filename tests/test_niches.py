@@ -361,7 +361,9 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_log(tmp_path: Path, optim
 def test_plan_and_help_name_the_optimiser_and_its_settings(world: Path, run_cli):
     code, out, err = run_cli("plan", job(world), "--json")
     assert code == 0, err
-    assert [s["optimizer"] for s in json.loads(out)["stages"]] == ["m2n2 (alpha=1, archive=5, mutation=0.05)"]
+    stages = json.loads(out)["stages"]
+    assert [s["optimizer"] for s in stages] == ["m2n2 (alpha=1, archive=5, mutation=0.05)"]
+    assert stages[0]["dims_detail"].startswith("task_arithmetic: 2 sources x ")  # the operator, then its genes
     code, out, err = run_cli("plan", job(world, ME_OPT), "--json")
     assert json.loads(out)["stages"][0]["optimizer"] == ("map-elites (descriptors ja_rate (4 bins); line_sigma=0.2)")
     code, out, _ = run_cli("validate", "--help")  # the vocabulary a job spec may name

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 from rich.table import Table
 
-from evohub.evolve.genome import Budget, Genome, genome_for
+from evohub.evolve.genome import Budget, Genome, PSGenome, genome_for
 from evohub.evolve.optimizers import OPTIMIZERS
 from evohub.hub.client import fetch_config
 from evohub.merging.arch import ParamCount, count_parameters, dtype_bytes, read_config, stored_dtype
@@ -118,7 +118,14 @@ def _config(ref: ModelRef) -> dict:
 
 def _stage(name: str, genome: Genome, opt) -> StagePlan:
     budget = Budget.of(opt, genome.dims)
-    return StagePlan(name=name, dims=genome.dims, dims_detail=genome.describe(), popsize=budget.popsize,
+    detail = genome.describe()
+    if isinstance(genome, PSGenome):  # the merge operator and its fixed options, before its genes
+        ps = genome.search
+        opts = {o.name: o.default for o in ps.kind.options} | dict(ps.options or {})
+        detail = (
+            f"{ps.method}" + (f" ({', '.join(f'{k}={v:g}' for k, v in opts.items())})" if opts else "") + f": {detail}"
+        )
+    return StagePlan(name=name, dims=genome.dims, dims_detail=detail, popsize=budget.popsize,
                      evaluations=budget.evaluations, generations=budget.generations, max_hours=budget.max_hours,
                      optimizer=_optimizer_line(opt))  # fmt: skip
 
