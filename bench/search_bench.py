@@ -90,7 +90,7 @@ def job(root: Path, arm: str, seed: int, evals: int, world: Path | None = None) 
     opt |= {f: ps["optimizer"][f] for f in ("x0", "sigma0") if f in reads}
     ps["optimizer"] = opt
     out = root / "jobs" / f"{slug}-{seed}.yaml"
-    out.parent.mkdir(exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
     return out
 
