@@ -49,6 +49,7 @@ ARMS = {
     "cma-es/della": ({"algorithm": "cma-es"}, "della"),
     "cma-es/breadcrumbs": ({"algorithm": "cma-es"}, "breadcrumbs"),
     "cma-es/breadcrumbs_ties": ({"algorithm": "cma-es"}, "breadcrumbs_ties"),
+    "cma-es/tsv": ({"algorithm": "cma-es"}, "tsv"),
     # M2N2 mixes genotypes: exactly the parents' merges for task_arithmetic (linear in its genes).
     # Without mutation (the paper's setting from pre-trained models) ...
     "m2n2/task_arithmetic": ({"algorithm": "m2n2", "options": {"mutation": 0.0}}, "task_arithmetic"),
