@@ -71,8 +71,12 @@ real-weights: $(STAMP)
 # without installing anything (uv reads the wheels' metadata from PyPI).
 lock-gpu: $(STAMP)
 	$(PY) -m pip install -q uv
-	{ sed -n 1,3p .ci/lock-gpu.txt; $(VENV)/bin/uv pip compile pyproject.toml --extra eval --extra vllm --extra ray \
-	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header -q; } > .ci/lock-gpu.txt.new
+	@# uv keeps the current pins where they still resolve (it reads its output file as preferences)
+	sed 1,3d .ci/lock-gpu.txt > .ci/lock-gpu.body
+	$(VENV)/bin/uv pip compile pyproject.toml --extra eval --extra vllm --extra ray --extra diffusion \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header -q -o .ci/lock-gpu.body
+	{ sed -n 1,3p .ci/lock-gpu.txt; cat .ci/lock-gpu.body; } > .ci/lock-gpu.txt.new
+	rm .ci/lock-gpu.body
 	mv .ci/lock-gpu.txt.new .ci/lock-gpu.txt
 
 print-jobs:

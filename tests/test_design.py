@@ -18,7 +18,7 @@ LAYERS = {
     "evohub.score.metrics": 1, "evohub.score.judges": 1, "evohub.evolve": 1, "evohub.evolve.optimizers": 1, "evohub.evolve.estimators": 1,
     "evohub.spec": 2,
     "evohub.merging.kernels": 3, "evohub.merging.io": 3, "evohub.merging.ps": 3, "evohub.merging.dfs": 3,
-    "evohub.merging.path": 3, "evohub.merging.diffusion": 3, "evohub.merging.build": 3, "evohub.merging.export": 3, "evohub.merging.operators": 3,
+    "evohub.merging.path": 3, "evohub.merging.diffusion": 3, "evohub.merging.lora": 3, "evohub.merging.build": 3, "evohub.merging.export": 3, "evohub.merging.operators": 3,
     "evohub.score.backends.hf": 4, "evohub.score.backends.vllm": 4, "evohub.score.backends.vllm_path": 4,
     "evohub.score.backends.vllm_path_model": 4, "evohub.score.backends.vllm_merge": 4, "evohub.score.backends.diffusion": 4, "evohub.score.data": 4,
     "evohub.score.lmeval": 4, "evohub.score.evaluate": 4,

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import hubserver
 import pytest
 import torch
 
@@ -15,6 +16,8 @@ pytest.importorskip("diffusers", reason="diffusion pipelines need the diffusion 
 from safetensors.torch import load_file
 
 from evohub.local.tiny_sdxl import make_sdxl
+
+hub = hubserver.hub  # the fixture
 
 ATTN = r"to_q|to_k|to_v|to_out\.0"  # EvoSDXL-JP's attn group; the rest is conv
 #: (conv, attn) weights per source: base SDXL, DPO (fp32 UNet only), Juggernaut, JSDXL (fp16 variants)
@@ -25,7 +28,9 @@ WEIGHTS = [(0.16, 0.19), (0.10, 0.20), (0.65, 0.39), (0.09, 0.22)]
 def world(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sdxl")
     base = make_sdxl(root / "sdxl", seed=0)
-    make_sdxl(root / "dpo", seed=1, base=base, unet_dtype=torch.float32)  # SDXL-DPO: a float32 UNet only
+    make_sdxl(
+        root / "dpo", seed=1, base=base, unet_dtype=torch.float32, unet_only=True
+    )  # SDXL-DPO: a float32 UNet alone
     make_sdxl(root / "juggernaut", seed=2, base=base, variant="fp16")
     make_sdxl(root / "jsdxl", seed=3, base=base, text_encoder_seed=7, variant="fp16")
     return root
@@ -46,7 +51,7 @@ def recipe(world: Path, components: str = "{text_encoder: 3, tokenizer: 3}", dty
 
 def _unet(d: Path) -> dict[str, torch.Tensor]:
     files = sorted((d / "unet").glob("*.safetensors"))
-    plain = [f for f in files if ".fp16." not in f.name] or files
+    plain = [f for f in files if ".fp16." in f.name] or files  # the fp16 variant when there (evohub.hub.pipelines)
     out: dict[str, torch.Tensor] = {}
     for f in plain:
         out |= load_file(f)
@@ -144,17 +149,11 @@ def test_a_job_names_whole_components_by_source_and_its_recipes_carry_them(tiny_
 
 
 @pytest.fixture(scope="module")
-def judge(tmp_path_factory):
-    """A tiny SigLIP registered as an image judge: the real scorer's code on a model made here."""
+def judge(world: Path) -> Path:
+    """A tiny SigLIP for the real ``siglip2`` judge's code (``fitness.judge_model: {path: judge}``)."""
     from evohub.local.tiny_sdxl import make_siglip
-    from evohub.score.judges import JUDGES, Judge
-    from evohub.score.judges.siglip import SiglipScorer
 
-    path = make_siglip(tmp_path_factory.mktemp("judge") / "siglip", seed=0)
-    JUDGES.register(Judge(name="tiny-siglip", doc="a tiny SigLIP made by the tests",
-                          load=lambda device: SiglipScorer(str(path), device), item_range=(0.0, 1.0)))  # fmt: skip
-    yield "tiny-siglip"
-    JUDGES.unregister("tiny-siglip")
+    return make_siglip(world / "judge", seed=0)
 
 
 def sdxl_job(world: Path, evals: int = 8) -> Path:
@@ -185,7 +184,8 @@ fitness:
   task: text-to-image
   data: {{path: prompts.jsonl}}
   backend: diffusion
-  judge: tiny-siglip
+  judge: siglip2
+  judge_model: {{path: judge}}
   steps: 2
   image_size: 32
   batch_size: 3
@@ -193,7 +193,7 @@ fitness:
     return p
 
 
-def test_a_worker_scores_candidates_merged_into_a_resident_pipeline(world: Path, judge: str, tmp_path: Path):
+def test_a_worker_scores_candidates_merged_into_a_resident_pipeline(world: Path, judge: Path, tmp_path: Path):
     from diffusers import StableDiffusionXLPipeline
 
     from evohub.evolve.genome import PSGenome
@@ -205,7 +205,7 @@ def test_a_worker_scores_candidates_merged_into_a_resident_pipeline(world: Path,
     spec = load_job(sdxl_job(world))
     genome = PSGenome.for_job(spec)
     dirs = tuple(str(world / n) for n in ("sdxl", "dpo", "juggernaut", "jsdxl"))
-    worker = WorkerSpec("ps", genome, spec.fitness, 0, "float32", dirs).build()
+    worker = WorkerSpec("ps", genome, spec.fitness, 0, "float32", dirs, judge_dir=str(judge)).build()
     x = [0.9, 0.1, 0.3, 0.6, 0.2, 0.8, 0.5, 0.4]  # (conv, attn) per source
     recipe = genome.decode(x)
     out = worker.evaluate(x, recipe)
@@ -219,7 +219,7 @@ def test_a_worker_scores_candidates_merged_into_a_resident_pipeline(world: Path,
     images = pipe(prompts, num_inference_steps=2, guidance_scale=0.0, height=32, width=32, generator=gens).images
     resident = dict(worker.backend.pipe.unet.named_parameters())
     assert all(torch.equal(resident[n], t) for n, t in _unet(merged).items())  # the same weights, bit for bit
-    scores = JUDGES.get(judge).scorer("cpu").score(images, prompts)
+    scores = JUDGES.get("siglip2").scorer("cpu", str(judge)).score(images, prompts)
     assert scores == pytest.approx(out.scores, abs=1e-6)
     # another candidate changes the images (and so the scores); the first one's come back exactly
     other = worker.evaluate([0.1] * 8, genome.decode([0.1] * 8))
@@ -228,7 +228,7 @@ def test_a_worker_scores_candidates_merged_into_a_resident_pipeline(world: Path,
     assert again.scores == out.scores
 
 
-def test_a_parameter_space_stage_evolves_a_pipeline_and_resumes(world: Path, judge: str, tmp_path: Path):
+def test_a_parameter_space_stage_evolves_a_pipeline_and_resumes(world: Path, judge: Path, tmp_path: Path):
     from evohub.evolve.genome import PSGenome
     from evohub.evolve.pool import InProcessPool
     from evohub.evolve.search import Log, Scoring, run_stage
@@ -238,7 +238,7 @@ def test_a_parameter_space_stage_evolves_a_pipeline_and_resumes(world: Path, jud
     spec = load_job(sdxl_job(world, evals=8))
     genome, opt = PSGenome.for_job(spec), spec.parameter_space.optimizer
     dirs = tuple(str(world / n) for n in ("sdxl", "dpo", "juggernaut", "jsdxl"))
-    pool = InProcessPool(WorkerSpec("ps", genome, spec.fitness, 0, "float32", dirs))
+    pool = InProcessPool(WorkerSpec("ps", genome, spec.fitness, 0, "float32", dirs, judge_dir=str(judge)))
 
     def stage(log: Path, cap: int | None = None):
         scoring = Scoring(item_range=(0.0, 1.0), matrix=log.with_suffix(".scores.jsonl"))
@@ -259,3 +259,181 @@ def test_a_parameter_space_stage_evolves_a_pipeline_and_resumes(world: Path, jud
                        for x in p.read_text().splitlines()]  # fmt: skip
     assert strip(tmp_path / "b.jsonl") == strip(tmp_path / "a.jsonl")
     pool.close()
+
+
+@pytest.fixture(scope="module")
+def lora(world: Path) -> Path:
+    """A kohya-format LoRA (SDXL-Lightning's layout) for the tiny UNet, in a folder of its own."""
+    from evohub.local.tiny_sdxl import make_lora
+
+    return make_lora(world / "sdxl" / "unet", world / "lightning" / "tiny_lightning_4step_lora.safetensors", seed=5)
+
+
+def test_a_lora_is_fused_at_its_scale_as_diffusers_fuses_it(world: Path, lora: Path, tmp_path: Path, run_cli):
+    from diffusers import StableDiffusionXLPipeline
+
+    text = recipe(world).read_text()
+    plain = tmp_path / "plain"
+    assert run_cli("merge", recipe(world), "--out", plain, "-q")[0] == 0
+    fused_recipe = world / "recipe-lora.yaml"
+    fused_recipe.write_text(text + "loras:\n  - source: {path: lightning, file: tiny_lightning_4step_lora.safetensors}\n"
+                            "    scale: 0.7\n")  # fmt: skip
+    code, _, err = run_cli("merge", fused_recipe, "--out", tmp_path / "fused", "-q")
+    assert code == 0, err
+    ours = _unet(tmp_path / "fused")
+    # the independent reference: diffusers loads the kohya file into the plain merge and fuses it
+    pipe = StableDiffusionXLPipeline.from_pretrained(plain, dtype=torch.float32)
+    pipe.load_lora_weights(str(lora))
+    pipe.fuse_lora(lora_scale=0.7)
+    pipe.unload_lora_weights()
+    theirs = pipe.unet.state_dict()
+    before = _unet(plain)
+    changed = [n for n in ours if not torch.equal(ours[n], before[n])]
+    factors = [k for k in load_file(lora) if k.endswith(".lora_down.weight")]
+    assert len(changed) == len(factors) == 36  # q, k, v, out of 8 attentions, and 4 feed-forward outputs
+    for n, t in ours.items():
+        assert torch.allclose(t, theirs[n], atol=1e-6, rtol=1e-5), n
+
+
+def lora_job(world: Path, more: str = "") -> Path:
+    """The tiny job with the kohya LoRA fused at a searched scale (one gene after the merge's)."""
+    p = world / "lora-job.yaml"
+    p.write_text(sdxl_job(world, evals=8).read_text() + "loras:\n  - {name: lightning, path: lightning, "
+                 "file: tiny_lightning_4step_lora.safetensors, scale: {bounds: [0, 1]}}\n" + more)  # fmt: skip
+    return p
+
+
+def test_a_candidate_with_a_lora_is_the_same_in_memory_as_on_disk(world: Path, judge: Path, lora: Path,
+                                                                   tmp_path: Path):  # fmt: skip
+    from evohub.evolve.genome import PSGenome
+    from evohub.evolve.worker import WorkerSpec
+    from evohub.merging.build import merge_to_disk
+    from evohub.spec import load_job
+
+    spec = load_job(lora_job(world))
+    genome = PSGenome.for_job(spec)
+    assert genome.dims == 9
+    dirs = tuple(str(world / n) for n in ("sdxl", "dpo", "juggernaut", "jsdxl", "lightning"))
+    worker = WorkerSpec("ps", genome, spec.fitness, 0, "float32", dirs, judge_dir=str(judge)).build()
+    x = [0.9, 0.1, 0.3, 0.6, 0.2, 0.8, 0.5, 0.4, 0.75]
+    recipe = genome.decode(x)
+    assert recipe.loras[0].scale == pytest.approx(0.75)
+    first = worker.evaluate(x, recipe)
+    assert first.error is None
+    merged = merge_to_disk(recipe, [Path(d) for d in dirs], tmp_path / "m")
+    resident = dict(worker.backend.pipe.unet.named_parameters())
+    assert all(torch.equal(resident[n], t) for n, t in _unet(merged).items())  # bit for bit
+    other = worker.evaluate([*x[:-1], 0.0], genome.decode([*x[:-1], 0.0]))  # the LoRA off: other images
+    assert other.scores != first.scores
+    assert worker.evaluate(x, recipe).scores == first.scores  # fused afresh, never piled up
+    assert all(torch.equal(resident[n], t) for n, t in _unet(merged).items())
+
+
+def test_a_tiny_sdxl_job_evolves_evaluates_renders_the_grid_and_publishes(world: Path, judge: Path, lora: Path,
+                                                                          hub, tmp_path: Path, run_cli):  # fmt: skip
+    """`evohub run` of a diffusion job with a searched LoRA scale, end to end on the CPU."""
+    from diffusers import StableDiffusionXLPipeline
+    from huggingface_hub import ModelCard, snapshot_download
+
+    (world / "heldout.jsonl").write_text("".join(json.dumps({"prompt": p, "seed": 100 + i}, ensure_ascii=False) + "\n"
+                                                 for i, p in enumerate(["しろいねこ", "あおいそら", "みどりのやま"])))  # fmt: skip
+    p = lora_job(world, "scheduler: {timestep_spacing: trailing}\n"
+                        "evaluation: {suites: [text-to-image], backend: diffusion, data: {text-to-image: heldout.jsonl}}\n"
+                        "publish: {repo: me/EvoSDXL-tiny, card: sdxl}\n")  # fmt: skip
+    code, out, err = run_cli("plan", p, "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["stages"][0]["dims"] == 9 and plan["stages"][0]["dims_detail"].endswith("+ 1 LoRA scale(s)")
+    assert any(n.startswith("merging streams one tensor at a time: host memory stays under") for n in plan["notes"])
+    assert [s["model_type"] for s in plan["sources"]][1:] == ["UNet2DConditionModel (UNet alone)",
+                                                             "StableDiffusionXLPipeline", "StableDiffusionXLPipeline", "LoRA"]  # fmt: skip
+    code, out, err = run_cli("run", p, "--run-dir", tmp_path / "run", "-q")
+    assert code == 0, err
+    run = tmp_path / "run"
+    recipe_text = (run / "recipe.yaml").read_text()
+    assert "loras:" in recipe_text and "tiny_lightning_4step_lora.safetensors" in recipe_text
+    results = json.loads((run / "results.json").read_text())
+    # every whole pipeline is evaluated, the UNet alone (dpo) is not; the grid has a column each
+    assert set(results["models"]) == {"evolved", "sdxl", "juggernaut", "jsdxl", "untuned merge"}
+    assert all(len(list((run / "eval" / n / "images" / "text-to-image").glob("*.png"))) == 3 for n in results["models"])
+    assert (run / "samples.png").is_file()
+    files = hub.files("me/EvoSDXL-tiny")
+    assert {"model_index.json", "unet/config.json", "text_encoder/config.json", "samples.png", "recipe.yaml"} <= set(
+        files
+    )
+    assert files["text_encoder/model.safetensors"] == (world / "jsdxl/text_encoder/model.fp16.safetensors").read_bytes()
+    assert json.loads(files["scheduler/scheduler_config.json"])["timestep_spacing"] == "trailing"
+    assert json.loads((world / "sdxl/scheduler/scheduler_config.json").read_text())["timestep_spacing"] == "leading"
+    card = ModelCard(files["README.md"].decode())
+    assert (card.data.library_name, card.data.pipeline_tag) == ("diffusers", "text-to-image")
+    readme = files["README.md"].decode()
+    assert "![samples](samples.png)" in readme and 'DiffusionPipeline.from_pretrained("me/EvoSDXL-tiny"' in readme
+    assert "| `text_encoder` | jsdxl |" in readme and "\\|to_k" in readme  # a group's pattern escaped in its table
+    # evohub verify rebuilds it from the recipe (the LoRA file too) and compares every component's files
+    code, out, err = run_cli("verify", "me/EvoSDXL-tiny", "--sources-dir", run, "--device", "cpu", "-q")
+    assert code == 0 and "verified: the rebuild is identical" in out, out + err
+    for name in ("unet/diffusion_pytorch_model-00001-of-00001.safetensors", "text_encoder/model.safetensors",
+                 "model_index.json", "scheduler/scheduler_config.json"):  # fmt: skip
+        assert f"equal     {name}" in out, out
+    # the published pipeline loads with diffusers alone and generates
+    local = snapshot_download("me/EvoSDXL-tiny")
+    pipe = StableDiffusionXLPipeline.from_pretrained(local, dtype=torch.float32)
+    image = pipe("ねこ", num_inference_steps=2, guidance_scale=0.0, height=32, width=32).images[0]
+    assert image.size == (32, 32)
+
+
+def test_the_evosdxl_jp_job_plans_memory_and_time_for_the_real_sources():
+    """jobs/evosdxl-jp.yaml on the real layouts (SDXL's UNet config; the sizes the Hub lists)."""
+    from evohub.pipeline.cost import estimate_cost
+    from evohub.pipeline.gpu import gpu_plan
+    from evohub.pipeline.plan import make_plan
+    from evohub.spec import load_job
+
+    unet = json.loads((Path(__file__).parent / "data" / "sdxl_unet_config.json").read_text())
+    index = {"_class_name": "StableDiffusionXLPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}
+    fp16 = {"unet": [("unet/diffusion_pytorch_model.fp16.safetensors", 5_135_149_760)],
+            "text_encoder": [("text_encoder/model.fp16.safetensors", 246_144_152)],
+            "text_encoder_2": [("text_encoder_2/model.fp16.safetensors", 1_389_382_176)],
+            "vae": [("vae/diffusion_pytorch_model.fp16.safetensors", 167_335_342)]}  # fmt: skip
+    layouts = {"sdxl": (index, unet, fp16), "juggernaut": (index, unet, fp16), "jsdxl": (index, unet, fp16),
+               "dpo": (None, unet, {"unet": [("unet/diffusion_pytorch_model.safetensors", 10_270_077_736)]}),
+               "lightning": 393_854_592, "vae_scale": 8}  # fmt: skip
+    job = load_job(Path(__file__).parents[1] / "jobs" / "evosdxl-jp.yaml")
+    plan = make_plan(job, layouts=layouts)
+    assert [s.params for s in plan.sources[:4]] == [2_567_463_684] * 4  # SDXL's UNet, counted on the meta device
+    assert [s.stored_dtype for s in plan.sources[:4]] == ["float16", "float32", "float16", "float16"]
+    assert plan.stages[0].dims == 9 and plan.stages[0].evaluations == 200
+    # a worker: 4 resident UNets + the pipeline's own in float16, + the text encoders and VAE
+    assert plan.accelerator_bytes == 5 * 2_567_463_684 * 2 + 246_144_152 + 1_389_382_176 + 167_335_342
+    # merging streams: 5 copies of the largest tensor (29.5M elements, float32 for DPO's), the merged one, a shard
+    assert plan.image.largest_tensor == 29_491_200 and plan.host_bytes < 3e9
+    assert 6.5e12 < plan.image.unet_flops < 7e12 and plan.image.latent_size == 128  # one 1024x1024 step
+    gpu = gpu_plan(job, plan, "h100")
+    assert gpu.fits and gpu.stages[0].resident == 4 * 2_567_463_684 * 2
+    cost = estimate_cost(job, plan, "h100")
+    (stage,) = cost.stages
+    assert stage.items == 200 * 48
+    # 48 images x 4 steps x 6.8 TFLOPs at a quarter of the H100's peak (5.2 s a candidate), + each
+    # candidate's merge of 5.1 GB at the measured merge rate (1.5 s)
+    assert 0.25 < stage.generation_hours < 0.35 and 0.05 < stage.merge_hours < 0.1
+
+
+def test_a_pull_fetches_one_variant_of_each_named_component_and_nothing_else():
+    """The SDXL base listing (recorded snapshot): fp16 weights, configs and tokenizer files of the
+    components model_index.json names; never the 6.9 GB single file, the float32 copies, the
+    OpenVINO exports or the extra VAE folder."""
+    import fnmatch
+
+    from evohub.hub.pipelines import chosen_weights, pipeline_patterns
+    from evohub.local.snapshot import load_snapshot
+
+    snap = load_snapshot("stabilityai/stable-diffusion-xl-base-1.0", "model")
+    names = list(snap.files)
+    fetched = {n for n in names if any(fnmatch.fnmatch(n, p) for p in pipeline_patterns(names, snap.config))}
+    weights = {n for n in fetched if n.endswith(".safetensors")}
+    assert weights == {"unet/diffusion_pytorch_model.fp16.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors",
+                       "text_encoder/model.fp16.safetensors", "text_encoder_2/model.fp16.safetensors"}  # fmt: skip
+    assert "model_index.json" in fetched and "tokenizer/merges.txt" in fetched
+    assert not {n for n in fetched if n.startswith(("vae_1_0/", "vae_decoder/", "vae_encoder/"))}
+    dpo = load_snapshot("mhdang/dpo-sdxl-text2image-v1", "model")  # a UNet alone, float32 only
+    assert chosen_weights(list(dpo.files), None) == {"unet": ["unet/diffusion_pytorch_model.safetensors"]}

@@ -101,7 +101,7 @@ def test_nightly_installs_from_the_lock_without_a_token_and_rehearses_before_the
     pinned = {m.group(1).lower().replace("_", "-") for m in re.finditer(r"^([A-Za-z0-9_.-]+)==\S+ \\$", lock, re.M)}
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = project["dependencies"] + [
-        d for extra in ("eval", "vllm", "ray") for d in project["optional-dependencies"][extra]
+        d for extra in ("eval", "vllm", "ray", "diffusion") for d in project["optional-dependencies"][extra]
     ]
     for dep in wanted:
         name = re.match(r"[A-Za-z0-9_.-]+", dep).group(0).lower().replace("_", "-")

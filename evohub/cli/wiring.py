@@ -33,7 +33,7 @@ def wired_spec(spec_path: Path, root: Path) -> Path:
         if part := data.get(key):
             opt = part["optimizer"]
             pop = min(opt.get("popsize") or 4, 4)
-            part["optimizer"] = {"x0": opt.get("x0", 0.5), "sigma0": opt.get("sigma0", 1 / 6), "popsize": pop,
+            part["optimizer"] = {"x0": opt["x0"] if isinstance(opt.get("x0"), float) else 0.5, "sigma0": opt.get("sigma0", 1 / 6), "popsize": pop,
                                  "max_evals": pop}  # fmt: skip
     if data.get("parameter_space"):
         data["parameter_space"]["layer_groups"] = min(data["parameter_space"].get("layer_groups", 1), 4)

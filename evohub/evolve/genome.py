@@ -32,6 +32,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from evohub.errors import SpecError
 from evohub.spec import DFSSearch, JobSpec, ModelRef, Optimizer, PSSearch, Recipe
 
 
@@ -81,6 +82,11 @@ class PSGenome:
     tokenizer_source: str | int
     #: a diffusion pipeline's whole components: name -> "base" or a source index
     components: tuple[tuple[str, str | int], ...] = ()
+    #: LoRAs fused into the merged UNet: (file reference, fixed scale or searched bounds); one
+    #: gene per searched scale, after the merge's genes
+    loras: tuple[tuple[ModelRef, float | tuple[float, float]], ...] = ()
+    #: a diffusion pipeline's scheduler settings
+    scheduler: tuple[tuple[str, str | int | float | bool], ...] = ()
 
     @classmethod
     def for_job(cls, spec: JobSpec, pin: Callable[[ModelRef], ModelRef] = lambda r: r) -> PSGenome:
@@ -99,6 +105,10 @@ class PSGenome:
             components=tuple(
                 (c, "base" if v == "base" else names.index(v)) for c, v in (spec.components or {}).items()
             ),
+            loras=tuple(
+                (pin(x.plain()), x.scale if isinstance(x.scale, float) else x.scale.bounds) for x in spec.loras
+            ),
+            scheduler=tuple((spec.scheduler or {}).items()),
         )
 
     @property
@@ -108,21 +118,46 @@ class PSGenome:
 
     @property
     def dims(self) -> int:
+        return self.merge_dims + self.lora_genes
+
+    @property
+    def merge_dims(self) -> int:
+        """The merge's genes (the LoRA scales come after them)."""
         slots = self.search.layer_groups + len(self.search.patterns)
         if self.search.kind.shares:
             return slots
         return len(self.sources) * slots * self.genes_per_slot
 
+    @property
+    def lora_genes(self) -> int:
+        return sum(1 for _, scale in self.loras if isinstance(scale, tuple))
+
+    def _lora_scales(self, x: Sequence[float]) -> list[dict]:
+        """Each LoRA with its scale: fixed, or its gene (after the merge's) mapped onto its bounds."""
+        out, g = [], self.merge_dims
+        for ref, scale in self.loras:
+            if isinstance(scale, tuple):
+                scale, g = _lin(x[g], *scale), g + 1
+            out.append({"source": ref, "scale": scale})
+        return out
+
     def describe(self) -> str:
         """The genes in words, for plans and cards."""
         G, P, K = self.search.layer_groups, len(self.search.patterns), len(self.sources)
         slots = f"{G} layer group(s)" + (f" + {P} pattern(s)" if P else "")
+        lora = f" + {self.lora_genes} LoRA scale(s)" if self.lora_genes else ""
         if self.search.kind.shares:
-            return f"{slots} x t"
-        return f"{K} sources x ({slots}) x {{{', '.join(self.search.kind.params)}}}"
+            return f"{slots} x t{lora}"
+        return f"{K} sources x ({slots}) x {{{', '.join(self.search.kind.params)}}}{lora}"
 
     def x0(self) -> list[float]:
-        return [self.search.optimizer.x0] * self.dims
+        x0 = self.search.optimizer.x0
+        if not isinstance(x0, tuple):
+            return [x0] * self.dims
+        if len(x0) != self.dims:
+            raise SpecError(f"parameter_space.optimizer.x0: {len(x0)} values for a genome of {self.dims} genes "
+                            f"({self.describe()})")  # fmt: skip
+        return list(x0)
 
     def references(self) -> list[tuple[int | None, Recipe]]:
         """The models this stage merges, each as a recipe that reproduces it: the base (every
@@ -148,12 +183,14 @@ class PSGenome:
         return self.search.layer_groups + len(self.search.patterns)
 
     def slots(self) -> list[int]:
-        """Each gene's slot (0 … :attr:`slot_count` − 1): the layer group, or G + the pattern's index."""
+        """Each gene's slot (0 … :attr:`slot_count` − 1): the layer group, or G + the pattern's index;
+        a LoRA scale's gene: slot :attr:`slot_count` (after the merge's)."""
         S = self.slot_count
+        lora = [S] * self.lora_genes  # the LoRA scales: one slot after the merge's, at the output's end
         if self.search.kind.shares:
-            return list(range(S))
+            return list(range(S)) + lora
         per = self.genes_per_slot
-        return [(n // per) % S for n in range(self.dims)]
+        return [(n // per) % S for n in range(self.merge_dims)] + lora
 
     def source_genotypes(self) -> list[list[float]]:
         """For each source, the genotype nearest to it alone (weight 1, the others 0, density 1;
@@ -164,8 +201,9 @@ class PSGenome:
             lo, hi = bounds
             return 0.5 if hi == lo else min(max((v - lo) / (hi - lo), 0.0), 1.0)
 
+        lora = self.x0()[self.merge_dims :]  # the LoRA scales at their start
         if ps.kind.shares:
-            return [[gene(float(k), ps.weight.bounds)] * S for k in range(min(K, 2))]
+            return [[gene(float(k), ps.weight.bounds)] * S + lora for k in range(min(K, 2))]
         out = []
         for k in range(K):
             x: list[float] = []
@@ -175,7 +213,7 @@ class PSGenome:
                     assert ps.density is not None
                     slot.append(gene(1.0, ps.density.bounds))
                 x += slot * S
-            out.append(x)
+            out.append(x + lora)
         return out
 
     def decode(self, x: Sequence[float]) -> Recipe:
@@ -213,6 +251,8 @@ class PSGenome:
                 "seed": self.seed,
                 "tokenizer_source": self.tokenizer_source,
                 "components": dict(self.components) or None,
+                "loras": self._lora_scales(x),
+                "scheduler": dict(self.scheduler) or None,
                 "parameter_space": {
                     "method": ps.method,
                     "normalize": ps.normalize,

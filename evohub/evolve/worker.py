@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from evohub.errors import MergeError
 from evohub.evolve.genome import DFSGenome, Genome
 from evohub.evolve.search import Outcome
 from evohub.merging.arch import lm_parameters
@@ -55,6 +56,8 @@ class WorkerSpec:
     threads: int | None = None
     #: ps: where the merge's inputs stay ("cpu" with a CUDA device: pinned host memory, streamed)
     resident_device: str | None = None
+    #: text-to-image: the local directory of the judge's model (the run's lock pins it)
+    judge_dir: str | None = None
 
     def build(self) -> Worker:
         return Worker(self)
@@ -66,7 +69,7 @@ class Worker:
             torch.set_num_threads(spec.threads)
         self.spec = spec
         fit = spec.fitness
-        self.task = get_task(fit.task, **{k: getattr(fit, k) for k in TASK_OPTIONS})
+        self.task = get_task(fit.task, **{k: getattr(fit, k) for k in TASK_OPTIONS}, judge_model=spec.judge_dir)
         self.rows = checked(self.task, load_rows(fit.data), fit.data)
         self._validation: list[dict] | None = None
         self._load_ps() if spec.stage == "ps" else self._load_dfs()
@@ -91,20 +94,34 @@ class Worker:
         """A diffusion pipeline (docs/design.md#image-fitness): the inputs' UNets resident, the
         primary's pipeline (with the recipe's whole components) generating, each candidate's UNet
         merged into its parameters."""
-        from evohub.merging.diffusion import component_sources, components, read_index, unet_model
+        from evohub.merging.diffusion import component_sources, components, read_index, split_inputs, unet_model
+        from evohub.merging.lora import LoraFactors, fuse_into
         from evohub.score.backends.diffusion import DiffusionBackend
 
         spec = self.spec
-        dirs = [Path(d) for d in spec.model_dirs]
+        dirs, lora_files = split_inputs(template, [Path(d) for d in spec.model_dirs])
         labels = [r.display() for r in template.inputs()]
-        inputs = [unet_model(d, label) for d, label in zip(dirs, labels, strict=True)]
+        inputs = [unet_model(d, label) for d, label in zip(dirs, labels, strict=False)]
         self.merge = ResidentMerge(inputs, template, device=spec.device, resident_device=spec.resident_device)
         primary = self.merge.plan.primary
         sources = component_sources(template, primary, components(read_index(dirs[primary])))
         swapped = {c: dirs[k] for c, k in sources.items() if k != primary}
         self.backend = DiffusionBackend.load(dirs[primary], swapped, spec.device, _dtype(spec.dtype))
+        if template.scheduler:  # the settings the published pipeline's scheduler_config.json will hold
+            pipe = self.backend.pipe
+            pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **template.scheduler)
         params = {n: p.data for n, p in self.backend.pipe.unet.named_parameters()}
-        self._apply = lambda recipe: self.merge.apply(recipe, params)
+        factors = [LoraFactors(f, params) for f in lora_files]
+        merged = {t.key for t in self.merge.plan.tasks if t.key is not None}
+        for f in factors:  # a LoRA fused into a tensor no candidate rewrites would pile up
+            if missing := sorted(set(f.factors) - merged):
+                raise MergeError(f"{f.path}: changes {missing[0]}, which the merge does not write")
+
+        def apply(recipe: Recipe) -> None:
+            self.merge.apply(recipe, params)
+            fuse_into(params, [(f, x.scale) for f, x in zip(factors, recipe.loras, strict=True)])
+
+        self._apply = apply
 
     def _load_vllm(self, template: Recipe, inputs: list[Model]) -> None:
         """The parameter-space stage on vLLM: the engine starts on the primary model, then its

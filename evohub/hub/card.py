@@ -56,6 +56,7 @@ class CardMeta:
     date: str | None = None
     license_name: str | None = None  # with license "other": what it is ("mixed", "unknown")
     license_link: str | None = None  # with license "other": a file of the commit that lists them
+    library_name: str = "transformers"
 
 
 def _eval_results(meta: CardMeta):
@@ -83,7 +84,7 @@ def render_card(meta: CardMeta, context: dict) -> tuple[str, dict[str, str]]:
         license=meta.license,
         license_name=meta.license_name,
         license_link=meta.license_link,
-        library_name="transformers",
+        library_name=meta.library_name,
         pipeline_tag=meta.pipeline_tag,
         datasets=meta.datasets or None,
         eval_results=legacy or None,

@@ -18,9 +18,17 @@ from huggingface_hub import errors as hf_errors
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
 from evohub.errors import HubError
+from evohub.hub.pipelines import (
+    PIPELINE_INDEX,
+    UNET,
+    chosen_weights,
+    has_weights,
+    is_pipeline_listing,
+    pipeline_patterns,
+)
 
 #: What a merge needs from a model repo: weights (safetensors only), configs, tokenizer files.
-MODEL_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "*.txt", "*.jinja"]
+MODEL_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "spiece.model", "*.txt", "*.jinja"]
 #: The same for a model whose owner opted in to pickle weights (converted after download).
 PICKLE_PATTERNS = [*MODEL_PATTERNS, "*.bin", "*.pt", "*.pth"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -91,6 +99,11 @@ def cached_config(repo: str, revision: str | None) -> dict | None:
         return None
 
 
+def fetch_json(repo: str, revision: str | None, filename: str) -> dict:
+    """One JSON file of a Hub model (downloaded into the HF cache)."""
+    return _read_json(Path(_download(repo, filename, revision)), filename)
+
+
 def fetch_config(repo: str, revision: str | None) -> dict:
     """A Hub model's config.json (downloaded into the HF cache)."""
     try:
@@ -98,6 +111,30 @@ def fetch_config(repo: str, revision: str | None) -> dict:
     except Exception as e:  # huggingface_hub raises several families; all become one line
         raise explain(repo, revision, "config.json", e) from e
     return _read_json(path, "config.json")
+
+
+def pipeline_layout(repo: str, revision: str | None) -> tuple[dict | None, dict, dict[str, list[tuple[str, int]]]]:
+    """A Hub diffusion pipeline (or UNet alone) without its weights: (model_index.json or None,
+    unet/config.json, each component folder -> the weight files a pull fetches, with sizes)."""
+    info = model_info(repo, revision, files=True)
+    sizes = {f.rfilename: f.size or 0 for f in info.siblings or []}
+    if not is_pipeline_listing(sizes):
+        raise HubError(
+            f"{repo}@{revision or 'main'}: not a diffusers pipeline (no model_index.json, no unet/config.json)"
+        )
+    index = None
+    if PIPELINE_INDEX in sizes:
+        index = _read_json(Path(_download(repo, PIPELINE_INDEX, info.sha)), PIPELINE_INDEX)
+    unet = _read_json(Path(_download(repo, f"{UNET}/config.json", info.sha)), "unet/config.json")
+    chosen = chosen_weights(list(sizes), index)
+    return index, unet, {folder: [(f, sizes[f]) for f in files] for folder, files in chosen.items()}
+
+
+def _download(repo: str, filename: str, revision: str | None) -> str:
+    try:
+        return hf_hub_download(repo, filename, revision=revision)
+    except Exception as e:
+        raise explain(repo, revision, filename, e) from e
 
 
 def model_info(repo: str, revision: str | None, files: bool = False):
@@ -108,15 +145,24 @@ def model_info(repo: str, revision: str | None, files: bool = False):
         raise explain(repo, revision, "model info", e) from e
 
 
+def licence_of(data) -> str | None:
+    """The licence a card's metadata declares; ``other`` with the terms it names
+    (``license_name``, ``license_link``), e.g. JSDXL's: ``other (name, https://...)``."""
+    if data is None:
+        return None
+    lic = getattr(data, "license", None)
+    terms = [str(t) for t in (getattr(data, "license_name", None), getattr(data, "license_link", None)) if t]
+    return f"{lic} ({', '.join(terms)})" if lic == "other" and terms else lic
+
+
 def card_license(readme: Path) -> str | None:
     """The licence a model card (README.md with YAML front matter) declares."""
-    return ModelCard.load(readme).data.license if readme.exists() else None
+    return licence_of(ModelCard.load(readme).data) if readme.exists() else None
 
 
 def hub_license(repo: str, revision: str | None) -> str | None:
     """The licence a Hub model's card declares."""
-    data = model_info(repo, revision).card_data
-    return getattr(data, "license", None) if data is not None else None
+    return licence_of(model_info(repo, revision).card_data)
 
 
 def _check_disk(repo: str, revision: str | None, info, target: Path, patterns: list[str] = MODEL_PATTERNS) -> None:
@@ -141,16 +187,24 @@ def no_safetensors(repo: str, revision: str | None, names: list[str]) -> HubErro
     )
 
 
-def snapshot(repo: str, revision: str | None, pickle: bool = False) -> Path:
+def snapshot(repo: str, revision: str | None, pickle: bool = False, file: str | None = None) -> Path:
     """A Hub model's files (safetensors, configs, tokenizer) in the HF cache, pinned to the commit
-    ``revision`` resolves to (the directory is named by that commit). A repository with only
+    ``revision`` resolves to (the directory is named by that commit); with ``file``, that one
+    file alone (a LoRA in a repo of many checkpoints). A repository with only
     pickle weights is refused unless ``pickle`` (then its ``*.bin`` files are fetched, for the
     caller to convert); safetensors are preferred when both exist. The free disk is checked first."""
+    if file is not None:  # one file of the repo (a LoRA), and nothing else
+        return _one_file(repo, revision, file)
     patterns = PICKLE_PATTERNS if pickle and offline() else MODEL_PATTERNS
     if not offline():
         info = model_info(repo, revision, files=True)
         names = [f.rfilename for f in info.siblings or []]
-        if not any(n.endswith(".safetensors") for n in names):
+        if is_pipeline_listing(names):  # a diffusers pipeline, or a UNet alone: one set of weights each
+            index = None
+            if PIPELINE_INDEX in names:
+                index = _read_json(Path(hf_hub_download(repo, PIPELINE_INDEX, revision=info.sha)), PIPELINE_INDEX)
+            patterns = pipeline_patterns(names, index)
+        elif not any(n.endswith(".safetensors") for n in names):
             if not (pickle and any(n.endswith(PICKLE_SUFFIXES) for n in names)):
                 raise no_safetensors(repo, revision, names)
             patterns = PICKLE_PATTERNS
@@ -160,11 +214,21 @@ def snapshot(repo: str, revision: str | None, pickle: bool = False) -> Path:
         path = Path(with_retries(snapshot_download, repo, revision=revision, allow_patterns=patterns))
     except Exception as e:
         raise explain(repo, revision, "a snapshot of the model files", e) from e
-    if not any(path.glob("*.safetensors")) and not (
-        pickle and any(p.suffix in PICKLE_SUFFIXES for p in path.iterdir())
+    if (
+        not any(path.glob("*.safetensors"))
+        and not has_weights(path)
+        and not (pickle and any(p.suffix in PICKLE_SUFFIXES for p in path.iterdir()))
     ):
         raise no_safetensors(repo, revision, [])
     return path
+
+
+def _one_file(repo: str, revision: str | None, file: str) -> Path:
+    """The snapshot directory holding ``file`` of ``repo`` at the commit ``revision`` resolves to."""
+    if not offline():
+        revision = model_info(repo, revision).sha
+    path = Path(_download(repo, file, revision))
+    return path.parents[len(Path(file).parts) - 1]
 
 
 def download_dataset_repo(repo: str) -> Path | None:

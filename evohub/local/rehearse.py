@@ -36,6 +36,8 @@ from evohub.spec import JobSpec, load_job
 
 #: the tiny budgets a rehearsal runs with
 CANDIDATES, ROWS, NEW_TOKENS, EVAL_ROWS = 4, 4, 8, 2
+#: a diffusion job's images in a rehearsal (pixels; the stand-ins' VAE halves them)
+IMAGE_SIZE = 32
 #: text that must not appear in anything published: machine paths
 MACHINE_PATH = re.compile(r"(?<![\w.])/(?:home|root|tmp|Users|work|var|mnt|opt|private)/[\w.-]+")
 
@@ -71,6 +73,9 @@ def job_repos(spec: JobSpec) -> list[tuple[str, str]]:
 def _refs(spec: JobSpec) -> list[tuple[str, str, str | None]]:
     """(repo, kind, the revision the job names) of every Hub reference the job reads."""
     out: list[tuple[str, str, str | None]] = [(r.repo, "model", r.revision) for _, r in spec.models() if r.repo]
+    judge = spec.judge_model()
+    if judge is not None and judge.repo:
+        out.append((judge.repo, "model", judge.revision))
     fit = spec.fitness
     out += [(d.repo, "dataset", d.revision) for d in (fit.data, fit.validation) if d is not None and d.repo]
     for name in spec.evaluation.suites if spec.evaluation else ():
@@ -122,6 +127,8 @@ def tiny_job(spec: JobSpec, vllm: bool) -> tuple[JobSpec, list[str]]:
     fit = spec.fitness
     sizes = {"minibatch": min(fit.minibatch, ROWS), "limit": None} if fit.minibatch else {"limit": ROWS}
     fit_update = sizes | {"max_new_tokens": NEW_TOKENS}
+    if fit.backend == "diffusion":  # the stand-ins' images: tiny, in a few steps
+        fit_update = sizes | {"image_size": IMAGE_SIZE, "steps": min(fit.steps or 4, 2)}
     if fit.backend == "vllm" and not vllm:
         fit_update["backend"] = "hf"
         notes.append(

@@ -221,6 +221,120 @@ def model_files(snap: Snapshot) -> dict[str, bytes]:
     return files
 
 
+# -- diffusion pipelines, LoRA files, image judges ------------------------------------------------
+
+
+def kind_of_model(snap: Snapshot) -> str:
+    """``pipeline`` (model_index.json or a UNet alone), ``lora`` (LoRA files only), ``judge``
+    (a SigLIP), else ``llm`` (a transformers language or vision-language model)."""
+    files = set(snap.files)
+    if "model_index.json" in files or "unet/config.json" in files:
+        return "pipeline"
+    if any(f.endswith("_lora.safetensors") for f in files) and "config.json" not in files:
+        return "lora"
+    if (snap.config or {}).get("model_type") == "siglip":
+        return "judge"
+    return "llm"
+
+
+def _tiny_base(root: Path, family: str) -> Path:
+    from evohub.local.tiny_sdxl import make_sdxl
+
+    return make_sdxl(root / "base", seed=_seed(family) % 2**31)
+
+
+def pipeline_files(snap: Snapshot) -> dict[str, bytes]:
+    """A diffusers pipeline stand-in: a tiny SDXL pipeline of the snapshot's family (a fine-tune:
+    the family base's UNet with seeded noise), its components written under the real repo's file
+    names, each weight file in its variant's dtype (``.fp16.``: float16; plain: float32), the real
+    model_index.json. A pipeline whose model_index names its own first text encoder (JSDXL's
+    ``CLIPTextModelWithProjection``) gets one of its own, with a tokenizer of its own."""
+    from safetensors.torch import load_file, save
+
+    from evohub.hub.pipelines import WEIGHTS
+    from evohub.local.tiny_sdxl import make_sdxl
+
+    index = dict(snap.config or {}) if "model_index.json" in snap.files else None
+    te = (index or {}).get("text_encoder") or ["transformers", "CLIPTextModel"]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        base = _tiny_base(root, snap.base_model or snap.repo)
+        tiny = base
+        if snap.base_model is not None or te[1] != "CLIPTextModel":
+            tiny = make_sdxl(root / "tiny", seed=_seed(snap.repo) % 2**31, base=base,
+                             text_encoder_seed=_seed(snap.repo, "te") % 2**31 if te[1] != "CLIPTextModel" else None,
+                             text_encoder_class=te[1])  # fmt: skip
+        files: dict[str, bytes] = {}
+        for f in snap.files:
+            folder, _, name = f.rpartition("/")
+            m = WEIGHTS.match(name)
+            if f == "model_index.json":
+                files[f] = json.dumps(index, indent=2).encode()
+            elif folder and (tiny / folder).is_dir() and m:
+                plain = sorted((tiny / folder).glob(f"{m['stem']}*.safetensors"))
+                if plain:
+                    dtype = torch.float16 if m["variant"] == "fp16" else torch.float32
+                    files[f] = save({k: v.to(dtype) for k, v in load_file(plain[0]).items()})
+            elif folder and (tiny / folder / name).is_file():
+                files[f] = (tiny / folder / name).read_bytes()
+        for folder in {f.rpartition("/")[0] for f in snap.files if "/" in f}:
+            if (tiny / folder / "tokenizer.json").is_file():  # the tiny tokenizer, also as vocab.json + merges.txt
+                files[f"{folder}/tokenizer.json"] = (tiny / folder / "tokenizer.json").read_bytes()
+                files[f"{folder}/tokenizer_config.json"] = (tiny / folder / "tokenizer_config.json").read_bytes()
+                files.update(_bpe_files(tiny / folder, folder))
+    files["README.md"] = _readme(snap)
+    for f in snap.files:  # root checkpoints, ONNX exports, custom code: named, never read
+        if f != ".gitattributes":
+            files.setdefault(f, b"{}" if f.endswith(".json") else b"a stand-in of the real repo's file of this name\n")
+    return files
+
+
+def _bpe_files(folder: Path, name: str) -> dict[str, bytes]:
+    """A tiny byte-level tokenizer's vocabulary as the slow files (vocab.json, merges.txt: it has no merges)."""
+    from transformers import AutoTokenizer
+
+    vocab = AutoTokenizer.from_pretrained(folder).get_vocab()
+    return {
+        f"{name}/vocab.json": json.dumps(vocab, ensure_ascii=False).encode(),
+        f"{name}/merges.txt": b"#version: 0.2\n",
+    }
+
+
+def lora_files(snap: Snapshot) -> dict[str, bytes]:
+    """A repo of LoRA files (SDXL-Lightning's): each ``*_lora.safetensors`` a kohya-format LoRA of
+    the tiny UNet of the snapshot's family; every other file (UNet checkpoints of many GB) named only."""
+    from evohub.local.tiny_sdxl import make_lora
+
+    files: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        base = _tiny_base(Path(tmp), snap.base_model or snap.repo)
+        for f in snap.files:
+            if f.endswith("_lora.safetensors"):
+                files[f] = make_lora(base / "unet", Path(tmp) / "lora.safetensors", seed=_seed(snap.repo, f) % 2**31,
+                                     scale=0.02).read_bytes()  # fmt: skip
+    files["README.md"] = _readme(snap)
+    for f in snap.files:
+        if f != ".gitattributes":
+            files.setdefault(f, b"a stand-in of the real repo's file of this name\n")
+    return files
+
+
+def judge_files(snap: Snapshot) -> dict[str, bytes]:
+    """An image judge's stand-in: a tiny SigLIP with its processor (its own tokenizer files; the
+    real repo's other file names are kept, a sentencepiece model aside: the tiny tokenizer is a
+    tokenizer.json)."""
+    from evohub.local.tiny_sdxl import make_siglip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = make_siglip(Path(tmp) / "judge", seed=_seed(snap.repo) % 2**31)
+        files = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
+    files["README.md"] = _readme(snap)
+    for f in snap.files:
+        if f != ".gitattributes" and not f.endswith(".model"):
+            files.setdefault(f, b"{}" if f.endswith(".json") else b"a stand-in of the real repo's file of this name\n")
+    return files
+
+
 # -- datasets ---------------------------------------------------------------------------------
 
 
@@ -317,7 +431,10 @@ def publish(hub: FakeHub, snap: Snapshot) -> None:
     """Put the stand-in of ``snap`` on ``hub`` under its real id, at its recorded commit when known."""
     kind = snap.kind
     if kind == "model":
-        files, parquet = model_files(snap), {}
+        build = {"pipeline": pipeline_files, "lora": lora_files, "judge": judge_files}.get(
+            kind_of_model(snap), model_files
+        )
+        files, parquet = build(snap), {}
     else:
         files, parquet = dataset_files(snap)
     lfs = {f for f in files if f.endswith((".safetensors", ".bin", ".parquet"))}

@@ -67,15 +67,18 @@ def _new_pipeline(seed: int, tokenizer):
 
 def make_sdxl(path: str | Path, seed: int, base: str | Path | None = None, noise: float = 0.05,
               text_encoder_seed: int | None = None, unet_dtype: torch.dtype | None = None,
-              variant: str | None = None) -> Path:  # fmt: skip
+              variant: str | None = None, unet_only: bool = False,
+              text_encoder_class: str = "CLIPTextModel") -> Path:  # fmt: skip
     """Save a tiny SDXL pipeline in ``path``: a new one from ``seed``, or with ``base`` that
     pipeline with its UNet perturbed by ``noise``·N(0, 1) (seeded) — a fine-tune of it. With
     ``text_encoder_seed`` the first text encoder is a new one and its tokenizer a distinct one
-    (its byte ids permuted): JSDXL's case, which replaces slot 1 only. Every component is saved with
+    (its byte ids permuted), of ``text_encoder_class``: JSDXL's case (a
+    ``CLIPTextModelWithProjection``), which replaces slot 1 only. Every component is saved with
     ``variant`` when given (``fp16``: in float16, files named ``*.fp16.safetensors``), else in
-    float32; the UNet in ``unet_dtype`` when given."""
+    float32; the UNet in ``unet_dtype`` when given. ``unet_only`` saves ``unet/`` alone (SDXL-DPO's
+    repository: no model_index.json, no other component)."""
+    import transformers
     from diffusers import StableDiffusionXLPipeline
-    from transformers import CLIPTextModel
 
     path = Path(path)
     if base is None:
@@ -89,13 +92,16 @@ def make_sdxl(path: str | Path, seed: int, base: str | Path | None = None, noise
     if text_encoder_seed is not None:
         torch.manual_seed(text_encoder_seed)
         tok = clip_tokenizer(shuffle=text_encoder_seed)
-        pipe.text_encoder, pipe.tokenizer = CLIPTextModel(_text_config(len(tok))), tok
+        pipe.text_encoder, pipe.tokenizer = getattr(transformers, text_encoder_class)(_text_config(len(tok))), tok
         pipe.register_modules(text_encoder=pipe.text_encoder, tokenizer=tok)
     if variant == "fp16":
         pipe.to(torch.float16)
     if unet_dtype is not None:
         pipe.unet.to(unet_dtype)
-    pipe.save_pretrained(path, variant=variant, safe_serialization=True)
+    if unet_only:
+        pipe.unet.save_pretrained(path / "unet", variant=variant, safe_serialization=True)
+    else:
+        pipe.save_pretrained(path, variant=variant, safe_serialization=True)
     return path
 
 
@@ -129,3 +135,26 @@ def make_siglip(path: str | Path, seed: int = 0) -> Path:
     )
     processor.save_pretrained(path)
     return path
+
+
+def make_lora(unet_dir: str | Path, path: str | Path, seed: int, rank: int = 4, alpha: float = 2.0,
+              scale: float = 0.1) -> Path:  # fmt: skip
+    """A LoRA file in kohya's layout (SDXL-Lightning's ``*_lora.safetensors``): ``lora_unet_<module
+    path with underscores>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` for every attention
+    projection (``to_q``, ``to_k``, ``to_v``, ``to_out.0``) and the feed-forward output of the UNet in
+    ``unet_dir``, seeded random factors."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(unet_dir)
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, mod in unet.named_modules():
+        if isinstance(mod, torch.nn.Linear) and name.endswith(("to_q", "to_k", "to_v", "to_out.0", "ff.net.2")):
+            key = "lora_unet_" + name.replace(".", "_")
+            out[f"{key}.lora_down.weight"] = scale * torch.randn(rank, mod.in_features, generator=g)
+            out[f"{key}.lora_up.weight"] = scale * torch.randn(mod.out_features, rank, generator=g)
+            out[f"{key}.alpha"] = torch.tensor(alpha)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(path))
+    return Path(path)

@@ -32,8 +32,12 @@ _DECODER_LAYER = re.compile(r"^(?:model\.)?(?:language_model\.)?(?:model\.)?laye
 
 
 def read_config(directory: str | Path, label: str | None = None) -> dict:
-    """A model directory's config.json; a missing or broken one is a one-line MergeError."""
+    """A model directory's config.json (a diffusers pipeline's: its model_index.json, a UNet
+    alone's: unet/config.json); a missing or broken one is a one-line MergeError."""
     path = Path(directory) / "config.json"
+    for alt in ("model_index.json", "unet/config.json"):
+        if not path.is_file() and (Path(directory) / alt).is_file():
+            path = Path(directory) / alt
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

@@ -27,21 +27,20 @@ from pathlib import Path
 
 from evohub.errors import MergeError
 from evohub.files import atomic_write, replace_dir, write_json
+from evohub.hub.pipelines import PIPELINE_INDEX, UNET, WEIGHTS, by_variant, choose_variant, components
 from evohub.merging.io import DTYPES, CheckpointReader, ShardedWriter
+from evohub.merging.lora import LoraFactors, fused_tensors
 from evohub.merging.ps import Model, merged_tensors, plan_tensors, workspace_for
 from evohub.progress import bar as progress_bar
 from evohub.spec import Recipe
 
-PIPELINE_INDEX = "model_index.json"
-UNET = "unet"
 #: diffusers' weight file stem
 STEM = "diffusion_pytorch_model"
-_WEIGHTS = re.compile(r"^(?P<stem>[A-Za-z_]+?)(?:\.(?P<variant>[A-Za-z0-9_]+))?(?:-\d{5}-of-\d{5})?\.safetensors$")
 
 
 def is_pipeline(directory: str | Path) -> bool:
-    """True for a diffusers pipeline directory (it has ``model_index.json``)."""
-    return (Path(directory) / PIPELINE_INDEX).is_file()
+    """True for a diffusers pipeline directory (``model_index.json``) or a UNet alone (``unet/config.json``)."""
+    return (Path(directory) / PIPELINE_INDEX).is_file() or (Path(directory) / UNET / "config.json").is_file()
 
 
 def read_index(directory: str | Path) -> dict:
@@ -52,30 +51,18 @@ def read_index(directory: str | Path) -> dict:
         raise MergeError(f"{path}: not valid JSON: {e}") from e
 
 
-def components(index: dict) -> list[str]:
-    """The component folders a ``model_index.json`` names (entries ``[library, class]``; null ones skipped)."""
-    return [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None]
-
-
 def weight_files(folder: Path) -> tuple[str | None, list[str]]:
-    """(index file or None, the weight files) of one component folder: the files without a
-    variant when there are any, else the one variant present; several variants and no plain
-    files is an error naming them."""
-    by_variant: dict[str | None, list[str]] = {}
-    for p in sorted(folder.glob("*.safetensors")):
-        m = _WEIGHTS.match(p.name)
-        if m:
-            by_variant.setdefault(m["variant"], []).append(p.name)
-    if not by_variant:
+    """(index file or None, the weight files) of one component folder, in the variant
+    :func:`~evohub.hub.pipelines.choose_variant` picks (fp16 when there, else the plain files)."""
+    weights = by_variant(p.name for p in folder.glob("*.safetensors"))
+    if not weights:
         raise MergeError(f"{folder}: no *.safetensors weights")
-    if None in by_variant:
-        variant = None
-    elif len(by_variant) == 1:
-        variant = next(iter(by_variant))
-    else:
-        raise MergeError(f"{folder}: several weight variants ({', '.join(sorted(by_variant))}) and no plain files")
-    files = by_variant[variant]
-    stem = _WEIGHTS.match(files[0])["stem"]  # type: ignore[index]
+    try:
+        variant = choose_variant(weights)
+    except MergeError as e:
+        raise MergeError(f"{folder}: {e}") from None
+    files = weights[variant]
+    stem = WEIGHTS.match(files[0])["stem"]  # type: ignore[index]
     index = f"{stem}{'.' + variant if variant else ''}.safetensors.index.json"
     return (index if (folder / index).is_file() else None), files
 
@@ -95,7 +82,7 @@ def copy_component(src: Path, dst: Path) -> None:
     picks, under their plain names when they are a variant (bytes unchanged; an index rewritten to
     match), so the output loads without ``variant=``."""
     dst.mkdir(parents=True)
-    weights = [p for p in src.glob("*.safetensors*") if _WEIGHTS.match(p.name.removesuffix(".index.json"))]
+    weights = [p for p in src.glob("*.safetensors*") if WEIGHTS.match(p.name.removesuffix(".index.json"))]
     for p in sorted(src.iterdir()):
         if p.is_file() and p not in weights and not p.name.endswith(".safetensors.index.json"):
             shutil.copy2(p, dst / p.name)
@@ -114,6 +101,17 @@ def copy_component(src: Path, dst: Path) -> None:
 def _plain(name: str) -> str:
     """``model.fp16-00001-of-00002.safetensors`` -> ``model-00001-of-00002.safetensors``."""
     return re.sub(r"^([A-Za-z_]+?)\.[A-Za-z0-9_]+(?=(-\d{5}-of-\d{5})?\.safetensors)", r"\1", name)
+
+
+def split_inputs(recipe: Recipe, dirs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """(the merge's input directories, each LoRA's file) from the directories of ``recipe.inputs()``."""
+    n = len(recipe.loras)
+    merge, lora_dirs = [Path(d) for d in dirs[: len(dirs) - n]], [Path(d) for d in dirs[len(dirs) - n :]]
+    files = [d / x.source.file for d, x in zip(lora_dirs, recipe.loras, strict=True)]  # type: ignore[operator]
+    for f, x in zip(files, recipe.loras, strict=True):
+        if not f.is_file():
+            raise MergeError(f"{x.source.display()}: has no {x.source.file}")
+    return merge, files
 
 
 def component_sources(recipe: Recipe, primary: int, names: Sequence[str]) -> dict[str, int]:
@@ -137,13 +135,17 @@ def merge_pipeline(recipe: Recipe, dirs: Sequence[Path], out: Path, *, device: s
     if ps.layer_groups != 1:
         raise MergeError("parameter_space.layer_groups: a UNet has no decoder layers; use 1, and overrides "
                          "patterns for tensor groups (attn: 'to_q|to_k|to_v|to_out\\.0')")  # fmt: skip
-    refs = recipe.inputs()
+    dirs, lora_files = split_inputs(recipe, dirs)
+    refs = recipe.inputs()[: len(dirs)]
     labels = [r.display() for r in refs]
     for d, label in zip(dirs, labels, strict=True):
         if not is_pipeline(d):
             raise MergeError(f"{label}: no {PIPELINE_INDEX}; a recipe merges pipelines with pipelines only")
     inputs = [unet_model(Path(d), label) for d, label in zip(dirs, labels, strict=True)]
     plan = plan_tensors(ps, inputs, recipe.base_model is not None)
+    if not (Path(dirs[plan.primary]) / PIPELINE_INDEX).is_file():
+        raise MergeError(f"{labels[plan.primary]}: a UNet alone cannot give the pipeline's other components; "
+                         "list a whole pipeline first (the first input the method reads is the primary)")  # fmt: skip
     index = read_index(dirs[plan.primary])
     names = components(index)
     if UNET not in names:
@@ -153,7 +155,9 @@ def merge_pipeline(recipe: Recipe, dirs: Sequence[Path], out: Path, *, device: s
     shutil.rmtree(partial, ignore_errors=True)
     try:
         ws = workspace_for(recipe, device)
-        tensors = merged_tensors(recipe, plan, inputs, ws, DTYPES[recipe.dtype])
+        loras = [(LoraFactors(f, inputs[plan.primary].tensors.names()), x.scale)
+                 for f, x in zip(lora_files, recipe.loras, strict=True)]  # fmt: skip
+        tensors = fused_tensors(merged_tensors(recipe, plan, inputs, ws, DTYPES[recipe.dtype]), loras)
         bar = progress_bar(len(plan.tasks), "merge unet", "tensor", disable=not progress)
         with bar, ShardedWriter(partial / UNET, shard_bytes, stem=STEM) as writer:
             for name, t in tensors:
@@ -167,6 +171,9 @@ def merge_pipeline(recipe: Recipe, dirs: Sequence[Path], out: Path, *, device: s
                 raise MergeError(f"{labels[k]}: has no {comp}/ component")
             index[comp] = read_index(dirs[k]).get(comp, index[comp])
             copy_component(src, partial / comp)
+            if comp == "scheduler" and recipe.scheduler:
+                config = partial / comp / "scheduler_config.json"
+                write_json(config, json.loads(config.read_text()) | dict(recipe.scheduler))
         write_json(partial / PIPELINE_INDEX, index)
         atomic_write(partial / "recipe.yaml", recipe.to_yaml(out.resolve()))
         replace_dir(partial, out)
@@ -174,3 +181,27 @@ def merge_pipeline(recipe: Recipe, dirs: Sequence[Path], out: Path, *, device: s
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return out
+
+
+def unet_figures(config: dict, latent_size: int) -> tuple[int, int, float]:
+    """(parameters, the largest tensor's elements, FLOPs of one forward for one image of
+    ``latent_size``² latents: the image size over the VAE's scale factor, 128 for SDXL at 1024
+    pixels) of a UNet config, counted on PyTorch's meta device (nothing allocated)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = {k: v for k, v in config.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(cfg)
+    sizes = [p.numel() for p in unet.parameters()]
+    meta = {"device": "meta"}
+    kw = {}
+    if cfg.get("addition_embed_type") == "text_time":
+        pooled = cfg["projection_class_embeddings_input_dim"] - 6 * cfg["addition_time_embed_dim"]
+        kw["added_cond_kwargs"] = {"text_embeds": torch.empty(1, pooled, **meta), "time_ids": torch.empty(1, 6, **meta)}
+    cross = cfg.get("cross_attention_dim") or 768
+    with FlopCounterMode(display=False) as counter:
+        unet(torch.empty(1, cfg.get("in_channels", 4), latent_size, latent_size, **meta), torch.tensor([999], **meta),
+             torch.empty(1, 77, cross if isinstance(cross, int) else cross[0], **meta), **kw)  # fmt: skip
+    return sum(sizes), max(sizes), float(counter.get_total_flops())

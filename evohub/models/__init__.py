@@ -36,6 +36,8 @@ class ModelKind:
     #: kinds are tried in this order (higher first); the plain LLM is the fallback
     priority: int = 0
     processor: bool = False
+    #: the library that loads it (the card's ``library_name``)
+    library: str = "transformers"
 
     def lm_name(self, name: str) -> str | None:
         """The LLM-style name of a language-model tensor, or None for a tensor outside it."""

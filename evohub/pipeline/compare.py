@@ -8,11 +8,12 @@ from pathlib import Path
 
 from evohub.files import write_json
 from evohub.merging.build import merge_to_disk
-from evohub.pipeline.report import run_cost, stage_summary
+from evohub.pipeline.report import plot_samples, run_cost, stage_summary
 from evohub.pipeline.rundir import RunDir
 from evohub.pipeline.stages import model_dirs, ps_winner_dir, stage_genome
 from evohub.score.evaluate import evaluate, suites_for
 from evohub.spec import JobSpec, Recipe
+from evohub.spec.job import TASK_OPTIONS
 
 
 def untuned_recipe(job: JobSpec, run: RunDir) -> Recipe:
@@ -45,9 +46,15 @@ def evaluate_run(job: JobSpec, run: RunDir, device: str) -> dict:
         return done  # type: ignore[return-value]
     ev = job.evaluation
     assert ev is not None
+    fit = job.fitness
+    judge = job.judge_model()
+    image_options = {k: getattr(fit, k) for k in TASK_OPTIONS if k not in ("prompt", "stop")}
     kw = {"backend": ev.backend, "device": device, "data": ev.data, "limit": ev.limit,
-          "max_new_tokens": ev.max_new_tokens, "prompt": job.fitness.prompt, "stop": job.fitness.stop,
-          "prompt_version": ev.prompt_version}  # fmt: skip
+          "max_new_tokens": ev.max_new_tokens, "prompt": fit.prompt, "stop": fit.stop,
+          "prompt_version": ev.prompt_version, "dtype": job.dtype,
+          "task_options": image_options | {"judge_model": str(run.local_dir(judge)) if judge else None}}  # fmt: skip
+    if fit.batch_size and fit.backend == "diffusion":  # images in the fitness's batches (its memory plan)
+        kw["batch_size"] = fit.batch_size
     # name -> (directory, how results name it: repo@commit or a path relative to the run)
     models: dict[str, tuple[Path, str]] = {"evolved": (run.model_dir, "model")}
     if len(job.stages()) > 1:  # what the data-flow stage added: the PS winner without it
@@ -67,9 +74,18 @@ def evaluate_run(job: JobSpec, run: RunDir, device: str) -> dict:
             if kept is None:
                 kept = evaluate(directory, suites, out_dir=run.eval_dir(name), label=label, **kw)
             out["models"][name] = kept
+    _samples(run, ev.suites, [name for name in models if name in out["models"]])
     rows = run.log_rows()
     cost = run_cost([stage_summary(run, stage, rows) for stage in job.stages()], device)
     if cost is not None:
         out["cost"] = cost
     write_json(run.results_path, out)
     return out
+
+
+def _samples(run: RunDir, suites: tuple[str, ...], names: list[str]) -> None:
+    """samples.png from the first suite that saved images: each model a column, the evolved one last."""
+    for suite in suites:
+        order = [n for n in names if n != "evolved"] + ["evolved"]
+        if plot_samples({n: run.eval_dir(n) / "images" / suite for n in order}, run.samples_plot):
+            return

@@ -312,6 +312,10 @@ def estimate_cost(spec: JobSpec, plan: Plan, gpu: str, max_evals: int | None = N
     by_name = {s.name: s for s in plan.sources}
     merged = max((by_name[s.key] for s in spec.sources), key=lambda s: s.params)
     out = CostPlan(gpu, f"{profile.label}-hours", n_items, where, prompt, generated, budget, fit.estimator)
+    if plan.image is not None:
+        out.prompt_tokens_per_item = out.generated_tokens_per_item = out.budget = 0
+        out.stages = [_image_stage(spec, plan, st, profile, n_items, where, max_evals) for st in plan.stages]
+        return out
     for st in plan.stages:
         dfs = st.name == "data_flow_space"
         backend = fit.backend  # a data-flow stage too: vllm runs the path model (vllm_path.py)
@@ -352,6 +356,42 @@ def estimate_cost(spec: JobSpec, plan: Plan, gpu: str, max_evals: int | None = N
         out.stages.append(StageCost(st.name, backend, evals, items, p_tokens, g_tokens, batch, rate,
                                     seconds / 3600, merge / 3600, (seconds + merge) / 3600, notes))  # fmt: skip
     return out
+
+
+#: The share of a GPU's peak a diffusers UNet step reaches (eager, no torch.compile, batches of 1-4
+#: images at 1024x1024): an assumption, half the prefill efficiency, until bench/ measures it on a
+#: GPU: public SDXL throughputs on A100/H100 sit 2-3x below a 50%-of-peak roofline of its FLOPs.
+UNET_EFFICIENCY = 0.25
+
+
+def _image_stage(spec: JobSpec, plan: Plan, st, profile: Profile, n_items: int | None, where: str,
+                 max_evals: int | None) -> StageCost:  # fmt: skip
+    """A diffusion stage: each item is one image, ``steps`` UNet forwards (two with guidance > 1),
+    compute-bound at :data:`UNET_EFFICIENCY` of the device's peak (the ``cpu`` profile: its own
+    fitted rate), plus each candidate's merge at the measured merge rate."""
+    fit, img = spec.fitness, plan.image
+    assert img is not None
+    evals = st.evaluations if max_evals is None or st.evaluations is None else min(st.evaluations, max_evals)
+    batch = fit.batch_size or 4
+    notes = [
+        "images: UNet FLOPs only (the VAE decode and the judge are not counted); "
+        f"{UNET_EFFICIENCY:.0%} of the peak is an assumption until a GPU measures it"
+    ]
+    if evals is None or n_items is None:
+        why = "a wall-time budget: its evaluations are known at run time" if evals is None else where
+        return StageCost(st.name, fit.backend, evals, None, None, None, batch, 0.0, None, None, None, [why])
+    estimator = ESTIMATORS.get(fit.estimator)
+    settings = estimator.settings(getattr(fit, "estimator_options", None) or {})
+    inputs = PlanInputs(n_items=n_items, popsize=st.popsize, evaluations=evals,
+                        references=len(spec.sources) + (1 if spec.base_model is not None else 0),
+                        minibatch=fit.minibatch)  # fmt: skip
+    items = estimator.planned_items(inputs, settings)
+    passes = img.steps * (2 if img.guidance_scale > 1 else 1)
+    efficiency = profile.e_prefill if profile.name == "cpu" else UNET_EFFICIENCY
+    seconds = items * passes * img.unet_flops / (profile.peak(spec.dtype) * efficiency)
+    merge = evals * img.unet_params * dtype_bytes(spec.dtype) / profile.merge_bps
+    return StageCost(st.name, fit.backend, evals, items, 0.0, 0.0, batch, 0.0, seconds / 3600, merge / 3600,
+                     (seconds + merge) / 3600, notes)  # fmt: skip
 
 
 def _path_layers(plan: Plan, merged) -> int:

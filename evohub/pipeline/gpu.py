@@ -28,6 +28,10 @@ GPUS = {"a100-40": 40 * GiB, "a100": 80 * GiB, "h100": 80 * GiB, "l40s": 48 * Gi
 OVERHEAD = 3 * GiB
 #: Prompt tokens assumed per fitness example (MGSM-JA's CoT prompt with a question: ~300).
 PROMPT_TOKENS = 512
+#: A diffusion pipeline's activations per image of one megapixel in half precision (the UNet's
+#: attention and skip connections at 128x128 latents, and the VAE decode): an assumption, about
+#: what diffusers' SDXL needs beyond its weights at batch 1; scaled by pixels and images.
+ACTIVATIONS_PER_MPIX = int(1.5 * GiB)
 
 
 @dataclass
@@ -99,6 +103,13 @@ def gpu_plan(spec: JobSpec, plan: Plan, gpu: str) -> GPUPlan:
     by_name = {s.name: s for s in plan.sources}
     b = dtype_bytes(spec.dtype)
     tokens = _kv_tokens(spec)
+    if plan.image is not None and spec.parameter_space is not None:  # a diffusion job: the pipeline is the engine
+        img = plan.image
+        n = len(spec.sources) + (1 if spec.base_model else 0)
+        acts = int((spec.fitness.batch_size or 4) * ACTIVATIONS_PER_MPIX * (img.image_size / 1024) ** 2 * b / 2)
+        out.stages.append(_stage("parameter_space", total, n * img.unet_params * b, _workspace(spec),
+                                 plan.output_bytes, acts, 0, False))  # fmt: skip
+        return out
     if (ps := spec.parameter_space) is not None:
         merged = max((by_name[s.key] for s in spec.sources), key=lambda s: s.params)
         n = len(spec.sources) + (1 if ps.kind.base and spec.base_model else 0)
@@ -147,11 +158,11 @@ def render_gpu(gp: GPUPlan, console) -> None:
     def gb(n: int) -> str:
         return f"{n / GiB:.1f} GiB"
 
-    t = Table("stage", "resident sources", "workspace", "engine weights", "KV cache", "overhead", "on the GPU",
+    t = Table("stage", "resident sources", "workspace", "engine weights", "KV cache (activations)", "overhead", "on the GPU",
               "vLLM gpu_memory_utilization", title=f"one {gp.gpu} ({gb(gp.total)})")  # fmt: skip
     for s in gp.stages:
         util = f"{s.utilization:.2f}" if s.utilization is not None else "-"
         t.add_row(s.stage, f"{gb(s.resident)} on the {s.resident_on}", gb(s.workspace), gb(s.engine),
-                  f"{gb(s.kv_cache)} ({s.kv_tokens} tokens)", gb(s.overhead),
+                  f"{gb(s.kv_cache)} ({s.kv_tokens} tokens)" if s.kv_tokens else gb(s.kv_cache), gb(s.overhead),
                   f"{gb(s.on_gpu)} ({'fits' if s.fits else 'does NOT fit'})", util)  # fmt: skip
     console.print(t)

@@ -18,13 +18,17 @@ Memory model (weights only; the scoring backend's KV cache comes on top):
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from rich.table import Table
 
+from evohub.errors import SpecError
 from evohub.evolve.genome import Budget, Genome, PSGenome, genome_for
 from evohub.evolve.optimizers import OPTIMIZERS
-from evohub.hub.client import fetch_config
+from evohub.hub.client import fetch_config, fetch_json, model_info, pipeline_layout
+from evohub.hub.pipelines import local_layout, read_json
 from evohub.merging.arch import ParamCount, count_parameters, dtype_bytes, read_config, stored_dtype
 from evohub.spec import JobSpec, ModelRef
 
@@ -65,6 +69,20 @@ class StagePlan:
 
 
 @dataclass
+class ImageFigures:
+    """What one fitness image costs: the UNet's FLOPs per denoising step (counted on the meta
+    device), the steps, whether guidance doubles the batch, the size."""
+
+    image_size: int
+    latent_size: int
+    steps: int
+    guidance_scale: float
+    unet_flops: float
+    unet_params: int
+    largest_tensor: int
+
+
+@dataclass
 class Plan:
     job: str
     seed: int
@@ -78,6 +96,8 @@ class Plan:
     host_bytes: int
     disk_bytes: int
     notes: list[str] = field(default_factory=list)
+    #: a diffusion job: the figures the cost model reads (:class:`ImageFigures`)
+    image: ImageFigures | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,8 +175,13 @@ def _fitness_line(spec: JobSpec) -> str:
     return fitness
 
 
-def make_plan(spec: JobSpec, configs: dict[str, dict] | None = None) -> Plan:
-    """Plan ``spec``; ``configs`` maps source names ('base' too) to config dicts (fetched if absent)."""
+def make_plan(spec: JobSpec, configs: dict[str, dict] | None = None, layouts: dict | None = None) -> Plan:
+    """Plan ``spec``; ``configs`` maps source names ('base' too) to config dicts (fetched if absent);
+    a diffusion job's ``layouts`` map them to (model_index.json or None, unet/config.json, weight
+    files with sizes), as :func:`~evohub.hub.client.pipeline_layout` reads them (fetched if absent),
+    with ``vae_scale`` the VAE's downsampling factor (8 for SDXL; read from the primary if absent)."""
+    if spec.fitness.backend == "diffusion":
+        return _pipeline_plan(spec, dict(layouts or {}))
     refs = spec.models()
     configs = dict(configs or {})
     for name, ref in refs:
@@ -201,6 +226,109 @@ def make_plan(spec: JobSpec, configs: dict[str, dict] | None = None) -> Plan:
                 evaluation=list(spec.evaluation.suites) if spec.evaluation else [], output_params=out_params,
                 output_bytes=out_params * b, accelerator_bytes=accel, host_bytes=host, disk_bytes=disk,
                 notes=notes)  # fmt: skip
+
+
+def _layout(ref: ModelRef):
+    if ref.path is not None:
+        return local_layout(Path(ref.path))
+    return pipeline_layout(ref.repo, ref.revision)  # type: ignore[arg-type]
+
+
+def _vae_scale(ref: ModelRef) -> int:
+    """The VAE's downsampling factor (8 for SDXL): 2 ** (its blocks - 1)."""
+    cfg = (
+        read_json(Path(ref.path) / "vae" / "config.json")
+        if ref.path
+        else fetch_json(ref.repo, ref.revision, "vae/config.json")
+    )  # type: ignore[arg-type]
+    return 2 ** (len(cfg.get("block_out_channels") or [0] * 4) - 1)
+
+
+def _file_size(ref: ModelRef) -> int:
+    """The size of a LoRA's one file (``ref.file``), local or from the Hub's listing."""
+    if ref.path is not None:
+        return (Path(ref.path) / ref.file).stat().st_size  # type: ignore[operator]
+    info = model_info(ref.repo, ref.revision, files=True)  # type: ignore[arg-type]
+    return next((f.size or 0 for f in info.siblings or [] if f.rfilename == ref.file), 0)
+
+
+def _pipeline_sources(spec: JobSpec, latent: int, layouts: dict) -> tuple[list[SourcePlan], dict]:
+    """Each model's row (a LoRA: its file), and each distinct UNet config's figures
+    (:func:`~evohub.merging.diffusion.unet_figures`), by the config's JSON."""
+    from evohub.hub.pipelines import UNET
+    from evohub.merging.diffusion import unet_figures
+
+    figures: dict[str, tuple[int, int, float]] = {}
+    sources = []
+    for name, ref in spec.models():
+        if ref.file is not None:
+            sources.append(SourcePlan(name=name, ref=f"{ref.display()} {ref.file}", pinned=ref.pinned, model_type="LoRA",
+                                      layers=0, params=0, per_layer=0, hidden=0, vocab=0, stored_dtype="-",
+                                      bytes=layouts[name]))  # fmt: skip
+            continue
+        index, unet_cfg, files = layouts[name]
+        key = json.dumps(unet_cfg, sort_keys=True)
+        if key not in figures:
+            figures[key] = unet_figures(unet_cfg, latent)
+        params = figures[key][0]
+        unet_bytes = sum(size for _, size in files.get(UNET, []))
+        cls = index.get("_class_name") if index else "UNet2DConditionModel (UNet alone)"
+        sources.append(SourcePlan(name=name, ref=ref.display(), pinned=ref.pinned,
+                                  model_type=cls if isinstance(cls, str) else ".".join(map(str, cls)), layers=0,
+                                  params=params, per_layer=0, hidden=0, vocab=0,
+                                  stored_dtype="float16" if unet_bytes < 3 * params else "float32",
+                                  bytes=sum(size for fs in files.values() for _, size in fs)))  # fmt: skip
+    return sources, figures
+
+
+def _pipeline_plan(spec: JobSpec, given: dict) -> Plan:
+    """A diffusion job's plan (docs/design.md#diffusion-pipelines): each source's UNet counted on
+    the meta device from its config, its files from the listing (the variant a pull fetches).
+
+    Memory: a fitness worker holds the K inputs' UNets and the pipeline's own UNet in the job's
+    dtype, plus the other components (text encoders, VAE) as stored; merging to disk streams one
+    tensor at a time from every input, so host memory is bounded by K + 1 copies of the largest
+    tensor as stored, the merged one in the job's dtype, and one output shard."""
+    from evohub.hub.pipelines import UNET
+    from evohub.score.tasks import get_task
+    from evohub.spec.job import TASK_OPTIONS
+
+    vae_scale = given.pop("vae_scale", None)
+    # a pipeline or UNet: its layout; a LoRA: its file's size
+    layouts = {name: given.get(name) or (_file_size(ref) if ref.file else _layout(ref)) for name, ref in spec.models()}
+    fit = spec.fitness
+    task = get_task(fit.task, **{k: getattr(fit, k) for k in TASK_OPTIONS})
+    b = dtype_bytes(spec.dtype)
+    primary = next((n for n, layout in layouts.items() if isinstance(layout, tuple) and layout[0] is not None), None)
+    if primary is None:
+        raise SpecError("no source is a whole pipeline (model_index.json): a UNet alone cannot give the rest")
+    latent = task.size // (vae_scale or _vae_scale(dict(spec.models())[primary]))
+    sources, figures = _pipeline_sources(spec, latent, layouts)
+    params, largest, flops = figures[json.dumps(layouts[primary][1], sort_keys=True)]
+    others = sum(size for folder, fs in layouts[primary][2].items() if folder != UNET for _, size in fs)  # type: ignore[index]
+    K = len(spec.sources) + (1 if spec.base_model else 0)
+    ps = spec.parameter_space
+    stages = [_stage("parameter_space", genome_for(spec, "ps", lambda ref: 0), ps.optimizer)] if ps else []
+    stored = max(dtype_bytes(s.stored_dtype) for s in sources if s.model_type != "LoRA")
+    host = (K + 1) * largest * stored + largest * b + min(SHARD_BYTES, params * b)
+    evals = sum(s.evaluations or 0 for s in stages)
+    notes = [
+        f"accelerator memory: {K} resident UNets and the pipeline's own in {spec.dtype}, its text encoders and "
+        f"VAE as stored ({human_bytes(others)}); the activations of a batch of {fit.batch_size or 4} images at "
+        f"{task.size}x{task.size} come on top",
+        f"merging streams one tensor at a time: host memory stays under {human_bytes(host)} "
+        f"({K} inputs + 1 of the largest tensor, {human_count(largest)} elements, as stored, and one "
+        f"output shard of at most {human_bytes(SHARD_BYTES)})",
+        f"one image: {task.steps} steps x {flops / 1e12:.2f} TFLOPs of UNet at {latent}x{latent} latents"
+        + (" x 2 (classifier-free guidance)" if task.guidance > 1 else ""),
+    ]
+    if any(not s.pinned for s in sources):
+        notes.append("unpinned sources are resolved to commits at pull time (job.lock.yaml)")
+    return Plan(job=spec.name, seed=spec.seed, sources=sources, stages=stages, fitness=_fitness_line(spec),
+                evaluation=list(spec.evaluation.suites) if spec.evaluation else [], output_params=params,
+                output_bytes=params * b + others, accelerator_bytes=(K + 1) * params * b + others, host_bytes=host,
+                disk_bytes=sum(s.bytes for s in sources) + params * b + others + evals * LOG_ROW_BYTES, notes=notes,
+                image=ImageFigures(task.size, latent, task.steps, task.guidance, flops, params, largest))  # fmt: skip
 
 
 def human_bytes(n: float) -> str:

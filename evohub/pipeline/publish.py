@@ -35,6 +35,7 @@ from evohub.score.suites import find_suite
 from evohub.score.tasks import TASKS, get_task
 from evohub.score.tasks.ja_vqa import PROMPT as VLM_PROMPT
 from evohub.spec import JobSpec, ModelRef, Recipe
+from evohub.spec.job import TASK_OPTIONS
 
 log = logging.getLogger("evohub")
 STAGE_NAMES = {"ps": "parameter space", "dfs": "data-flow space"}
@@ -125,12 +126,14 @@ def score_files(run: RunDir) -> dict[str, Path]:
 
 def publish_files(run: RunDir, readme: str, extra: dict[str, str]) -> dict[str, bytes | Path]:
     """Everything a published run holds, by path in the repo."""
-    if not (run.model_dir / "config.json").exists():
+    if not any((run.model_dir / f).exists() for f in ("config.json", "model_index.json")):
         raise RunError(f"{run.root}: no merged model in model/; run the job to the end first")
-    files: dict[str, bytes | Path] = {
-        p.name: p for p in sorted(run.model_dir.iterdir()) if p.is_file() and not p.name.startswith(".")
+    files: dict[str, bytes | Path] = {  # a pipeline's components are folders
+        p.relative_to(run.model_dir).as_posix(): p
+        for p in sorted(run.model_dir.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(run.model_dir).parts)
     }
-    for p in (run.recipe_path, run.results_path, run.fitness_plot, run.front_plot):
+    for p in (run.recipe_path, run.results_path, run.fitness_plot, run.front_plot, run.samples_plot):
         if p.exists():
             files[p.name] = p
     if run.log_path.exists():
@@ -288,11 +291,56 @@ def _results(results: dict | None, kind) -> list[Result]:
 
 
 def _model_shape(run: RunDir, config: dict) -> str:
-    """The published model's real size: decoder layers and parameters, counted from its weights."""
-    params = sum(
-        math.prod(e.shape) for f in sorted(run.model_dir.glob("*.safetensors")) for e in read_header(f).values()
-    )
+    """The published model's real size: decoder layers and parameters (a pipeline: its UNet's),
+    counted from its weights."""
+    unet = "_class_name" in config and (run.model_dir / "unet").is_dir()
+    folder = run.model_dir / "unet" if unet else run.model_dir
+    params = sum(math.prod(e.shape) for f in sorted(folder.glob("*.safetensors")) for e in read_header(f).values())
+    if unet:
+        return f"a UNet of {human_count(params)} parameters"
     return f"{num_decoder_layers(config) or '?'} decoder layers, {human_count(params)} parameters"
+
+
+def _pipeline_facts(job: JobSpec, run: RunDir, recipe: Recipe, sources: list[dict]) -> dict:
+    """What a diffusion card adds: each group's weights, where each whole component comes from,
+    the generation settings evolution scored with (the usage snippet's), the judge, the grid."""
+    ps = recipe.parameter_space
+    assert ps is not None
+    names = [s["name"] for s in sources]
+    patterns = [o.pattern for o in ps.models[0].overrides] if ps.models else []
+    groups = [{"name": "`" + p.replace("|", "\\|") + "`", "weights": [_fmt(next((o.weight for o in m.overrides if o.pattern == p), m.weight))
+                                               for m in ps.models]} for p in patterns]  # fmt: skip
+    groups.append(
+        {"name": "every other tensor" if patterns else "every tensor", "weights": [_fmt(m.weight) for m in ps.models]}
+    )
+    primary = names[0] if names else "the first source"
+    chosen = {c: ("base" if v == "base" else names[v]) for c, v in (recipe.components or {}).items()}
+    index = run.read_json(run.model_dir / "model_index.json") or {}
+    whole = [{"component": c, "source": chosen.get(c, primary)} for c in sorted(index)
+             if not c.startswith("_") and c != "unet" and isinstance(index[c], list) and index[c][0]]  # fmt: skip
+    fit = job.fitness
+    task = get_task(fit.task, **{k: getattr(fit, k) for k in TASK_OPTIONS})  # its settings, defaults filled in
+    ref = job.judge_model()
+    return {"groups": groups, "group_sources": [m["name"] for m in _recipe_facts(recipe, sources, run)["ps_models"]],
+            "whole": whole, "steps": task.steps, "guidance": _fmt(task.guidance), "image_size": task.size,
+            "judge": task.judge_name, "judge_link": _link(run.pinned(ref), run) if ref else None,
+            "samples_plot": run.samples_plot.exists(), "example_prompt": _first_prompt(job, run)}  # fmt: skip
+
+
+def _first_prompt(job: JobSpec, run: RunDir) -> str:
+    """An image card's example prompt: the first held-out prompt (else the first fitness prompt)."""
+    ev = job.evaluation
+    paths = [*sorted((run.root / "eval" / "evolved").glob("samples_*.jsonl")), *(ev.data.values() if ev else ()),
+             *(d.path for d in (job.fitness.data,) if d.path)]  # fmt: skip
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                row = json.loads(f.readline())
+        except (OSError, ValueError, TypeError):
+            continue
+        if isinstance(row, dict) and isinstance(row.get("prompt"), str):
+            return row["prompt"].replace("\n", " ").replace('"', "'")
+    return "富士山と桜、浮世絵風"
 
 
 def _stages(job: JobSpec, run: RunDir) -> list[dict]:
@@ -303,7 +351,7 @@ def _stages(job: JobSpec, run: RunDir) -> list[dict]:
         s = stage_summary(run, st, rows)
         best = _fmt(s.best_fitness) if s.evaluations > s.failed else "-"
         scored = f"{s.cost['items']:,}" if s.cost else None
-        out.append({"stage": STAGE_NAMES[st], "x0": opt.x0, "sigma0": _fmt(opt.sigma0), "popsize": s.popsize,
+        out.append({"stage": STAGE_NAMES[st], "x0": _fmt(opt.x0), "sigma0": _fmt(opt.sigma0), "popsize": s.popsize,
                     "evaluations": s.evaluations, "generations": s.generations, "failed": s.failed, "best": best,
                     "scored": scored})  # fmt: skip
     return out
@@ -390,7 +438,7 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
     """(card text, {".eval_results/<name>.yaml": text}) for a finished run."""
     job, recipe = run.job(), run.recipe()
     results = run.read_json(run.results_path)
-    config = run.read_json(run.model_dir / "config.json") or {}
+    config = run.read_json(run.model_dir / "config.json") or run.read_json(run.model_dir / "model_index.json") or {}
     base, sources = _sources(job, run, licenses)
     licence = _license(([base] if base else []) + sources)
     kind = KINDS.get(job.publish.card if job.publish else "llm")
@@ -404,10 +452,10 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
         language=list(job.publish.language) if job.publish else ["ja"], license=licence.id,
         license_name=licence.name, license_link=licence.link,
         datasets=[d.repo for d in (fit.data, fit.validation) if d is not None and d.repo],
-        results=entries, date=evolved.get("created"),
+        results=entries, date=evolved.get("created"), library_name=kind.library,
     )  # fmt: skip
     example = _example_prompt(job, run, kind.vision)
-    arch = (config.get("architectures") or ["a transformers model"])[0]
+    arch = (config.get("architectures") or [config.get("_class_name") or "a transformers model"])[0]
     primary = next((s["link"] for s in sources if s["architecture"] == arch), None)  # a VLM's own source
     context = {
         "title": repo_id.split("/")[-1], "repo_id": repo_id, "repo_name": repo_id.split("/")[-1],
@@ -424,6 +472,7 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
         "fitness_task": fit.task, "results": _results_table(results, ev.paper_reference if ev else None), "example_prompt": example.replace("\n", "\\n"),
         "install": install_line(),
         **_recipe_facts(recipe, sources, run),
+        **(_pipeline_facts(job, run, recipe, sources) if kind.library == "diffusers" else {}),
     }  # fmt: skip
     text, files = render_card(meta, context)
     return text, files | ({"LICENSE": licence.file} if licence.file else {})

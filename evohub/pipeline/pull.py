@@ -12,9 +12,12 @@ from pathlib import Path
 from evohub.errors import EvohubError
 from evohub.files import write_json
 from evohub.hub import client
+from evohub.merging.arch import read_config
+from evohub.merging.diffusion import is_pipeline
 from evohub.merging.io import convert_pickle, pickle_files
 from evohub.pipeline.rundir import RunDir
 from evohub.spec import JobSpec, ModelRef
+from evohub.spec.job import JUDGE_MODEL
 
 log = logging.getLogger("evohub")
 #: written beside a converted checkpoint: the sha256 of the pickle files read and safetensors written
@@ -47,7 +50,7 @@ def local_dir(ref: ModelRef) -> Path:
     with ``weights: pickle`` and no safetensors there, the cached safetensors conversion."""
     pickle = ref.weights == "pickle"
     hub = ref.path is None
-    src = client.snapshot(ref.repo, ref.revision, pickle=pickle) if hub else Path(ref.path)  # type: ignore[arg-type]
+    src = client.snapshot(ref.repo, ref.revision, pickle=pickle, file=ref.file) if hub else Path(ref.path)  # type: ignore[arg-type]
     if pickle and not any(src.glob("*.safetensors")):
         return _converted(src, ref)
     return src
@@ -60,11 +63,19 @@ def model_license(ref: ModelRef) -> str | None:
     return client.hub_license(ref.repo, ref.revision)  # type: ignore[arg-type]
 
 
+def _architecture(config: dict) -> str | None:
+    """A config's architecture; a pipeline's class (``module.Class`` when it is its own code)."""
+    cls = config.get("_class_name")
+    if isinstance(cls, list):
+        cls = ".".join(str(c) for c in cls)
+    return (config.get("architectures") or [config.get("model_type") or cls])[0]
+
+
 def _describe(ref: ModelRef, local: Path) -> dict:
     """Licence, architecture and size of a pulled model, for the lock and the card."""
     try:
-        config = json.loads((local / "config.json").read_text())
-    except (OSError, ValueError):
+        config = read_config(local)
+    except EvohubError:
         config = {}
     try:
         license_ = model_license(ref)
@@ -72,9 +83,13 @@ def _describe(ref: ModelRef, local: Path) -> dict:
         license_ = None
     out = {
         "license": license_,
-        "architecture": (config.get("architectures") or [config.get("model_type")])[0],
-        "bytes": sum(p.stat().st_size for p in local.glob("*.safetensors")),
+        "architecture": _architecture(config),
+        "bytes": sum(
+            p.stat().st_size for p in local.glob("*/*.safetensors" if is_pipeline(local) else "*.safetensors")
+        ),
     }
+    if ref.file is not None:  # one file (a LoRA) of the repo
+        out |= {"architecture": "LoRA", "bytes": (local / ref.file).stat().st_size}
     if (local / PROVENANCE).is_file():  # converted from pickle: what was read and what was written
         out["converted"] = json.loads((local / PROVENANCE).read_text())
     return out
@@ -103,7 +118,8 @@ def lock_entries(models: list[tuple[str, ModelRef]]) -> list[dict]:
 def pull(spec: JobSpec, run: RunDir) -> None:
     """Fetch the job's models into the lock; a lock from another machine (a run continued from
     its Hub state) is re-fetched at the same pinned commits."""
-    models = spec.models()
+    judge = spec.judge_model()
+    models = spec.models() + ([(JUDGE_MODEL, judge)] if judge is not None else [])
     if run.lock_path.exists():
         entries = run.lock()
         if all(Path(e["local"]).is_dir() for e in entries):

@@ -243,6 +243,46 @@ def plot_front(rows: list[dict], out: Path, stages: dict[str, tuple[tuple[str, .
     atomic_write(out, buf.getvalue())
 
 
+#: rows of samples.png at most (the first held-out prompts)
+SAMPLE_ROWS = 4
+
+
+def plot_samples(columns: dict[str, Path], out: Path, rows: int = SAMPLE_ROWS) -> bool:
+    """samples.png: the first ``rows`` held-out images (rows: prompts, each from its fixed seed)
+    of each model (columns: name -> the folder of its saved images, ``000.png``, ...), the
+    evolved model last. False (nothing written) when no model saved images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    have = {name: sorted(d.glob("*.png"))[:rows] for name, d in columns.items() if d.is_dir()}
+    have = {k: v for k, v in have.items() if v}
+    if not have:
+        return False
+    n = max(len(v) for v in have.values())
+    fig, axes = plt.subplots(n, len(have), figsize=(2.2 * len(have), 2.2 * n), squeeze=False)
+    for c, (name, files) in enumerate(have.items()):
+        for r in range(n):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r < len(files):
+                with Image.open(files[r]) as im:
+                    ax.imshow(im.convert("RGB"))
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"prompt {r + 1}", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(out, buf.getvalue())
+    return True
+
+
 def _generations_panel(ax, rows: list[dict], stages: list[str]) -> None:
     offset = 0
     for stage in stages:

@@ -51,6 +51,8 @@ class RunDir:
     fitness_plot = property(lambda self: self.root / "fitness.png")
     #: a multi-objective stage's Pareto front (``nsga2``), beside fitness.png
     front_plot = property(lambda self: self.root / "front.png")
+    #: an image job's held-out prompts (rows) by model (columns: each source, the untuned merge, the winner)
+    samples_plot = property(lambda self: self.root / "samples.png")
     results_path = property(lambda self: self.root / "results.json")
     published_path = property(lambda self: self.root / "published.json")
     untuned_dir = property(lambda self: self.root / "eval" / "untuned-model")
@@ -184,4 +186,7 @@ class RunDir:
         return ref.plain() if ref.path is not None else ref.at(self._entry(ref)["revision"])
 
     def config(self, ref: ModelRef) -> dict:
-        return json.loads((self.local_dir(ref) / "config.json").read_text())
+        """A pulled model's config (:func:`~evohub.merging.arch.read_config`: a pipeline's model_index.json)."""
+        from evohub.merging.arch import read_config
+
+        return read_config(self.local_dir(ref), ref.display())

@@ -23,6 +23,7 @@ from evohub.evolve.worker import WorkerSpec
 from evohub.files import write_json
 from evohub.merging.arch import num_decoder_layers
 from evohub.merging.build import merge_to_disk, tokenizer_dir
+from evohub.merging.diffusion import UNET, is_pipeline
 from evohub.pipeline.gpu import sources_fit
 from evohub.pipeline.plan import human_count
 from evohub.pipeline.rundir import RunDir
@@ -50,8 +51,9 @@ def stage_genome(job: JobSpec, run: RunDir, stage: str) -> Genome:
 def worker_spec(job: JobSpec, run: RunDir, stage: str, device: str = "cpu", threads: int | None = None) -> WorkerSpec:
     """What a worker of ``stage`` needs: the genome, the fitness section, its models' directories."""
     genome = stage_genome(job, run, stage)
+    judge = job.judge_model()
     common = {"genome": genome, "fitness": job.fitness, "seed": job.seed, "dtype": job.dtype, "device": device,
-              "threads": threads}  # fmt: skip
+              "threads": threads, "judge_dir": str(run.local_dir(judge)) if judge else None}  # fmt: skip
     if stage == "ps":
         template = genome.decode(genome.x0())
         dirs = [run.local_dir(ref) for ref in template.inputs()]
@@ -69,7 +71,7 @@ def _resident_device(dirs: list[Path], device: str) -> str | None:
     scoring engine, else in pinned host memory (docs/design.md#gpu-memory)."""
     if not device.startswith("cuda"):
         return None
-    sizes = [sum(p.stat().st_size for p in d.glob("*.safetensors")) for d in dirs]
+    sizes = [sum(p.stat().st_size for p in (d / UNET if is_pipeline(d) else d).glob("*.safetensors")) for d in dirs]
     return None if sources_fit(sum(sizes), max(sizes), device) else "cpu"
 
 

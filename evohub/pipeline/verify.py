@@ -25,8 +25,9 @@ from evohub.merging.io import read_header, sha256_file
 from evohub.pipeline.pull import local_dir
 from evohub.spec import Recipe, load_recipe
 
-#: What a published model commit is compared on: its weights, their index, its config.
-COMPARED = ("*.safetensors", "model.safetensors.index.json", "config.json")
+#: What a published model commit is compared on: its weights, their index, its config (a
+#: pipeline: each component's, its model_index.json and its scheduler's settings).
+COMPARED = ("*.safetensors", "*.safetensors.index.json", "config.json", "model_index.json", "scheduler_config.json")
 #: What is fetched of a published model repo to verify it.
 PUBLISHED = [*client.MODEL_PATTERNS, "recipe.yaml", "results.json"]
 
@@ -84,7 +85,9 @@ def _differing_tensors(a: Path, b: Path) -> str:
 
 
 def _compare(published: Path, rebuilt: Path) -> list[FileCheck]:
-    names = sorted({p.name for pattern in COMPARED for d in (published, rebuilt) for p in d.glob(pattern)})
+    """Every compared file, at any depth (a pipeline's components are folders), by its path."""
+    names = sorted({p.relative_to(d).as_posix() for pattern in COMPARED for d in (published, rebuilt)
+                    for p in d.rglob(pattern) if ".cache" not in p.relative_to(d).parts})  # fmt: skip
     checks = []
     for name in names:
         a, b = published / name, rebuilt / name

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from evohub.errors import ScoreError
 from evohub.files import atomic_write, write_json
+from evohub.merging.arch import read_config
 from evohub.models import kind_of
 from evohub.score.data import checked, load_rows
 from evohub.score.lmeval import check_tasks, run_lmeval
@@ -33,13 +34,17 @@ from evohub.spec import DataRef
 
 def is_vision_dir(model_dir: str | Path) -> bool:
     """True when a model directory holds a model that sees images (a VLM)."""
-    from evohub.merging.arch import read_config
-
     return kind_of(read_config(model_dir)).vision
 
 
 def suites_for(model_dir: str | Path, suites: list[str]) -> list[str]:
-    """The suites that apply to a model: vision suites need a model that sees images."""
+    """The suites that apply to a model: vision suites need a model that sees images; a UNet
+    alone (SDXL-DPO's repository) is no model to evaluate, nor a pipeline that needs its own code."""
+    d = Path(model_dir)
+    if not (d / "config.json").is_file() and not (d / "model_index.json").is_file():
+        return []
+    if (d / "model_index.json").is_file() and not isinstance(read_config(d).get("_class_name"), str):
+        return []  # a pipeline of its own code (JSDXL's): evohub never runs remote code
     vision = is_vision_dir(model_dir)
     return [s for s in suites if vision or not find_suite(s).vision]
 
@@ -50,6 +55,7 @@ class SuiteResult:
     metrics: dict
     samples: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    images: list | None = None  # an image task's outputs, saved as images/<suite>/<row>.png
 
 
 def _versions() -> dict[str, str]:
@@ -91,8 +97,9 @@ def rescore_predictions(task: str, path: str | Path) -> dict[str, float]:
 class _Model:
     """Loads the model once per evaluation, as the backend the suites need; closes it after."""
 
-    def __init__(self, path: Path, backend: str, device: str, batch_size: int):
+    def __init__(self, path: Path, backend: str, device: str, batch_size: int, dtype=None):
         self.path, self.backend_name, self.device, self.batch_size = path, backend, device, batch_size
+        self.dtype = dtype  # a diffusion pipeline's compute dtype (None: float32)
         self._hf = None
         self._gen = None
 
@@ -108,6 +115,12 @@ class _Model:
     def generator(self):
         if self.backend_name == "hf":
             return self.hf()
+        if self.backend_name == "diffusion":
+            if self._gen is None:
+                from evohub.score.backends.diffusion import DiffusionBackend
+
+                self._gen = DiffusionBackend.load(self.path, {}, self.device, self.dtype)
+            return self._gen
         if self._gen is None:
             from evohub.score.backends.vllm import VLLMBackend
 
@@ -135,8 +148,9 @@ class _Settings:
     limit: int | None
     max_new_tokens: int | None
     batch_size: int
-    prompt: str | None
-    stop: tuple[str, ...] | None
+    #: the job's own task settings, for suites that run the job's task (``job_prompt``): prompt
+    #: and stop strings, or an image task's judge, its model, steps, guidance and size
+    task_options: dict
     out_dir: Path | None
     prompt_version: str | None = None
 
@@ -155,13 +169,14 @@ def _run_task_suite(suite: Suite, model: _Model, s: _Settings) -> SuiteResult:
             f"suite {suite.name!r} needs its examples: --data {suite.name}=FILE (evaluation.data in a job)"
         )
     rows = load_rows(ref)[: s.limit] if s.limit else load_rows(ref)
-    task = get_task(suite.task, prompt=s.prompt, stop=s.stop) if suite.job_prompt else get_task(suite.task)  # type: ignore[arg-type]
+    task = get_task(suite.task, **s.task_options) if suite.job_prompt else get_task(suite.task)  # type: ignore[arg-type]
     checked(task, rows, ref)
     # a protocol bound to one backend (the paper VQA suite's transformers loading) gets that one
     backend = model.generator() if model.backend_name in TASKS.get(suite.task).backends else model.hf()
-    scored = task.run(backend, rows, max_new_tokens=s.max_new_tokens)
+    scored = task.run(backend, rows, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size)
     metrics = scored.metrics | {"dataset": ref.display(relative_to=s.out_dir)}
-    return SuiteResult(suite.name, metrics | scores(suite, metrics, local=set(s.data)), scored.samples)
+    return SuiteResult(suite.name, metrics | scores(suite, metrics, local=set(s.data)), scored.samples,
+                       images=scored.images)  # fmt: skip
 
 
 def _run_lmeval_suite(suite: Suite, model: _Model, s: _Settings) -> SuiteResult:
@@ -244,21 +259,29 @@ def evaluate(
     stop: tuple[str, ...] | None = None,
     label: str | None = None,
     prompt_version: str | None = None,
+    task_options: dict | None = None,
+    dtype: str | None = None,
 ) -> dict:
     """Evaluate a model directory on ``suites``; writes results.json and samples when ``out_dir``.
 
     ``prompt`` and ``stop`` are a job's fitness settings, used by suites that run the job's own
-    task (``ja-math``). ``label`` names the model in the results (default: its directory); local
+    task (``ja-math``), as are ``task_options`` (``text-to-image``: the judge, its model
+    directory, steps, guidance, image size; its images are saved under ``images/<suite>/``). ``label`` names the model in the results (default: its directory); local
     data files are named relative to ``out_dir``, so results carry no machine path.
     ``prompt_version`` is the jp-stable tasks' (``jp-lmeh``; default 0.3). Each suite's reported
     numbers are added on 0-100 as ``scores`` (and ``average``; docs/design.md#reported-results).
     """
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise ScoreError(f"{model_dir}: not a model directory (no config.json)")
+    if not any((model_dir / f).is_file() for f in ("config.json", "model_index.json")):
+        raise ScoreError(f"{model_dir}: not a model directory (no config.json, no model_index.json)")
     out = Path(out_dir).resolve() if out_dir is not None else None
-    settings = _Settings(dict(data or {}), limit, max_new_tokens, batch_size, prompt, stop, out, prompt_version)
-    results = _run_suites(suites, _Model(model_dir, backend, device, batch_size), settings)
+    options = {"prompt": prompt, "stop": stop} | dict(task_options or {})
+    settings = _Settings(dict(data or {}), limit, max_new_tokens, batch_size, options, out, prompt_version)
+    if dtype is not None:
+        from evohub.merging.io import DTYPES
+
+        dtype = DTYPES[dtype]
+    results = _run_suites(suites, _Model(model_dir, backend, device, batch_size, dtype), settings)
     out = {
         "model": label or str(model_dir),
         "suites": {r.suite: {"metrics": r.metrics, "seconds": round(r.seconds, 2)} for r in results},
@@ -270,6 +293,9 @@ def evaluate(
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         for r in results:
+            for i, image in enumerate(r.images or ()):
+                (out_dir / "images" / r.suite).mkdir(parents=True, exist_ok=True)
+                image.save(out_dir / "images" / r.suite / f"{i:03d}.png")
             if r.samples:
                 atomic_write(
                     out_dir / f"samples_{r.suite}.jsonl",

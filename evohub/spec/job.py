@@ -46,6 +46,8 @@ SCALE_MAX = 10.0
 
 #: the ``fitness`` fields a task may take (``Task.options``), passed to it by name
 TASK_OPTIONS = ("prompt", "stop", "judge", "steps", "guidance_scale", "image_size")
+#: the lock's name for the image judge's model (docs/design.md#image-fitness)
+JUDGE_MODEL = "judge"
 
 Backend = Literal[BACKENDS]  # type: ignore[valid-type]  # the scoring backends: vllm | hf
 
@@ -63,6 +65,24 @@ class Source(ModelRef):
     def ref(self) -> ModelRef:
         """The plain reference (already validated, so not checked again)."""
         return self.plain()
+
+
+class JobLora(ModelRef):
+    """A LoRA file fused into the merged UNet (``file`` in a Hub repo or a local directory), at a
+    fixed ``scale`` or one the optimiser searches within ``{bounds: [lo, hi]}``."""
+
+    name: Name | None = None
+    scale: float | Range = 1.0
+
+    @property
+    def key(self) -> str:
+        return self.name or source_name(self)
+
+    @model_validator(mode="after")
+    def _a_file(self) -> JobLora:
+        if self.file is None:
+            raise ValueError("a LoRA needs its 'file' (the safetensors file in the repo or directory)")
+        return self
 
 
 class Descriptor(Frozen):
@@ -89,7 +109,11 @@ class Optimizer(Frozen):
     """
 
     algorithm: Annotated[str, registered(OPTIMIZERS)] = "cma-es"
-    x0: float = Field(0.5, ge=0.0, le=1.0, description="start point in the normalised [0, 1] space")
+    x0: Annotated[float, Field(ge=0.0, le=1.0)] | tuple[Annotated[float, Field(ge=0.0, le=1.0)], ...] = Field(
+        0.5,
+        description="start point in the normalised [0, 1] space: one value for every gene, or (parameter "
+        "space) one per gene in the genome's order (`evohub plan` names it), e.g. a published recipe's weights",
+    )
     sigma0: float = Field(1 / 6, gt=0.0, le=1.0)
     popsize: int | None = Field(None, ge=2, description="default 4 + floor(3 ln n)")
     max_evals: int | None = Field(None, gt=0)
@@ -170,6 +194,9 @@ class Fitness(Frozen):
     steps: int | None = Field(None, gt=0, description="text-to-image: denoising steps")
     guidance_scale: float | None = Field(None, ge=0, description="text-to-image: classifier-free guidance scale")
     image_size: int | None = Field(None, gt=0, description="text-to-image: square image size in pixels")
+    judge_model: ModelRef | None = Field(
+        None, description="text-to-image: the judge's model (default: the judge's own Hub repo), pulled and pinned"
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -239,6 +266,11 @@ class JobSpec(Frozen):
     #: a diffusion pipeline's components taken whole from a named source (``text_encoder: jsdxl``;
     #: or ``base``); the UNet is merged (docs/design.md#diffusion-pipelines)
     components: dict[str, str] | None = None
+    #: LoRA files fused into the merged UNet, each at a fixed or searched scale (docs/design.md#lora-fusion)
+    loras: tuple[JobLora, ...] = ()
+    #: a diffusion pipeline's scheduler settings written over its scheduler_config.json, for the
+    #: fitness images and the published pipeline (``timestep_spacing: trailing`` for Lightning)
+    scheduler: dict[str, str | int | float | bool] | None = None
     #: torch's intra-op threads on the CPU (default: the CPUs free to this process; evohub.threads)
     threads: int | None = Field(None, gt=0)
     parameter_space: PSSearch | None = None
@@ -258,8 +290,24 @@ class JobSpec(Frozen):
         return next(s for s in self.sources if s.key == name)
 
     def models(self) -> list[tuple[str, ModelRef]]:
-        """Every model the job reads, by name: ``base`` (if any), then each source."""
-        return ([("base", self.base_model)] if self.base_model else []) + [(s.key, s.ref()) for s in self.sources]
+        """Every model the job reads, by name: ``base`` (if any), each source, then each LoRA."""
+        return (
+            ([("base", self.base_model)] if self.base_model else [])
+            + [(s.key, s.ref()) for s in self.sources]
+            + [(lora.key, lora.plain()) for lora in self.loras]
+        )
+
+    def judge_model(self) -> ModelRef | None:
+        """The image judge's model, for a task that has a judge: ``fitness.judge_model``, else
+        the judge's own Hub repo (unpinned: the lock pins it)."""
+        fit = self.fitness
+        name = fit.judge or getattr(TASKS.get(fit.task), "default_judge", None)
+        if name is None:
+            return None
+        if fit.judge_model is not None:
+            return fit.judge_model
+        repo = JUDGES.get(name).repo
+        return ModelRef.model_construct(repo=repo, revision=None, path=None, weights=None) if repo else None
 
     def stages(self) -> list[str]:
         """The search stages, in the order they run: ``ps`` then ``dfs``."""
@@ -326,6 +374,17 @@ def _job_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:
             yield ("components", comp), "'base' needs a 'base_model' (or name a source)"
         elif src != "base" and src not in names:
             yield ("components", comp), unknown_source(src, ["base", *names])
+    if j.scheduler and j.fitness.backend != "diffusion":
+        yield ("scheduler",), "scheduler settings apply to a diffusion pipeline: a job scored on 'diffusion'"
+    for i, lora in enumerate(j.loras):
+        if j.fitness.backend != "diffusion" or j.parameter_space is None or j.data_flow_space is not None:
+            yield (
+                ("loras", i),
+                "LoRAs are fused into a merged diffusion UNet: a parameter_space job scored on 'diffusion'",
+            )
+            break
+        if lora.key in names or lora.key in [x.key for x in j.loras[:i]]:
+            yield ("loras", i, "name"), f"name {lora.key!r} is taken; give this LoRA a distinct 'name'"
     yield from _fitness_problems(j)
     for stage, part in (("parameter_space", j.parameter_space), ("data_flow_space", j.data_flow_space)):
         if part is not None:
@@ -344,6 +403,8 @@ def _optimizer_problems(j: JobSpec, stage: str, opt: Optimizer) -> Iterator[tupl
             yield (stage, "optimizer", f), f"{opt.algorithm} takes no {f!r} (it reads {reads} and the budget)"
     for msg in kind.problems(opt.options) if "options" in kind.fields else ():
         yield (stage, "optimizer", "options"), msg
+    if stage == "data_flow_space" and isinstance(opt.x0, tuple):
+        yield (stage, "optimizer", "x0"), "a list of genes applies to parameter_space only; give one value"
     short = {"parameter_space": "ps", "data_flow_space": "dfs"}[stage]
     if short not in kind.stages:
         yield (stage, "optimizer", "algorithm"), f"{opt.algorithm} searches only {', '.join(kind.stages)} stages"
@@ -423,7 +484,7 @@ def _fitness_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:
             ("fitness", "backend"),
             f"{fit.task} runs on {' or '.join(task.backends)}: set 'backend: {task.backends[0]}'",
         )
-    for option in TASK_OPTIONS:
+    for option in (*TASK_OPTIONS, "judge_model"):
         if getattr(fit, option) is not None and option not in task.options:
             yield ("fitness", option), f"{fit.task} takes no {option!r}"
     if fit.limit and fit.minibatch and fit.minibatch > fit.limit:

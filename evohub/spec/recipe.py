@@ -85,6 +85,19 @@ class DFSRecipe(Frozen):
     scales: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], ...]
 
 
+class RecipeLora(Frozen):
+    """One LoRA file (``source.file``) fused into the merged UNet at ``scale``."""
+
+    source: ModelRef
+    scale: float
+
+    @model_validator(mode="after")
+    def _a_file(self) -> RecipeLora:
+        if self.source.file is None:
+            raise ValueError("a LoRA's source needs its 'file' (the safetensors file in the repo or directory)")
+        return self
+
+
 class Recipe(Frozen):
     """One concrete merge. ``evohub merge recipe.yaml --out DIR`` rebuilds it bit-for-bit."""
 
@@ -101,6 +114,11 @@ class Recipe(Frozen):
     #: of parameter_space; ``base``): the UNet is merged, a component not named here comes from the
     #: output's primary model (docs/design.md#diffusion-pipelines)
     components: dict[str, Literal["base"] | Annotated[int, Field(ge=0)]] | None = None
+    #: LoRA files fused into the merged UNet, each at its scale (docs/design.md#lora-fusion)
+    loras: tuple[RecipeLora, ...] = ()
+    #: a diffusion pipeline's scheduler settings written over its scheduler_config.json
+    #: (SDXL-Lightning's ``timestep_spacing: trailing``)
+    scheduler: dict[str, str | int | float | bool] | None = None
 
     @model_validator(mode="after")
     def _whole(self) -> Recipe:
@@ -111,7 +129,8 @@ class Recipe(Frozen):
 
     def inputs(self) -> list[ModelRef]:
         """The models a recipe reads, in the order merges index them: the base (if any), the
-        parameter-space models in order, then the data-flow models not already listed."""
+        parameter-space models in order, then the data-flow models not already listed, then
+        each LoRA's file."""
         refs: list[ModelRef] = [self.base_model] if self.base_model else []
         if self.parameter_space is not None:
             refs += [m.source for m in self.parameter_space.models]
@@ -119,7 +138,7 @@ class Recipe(Frozen):
             for ref in (self.data_flow_space.a, self.data_flow_space.b):
                 if isinstance(ref, ModelRef) and ref not in refs:
                     refs.append(ref)
-        return refs
+        return refs + [lora.source for lora in self.loras]
 
     def sources(self) -> list[ModelRef]:
         """Every model the recipe reads, base first, without duplicates."""
@@ -168,6 +187,11 @@ def _recipe_problems(r: Recipe) -> Iterator[tuple[Loc, str]]:
                 ("tokenizer_source",),
                 f"source index {r.tokenizer_source} is out of range (parameter_space has {n} models)",
             )
+    if r.loras and (r.parameter_space is None or r.data_flow_space is not None):
+        yield (
+            ("loras",),
+            "LoRAs are fused into a merged diffusion UNet: a parameter-space recipe without data_flow_space",
+        )
     for name, src in (r.components or {}).items():
         if name == "unet":
             yield ("components", name), "the UNet is what the parameter space merges; it cannot be taken whole"

@@ -133,6 +133,17 @@ def absolute(v: str, info: ValidationInfo) -> str:
 LocalPath = Annotated[str, AfterValidator(absolute)]
 
 
+def _file_name(v: str) -> str:
+    if not v or v.startswith("/") or ".." in v.split("/") or "\\" in v:
+        raise ValueError(f"{v!r}: give a file name inside the repo (no leading '/', no '..')")
+    if not v.endswith(".safetensors"):
+        raise ValueError(f"{v!r}: only safetensors files are read")
+    return v
+
+
+FileName = Annotated[str, AfterValidator(_file_name)]
+
+
 class ModelRef(Frozen):
     """A model on the Hub (``repo`` + optional ``revision``) or in a local directory (``path``).
 
@@ -146,6 +157,9 @@ class ModelRef(Frozen):
     revision: Revision | None = None
     path: LocalPath | None = None
     weights: Literal["pickle"] | None = None
+    #: the one file of the repo (or directory) this reference reads (a LoRA's safetensors): only
+    #: it is fetched (SDXL-Lightning's repo holds tens of GB besides)
+    file: FileName | None = None
 
     @model_validator(mode="after")
     def _one_of(self) -> ModelRef:
@@ -166,13 +180,15 @@ class ModelRef(Frozen):
 
     def plain(self) -> ModelRef:
         """The reference alone (a :class:`~evohub.spec.job.Source` loses its name); not validated again."""
-        return ModelRef.model_construct(repo=self.repo, revision=self.revision, path=self.path, weights=self.weights)
+        return ModelRef.model_construct(repo=self.repo, revision=self.revision, path=self.path, weights=self.weights,
+                                        file=self.file)  # fmt: skip
 
     def at(self, revision: str) -> ModelRef:
         """This Hub reference pinned to ``revision`` (a local path stays as it is)."""
         if self.path is not None:
             return self.plain()
-        return ModelRef.model_construct(repo=self.repo, revision=revision, path=None, weights=self.weights)
+        return ModelRef.model_construct(repo=self.repo, revision=revision, path=None, weights=self.weights,
+                                        file=self.file)  # fmt: skip
 
 
 class DataRef(Frozen):

@@ -57,12 +57,13 @@ LIBRARIES = ("diffusers", "transformers")
 
 def _variant(folder: Path) -> str | None:
     """The weight variant a component folder's files are read from (None: the plain files)."""
-    from evohub.merging.diffusion import _WEIGHTS, weight_files
+    from evohub.hub.pipelines import WEIGHTS
+    from evohub.merging.diffusion import weight_files
 
     if not any(folder.glob("*.safetensors")):
         return None
     _, files = weight_files(folder)
-    return _WEIGHTS.match(files[0])["variant"]  # type: ignore[index]
+    return WEIGHTS.match(files[0])["variant"]  # type: ignore[index]
 
 
 def load_component(pipeline: Path, name: str, dtype: torch.dtype):

@@ -43,8 +43,10 @@ class SiglipScorer:
         return [float(v) for v in torch.sigmoid(logits.diagonal().float())]
 
 
-def _loader(repo: str):
-    return lambda device: SiglipScorer(repo, device)
+def load(device: str, model: str | None) -> SiglipScorer:
+    if model is None:
+        raise ValueError("a SigLIP judge needs its model (a directory or a Hub repo)")
+    return SiglipScorer(model, device)
 
 
 for name, repo, doc in (
@@ -52,4 +54,4 @@ for name, repo, doc in (
     ("siglip-multilingual", "google/siglip-base-patch16-256-multilingual",
      "mSigLIP base (multilingual SigLIP): P(prompt describes image)"),
 ):  # fmt: skip
-    JUDGES.register(Judge(name=name, doc=doc, load=_loader(repo), item_range=(0.0, 1.0), repo=repo))
+    JUDGES.register(Judge(name=name, doc=doc, load="evohub.score.judges.siglip:load", item_range=(0.0, 1.0), repo=repo))

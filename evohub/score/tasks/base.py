@@ -28,6 +28,8 @@ class Scored:
     #: each example's contribution to the fitness metric, in row order (the score matrix's
     #: entries: docs/design.md#per-item-scores-and-the-cost-ledger); None where a task has none
     items: list[float] | None = None
+    #: what a generative-image task made, one per example (PIL images; for the evaluation's grid)
+    images: list | None = None
 
 
 class Task(Protocol):

@@ -6,8 +6,10 @@ index), so every candidate draws each image from the same starting noise. Genera
 denoising steps at ``guidance_scale`` (defaults 4 and 0, SDXL-Lightning's; the paper's stage-1
 merge runs with its own scheduler), square images of ``image_size`` pixels (default 1024), in
 batches of the fitness ``batch_size``. Each image is scored against its prompt by the job's
-``judge`` (``evohub.score.judges``; default ``siglip2``); the fitness is the mean score, and each
-image's score is its item score.
+``judge`` (``evohub.score.judges``; default ``siglip2``), loaded from ``judge_model`` (a run
+passes the directory its lock pinned; default the judge's Hub repo); the fitness is the mean
+score, and each image's score is its item score. The images are kept on the result
+(``Scored.images``) for the evaluation's sample grid.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ class TextToImage:
     name = "text-to-image"
     doc = "images from fixed prompts and seeds (steps, guidance, size), scored by an image judge (judge)"
     fitness_metric = "judge"
-    options = ("judge", "steps", "guidance_scale", "image_size")
+    options = ("judge", "steps", "guidance_scale", "image_size", "judge_model")
+    default_judge = JUDGE
     backends = ("diffusion",)
     max_new_tokens = None
     shown = ("judge",)
@@ -33,8 +36,10 @@ class TextToImage:
     result = Published("judge", "text-to-image", 100.0, "mean judge score (%) of images from fixed prompts and seeds")
 
     def __init__(self, judge: str = JUDGE, steps: int = STEPS, guidance_scale: float = GUIDANCE,
-                 image_size: int = SIZE):  # fmt: skip
+                 image_size: int = SIZE, judge_model: str | None = None):  # fmt: skip
         self.judge_name, self.steps, self.guidance, self.size = judge, steps, guidance_scale, image_size
+        #: the judge's model: the pulled directory (a run's lock), else the judge's Hub repo
+        self.judge_model = judge_model
         self.item_range = JUDGES.get(judge).item_range
         self._scorer = None
 
@@ -48,7 +53,7 @@ class TextToImage:
     def judge(self, device: str):
         """The judge's scorer, loaded once per task."""
         if self._scorer is None:
-            self._scorer = JUDGES.get(self.judge_name).scorer(device)
+            self._scorer = JUDGES.get(self.judge_name).scorer(device, self.judge_model)
         return self._scorer
 
     def run(self, backend, rows: list[dict], batch_size: int = 4, **_) -> Scored:
@@ -61,7 +66,7 @@ class TextToImage:
         n = len(scores)
         if n == 0:
             raise ScoreError("text-to-image: no prompts to score")
-        return Scored({"judge": sum(scores) / n, "n": float(n)}, samples, list(scores))
+        return Scored({"judge": sum(scores) / n, "n": float(n)}, samples, list(scores), images)
 
     def score(self, backend, rows: list[dict], batch_size: int = 4, **kw) -> dict[str, float]:
         return self.run(backend, rows, batch_size=batch_size, **kw).metrics
