@@ -7,9 +7,11 @@ POSIX). Directories that appear whole (a merged model) go through :func:`replace
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from evohub.errors import RunError
@@ -84,3 +86,17 @@ def replace_dir(partial: Path, out: Path) -> Path:
     else:
         os.replace(partial, out)
     return out
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path) -> Iterator[Path]:
+    """A directory to write ``out`` into: beside it, renamed into place (:func:`replace_dir`) when
+    the block completes, removed when it raises (a crash leaves the old ``out`` or nothing)."""
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        yield partial
+        replace_dir(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise

@@ -61,7 +61,9 @@ def test_snapshots_cover_the_quirks_of_the_shipped_jobs():
 def test_every_shipped_job_has_snapshots_of_all_it_reads(job):
     spec = load_job(job)
     repos = job_repos(spec)
-    assert ("mistralai/Mistral-7B-v0.1", "model") in repos
+    assert {(r.repo, "model") for _, r in spec.models() if r.repo} <= set(repos)  # base, sources, LoRAs
+    judge = spec.judge_model()
+    assert judge is None or (judge.repo, "model") in repos  # an image judge's model too
     for repo, kind in repos:
         snap = load_snapshot(repo, kind)
         for _, ref in spec.models():

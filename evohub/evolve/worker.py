@@ -94,17 +94,17 @@ class Worker:
         """A diffusion pipeline (docs/design.md#image-fitness): the inputs' UNets resident, the
         primary's pipeline (with the recipe's whole components) generating, each candidate's UNet
         merged into its parameters."""
-        from evohub.merging.diffusion import component_sources, components, read_index, split_inputs, unet_model
+        from evohub.merging.diffusion import component_sources, components, primary_index, split_inputs, unet_model
         from evohub.merging.lora import LoraFactors, fuse_into
         from evohub.score.backends.diffusion import DiffusionBackend
 
         spec = self.spec
         dirs, lora_files = split_inputs(template, [Path(d) for d in spec.model_dirs])
-        labels = [r.display() for r in template.inputs()]
-        inputs = [unet_model(d, label) for d, label in zip(dirs, labels, strict=False)]
+        labels = [r.display() for r in template.inputs()[: len(dirs)]]
+        inputs = [unet_model(d, label) for d, label in zip(dirs, labels, strict=True)]
         self.merge = ResidentMerge(inputs, template, device=spec.device, resident_device=spec.resident_device)
         primary = self.merge.plan.primary
-        sources = component_sources(template, primary, components(read_index(dirs[primary])))
+        sources = component_sources(template, primary, components(primary_index(dirs[primary], labels[primary])))
         swapped = {c: dirs[k] for c, k in sources.items() if k != primary}
         self.backend = DiffusionBackend.load(dirs[primary], swapped, spec.device, _dtype(spec.dtype))
         if template.scheduler:  # the settings the published pipeline's scheduler_config.json will hold

@@ -13,7 +13,6 @@ half-written model.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 from evohub.errors import MergeError
-from evohub.files import atomic_write, replace_dir, write_json
+from evohub.files import atomic_write, staged_dir, write_json
 from evohub.merging import fused
 from evohub.merging.arch import decoder_layer_index, read_config
 from evohub.merging.dfs import check_pair, check_path, folded_tensors, layer_counts, path_config
@@ -178,9 +177,7 @@ def merge_to_disk(
         return merge_pipeline(recipe, dirs, out, device=device, shard_bytes=shard_bytes, progress=progress)
     inputs = open_inputs(recipe, dirs)
     built = build_output(recipe, dirs, inputs, device)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    with staged_dir(out) as partial:
         bar = progress_bar(built.count, "merge", "tensor", disable=not progress)
         with bar, ShardedWriter(partial, shard_bytes) as writer:
             for name, t in built.tensors:
@@ -198,8 +195,4 @@ def merge_to_disk(
                 shutil.copy2(d / "generation_config.json", partial / "generation_config.json")
                 break
         atomic_write(partial / "recipe.yaml", recipe.to_yaml(out.resolve()))
-        replace_dir(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return out

@@ -19,14 +19,13 @@ are written under the plain names, so the output loads with a plain ``from_pretr
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from evohub.errors import MergeError
-from evohub.files import atomic_write, replace_dir, write_json
+from evohub.files import atomic_write, staged_dir, write_json
 from evohub.hub.pipelines import PIPELINE_INDEX, UNET, WEIGHTS, by_variant, choose_variant, components
 from evohub.merging.io import DTYPES, CheckpointReader, ShardedWriter
 from evohub.merging.lora import LoraFactors, fused_tensors
@@ -41,6 +40,14 @@ STEM = "diffusion_pytorch_model"
 def is_pipeline(directory: str | Path) -> bool:
     """True for a diffusers pipeline directory (``model_index.json``) or a UNet alone (``unet/config.json``)."""
     return (Path(directory) / PIPELINE_INDEX).is_file() or (Path(directory) / UNET / "config.json").is_file()
+
+
+def primary_index(directory: Path, label: str) -> dict:
+    """The model_index.json of the output's primary input, which gives the other components."""
+    if not (Path(directory) / PIPELINE_INDEX).is_file():
+        raise MergeError(f"{label}: a UNet alone cannot give the pipeline's other components; list a whole "
+                         "pipeline first (the first input the method reads is the primary)")  # fmt: skip
+    return read_index(directory)
 
 
 def read_index(directory: str | Path) -> dict:
@@ -140,20 +147,15 @@ def merge_pipeline(recipe: Recipe, dirs: Sequence[Path], out: Path, *, device: s
     labels = [r.display() for r in refs]
     for d, label in zip(dirs, labels, strict=True):
         if not is_pipeline(d):
-            raise MergeError(f"{label}: no {PIPELINE_INDEX}; a recipe merges pipelines with pipelines only")
+            raise MergeError(f"{label}: no {PIPELINE_INDEX} (nor unet/); a recipe merges pipelines with pipelines only")
     inputs = [unet_model(Path(d), label) for d, label in zip(dirs, labels, strict=True)]
     plan = plan_tensors(ps, inputs, recipe.base_model is not None)
-    if not (Path(dirs[plan.primary]) / PIPELINE_INDEX).is_file():
-        raise MergeError(f"{labels[plan.primary]}: a UNet alone cannot give the pipeline's other components; "
-                         "list a whole pipeline first (the first input the method reads is the primary)")  # fmt: skip
-    index = read_index(dirs[plan.primary])
+    index = primary_index(dirs[plan.primary], labels[plan.primary])
     names = components(index)
     if UNET not in names:
         raise MergeError(f"{labels[plan.primary]}: its {PIPELINE_INDEX} names no unet")
     sources = component_sources(recipe, plan.primary, names)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    with staged_dir(out) as partial:
         ws = workspace_for(recipe, device)
         loras = [(LoraFactors(f, inputs[plan.primary].tensors.names()), x.scale)
                  for f, x in zip(lora_files, recipe.loras, strict=True)]  # fmt: skip
@@ -163,8 +165,7 @@ def merge_pipeline(recipe: Recipe, dirs: Sequence[Path], out: Path, *, device: s
             for name, t in tensors:
                 writer.add(name, t)
                 bar.update()
-        config = json.loads((Path(dirs[plan.primary]) / UNET / "config.json").read_text())
-        write_json(partial / UNET / "config.json", config)
+        shutil.copy2(Path(dirs[plan.primary]) / UNET / "config.json", partial / UNET / "config.json")  # as it is
         for comp, k in sources.items():
             src = Path(dirs[k]) / comp
             if not src.is_dir():
@@ -176,10 +177,6 @@ def merge_pipeline(recipe: Recipe, dirs: Sequence[Path], out: Path, *, device: s
                 write_json(config, json.loads(config.read_text()) | dict(recipe.scheduler))
         write_json(partial / PIPELINE_INDEX, index)
         atomic_write(partial / "recipe.yaml", recipe.to_yaml(out.resolve()))
-        replace_dir(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return out
 
 
