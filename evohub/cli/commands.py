@@ -315,10 +315,17 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def example(args: argparse.Namespace) -> int:
+    if args.name == "sdxl-tiny":
+        from evohub.local.sdxl_example import run_example as run_sdxl
+
+        if args.layers or args.steps:
+            raise UsageError("--layers and --steps apply to the real-weights example")
+        return run_sdxl(Path(args.dir or ".cache/evohub-sdxl-tiny"), seed=args.seed, max_evals=args.max_evals,
+                        progress=not args.quiet)  # fmt: skip
     from evohub.local.real_weights import run_example
 
-    return run_example(Path(args.dir), seed=args.seed, layers=args.layers, steps=args.steps,
-                       max_evals=args.max_evals, progress=not args.quiet)  # fmt: skip
+    return run_example(Path(args.dir or ".cache/evohub-real-weights"), seed=args.seed, layers=args.layers,
+                       steps=args.steps, max_evals=args.max_evals, progress=not args.quiet)  # fmt: skip
 
 
 def rehearse(args: argparse.Namespace) -> int:
