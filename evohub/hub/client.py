@@ -202,7 +202,7 @@ def snapshot(repo: str, revision: str | None, pickle: bool = False, file: str | 
         if is_pipeline_listing(names):  # a diffusers pipeline, or a UNet alone: one set of weights each
             index = None
             if PIPELINE_INDEX in names:
-                index = _read_json(Path(hf_hub_download(repo, PIPELINE_INDEX, revision=info.sha)), PIPELINE_INDEX)
+                index = _read_json(Path(_download(repo, PIPELINE_INDEX, info.sha)), PIPELINE_INDEX)
             patterns = pipeline_patterns(names, index)
         elif not any(n.endswith(".safetensors") for n in names):
             if not (pickle and any(n.endswith(PICKLE_SUFFIXES) for n in names)):

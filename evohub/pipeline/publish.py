@@ -308,11 +308,15 @@ def _pipeline_facts(job: JobSpec, run: RunDir, recipe: Recipe, sources: list[dic
     assert ps is not None
     names = [s["name"] for s in sources]
     patterns = [o.pattern for o in ps.models[0].overrides] if ps.models else []
-    groups = [{"name": "`" + p.replace("|", "\\|") + "`", "weights": [_fmt(next((o.weight for o in m.overrides if o.pattern == p), m.weight))
-                                               for m in ps.models]} for p in patterns]  # fmt: skip
-    groups.append(
-        {"name": "every other tensor" if patterns else "every tensor", "weights": [_fmt(m.weight) for m in ps.models]}
-    )
+
+    def weight(m, pattern: str | None) -> str:  # a model's weight in one group (its override's, else its own)
+        return _fmt(next((o.weight for o in m.overrides if o.pattern == pattern), m.weight))
+
+    groups = [
+        {"name": "`" + p.replace("|", "\\|") + "`", "weights": [weight(m, p) for m in ps.models]} for p in patterns
+    ]
+    rest = "every other tensor" if patterns else "every tensor"
+    groups.append({"name": rest, "weights": [weight(m, None) for m in ps.models]})
     primary = names[0] if names else "the first source"
     chosen = {c: ("base" if v == "base" else names[v]) for c, v in (recipe.components or {}).items()}
     index = run.read_json(run.model_dir / "model_index.json") or {}

@@ -277,11 +277,10 @@ def evaluate(
     out = Path(out_dir).resolve() if out_dir is not None else None
     options = {"prompt": prompt, "stop": stop} | dict(task_options or {})
     settings = _Settings(dict(data or {}), limit, max_new_tokens, batch_size, options, out, prompt_version)
-    if dtype is not None:
-        from evohub.merging.io import DTYPES
+    from evohub.merging.io import DTYPES
 
-        dtype = DTYPES[dtype]
-    results = _run_suites(suites, _Model(model_dir, backend, device, batch_size, dtype), settings)
+    model = _Model(model_dir, backend, device, batch_size, DTYPES[dtype] if dtype else None)
+    results = _run_suites(suites, model, settings)
     out = {
         "model": label or str(model_dir),
         "suites": {r.suite: {"metrics": r.metrics, "seconds": round(r.seconds, 2)} for r in results},
