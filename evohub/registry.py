@@ -135,23 +135,36 @@ class Option:
         return None
 
 
-def option_settings(options: tuple[Option, ...], given: dict | None) -> dict:
-    """``options`` with their defaults filled in from ``given`` (already checked)."""
-    out = {o.name: o.default for o in options} | dict(given or {})
-    return {o.name: int(out[o.name]) if o.integer else float(out[o.name]) for o in options}
+class HasOptions:
+    """What an entry with numeric ``options`` (an estimator, an optimiser) answers about them: its
+    defaults as ``evohub list`` shows them, the settings a spec's values give, and one message per
+    bad value. ``owner`` names the entry in those messages."""
 
+    options: tuple[Option, ...]
+    name: str
+    owner = "{name}"
 
-def option_problems(owner: str, options: tuple[Option, ...], given: dict | None) -> list[str]:
-    """One message per bad entry of ``given`` (an unknown name gets the known ones)."""
-    known = {o.name: o for o in options}
-    out = []
-    for k, v in (given or {}).items():
-        if k not in known:
-            names = ", ".join(sorted(known)) or "none"
-            out.append(f"{owner} has no option {k!r} (its options: {names})")
-        elif msg := known[k].check(v):
-            out.append(msg)
-    return out
+    @property
+    def defaults(self) -> str:
+        """Its options with their defaults (``audit_every=5, ...``)."""
+        return ", ".join(f"{o.name}={o.default:g}" for o in self.options)
+
+    def settings(self, given: dict | None) -> dict:
+        """The options with their defaults filled in from ``given`` (already checked)."""
+        out = {o.name: o.default for o in self.options} | dict(given or {})
+        return {o.name: int(out[o.name]) if o.integer else float(out[o.name]) for o in self.options}
+
+    def problems(self, given: dict | None) -> list[str]:
+        """One message per bad entry of ``given`` (an unknown name gets the known ones)."""
+        known = {o.name: o for o in self.options}
+        out = []
+        for k, v in (given or {}).items():
+            if k not in known:
+                names = ", ".join(sorted(known)) or "none"
+                out.append(f"{self.owner.format(name=self.name)} has no option {k!r} (its options: {names})")
+            elif msg := known[k].check(v):
+                out.append(msg)
+        return out
 
 
 def markdown_table(entries: list, columns: dict[str, str]) -> str:

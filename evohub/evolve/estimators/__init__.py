@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from evohub.registry import Option, Registry, option_problems, option_settings
+from evohub.registry import HasOptions, Option, Registry
 
 #: The audit every non-``full`` estimator takes (docs/design.md#fitness-estimators).
 AUDIT_OPTIONS = (
@@ -94,7 +94,7 @@ class Strategy(Protocol):
 
 
 @dataclass(frozen=True)
-class Estimator:
+class Estimator(HasOptions):
     name: str
     doc: str
     #: (options, the spec's ``fitness.minibatch``) -> the strategy of one stage
@@ -110,18 +110,7 @@ class Estimator:
     #: data-flow stage has none): the schema and the stage both check it
     min_references: int = 0
 
-    @property
-    def defaults(self) -> str:
-        """Its options with their defaults, as ``evohub list`` shows them."""
-        return ", ".join(f"{o.name}={o.default:g}" for o in self.options)
-
-    def settings(self, given: dict | None) -> dict:
-        """The options with their defaults filled in (``given`` already checked)."""
-        return option_settings(self.options, given)
-
-    def problems(self, given: dict | None) -> list[str]:
-        """One message per bad option (unknown names get the known ones)."""
-        return option_problems(f"the {self.name} estimator", self.options, given)
+    owner = "the {name} estimator"  # names it in option messages
 
 
 def audit_items(inputs: PlanInputs, options: dict, generations: int) -> float:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from evohub.registry import Option, Registry, option_problems, option_settings
+from evohub.registry import HasOptions, Option, Registry
 
 
 class Search(Protocol):
@@ -29,7 +29,7 @@ class Search(Protocol):
 
 
 @dataclass(frozen=True)
-class OptimizerKind:
+class OptimizerKind(HasOptions):
     name: str
     doc: str
     #: the job spec's optimizer fields this algorithm reads (beyond the budget)
@@ -49,16 +49,7 @@ class OptimizerKind:
     #: the stages it can search ("ps": parameter space, "dfs": data-flow space)
     stages: tuple[str, ...] = ("ps", "dfs")
 
-    @property
-    def defaults(self) -> str:
-        """Its options with their defaults, as ``evohub list`` shows them."""
-        return ", ".join(f"{o.name}={o.default:g}" for o in self.options)
-
-    def settings(self, given: dict | None) -> dict:
-        return option_settings(self.options, given)
-
-    def problems(self, given: dict | None) -> list[str]:
-        return option_problems(f"optimiser {self.name}", self.options, given)
+    owner = "optimiser {name}"  # names it in option messages
 
 
 OPTIMIZERS: Registry[OptimizerKind] = Registry("optimiser", package="evohub.evolve.optimizers")
