@@ -368,6 +368,8 @@ def test_a_tiny_sdxl_job_evolves_evaluates_renders_the_grid_and_publishes(world:
     assert (card.data.library_name, card.data.pipeline_tag) == ("diffusers", "text-to-image")
     readme = files["README.md"].decode()
     assert "![samples](samples.png)" in readme and 'DiffusionPipeline.from_pretrained("me/EvoSDXL-tiny"' in readme
+    assert "whose UNet merges\n4 SDXL models" in readme  # the LoRA is no merged model: it is fused at its scale
+    assert "lightning's LoRA (`tiny_lightning_4step_lora.safetensors`) is fused into the merged UNet at scale" in readme
     assert "| `text_encoder` | jsdxl |" in readme and "\\|to_k" in readme  # a group's pattern escaped in its table
     # evohub verify rebuilds it from the recipe (the LoRA file too) and compares every component's files
     code, out, err = run_cli("verify", "me/EvoSDXL-tiny", "--sources-dir", run, "--device", "cpu", "-q")

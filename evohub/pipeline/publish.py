@@ -328,7 +328,9 @@ def _pipeline_facts(job: JobSpec, run: RunDir, recipe: Recipe, sources: list[dic
     return {"groups": groups, "group_sources": [m["name"] for m in _recipe_facts(recipe, sources, run)["ps_models"]],
             "whole": whole, "steps": task.steps, "guidance": _fmt(task.guidance), "image_size": task.size,
             "judge": task.judge_name, "judge_link": _link(run.pinned(ref), run) if ref else None,
-            "samples_plot": run.samples_plot.exists(), "example_prompt": _first_prompt(job, run)}  # fmt: skip
+            "samples_plot": run.samples_plot.exists(), "example_prompt": _first_prompt(job, run),
+            "loras": [{"name": n, "file": x.source.file, "scale": _fmt(x.scale)}
+                      for n, x in zip([lo.key for lo in job.loras], recipe.loras, strict=True)]}  # fmt: skip
 
 
 def _first_prompt(job: JobSpec, run: RunDir) -> str:
