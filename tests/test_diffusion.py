@@ -339,7 +339,7 @@ def test_a_tiny_sdxl_job_evolves_evaluates_renders_the_grid_and_publishes(world:
                                                  for i, p in enumerate(["しろいねこ", "あおいそら", "みどりのやま"])))  # fmt: skip
     p = lora_job(world, "scheduler: {timestep_spacing: trailing}\n"
                         "evaluation: {suites: [text-to-image], backend: diffusion, data: {text-to-image: heldout.jsonl}}\n"
-                        "publish: {repo: me/EvoSDXL-tiny, card: sdxl}\n")  # fmt: skip
+                        "publish: {repo: me/EvoSDXL-tiny, card: sdxl, include_data: true}\n")  # fmt: skip
     code, out, err = run_cli("plan", p, "--json")
     assert code == 0, err
     plan = json.loads(out)
@@ -368,6 +368,10 @@ def test_a_tiny_sdxl_job_evolves_evaluates_renders_the_grid_and_publishes(world:
     assert (card.data.library_name, card.data.pipeline_tag) == ("diffusers", "text-to-image")
     readme = files["README.md"].decode()
     assert "![samples](samples.png)" in readme and 'DiffusionPipeline.from_pretrained("me/EvoSDXL-tiny"' in readme
+    # the prompts are in the commit (include_data), and the card links them by their place there
+    assert files["data/prompts.jsonl"] == (world / "prompts.jsonl").read_bytes()
+    assert files["data/heldout.jsonl"] == (world / "heldout.jsonl").read_bytes()
+    assert "`text-to-image` on [`data/prompts.jsonl`](data/prompts.jsonl)[train]" in readme
     assert "whose UNet merges\n4 SDXL models" in readme  # the LoRA is no merged model: it is fused at its scale
     assert "lightning's LoRA (`tiny_lightning_4step_lora.safetensors`) is fused into the merged UNet at scale" in readme
     assert "| `text_encoder` | jsdxl |" in readme and "\\|to_k" in readme  # a group's pattern escaped in its table

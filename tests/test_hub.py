@@ -138,6 +138,9 @@ def test_publish_is_one_tagged_commit_with_every_file(hub, finished_run, run_cli
         f"- {n}: unknown" in licence for n in ("base", "one", "two")
     )
     assert "evohub merge recipe.yaml" in files["README.md"].decode()
+    # local data stay local unless publish.include_data: the card names the file, no path of this machine
+    assert not [n for n in files if n.startswith("data/")]
+    assert "`lm-loss` on `fit.jsonl`[train] (a local file)" in files["README.md"].decode()
     # what fitness cost: results.json's totals (CPU-seconds: the run scored on the CPU), stated by the card
     import gzip
 

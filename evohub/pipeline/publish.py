@@ -124,6 +124,39 @@ def score_files(run: RunDir) -> dict[str, Path]:
     return {f"scores-{stage}.jsonl.gz": p for stage, p in paths.items() if p.exists()}
 
 
+#: a local data file larger than this is named on the card, not published with ``include_data``
+DATA_LIMIT = 20 * 1024**2
+
+
+def local_data(job: JobSpec) -> dict[Path, str]:
+    """The job's local data files (fitness, validation, held-out evaluation) -> their path in the
+    published commit (``data/<file name>``), when ``publish.include_data`` asks for them."""
+    if job.publish is None or not job.publish.include_data:
+        return {}
+    fit = job.fitness
+    paths = [d.path for d in (fit.data, fit.validation) if d is not None and d.path]
+    paths += list(job.evaluation.data.values()) if job.evaluation else []
+    out: dict[Path, str] = {}
+    for p in dict.fromkeys(Path(x).resolve() for x in paths):
+        if not p.is_file() or p.stat().st_size > DATA_LIMIT:
+            continue
+        name, k = f"data/{p.name}", 2
+        while name in out.values():
+            name, k = f"data/{p.stem}-{k}{p.suffix}", k + 1
+        out[p] = name
+    return out
+
+
+def _data_shown(ref, run: RunDir, published: dict[Path, str]) -> str:
+    """A dataset as the card names it: a Hub dataset as it is; a local file by its link in the
+    commit when it is published, else by its file name only (no path of this machine)."""
+    if ref.path is None:
+        return ref.display()
+    split = ref.display()[len(ref.path) :]  # "[train]", "[train[:16]]"
+    name = published.get(Path(ref.path).resolve())
+    return f"[`{name}`]({name}){split}" if name else f"`{Path(ref.path).name}`{split} (a local file)"
+
+
 def publish_files(run: RunDir, readme: str, extra: dict[str, str]) -> dict[str, bytes | Path]:
     """Everything a published run holds, by path in the repo."""
     if not any((run.model_dir / f).exists() for f in ("config.json", "model_index.json")):
@@ -140,6 +173,7 @@ def publish_files(run: RunDir, readme: str, extra: dict[str, str]) -> dict[str, 
         files["candidates.jsonl.gz"] = gzip.compress(run.log_path.read_bytes(), mtime=0)
     for name, path in score_files(run).items():
         files[name] = gzip.compress(path.read_bytes(), mtime=0)
+    files |= {name: path for path, name in local_data(run.job()).items()}
     files |= {k: v.encode() for k, v in extra.items()}
     files["README.md"] = readme.encode()
     return files
@@ -463,6 +497,7 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
     example = _example_prompt(job, run, kind.vision)
     arch = (config.get("architectures") or [config.get("_class_name") or "a transformers model"])[0]
     primary = next((s["link"] for s in sources if s["architecture"] == arch), None)  # a VLM's own source
+    data = local_data(job)
     context = {
         "title": repo_id.split("/")[-1], "repo_id": repo_id, "repo_name": repo_id.split("/")[-1],
         "description": job.description, "base": base, "sources": sources, "license_note": licence.note,
@@ -472,8 +507,8 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
         "score_files": list(score_files(run)),
         "front_plot": run.front_plot.exists(),
         "tokens_panel": token_curves(run.log_rows(), job.stages(), stage_matrices(run, job.stages())) is not None,
-        "fitness": f"`{fit.task}` on {fit.data.display(run.root)}"
-        + (f" (best chosen on {fit.validation.display(run.root)})" if fit.validation else "")
+        "fitness": f"`{fit.task}` on {_data_shown(fit.data, run, data)}"
+        + (f" (best chosen on {_data_shown(fit.validation, run, data)})" if fit.validation else "")
         + _estimator_note(fit),
         "fitness_task": fit.task, "results": _results_table(results, ev.paper_reference if ev else None), "example_prompt": example.replace("\n", "\\n"),
         "install": install_line(),

@@ -249,6 +249,9 @@ class Publish(Frozen):
     card: Annotated[str, registered(KINDS)] = "llm"
     language: tuple[str, ...] = ("ja",)
     license: str | None = None
+    #: publish the job's local data files (fitness, validation, held-out evaluation) under data/
+    #: in the commit, linked from the card; off by default: local data may be private
+    include_data: bool = False
 
 
 class JobSpec(Frozen):
