@@ -157,8 +157,9 @@ def _data_shown(ref, run: RunDir, published: dict[Path, str]) -> str:
     return f"[`{name}`]({name}){split}" if name else f"`{Path(ref.path).name}`{split} (a local file)"
 
 
-def publish_files(run: RunDir, readme: str, extra: dict[str, str]) -> dict[str, bytes | Path]:
-    """Everything a published run holds, by path in the repo."""
+def publish_files(run: RunDir, readme: str, extra: dict[str, str],
+                  data: dict[Path, str] | None = None) -> dict[str, bytes | Path]:  # fmt: skip
+    """Everything a published run holds, by path in the repo (``data``: :func:`local_data`'s files)."""
     if not any((run.model_dir / f).exists() for f in ("config.json", "model_index.json")):
         raise RunError(f"{run.root}: no merged model in model/; run the job to the end first")
     files: dict[str, bytes | Path] = {  # a pipeline's components are folders
@@ -173,7 +174,7 @@ def publish_files(run: RunDir, readme: str, extra: dict[str, str]) -> dict[str, 
         files["candidates.jsonl.gz"] = gzip.compress(run.log_path.read_bytes(), mtime=0)
     for name, path in score_files(run).items():
         files[name] = gzip.compress(path.read_bytes(), mtime=0)
-    files |= {name: path for path, name in local_data(run.job()).items()}
+    files |= {name: path for path, name in (data or {}).items()}
     files |= {k: v.encode() for k, v in extra.items()}
     files["README.md"] = readme.encode()
     return files
@@ -555,7 +556,7 @@ def publish_run(
             "the licence of %s is unknown (no card declares one); the card and LICENSE say so", ", ".join(unknown)
         )
     readme, eval_files = build_card(run, repo_id, licenses)
-    files = publish_files(run, readme, eval_files)
+    files = publish_files(run, readme, eval_files, local_data(job))
     tag = run_id(run)
     if dry_run:
         return Published(repo_id, revision or "main", None, tag, sorted(files)), readme
