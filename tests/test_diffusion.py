@@ -452,3 +452,33 @@ def test_the_sdxl_tiny_example_runs_publishes_and_verifies(tmp_path: Path, run_c
     assert (tmp_path / "run" / "samples.png").is_file() and (tmp_path / "hub" / "evohub" / "EvoSDXL-tiny").is_dir()
     code, _, err = run_cli("example", "sdxl-tiny", "--dir", tmp_path, "--layers", "2")
     assert code == 2 and "--layers and --steps apply to the real-weights example" in err
+
+
+def test_a_pipeline_of_its_own_code_is_never_loaded_but_gives_its_components(world: Path, tmp_path: Path, run_cli):
+    """JSDXL's layout: model_index.json names its own pipeline class and a component of its own
+    module. As the primary it is refused in one line (merge and backend); taken by component, fine;
+    its .py is never imported."""
+    import shutil
+
+    from evohub.errors import ScoreError
+    from evohub.score.backends.diffusion import DiffusionBackend
+
+    custom = tmp_path / "jsdxl-own"
+    shutil.copytree(world / "jsdxl", custom)
+    index = json.loads((custom / "model_index.json").read_text())
+    index |= {"_class_name": ["pipeline_own", "OwnPipeline"], "null_encoder": ["modeling_own", "NullModel"]}
+    (custom / "model_index.json").write_text(json.dumps(index))
+    (custom / "pipeline_own.py").write_text("raise SystemExit('remote code ran')\n")
+    (custom / "modeling_own.py").write_text("raise SystemExit('remote code ran')\n")
+    with pytest.raises(ScoreError, match="names code of its own .*pipeline pipeline_own.OwnPipeline; null_encoder"):
+        DiffusionBackend.load(custom, {}, "cpu", torch.float32)
+    text = recipe(world).read_text().replace("path: jsdxl}", f"path: {custom}}}")
+    first = text.replace("    - source: {path: sdxl}", f"    - source: {{path: {custom}}}", 1)  # it as the primary
+    (world / "first-own.yaml").write_text(first.replace(f"    - source: {{path: {custom}}}\n      weight: 0.09",
+                                                       "    - source: {path: sdxl}\n      weight: 0.09"))  # fmt: skip
+    code, _, err = run_cli("merge", world / "first-own.yaml", "--out", tmp_path / "o1", "-q")
+    assert code == 2 and "names code of its own" in err and "Traceback" not in err, err
+    (world / "last-own.yaml").write_text(text)  # taken by its components only: merges
+    code, _, err = run_cli("merge", world / "last-own.yaml", "--out", tmp_path / "o2", "-q")
+    assert code == 0, err
+    assert json.loads((tmp_path / "o2" / "model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"

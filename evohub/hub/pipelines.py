@@ -83,6 +83,23 @@ def components(index: dict) -> list[str]:
     return [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None]
 
 
+#: the libraries a pipeline's model_index.json may name (anything else is the repo's own code)
+LIBRARIES = ("diffusers", "transformers")
+
+
+def own_code(index: dict) -> list[str]:
+    """What a model_index.json names that is the repo's own code, not a diffusers or transformers
+    class: a ``[module, Class]`` pipeline class (JSDXL's), components of other libraries."""
+    out = []
+    cls = index.get("_class_name")
+    if not isinstance(cls, str):
+        out.append(f"pipeline {'.'.join(map(str, cls)) if isinstance(cls, list) else cls}")
+    for k, v in index.items():
+        if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[0] is not None and v[0] not in LIBRARIES:
+            out.append(f"{k} {v[0]}.{v[1]}")
+    return out
+
+
 def has_weights(directory: Path) -> bool:
     """True when a downloaded pipeline directory has its UNet's weights."""
     return any((directory / UNET).glob("*.safetensors"))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from evohub.errors import MergeError
 from evohub.files import atomic_write, staged_dir, write_json
-from evohub.hub.pipelines import PIPELINE_INDEX, UNET, WEIGHTS, by_variant, choose_variant, components
+from evohub.hub.pipelines import PIPELINE_INDEX, UNET, WEIGHTS, by_variant, choose_variant, components, own_code
 from evohub.merging.io import DTYPES, CheckpointReader, ShardedWriter
 from evohub.merging.lora import LoraFactors, fused_tensors
 from evohub.merging.ps import Model, merged_tensors, plan_tensors, workspace_for
@@ -43,11 +43,17 @@ def is_pipeline(directory: str | Path) -> bool:
 
 
 def primary_index(directory: Path, label: str) -> dict:
-    """The model_index.json of the output's primary input, which gives the other components."""
+    """The model_index.json of the output's primary input, which gives the other components: a
+    pipeline of diffusers and transformers classes (the output must load without remote code)."""
     if not (Path(directory) / PIPELINE_INDEX).is_file():
         raise MergeError(f"{label}: a UNet alone cannot give the pipeline's other components; list a whole "
                          "pipeline first (the first input the method reads is the primary)")  # fmt: skip
-    return read_index(directory)
+    index = read_index(directory)
+    if own := own_code(index):
+        raise MergeError(f"{label}: its model_index.json names code of its own ({'; '.join(own)}); evohub never "
+                         "runs remote code: list a pipeline of diffusers classes first, and take this one's "
+                         "components by name (components: {text_encoder: <source>})")  # fmt: skip
+    return index
 
 
 def read_index(directory: str | Path) -> dict:

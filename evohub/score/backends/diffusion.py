@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from evohub.hub.pipelines import LIBRARIES, own_code
 from evohub.score.backends import new_usage
 
 
@@ -29,6 +30,12 @@ class DiffusionBackend:
         """The pipeline in ``primary``, each of ``components`` (name -> pipeline dir) loaded from its own."""
         from diffusers import DiffusionPipeline
 
+        from evohub.errors import ScoreError
+        from evohub.merging.diffusion import read_index
+
+        if own := own_code(read_index(primary)):  # never handed to diffusers, which would import it
+            raise ScoreError(f"{primary}: its model_index.json names code of its own ({'; '.join(own)}); "
+                             "evohub never runs remote code")  # fmt: skip
         pipe = DiffusionPipeline.from_pretrained(primary, dtype=dtype, variant=_variant(Path(primary) / "unet"))
         for name, src in components.items():
             pipe.register_modules(**{name: load_component(Path(src), name, dtype)})
@@ -49,10 +56,6 @@ class DiffusionBackend:
 
     def close(self) -> None:
         self.pipe = None
-
-
-#: the libraries a pipeline's model_index.json may name for a component (nothing else is imported)
-LIBRARIES = ("diffusers", "transformers")
 
 
 def _variant(folder: Path) -> str | None:
