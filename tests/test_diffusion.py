@@ -470,7 +470,7 @@ def test_a_pipeline_of_its_own_code_is_never_loaded_but_gives_its_components(wor
     (custom / "model_index.json").write_text(json.dumps(index))
     (custom / "pipeline_own.py").write_text("raise SystemExit('remote code ran')\n")
     (custom / "modeling_own.py").write_text("raise SystemExit('remote code ran')\n")
-    with pytest.raises(ScoreError, match="names code of its own .*pipeline pipeline_own.OwnPipeline; null_encoder"):
+    with pytest.raises(ScoreError, match=r"names code of its own .*pipeline pipeline_own\.OwnPipeline; null_encoder"):
         DiffusionBackend.load(custom, {}, "cpu", torch.float32)
     text = recipe(world).read_text().replace("path: jsdxl}", f"path: {custom}}}")
     first = text.replace("    - source: {path: sdxl}", f"    - source: {{path: {custom}}}", 1)  # it as the primary
