@@ -105,9 +105,7 @@ class PSGenome:
             components=tuple(
                 (c, "base" if v == "base" else names.index(v)) for c, v in (spec.components or {}).items()
             ),
-            loras=tuple(
-                (pin(x.plain()), x.scale if isinstance(x.scale, float) else x.scale.bounds) for x in spec.loras
-            ),
+            loras=tuple((pin(x.ref()), x.scale if isinstance(x.scale, float) else x.scale.bounds) for x in spec.loras),
             scheduler=tuple((spec.scheduler or {}).items()),
         )
 

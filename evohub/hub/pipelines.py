@@ -60,7 +60,7 @@ def chosen_weights(names: list[str], index: dict | None) -> dict[str, list[str]]
     """Each component folder -> the weight files read from it (paths in the repo), from a listing
     ``names`` and the repo's model_index.json (None for a UNet-only repo)."""
     out = {}
-    for folder in components(index) if index is not None else [UNET]:
+    for folder in _folders(index):
         inside = [n.split("/", 1)[1] for n in names if n.startswith(folder + "/") and n.count("/") == 1]
         weights = by_variant(inside)
         if weights:
@@ -72,10 +72,14 @@ def pipeline_patterns(names: list[str], index: dict | None) -> list[str]:
     """The files to fetch from a pipeline repository listing ``names`` (paths in the repo):
     model_index.json, and in each component folder its side files and one set of weights.
     ``index`` is the repo's model_index.json (None for a UNet-only repo)."""
-    folders = components(index) if index is not None else [UNET]
     out = [PIPELINE_INDEX] if index is not None else []
-    out += [f"{folder}/{p}" for folder in folders for p in SIDE_FILES]
+    out += [f"{folder}/{p}" for folder in _folders(index) for p in SIDE_FILES]
     return out + [f for files in chosen_weights(names, index).values() for f in files]
+
+
+def _folders(index: dict | None) -> list[str]:
+    """The component folders a pull reads: those model_index.json names, or ``unet`` alone."""
+    return components(index) if index is not None else [UNET]
 
 
 def components(index: dict) -> list[str]:

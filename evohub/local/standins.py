@@ -215,8 +215,14 @@ def model_files(snap: Snapshot) -> dict[str, bytes]:
     if "chat_template.json" in snap.files and "chat_template.json" not in files:  # what processors read
         template = snap.tokenizer.chat_template or "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
         files["chat_template.json"] = json.dumps({"chat_template": template}).encode()
-    for f in snap.files:  # the rest (LICENSE, a sentencepiece tokenizer.model, images): named, not copied
-        if f != ".gitattributes":
+    return _named_only(files, snap)  # the rest (LICENSE, a sentencepiece tokenizer.model, images)
+
+
+def _named_only(files: dict[str, bytes], snap: Snapshot, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """``files`` with every other file the snapshot lists named by a placeholder (a JSON file:
+    ``{}``), so the stand-in keeps the real repo's file names; names ending in ``skip`` left out."""
+    for f in snap.files:
+        if f != ".gitattributes" and not (skip and f.endswith(skip)):
             files.setdefault(f, b"{}" if f.endswith(".json") else b"a stand-in of the real repo's file of this name\n")
     return files
 
@@ -283,10 +289,7 @@ def pipeline_files(snap: Snapshot) -> dict[str, bytes]:
                 files[f"{folder}/tokenizer_config.json"] = (tiny / folder / "tokenizer_config.json").read_bytes()
                 files.update(_bpe_files(tiny / folder, folder))
     files["README.md"] = _readme(snap)
-    for f in snap.files:  # root checkpoints, ONNX exports, custom code: named, never read
-        if f != ".gitattributes":
-            files.setdefault(f, b"{}" if f.endswith(".json") else b"a stand-in of the real repo's file of this name\n")
-    return files
+    return _named_only(files, snap)  # root checkpoints, ONNX exports, custom code: named, never read
 
 
 def _bpe_files(folder: Path, name: str) -> dict[str, bytes]:
@@ -313,10 +316,7 @@ def lora_files(snap: Snapshot) -> dict[str, bytes]:
                 files[f] = make_lora(base / "unet", Path(tmp) / "lora.safetensors", seed=_seed(snap.repo, f) % 2**31,
                                      scale=0.02).read_bytes()  # fmt: skip
     files["README.md"] = _readme(snap)
-    for f in snap.files:
-        if f != ".gitattributes":
-            files.setdefault(f, b"a stand-in of the real repo's file of this name\n")
-    return files
+    return _named_only(files, snap)  # UNet checkpoints of many GB: named only
 
 
 def judge_files(snap: Snapshot) -> dict[str, bytes]:
@@ -329,10 +329,7 @@ def judge_files(snap: Snapshot) -> dict[str, bytes]:
         path = make_siglip(Path(tmp) / "judge", seed=_seed(snap.repo) % 2**31)
         files = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
     files["README.md"] = _readme(snap)
-    for f in snap.files:
-        if f != ".gitattributes" and not f.endswith(".model"):
-            files.setdefault(f, b"{}" if f.endswith(".json") else b"a stand-in of the real repo's file of this name\n")
-    return files
+    return _named_only(files, snap, skip=(".model",))  # a sentencepiece model would shadow tokenizer.json
 
 
 # -- datasets ---------------------------------------------------------------------------------

@@ -26,7 +26,16 @@ from pathlib import Path
 
 from evohub.errors import MergeError
 from evohub.files import atomic_write, staged_dir, write_json
-from evohub.hub.pipelines import PIPELINE_INDEX, UNET, WEIGHTS, by_variant, choose_variant, components, own_code
+from evohub.hub.pipelines import (
+    PIPELINE_INDEX,
+    UNET,
+    WEIGHTS,
+    by_variant,
+    choose_variant,
+    components,
+    own_code,
+    read_json,
+)
 from evohub.merging.io import DTYPES, CheckpointReader, ShardedWriter
 from evohub.merging.lora import LoraFactors, fused_tensors
 from evohub.merging.ps import Model, merged_tensors, plan_tensors, workspace_for
@@ -57,11 +66,7 @@ def primary_index(directory: Path, label: str) -> dict:
 
 
 def read_index(directory: str | Path) -> dict:
-    path = Path(directory) / PIPELINE_INDEX
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise MergeError(f"{path}: not valid JSON: {e}") from e
+    return read_json(Path(directory) / PIPELINE_INDEX)
 
 
 def weight_files(folder: Path) -> tuple[str | None, list[str]]:

@@ -85,7 +85,7 @@ def evaluate_run(job: JobSpec, run: RunDir, device: str) -> dict:
 
 def _samples(run: RunDir, suites: tuple[str, ...], names: list[str]) -> None:
     """samples.png from the first suite that saved images: each model a column, the evolved one last."""
+    order = [n for n in names if n != "evolved"] + ["evolved"]
     for suite in suites:
-        order = [n for n in names if n != "evolved"] + ["evolved"]
         if plot_samples({n: run.eval_dir(n) / "images" / suite for n in order}, run.samples_plot):
             return

@@ -307,21 +307,20 @@ def estimate_cost(spec: JobSpec, plan: Plan, gpu: str, max_evals: int | None = N
     fit = spec.fitness
     n_items, where, rows = fitness_rows(spec)
     prompt, generated, budget, figures = token_figures(spec, rows)
-    estimator = ESTIMATORS.get(fit.estimator)
-    settings = estimator.settings(getattr(fit, "estimator_options", None) or {})
     by_name = {s.name: s for s in plan.sources}
     merged = max((by_name[s.key] for s in spec.sources), key=lambda s: s.params)
     out = CostPlan(gpu, f"{profile.label}-hours", n_items, where, prompt, generated, budget, fit.estimator)
+
+    def items_of(st, references: int):
+        return _stage_items(spec, st, n_items, where, max_evals, references)
+
     if plan.image is not None:
         out.prompt_tokens_per_item = out.generated_tokens_per_item = out.budget = 0
-        out.stages = [_image_stage(spec, plan, st, profile, n_items, where, max_evals) for st in plan.stages]
+        out.stages = [_image_stage(spec, plan, st, profile, items_of) for st in plan.stages]
         return out
     for st in plan.stages:
         dfs = st.name == "data_flow_space"
         backend = fit.backend  # a data-flow stage too: vllm runs the path model (vllm_path.py)
-        evals = st.evaluations
-        if evals is not None and max_evals is not None:
-            evals = min(evals, max_evals)
         if dfs:  # the path executor or path model holds A's and B's layers; a path runs the output's
             params, layers = plan.output_params, None
         else:
@@ -338,15 +337,12 @@ def estimate_cost(spec: JobSpec, plan: Plan, gpu: str, max_evals: int | None = N
         else:
             batch = fit.batch_size or 16
         rate = decode_rate(profile, params, spec.dtype, batch * beams, kv_token, prompt + generated / 2) / beams
-        if evals is None or n_items is None:
-            why = "a wall-time budget: its evaluations are known at run time" if evals is None else where
+        evals, items, why = items_of(st, refs)
+        if items is None:
             out.stages.append(
                 StageCost(st.name, backend, evals, None, None, None, batch, rate, None, None, None, [why])
             )
             continue
-        inputs = PlanInputs(n_items=n_items, popsize=st.popsize, evaluations=evals, references=refs,
-                            minibatch=fit.minibatch)  # fmt: skip
-        items = estimator.planned_items(inputs, settings)
         p_tokens, g_tokens = items * prompt, items * generated
         seconds = prefill_seconds(profile, params, spec.dtype, p_tokens) + (g_tokens / rate if g_tokens else 0.0)
         if backend == "hf":
@@ -364,32 +360,39 @@ def estimate_cost(spec: JobSpec, plan: Plan, gpu: str, max_evals: int | None = N
 UNET_EFFICIENCY = 0.25
 
 
-def _image_stage(spec: JobSpec, plan: Plan, st, profile: Profile, n_items: int | None, where: str,
-                 max_evals: int | None) -> StageCost:  # fmt: skip
+def _stage_items(spec: JobSpec, st, n_items: int | None, where: str, max_evals: int | None,
+                 references: int) -> tuple[int | None, float | None, str | None]:  # fmt: skip
+    """(a stage's evaluations, capped by ``max_evals``; the item evaluations its estimator expects,
+    or None; why they are unknown: a wall-time budget, or the fitness set's size)."""
+    fit = spec.fitness
+    evals = st.evaluations if max_evals is None or st.evaluations is None else min(st.evaluations, max_evals)
+    if evals is None or n_items is None:
+        return evals, None, "a wall-time budget: its evaluations are known at run time" if evals is None else where
+    estimator = ESTIMATORS.get(fit.estimator)
+    settings = estimator.settings(getattr(fit, "estimator_options", None) or {})
+    inputs = PlanInputs(n_items=n_items, popsize=st.popsize, evaluations=evals, references=references,
+                        minibatch=fit.minibatch)  # fmt: skip
+    return evals, estimator.planned_items(inputs, settings), None
+
+
+def _image_stage(spec: JobSpec, plan: Plan, st, profile: Profile, items_of) -> StageCost:
     """A diffusion stage: each item is one image, ``steps`` UNet forwards (two with guidance > 1),
     compute-bound at :data:`UNET_EFFICIENCY` of the device's peak (the ``cpu`` profile: its own
     fitted rate), plus each candidate's merge at the measured merge rate."""
     fit, img = spec.fitness, plan.image
     assert img is not None
-    evals = st.evaluations if max_evals is None or st.evaluations is None else min(st.evaluations, max_evals)
     batch = fit.batch_size or 4
     notes = [
         "images: UNet FLOPs only (the VAE decode and the judge are not counted); "
         f"{UNET_EFFICIENCY:.0%} of the peak is an assumption until a GPU measures it"
     ]
-    if evals is None or n_items is None:
-        why = "a wall-time budget: its evaluations are known at run time" if evals is None else where
+    evals, items, why = items_of(st, len(spec.sources) + (1 if spec.base_model is not None else 0))
+    if items is None:
         return StageCost(st.name, fit.backend, evals, None, None, None, batch, 0.0, None, None, None, [why])
-    estimator = ESTIMATORS.get(fit.estimator)
-    settings = estimator.settings(getattr(fit, "estimator_options", None) or {})
-    inputs = PlanInputs(n_items=n_items, popsize=st.popsize, evaluations=evals,
-                        references=len(spec.sources) + (1 if spec.base_model is not None else 0),
-                        minibatch=fit.minibatch)  # fmt: skip
-    items = estimator.planned_items(inputs, settings)
     passes = img.steps * (2 if img.guidance_scale > 1 else 1)
     efficiency = profile.e_prefill if profile.name == "cpu" else UNET_EFFICIENCY
     seconds = items * passes * img.unet_flops / (profile.peak(spec.dtype) * efficiency)
-    merge = evals * img.unet_params * dtype_bytes(spec.dtype) / profile.merge_bps
+    merge = evals * img.unet_params * dtype_bytes(spec.dtype) / profile.merge_bps  # type: ignore[operator]
     return StageCost(st.name, fit.backend, evals, items, 0.0, 0.0, batch, 0.0, seconds / 3600, merge / 3600,
                      (seconds + merge) / 3600, notes)  # fmt: skip
 

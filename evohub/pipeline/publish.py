@@ -22,6 +22,7 @@ from evohub.evolve.estimators import ESTIMATORS
 from evohub.hub.card import CardMeta, Result, render_card
 from evohub.hub.client import download_dataset_repo
 from evohub.hub.commit import Published, check_repo_id, commit_files, push_dataset_files
+from evohub.hub.pipelines import UNET, components
 from evohub.merging.arch import num_decoder_layers
 from evohub.merging.io import read_header
 from evohub.merging.methods import METHODS
@@ -53,18 +54,23 @@ def _first_question(job: JobSpec, run: RunDir) -> str | None:
                 return row["question"]
     ev = job.evaluation
     paths = [*(ev.data.values() if ev else ()), *(d.path for d in (job.fitness.validation, job.fitness.data) if d)]
-    for path in paths:
-        try:
-            with open(path, encoding="utf-8") as f:
-                row = json.loads(f.readline())
-        except (OSError, ValueError, TypeError):
-            continue
+    for row in _first_rows(paths):
         qas = row.get("qas") if isinstance(row, dict) else None
         q = qas[0].get("question") if isinstance(qas, list) and qas and isinstance(qas[0], dict) else None
         q = q or (row.get("question") if isinstance(row, dict) else None)
         if isinstance(q, str) and q:
             return q
     return None
+
+
+def _first_rows(paths):
+    """The first JSON row of each readable file of ``paths`` (a missing or broken one is skipped)."""
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                yield json.loads(f.readline())
+        except (OSError, ValueError, TypeError):
+            continue
 
 
 def _example_prompt(job: JobSpec, run: RunDir, vision: bool) -> str:
@@ -355,13 +361,11 @@ def _pipeline_facts(job: JobSpec, run: RunDir, recipe: Recipe, sources: list[dic
     primary = names[0] if names else "the first source"
     chosen = {c: ("base" if v == "base" else names[v]) for c, v in (recipe.components or {}).items()}
     index = run.read_json(run.model_dir / "model_index.json") or {}
-    whole = [{"component": c, "source": chosen.get(c, primary)} for c in sorted(index)
-             if not c.startswith("_") and c != "unet" and isinstance(index[c], list) and index[c][0]]  # fmt: skip
+    whole = [{"component": c, "source": chosen.get(c, primary)} for c in sorted(components(index)) if c != UNET]
     fit = job.fitness
     task = get_task(fit.task, **{k: getattr(fit, k) for k in TASK_OPTIONS})  # its settings, defaults filled in
     ref = job.judge_model()
-    return {"groups": groups, "group_sources": [m["name"] for m in _recipe_facts(recipe, sources, run)["ps_models"]],
-            "whole": whole, "steps": task.steps, "guidance": _fmt(task.guidance), "image_size": task.size,
+    return {"groups": groups, "whole": whole, "steps": task.steps, "guidance": _fmt(task.guidance), "image_size": task.size,
             "judge": task.judge_name, "judge_link": _link(run.pinned(ref), run) if ref else None,
             "samples_plot": run.samples_plot.exists(), "example_prompt": _first_prompt(job, run),
             "loras": [{"name": n, "file": x.source.file, "scale": _fmt(x.scale)}
@@ -373,12 +377,7 @@ def _first_prompt(job: JobSpec, run: RunDir) -> str:
     ev = job.evaluation
     paths = [*sorted((run.root / "eval" / "evolved").glob("samples_*.jsonl")), *(ev.data.values() if ev else ()),
              *(d.path for d in (job.fitness.data,) if d.path)]  # fmt: skip
-    for path in paths:
-        try:
-            with open(path, encoding="utf-8") as f:
-                row = json.loads(f.readline())
-        except (OSError, ValueError, TypeError):
-            continue
+    for row in _first_rows(paths):
         if isinstance(row, dict) and isinstance(row.get("prompt"), str):
             return row["prompt"].replace("\n", " ").replace('"', "'")
     return "富士山と桜、浮世絵風"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from evohub.errors import ScoreError
 from evohub.files import atomic_write, write_json
+from evohub.hub.pipelines import own_code
 from evohub.merging.arch import read_config
 from evohub.models import kind_of
 from evohub.score.data import checked, load_rows
@@ -43,7 +44,7 @@ def suites_for(model_dir: str | Path, suites: list[str]) -> list[str]:
     d = Path(model_dir)
     if not (d / "config.json").is_file() and not (d / "model_index.json").is_file():
         return []
-    if (d / "model_index.json").is_file() and not isinstance(read_config(d).get("_class_name"), str):
+    if (d / "model_index.json").is_file() and own_code(read_config(d)):
         return []  # a pipeline of its own code (JSDXL's): evohub never runs remote code
     vision = is_vision_dir(model_dir)
     return [s for s in suites if vision or not find_suite(s).vision]

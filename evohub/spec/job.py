@@ -67,16 +67,11 @@ class Source(ModelRef):
         return self.plain()
 
 
-class JobLora(ModelRef):
-    """A LoRA file fused into the merged UNet (``file`` in a Hub repo or a local directory), at a
-    fixed ``scale`` or one the optimiser searches within ``{bounds: [lo, hi]}``."""
+class JobLora(Source):
+    """A LoRA file fused into the merged UNet (``file`` in a Hub repo or a local directory), named
+    like a source, at a fixed ``scale`` or one the optimiser searches within ``{bounds: [lo, hi]}``."""
 
-    name: Name | None = None
     scale: float | Range = 1.0
-
-    @property
-    def key(self) -> str:
-        return self.name or source_name(self)
 
     @model_validator(mode="after")
     def _a_file(self) -> JobLora:
@@ -297,7 +292,7 @@ class JobSpec(Frozen):
         return (
             ([("base", self.base_model)] if self.base_model else [])
             + [(s.key, s.ref()) for s in self.sources]
-            + [(lora.key, lora.plain()) for lora in self.loras]
+            + [(lora.key, lora.ref()) for lora in self.loras]
         )
 
     def judge_model(self) -> ModelRef | None:
