@@ -299,12 +299,12 @@ class _Audit:
         return {"audited": {f"{r['generation']}/{r['index']}": r["full"] for r in ranked}}
 
     def full(self, stage: str) -> list[dict]:
-        """The stage's rows with a full-set score (``full``), best first."""
-        out = []
+        """The stage's rows with a full-set score (``full``, over ``full_items`` items), best first."""
+        out, pool = [], self.ctx.pool or []
         for r in self.log.stage_rows(stage):
-            f = self.ctx.matrix.full_score(r["generation"], r["index"], self.ctx.pool or [])
+            f = self.ctx.matrix.full_score(r["generation"], r["index"], pool)
             if f is not None:
-                out.append(r | {"full": f})
+                out.append(r | {"full": f, "full_items": len(pool)})
         return sorted(out, key=lambda r: (-r["full"], r["generation"], r["index"]))
 
 

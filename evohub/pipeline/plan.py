@@ -171,7 +171,7 @@ def _fitness_line(spec: JobSpec) -> str:
     if fit.minibatch:
         fitness += f", minibatch {fit.minibatch} per generation"
     if fit.validation:
-        fitness += f"; best chosen on {fit.validation.display()}"
+        fitness += f"; finalists re-scored on {fit.validation.display()}, the best on both pooled wins"
     return fitness
 
 

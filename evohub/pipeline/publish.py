@@ -508,7 +508,8 @@ def build_card(run: RunDir, repo_id: str, licenses: dict[str, str | None]) -> tu
         "front_plot": run.front_plot.exists(),
         "tokens_panel": token_curves(run.log_rows(), job.stages(), stage_matrices(run, job.stages())) is not None,
         "fitness": f"`{fit.task}` on {_data_shown(fit.data, run, data)}"
-        + (f" (best chosen on {_data_shown(fit.validation, run, data)})" if fit.validation else "")
+        + (f" (finalists re-scored on {_data_shown(fit.validation, run, data)}; the best on both pooled wins)"
+           if fit.validation else "")
         + _estimator_note(fit),
         "fitness_task": fit.task, "results": _results_table(results, ev.paper_reference if ev else None), "example_prompt": example.replace("\n", "\\n"),
         "install": install_line(),

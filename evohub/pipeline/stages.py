@@ -90,20 +90,19 @@ def scoring_for(job: JobSpec, run: RunDir, stage: str, genome: Genome) -> Scorin
 
 def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, genome: Genome,
                          ranked: list[dict] | None = None, front: list[dict] | None = None) -> dict:  # fmt: skip
-    """Re-score the stage's best candidates (and its start point) on the validation split; the
-    best there wins. ``ranked`` are an audited estimator's finalists with their full-set scores
-    (``full``; docs/design.md#fitness-estimators), ``front`` a multi-objective optimiser's final
-    Pareto front (docs/design.md#optimisers), otherwise the log's rows are ranked by fitness.
-    The scores are kept in ``validation.json``, so this runs once."""
+    """Re-score the stage's finalists — its 5 best distinct recipes and its start point — on the
+    validation split; the winner is :func:`pick_winner`'s. ``ranked`` are an audited estimator's
+    finalists with their full-set scores (``full``; docs/design.md#fitness-estimators), ``front``
+    a multi-objective optimiser's final Pareto front (docs/design.md#optimisers), otherwise the
+    log's rows are ranked by fitness. The scores are kept in ``validation.json``, so this runs once."""
     path = run.validation_path(stage)
     rows = run.read_json(path)
     if rows is None:
         if ranked is not None:
-            ok = [r | {"estimate": r["fitness"], "fitness": r["full"]} for r in ranked]
-        elif front is not None:
-            ok = list(front)
+            ok = [r | {"estimate": r["fitness"], "fitness": r["full"], "fitness_items": r["full_items"]} for r in ranked]
         else:
-            ok = [r for r in log.stage_rows(stage) if r["fitness"] is not None and math.isfinite(r["fitness"])]
+            ok = [r | {"fitness_items": r.get("items", 0)} for r in (front if front is not None else log.stage_rows(stage))
+                  if r["fitness"] is not None and math.isfinite(r["fitness"])]  # fmt: skip
         seen, top = set(), []
         # a front comes in its winner rule's order (nsga2's ``select``); the others by fitness
         order = ok if front is not None else sorted(ok, key=lambda r: (-r["fitness"], r["generation"], r["index"]))
@@ -115,7 +114,8 @@ def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, gen
                 break
         # the start point too (for a data-flow stage: model A itself), so a stage never replaces
         # what it started from with something that validates worse
-        top.append({"generation": -1, "index": 0, "genotype": list(genome.x0()), "fitness": None, "recipe_hash": "x0"})
+        top.append({"generation": -1, "index": 0, "genotype": list(genome.x0()), "fitness": None,
+                    "fitness_items": 0, "recipe_hash": "x0"})  # fmt: skip
         cands = [Candidate(stage, r["generation"], r["index"], tuple(r["genotype"]), genome.decode(r["genotype"]),
                            "validation") for r in top]  # fmt: skip
         scores: dict = {}
@@ -127,10 +127,27 @@ def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, gen
             rows.append(r | {"validation": out.fitness} | cost)
         run.stage_dir(stage)
         write_json(path, rows)
+    return pick_winner(rows, f"stage {stage}: no candidate could be scored on the validation split ({path})")
+
+
+def pooled(row: dict) -> float:
+    """A finalist's score on all it was scored on: its fitness over ``fitness_items`` items (a
+    full-set score, or an estimate on the items it saw) and its validation score over ``items``,
+    weighted by their items. Each finalist's fitness is optimistic (it is why it is a finalist),
+    by about as much as the others'; the validation split is unbiased but, when small, noisy."""
+    nf = (row.get("fitness_items") or 0) if row["fitness"] is not None else 0
+    nv = row.get("items") or 1
+    return (nf * (row["fitness"] or 0.0) + nv * row["validation"]) / (nf + nv)
+
+
+def pick_winner(rows: list[dict], none: str) -> dict:
+    """The validation.json row that wins: the best :func:`pooled` score, ties by validation, then
+    fitness (docs/design.md#fitness-estimators). Rows without ``fitness_items`` (written before it
+    was recorded) are judged on validation alone. ``none`` is the error when no row was scored."""
     valid = [r for r in rows if r["validation"] is not None]
     if not valid:
-        raise RunError(f"stage {stage}: no candidate could be scored on the validation split ({path})")
-    return max(valid, key=lambda r: (r["validation"], -math.inf if r["fitness"] is None else r["fitness"]))
+        raise RunError(none)
+    return max(valid, key=lambda r: (pooled(r), r["validation"], -math.inf if r["fitness"] is None else r["fitness"]))
 
 
 class _Progress:
