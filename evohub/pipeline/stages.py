@@ -99,7 +99,9 @@ def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, gen
     rows = run.read_json(path)
     if rows is None:
         if ranked is not None:
-            ok = [r | {"estimate": r["fitness"], "fitness": r["full"], "fitness_items": r["full_items"]} for r in ranked]
+            ok = [
+                r | {"estimate": r["fitness"], "fitness": r["full"], "fitness_items": r["full_items"]} for r in ranked
+            ]
         else:
             ok = [r | {"fitness_items": r.get("items", 0)} for r in (front if front is not None else log.stage_rows(stage))
                   if r["fitness"] is not None and math.isfinite(r["fitness"])]  # fmt: skip
