@@ -266,7 +266,8 @@ def test_the_winner_pools_each_finalists_fitness_and_validation_items():
     from evohub.pipeline.stages import pick_winner, pooled
 
     def row(name, fitness, n_fit, validation, n_val):
-        return {"name": name, "fitness": fitness, "fitness_items": n_fit, "validation": validation, "items": n_val}
+        return {"name": name, "fitness": fitness, "fitness_items": n_fit, "validation": validation,
+                "validation_items": n_val, "items": n_fit + n_val}  # fmt: skip
 
     full_set = [row("a", 0.45, 1069, 0.30, 64), row("b", 0.40, 1069, 0.40, 64)]
     assert pooled(full_set[0]) == pytest.approx((0.45 * 1069 + 0.30 * 64) / 1133)
@@ -274,6 +275,8 @@ def test_the_winner_pools_each_finalists_fitness_and_validation_items():
     estimates = [row("a", 0.50, 20, 0.30, 450), row("b", 0.40, 20, 0.40, 450)]
     assert pick_winner(estimates, "none")["name"] == "b"
     start = [row("a", 0.45, 1069, 0.30, 64), row("x0", None, 0, 0.50, 64)]
+    assert pick_winner(start, "none")["name"] == "x0"  # no fitness (it failed): validation alone
+    start = [row("a", 0.45, 1069, 0.30, 64), row("x0", 0.44, 1069, 0.40, 64)]
     assert pick_winner(start, "none")["name"] == "x0"
     old = [{"name": "a", "fitness": 0.45, "validation": 0.30, "items": 64},
            {"name": "b", "fitness": 0.40, "validation": 0.40, "items": 64}]  # fmt: skip

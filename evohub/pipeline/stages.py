@@ -89,9 +89,11 @@ def scoring_for(job: JobSpec, run: RunDir, stage: str, genome: Genome) -> Scorin
 
 
 def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, genome: Genome,
-                         ranked: list[dict] | None = None, front: list[dict] | None = None) -> dict:  # fmt: skip
+                         ranked: list[dict] | None = None, front: list[dict] | None = None,
+                         items: tuple[int, ...] | None = None) -> dict:  # fmt: skip
     """Re-score the stage's finalists — its 5 best distinct recipes and its start point — on the
-    validation split; the winner is :func:`pick_winner`'s. ``ranked`` are an audited estimator's
+    validation split, and the start point on the fitness ``items`` too (the pool: every finalist
+    then has a fitness); the winner is :func:`pick_winner`'s. ``ranked`` are an audited estimator's
     finalists with their full-set scores (``full``; docs/design.md#fitness-estimators), ``front``
     a multi-objective optimiser's final Pareto front (docs/design.md#optimisers), otherwise the
     log's rows are ranked by fitness. The scores are kept in ``validation.json``, so this runs once."""
@@ -114,19 +116,26 @@ def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, gen
                 top.append(r)
             if len(top) == VALIDATE_TOP:
                 break
-        # the start point too (for a data-flow stage: model A itself), so a stage never replaces
-        # what it started from with something that validates worse
-        top.append({"generation": -1, "index": 0, "genotype": list(genome.x0()), "fitness": None,
-                    "fitness_items": 0, "recipe_hash": "x0"})  # fmt: skip
+        # the start point too (for a data-flow stage: model A itself), judged like the others, so a
+        # stage never replaces what it started from with something that scores worse on both splits
+        x0 = genome.x0()
+        start = Candidate(stage, -1, 0, tuple(x0), genome.decode(x0), "fitness", items)
+        scored: dict = {}
+        pool.evaluate([start], lambda c, out: scored.__setitem__("fitness", out))
+        top.append({"generation": -1, "index": 0, "genotype": list(x0), "fitness": scored["fitness"].fitness,
+                    "fitness_items": scored["fitness"].cost.get("items", 0), "recipe_hash": "x0"})  # fmt: skip
         cands = [Candidate(stage, r["generation"], r["index"], tuple(r["genotype"]), genome.decode(r["genotype"]),
                            "validation") for r in top]  # fmt: skip
         scores: dict = {}
         pool.evaluate(cands, lambda c, out: scores.__setitem__(c.key, out))
         rows = []
         for r in top:
-            out = scores[(stage, r["generation"], r["index"])]
-            cost = {f: out.cost.get(f, 0) for f in COST_FIELDS if f != "seconds"} | {"seconds": round(out.seconds, 4)}
-            rows.append(r | {"validation": out.fitness} | cost)
+            outs = [scores[(stage, r["generation"], r["index"])]]
+            if r["recipe_hash"] == "x0":
+                outs.append(scored["fitness"])  # its fitness call is part of the choice's cost too
+            cost = {f: sum(o.cost.get(f, 0) for o in outs) for f in COST_FIELDS if f != "seconds"}
+            cost["seconds"] = round(sum(o.seconds for o in outs), 4)
+            rows.append(r | {"validation": outs[0].fitness, "validation_items": outs[0].cost.get("items", 0)} | cost)
         run.stage_dir(stage)
         write_json(path, rows)
     return pick_winner(rows, f"stage {stage}: no candidate could be scored on the validation split ({path})")
@@ -134,11 +143,12 @@ def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, gen
 
 def pooled(row: dict) -> float:
     """A finalist's score on all it was scored on: its fitness over ``fitness_items`` items (a
-    full-set score, or an estimate on the items it saw) and its validation score over ``items``,
-    weighted by their items. Each finalist's fitness is optimistic (it is why it is a finalist),
-    by about as much as the others'; the validation split is unbiased but, when small, noisy."""
+    full-set score, or an estimate on the items it saw) and its validation score over
+    ``validation_items``, weighted by their items. Each finalist's fitness is optimistic (it is why
+    it is a finalist), by about as much as the others'; the validation split is unbiased but, when
+    small, noisy."""
     nf = (row.get("fitness_items") or 0) if row["fitness"] is not None else 0
-    nv = row.get("items") or 1
+    nv = row.get("validation_items") or 1
     return (nf * (row["fitness"] or 0.0) + nv * row["validation"]) / (nf + nv)
 
 
@@ -210,16 +220,16 @@ def evolve_stage(
                     budget.evaluations)  # fmt: skip
     bar = progress_bar(budget.evaluations, f"evolve {stage}", "cand", initial=done, disable=not progress)
     shown = _Progress(bar, log, run, stage, on_generation)
+    scoring = scoring_for(job, run, stage, genome)
     try:
         with bar:
             result = run_stage(stage, genome, part.optimizer, pool, log, run.checkpoint_path(stage), job.seed,
-                               max_evals, shown.generation, scoring=scoring_for(job, run, stage, genome),
-                               on_call=shown.call)  # fmt: skip
+                               max_evals, shown.generation, scoring=scoring, on_call=shown.call)  # fmt: skip
         if not result.complete:
             return None
         winner = result.best.recipe
         if job.fitness.validation is not None:
-            chosen = choose_on_validation(pool, run, stage, log, genome, result.ranked, result.front)
+            chosen = choose_on_validation(pool, run, stage, log, genome, result.ranked, result.front, scoring.pool)
             winner = genome.decode(chosen["genotype"])
     finally:
         pool.close()
