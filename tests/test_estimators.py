@@ -261,8 +261,8 @@ def test_the_hf_backend_counts_the_tokens_it_read_and_generated():
 
 
 def test_the_winner_pools_each_finalists_fitness_and_validation_items():
-    """A 64-item validation split must not overrule 1069 fitness items; 450 validation items do
-    overrule a 20-item estimate; the start point (no fitness) is judged on validation alone."""
+    """A 64-item validation split must not overrule 1069 full-set fitness items; an estimate (no
+    fitness items) and a start point whose fitness failed are judged on validation alone."""
     from evohub.pipeline.stages import pick_winner, pooled
 
     def row(name, fitness, n_fit, validation, n_val):
@@ -272,11 +272,13 @@ def test_the_winner_pools_each_finalists_fitness_and_validation_items():
     full_set = [row("a", 0.45, 1069, 0.30, 64), row("b", 0.40, 1069, 0.40, 64)]
     assert pooled(full_set[0]) == pytest.approx((0.45 * 1069 + 0.30 * 64) / 1133)
     assert pick_winner(full_set, "none")["name"] == "a"  # validation alone would pick b
-    estimates = [row("a", 0.50, 20, 0.30, 450), row("b", 0.40, 20, 0.40, 450)]
+    estimates = [row("a", 0.50, 0, 0.30, 450), row("b", 0.40, 0, 0.40, 450)]  # minibatch estimates: no weight
     assert pick_winner(estimates, "none")["name"] == "b"
+    few = [row("a", 0.50, 20, 0.30, 450), row("b", 0.40, 20, 0.40, 450)]  # 450 validation items outweigh 20
+    assert pick_winner(few, "none")["name"] == "b"
     start = [row("a", 0.45, 1069, 0.30, 64), row("x0", None, 0, 0.50, 64)]
     assert pick_winner(start, "none")["name"] == "x0"  # no fitness (it failed): validation alone
-    start = [row("a", 0.45, 1069, 0.30, 64), row("x0", 0.44, 1069, 0.40, 64)]
+    start = [row("a", 0.45, 1069, 0.30, 64), row("x0", 0.445, 1069, 0.40, 64)]
     assert pick_winner(start, "none")["name"] == "x0"
     old = [{"name": "a", "fitness": 0.45, "validation": 0.30, "items": 64},
            {"name": "b", "fitness": 0.40, "validation": 0.40, "items": 64}]  # fmt: skip

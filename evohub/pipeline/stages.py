@@ -105,7 +105,11 @@ def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, gen
                 r | {"estimate": r["fitness"], "fitness": r["full"], "fitness_items": r["full_items"]} for r in ranked
             ]
         else:
-            ok = [r | {"fitness_items": r.get("items", 0)} for r in (front if front is not None else log.stage_rows(stage))
+            # a fitness counts as evidence only when it is over the whole pool: a minibatch estimate,
+            # the best of many noisy ones, is optimistic by more than its items can say
+            whole = len(items) if items is not None else 0
+            ok = [r | {"fitness_items": r.get("items", 0) if r.get("items", 0) >= whole else 0}
+                  for r in (front if front is not None else log.stage_rows(stage))
                   if r["fitness"] is not None and math.isfinite(r["fitness"])]  # fmt: skip
         seen, top = set(), []
         # a front comes in its winner rule's order (nsga2's ``select``); the others by fitness
@@ -142,11 +146,11 @@ def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, gen
 
 
 def pooled(row: dict) -> float:
-    """A finalist's score on all it was scored on: its fitness over ``fitness_items`` items (a
-    full-set score, or an estimate on the items it saw) and its validation score over
-    ``validation_items``, weighted by their items. Each finalist's fitness is optimistic (it is why
-    it is a finalist), by about as much as the others'; the validation split is unbiased but, when
-    small, noisy."""
+    """A finalist's score on all it was scored on: its full-set fitness over ``fitness_items`` items
+    (0 for an estimate on part of the pool) and its validation score over ``validation_items``,
+    weighted by their items. Each finalist's full-set score is optimistic (it is why it is a
+    finalist), by about as much as the others'; the validation split is unbiased but, when small,
+    noisy."""
     nf = (row.get("fitness_items") or 0) if row["fitness"] is not None else 0
     nv = row.get("validation_items") or 1
     return (nf * (row["fitness"] or 0.0) + nv * row["validation"]) / (nf + nv)
