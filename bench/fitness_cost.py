@@ -6,10 +6,12 @@ Setup (issue 20): the demo world's three models (jobs/demo-world), a fitness set
 addition problems from the world's own generator (a fixed seed; disjoint from a 64-problem
 validation set and the 300 held-out test problems), the demo's parameter-space stage
 (task_arithmetic, 4 layer groups + embeddings + LM head, 18 genes, popsize 10) with `--evals`
-evaluations, the winner chosen on the validation split, then scored on the test set. Each
-strategy runs the same job but for `fitness.estimator` (`minibatch`: `full` with a fresh 107-item
-minibatch per generation, a tenth of the pool), for each seed, in this one process, one after
-another, the threads pinned (EVOHUB_THREADS, default 2).
+evaluations, the winner chosen among its finalists on full-set fitness and validation pooled
+(docs/design.md#fitness-estimators), then scored on the test set. Each strategy runs the same job
+but for `fitness` (`minibatch`: the audited estimator, 75 items a generation, so that with its
+audits it scores under a tenth of `full`'s items; `full-minibatch`: `full` with a fresh 107-item
+minibatch per generation, the paper's unaudited rule), for each seed, in this one process, one
+after another, the threads pinned (EVOHUB_THREADS, default 2).
 
 Reported per strategy (mean over seeds): items scored, generated tokens and wall time of the
 evolution (references, audits and validation included: the stage's score matrix and
@@ -37,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WORLD = ROOT / "jobs" / "demo-world"
 STRATEGIES = {
     "full": {},
-    "minibatch": {"minibatch": 107},
+    "minibatch": {"estimator": "minibatch", "estimator_options": {"size": 75}},  # audits included: ≤ 1/10
+    "full-minibatch": {"minibatch": 107},  # the paper's rule: no audits
     "irt": {"estimator": "irt"},
     "gmp-irt": {"estimator": "gmp-irt"},
     "race": {"estimator": "race"},

@@ -105,14 +105,14 @@ def test_race_decisions_reject_only_the_surely_worse():
     assert decide(mean, 0.5, slots=2) == {}
 
 
-@pytest.mark.parametrize("estimator", ["race", "irt", "gmp-irt"])
+@pytest.mark.parametrize("estimator", ["minibatch", "race", "irt", "gmp-irt"])
 def test_cheaper_estimators_score_less_and_pick_the_winner_on_full_scores(tmp_path, estimator):
-    job = spec(estimator, evals=60)
+    job = spec(estimator, evals=60, **({"size": 24} if estimator == "minibatch" else {}))
     res, ev = run(tmp_path, job, estimator)
     full, _ = run(tmp_path, spec("full", evals=60), "full")
     m = ScoreMatrix(tmp_path / estimator / "scores.jsonl")
     share = m.cost()["items"] / ScoreMatrix(tmp_path / "full" / "scores.jsonl").cost()["items"]
-    assert share < {"race": 0.9, "irt": 0.5, "gmp-irt": 0.5}[estimator]  # audits and calibration included
+    assert share < {"minibatch": 0.4, "race": 0.9, "irt": 0.5, "gmp-irt": 0.5}[estimator]  # audits, calibration
     # the winner is a candidate scored on every item, its fitness the full-set mean (not an estimate)
     assert res.ranked and res.best_fitness == pytest.approx(res.ranked[0]["full"])
     assert m.full_score(res.best.generation, res.best.index, list(range(N_ITEMS))) == res.best_fitness
@@ -122,9 +122,9 @@ def test_cheaper_estimators_score_less_and_pick_the_winner_on_full_scores(tmp_pa
     assert ck["cost"] == totals(m.rows) and ck["estimator"] == estimator and ck["audited"]
 
 
-@pytest.mark.parametrize("estimator", ["race", "irt"])
+@pytest.mark.parametrize("estimator", ["minibatch", "race", "irt"])
 def test_resume_in_capped_calls_and_after_a_crash_is_bit_identical(tmp_path, estimator):
-    job = spec(estimator, evals=48)
+    job = spec(estimator, evals=48, **({"size": 24} if estimator == "minibatch" else {}))
     run(tmp_path, job, "once")
     for _ in range(6):  # the same run in capped calls
         res, _ = run(tmp_path, job, "capped", max_evals=9)
@@ -222,6 +222,7 @@ def test_planned_items_follow_each_estimator():
     irt = ESTIMATORS.get("irt").planned_items(inputs, settings("irt"))
     audits = (111 // 10 + 1) * 2 * 1069
     assert irt == (4 + 9) * 1069 + (1000 - 9) * 30 + audits
+    assert ESTIMATORS.get("minibatch").planned_items(inputs, settings("minibatch")) == 1000 * 100 + audits
 
 
 def test_the_matrix_drops_a_torn_row_and_answers_replayed_calls(tmp_path):

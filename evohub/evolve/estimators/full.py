@@ -1,16 +1,21 @@
-"""``full``: the task's metric on the fitness rows, or on seeded subsets of them.
+"""``full`` and ``minibatch``: the task's metric on the fitness rows, or on seeded subsets of them.
 
-``limit`` draws a fixed subset once from the seed (the item pool of every estimator); ``minibatch``
-draws a fresh subset of that for each generation (the paper's DFS stage: 200 problems per
-generation). Every candidate of a generation is scored on the same items and told the task's
-metric on them; the stage's best fitness (or validation score) wins, as in the paper.
+``limit`` draws a fixed subset once from the seed (the item pool of every estimator); ``full``'s
+``fitness.minibatch`` draws a fresh subset of that for each generation (the paper's DFS stage: 200
+problems per generation). Every candidate of a generation is scored on the same items and told the
+task's metric on them; the stage's best fitness (or, with a validation split, the validation
+score) wins, as in the paper.
+
+The ``minibatch`` estimator scores and tells the same (a fresh ``size``-item subset per generation),
+and is *audited*: its stage's winner comes from candidates scored on the whole pool, never from
+the best of many noisy minibatch estimates (docs/design.md#fitness-estimators).
 """
 
 from __future__ import annotations
 
 import random
 
-from evohub.evolve.estimators import ESTIMATORS, Estimate, Estimator, PlanInputs
+from evohub.evolve.estimators import AUDIT_OPTIONS, ESTIMATORS, Estimate, Estimator, Option, PlanInputs, audit_items
 
 
 def fixed_subset(n: int, size: int | None, seed: int) -> list[int]:
@@ -49,5 +54,25 @@ ESTIMATORS.register(
         create=lambda options, minibatch_size: Full(minibatch_size),
         planned_items=planned_items,
         audited=False,
+    )
+)
+
+
+def planned_minibatch(inputs: PlanInputs, options: dict) -> float:
+    generations = max(1, inputs.evaluations // max(inputs.popsize, 1))
+    per = min(int(options["size"]), inputs.n_items)
+    return float(inputs.evaluations * per) + audit_items(inputs, options, generations)
+
+
+ESTIMATORS.register(
+    Estimator(
+        name="minibatch",
+        doc="a fresh seeded subset of the pool per generation, the same for all its candidates; audited",
+        create=lambda options, minibatch_size: Full(int(options["size"])),
+        planned_items=planned_minibatch,
+        options=(
+            Option("size", 100, "items each generation's candidates are scored on (a fresh draw each)", low=1),
+            *AUDIT_OPTIONS,
+        ),
     )
 )
