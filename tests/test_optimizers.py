@@ -172,3 +172,15 @@ def test_a_valid_nsga2_spec_and_the_registry(world: Path):
     spec = load_job(job(world, "{algorithm: nsga2, max_evals: 20, objectives: [acc, -ja_rate]}", "ja-math"))
     assert spec.parameter_space.optimizer.objectives == ("acc", "-ja_rate")
     assert OPTIMIZERS.get("nsga2").fields == ("popsize", "objectives", "select")
+
+
+def test_cma_recommends_its_mean_mapped_into_the_cube_as_pycma_does():
+    from evohub.evolve.optimizers.cma import CMAES
+
+    es = CMAES([0.5] * 4, 0.5, 8, seed=3)
+    for _ in range(6):  # an optimum outside the cube pulls the mean out of it
+        X = es.ask()
+        es.tell(X, [-sum((x - 1.3) ** 2 for x in g) for g in X])
+    rec = es.recommend()
+    assert any(m > 1 for m in es.es.mean) and all(0 <= r <= 1 for r in rec)
+    assert rec == pytest.approx(list(es.es.result.xfavorite))

@@ -120,6 +120,9 @@ class StageResult:
     #: a multi-objective optimiser's final Pareto front (log rows), best fitness first: the
     #: finalists the winner is chosen among (docs/design.md#optimisers; None for one objective)
     front: list[dict] | None = None
+    #: the optimiser's own answer beside its candidates (CMA-ES: its final mean; ``Search.recommend``),
+    #: a finalist when a validation split chooses the winner
+    recommended: tuple[float, ...] | None = None
 
 
 def _penalised(fitness: Sequence[float | None]) -> list[float]:
@@ -429,7 +432,9 @@ def run_stage(
         best = _best(front, "fitness", genome) or best
     if best is None:
         raise RunError(f"stage {stage}: no candidate was evaluated successfully (see {log.path})")
-    return StageResult(stage, best[1], best[0], len(log.stage_rows(stage)), generation, complete, ranked, front)
+    rec = search.recommend()
+    return StageResult(stage, best[1], best[0], len(log.stage_rows(stage)), generation, complete, ranked, front,
+                       None if rec is None else tuple(rec))  # fmt: skip
 
 
 def _item_scores(matrix: ScoreMatrix, cands: list[Candidate], rows: list[dict],

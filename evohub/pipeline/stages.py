@@ -90,10 +90,12 @@ def scoring_for(job: JobSpec, run: RunDir, stage: str, genome: Genome) -> Scorin
 
 def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, genome: Genome,
                          ranked: list[dict] | None = None, front: list[dict] | None = None,
-                         items: tuple[int, ...] | None = None) -> dict:  # fmt: skip
-    """Re-score the stage's finalists — its 5 best distinct recipes and its start point — on the
-    validation split, and the start point on the fitness ``items`` too (the pool: every finalist
-    then has a fitness); the winner is :func:`pick_winner`'s. ``ranked`` are an audited estimator's
+                         items: tuple[int, ...] | None = None,
+                         recommended: tuple[float, ...] | None = None) -> dict:  # fmt: skip
+    """Re-score the stage's finalists — its 5 best distinct recipes, its start point and the
+    optimiser's ``recommended`` point (CMA-ES: its final mean) — on the validation split, and the
+    last two on the fitness ``items`` too (the pool: every finalist then has a full-set fitness);
+    the winner is :func:`pick_winner`'s. ``ranked`` are an audited estimator's
     finalists with their full-set scores (``full``; docs/design.md#fitness-estimators), ``front``
     a multi-objective optimiser's final Pareto front (docs/design.md#optimisers), otherwise the
     log's rows are ranked by fitness. The scores are kept in ``validation.json``, so this runs once."""
@@ -121,13 +123,17 @@ def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, gen
             if len(top) == VALIDATE_TOP:
                 break
         # the start point too (for a data-flow stage: model A itself), judged like the others, so a
-        # stage never replaces what it started from with something that scores worse on both splits
-        x0 = genome.x0()
-        start = Candidate(stage, -1, 0, tuple(x0), genome.decode(x0), "fitness", items)
+        # stage never replaces what it started from with something that scores worse on both splits;
+        # and the optimiser's own answer, which under noisy fitness often beats its best sample
+        points = {"x0": genome.x0()} | ({"mean": list(recommended)} if recommended is not None else {})
+        extra = [
+            Candidate(stage, -1, k, tuple(x), genome.decode(x), "fitness", items) for k, x in enumerate(points.values())
+        ]
         scored: dict = {}
-        pool.evaluate([start], lambda c, out: scored.__setitem__("fitness", out))
-        top.append({"generation": -1, "index": 0, "genotype": list(x0), "fitness": scored["fitness"].fitness,
-                    "fitness_items": scored["fitness"].cost.get("items", 0), "recipe_hash": "x0"})  # fmt: skip
+        pool.evaluate(extra, lambda c, out: scored.__setitem__(c.index, out))
+        for k, (name, x) in enumerate(points.items()):
+            top.append({"generation": -1, "index": k, "genotype": list(x), "fitness": scored[k].fitness,
+                        "fitness_items": scored[k].cost.get("items", 0), "recipe_hash": name})  # fmt: skip
         cands = [Candidate(stage, r["generation"], r["index"], tuple(r["genotype"]), genome.decode(r["genotype"]),
                            "validation") for r in top]  # fmt: skip
         scores: dict = {}
@@ -135,8 +141,8 @@ def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, gen
         rows = []
         for r in top:
             outs = [scores[(stage, r["generation"], r["index"])]]
-            if r["recipe_hash"] == "x0":
-                outs.append(scored["fitness"])  # its fitness call is part of the choice's cost too
+            if r["generation"] < 0:
+                outs.append(scored[r["index"]])  # its fitness call is part of the choice's cost too
             cost = {f: sum(o.cost.get(f, 0) for o in outs) for f in COST_FIELDS if f != "seconds"}
             cost["seconds"] = round(sum(o.seconds for o in outs), 4)
             rows.append(r | {"validation": outs[0].fitness, "validation_items": outs[0].cost.get("items", 0)} | cost)
@@ -233,7 +239,8 @@ def evolve_stage(
             return None
         winner = result.best.recipe
         if job.fitness.validation is not None:
-            chosen = choose_on_validation(pool, run, stage, log, genome, result.ranked, result.front, scoring.pool)
+            chosen = choose_on_validation(pool, run, stage, log, genome, result.ranked, result.front, scoring.pool,
+                                          result.recommended)  # fmt: skip
             winner = genome.decode(chosen["genotype"])
     finally:
         pool.close()

@@ -27,6 +27,11 @@ class Search(Protocol):
         """What the checkpoint records of the optimiser (e.g. its mean and step size)."""
         ...
 
+    def recommend(self) -> list[float] | None:
+        """The point the optimiser itself would return beside its best candidate, in the cube
+        (CMA-ES: its distribution mean, pycma's ``xfavorite``), or None when it has none."""
+        ...
+
 
 @dataclass(frozen=True)
 class OptimizerKind(HasOptions):

@@ -40,6 +40,11 @@ class CMAES:
     def state(self) -> dict:
         return {"sigma": float(self.es.sigma), "mean": [float(v) for v in self.es.mean]}
 
+    def recommend(self) -> list[float]:
+        # the mean mapped into the bounds as pycma maps every sample (its ``result.xfavorite``):
+        # under noisy fitness the mean estimates the optimum better than the best sample
+        return [float(v) for v in self.es.boundary_handler.transform(self.es.mean)]
+
 
 OPTIMIZERS.register(
     OptimizerKind(

@@ -133,6 +133,9 @@ class M2N2:
             for part in (self.genes, self.scores, self.names):
                 del part[worst]
 
+    def recommend(self) -> None:
+        return None  # its best candidates are its answer
+
     def state(self) -> dict:
         """The archive: each member's (generation, index), mean item score and shared fitness."""
         if not self.genes:

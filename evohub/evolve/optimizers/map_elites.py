@@ -85,6 +85,9 @@ class MapElites:
         self.generation += 1
         self._asked = None
 
+    def recommend(self) -> None:
+        return None  # its best candidates are its answer
+
     def state(self) -> dict:
         """The archive: coverage, QD score and each elite's cell, (generation, index) and fitness."""
         data = self.archive.data(["index", "objective", "gen", "idx"])

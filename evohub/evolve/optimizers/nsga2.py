@@ -127,6 +127,9 @@ class NSGA2:
         self._generation += 1
         self._pop = None
 
+    def recommend(self) -> None:
+        return None  # its best candidates are its answer
+
     def state(self) -> dict:
         """The Pareto front of every candidate told so far: (generation, index) and objective values."""
         ranks = nondominated_ranks([v for _, _, v in self._told])
