@@ -18,7 +18,7 @@ from evohub.evolve.estimators.full import fixed_subset
 from evohub.evolve.genome import Budget, Genome, genome_for
 from evohub.evolve.matrix import COST_FIELDS, ScoreMatrix, totals
 from evohub.evolve.pool import InProcessPool, RayPool
-from evohub.evolve.search import Candidate, Evaluator, Log, Scoring, run_stage
+from evohub.evolve.search import Candidate, Evaluator, Log, Outcome, Scoring, run_stage
 from evohub.evolve.worker import WorkerSpec
 from evohub.files import write_json
 from evohub.merging.arch import num_decoder_layers
@@ -92,48 +92,15 @@ def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, gen
                          ranked: list[dict] | None = None, front: list[dict] | None = None,
                          items: tuple[int, ...] | None = None,
                          recommended: tuple[float, ...] | None = None) -> dict:  # fmt: skip
-    """Re-score the stage's finalists — its 5 best distinct recipes, its start point and the
-    optimiser's ``recommended`` point (CMA-ES: its final mean) — on the validation split, and the
-    last two on the fitness ``items`` too (the pool: every finalist then has a full-set fitness);
-    the winner is :func:`pick_winner`'s. ``ranked`` are an audited estimator's
-    finalists with their full-set scores (``full``; docs/design.md#fitness-estimators), ``front``
-    a multi-objective optimiser's final Pareto front (docs/design.md#optimisers), otherwise the
-    log's rows are ranked by fitness. The scores are kept in ``validation.json``, so this runs once."""
+    """Re-score the stage's finalists (:func:`_best_rows`, and its start point and the optimiser's
+    ``recommended`` point, CMA-ES's final mean: :func:`_own_points`) on the validation split; the
+    winner is :func:`pick_winner`'s. The scores are kept in ``validation.json``, so this runs once."""
     path = run.validation_path(stage)
     rows = run.read_json(path)
     if rows is None:
-        if ranked is not None:
-            ok = [
-                r | {"estimate": r["fitness"], "fitness": r["full"], "fitness_items": r["full_items"]} for r in ranked
-            ]
-        else:
-            # a fitness counts as evidence only when it is over the whole pool: a minibatch estimate,
-            # the best of many noisy ones, is optimistic by more than its items can say
-            whole = len(items) if items is not None else 0
-            ok = [r | {"fitness_items": r.get("items", 0) if r.get("items", 0) >= whole else 0}
-                  for r in (front if front is not None else log.stage_rows(stage))
-                  if r["fitness"] is not None and math.isfinite(r["fitness"])]  # fmt: skip
-        seen, top = set(), []
-        # a front comes in its winner rule's order (nsga2's ``select``); the others by fitness
-        order = ok if front is not None else sorted(ok, key=lambda r: (-r["fitness"], r["generation"], r["index"]))
-        for r in order:
-            if r["recipe_hash"] not in seen:
-                seen.add(r["recipe_hash"])
-                top.append(r)
-            if len(top) == VALIDATE_TOP:
-                break
-        # the start point too (for a data-flow stage: model A itself), judged like the others, so a
-        # stage never replaces what it started from with something that scores worse on both splits;
-        # and the optimiser's own answer, which under noisy fitness often beats its best sample
-        points = {"x0": genome.x0()} | ({"mean": list(recommended)} if recommended is not None else {})
-        extra = [
-            Candidate(stage, -1, k, tuple(x), genome.decode(x), "fitness", items) for k, x in enumerate(points.values())
-        ]
-        scored: dict = {}
-        pool.evaluate(extra, lambda c, out: scored.__setitem__(c.index, out))
-        for k, (name, x) in enumerate(points.items()):
-            top.append({"generation": -1, "index": k, "genotype": list(x), "fitness": scored[k].fitness,
-                        "fitness_items": scored[k].cost.get("items", 0), "recipe_hash": name})  # fmt: skip
+        top = _best_rows(log, stage, ranked, front, items)
+        own = _own_points(pool, stage, genome, items, recommended)
+        top += [r for r, _ in own]
         cands = [Candidate(stage, r["generation"], r["index"], tuple(r["genotype"]), genome.decode(r["genotype"]),
                            "validation") for r in top]  # fmt: skip
         scores: dict = {}
@@ -142,13 +109,56 @@ def choose_on_validation(pool: Evaluator, run: RunDir, stage: str, log: Log, gen
         for r in top:
             outs = [scores[(stage, r["generation"], r["index"])]]
             if r["generation"] < 0:
-                outs.append(scored[r["index"]])  # its fitness call is part of the choice's cost too
+                outs.append(own[r["index"]][1])  # its fitness call is part of the choice's cost too
             cost = {f: sum(o.cost.get(f, 0) for o in outs) for f in COST_FIELDS if f != "seconds"}
             cost["seconds"] = round(sum(o.seconds for o in outs), 4)
             rows.append(r | {"validation": outs[0].fitness, "validation_items": outs[0].cost.get("items", 0)} | cost)
         run.stage_dir(stage)
         write_json(path, rows)
     return pick_winner(rows, f"stage {stage}: no candidate could be scored on the validation split ({path})")
+
+
+def _best_rows(log: Log, stage: str, ranked: list[dict] | None, front: list[dict] | None,
+               items: tuple[int, ...] | None) -> list[dict]:  # fmt: skip
+    """The stage's 5 best distinct recipes, each with ``fitness_items``: an audited estimator's
+    ``ranked`` rows by their full-set scores (``full``; docs/design.md#fitness-estimators), a
+    multi-objective optimiser's final ``front`` in its winner rule's order (docs/design.md#optimisers),
+    otherwise the log's rows by fitness."""
+    if ranked is not None:
+        ok = [r | {"estimate": r["fitness"], "fitness": r["full"], "fitness_items": r["full_items"]} for r in ranked]
+    else:
+        # a fitness counts as evidence only when it is over the whole pool (``items``): a minibatch
+        # estimate, the best of many noisy ones, is optimistic by more than its items can say
+        whole = len(items) if items is not None else 0
+        ok = [r | {"fitness_items": r.get("items", 0) if r.get("items", 0) >= whole else 0}
+              for r in (front if front is not None else log.stage_rows(stage))
+              if r["fitness"] is not None and math.isfinite(r["fitness"])]  # fmt: skip
+    seen, top = set(), []
+    order = ok if front is not None else sorted(ok, key=lambda r: (-r["fitness"], r["generation"], r["index"]))
+    for r in order:
+        if r["recipe_hash"] not in seen:
+            seen.add(r["recipe_hash"])
+            top.append(r)
+        if len(top) == VALIDATE_TOP:
+            break
+    return top
+
+
+def _own_points(pool: Evaluator, stage: str, genome: Genome, items: tuple[int, ...] | None,
+                recommended: tuple[float, ...] | None) -> list[tuple[dict, Outcome]]:  # fmt: skip
+    """The start point (for a data-flow stage: model A itself), so a stage never replaces what it
+    started from with something that scores worse, and the optimiser's own answer, which under
+    noisy fitness often beats its best sample: each scored on the fitness ``items`` (the pool), as
+    (finalist row with a full-set fitness, the call's outcome), at generation -1, index 0 and 1."""
+    points = {"x0": genome.x0()} | ({"mean": list(recommended)} if recommended is not None else {})
+    cands = [
+        Candidate(stage, -1, k, tuple(x), genome.decode(x), "fitness", items) for k, x in enumerate(points.values())
+    ]
+    scored: dict[int, Outcome] = {}
+    pool.evaluate(cands, lambda c, out: scored.__setitem__(c.index, out))
+    return [({"generation": -1, "index": k, "genotype": list(x), "fitness": scored[k].fitness,
+              "fitness_items": scored[k].cost.get("items", 0), "recipe_hash": name}, scored[k])
+            for k, (name, x) in enumerate(points.items())]  # fmt: skip
 
 
 def pooled(row: dict) -> float:
