@@ -3,8 +3,8 @@
 ``limit`` draws a fixed subset once from the seed (the item pool of every estimator); ``full``'s
 ``fitness.minibatch`` draws a fresh subset of that for each generation (the paper's DFS stage: 200
 problems per generation). Every candidate of a generation is scored on the same items and told the
-task's metric on them; the stage's best fitness (or, with a validation split, the validation
-score) wins, as in the paper.
+task's metric on them; the stage's best fitness wins, as in the paper (with a validation split,
+the winner rule picks among its finalists: docs/design.md#fitness-estimators).
 
 The ``minibatch`` estimator scores and tells the same (a fresh ``size``-item subset per generation),
 and is *audited*: its stage's winner comes from candidates scored on the whole pool, never from
