@@ -267,6 +267,18 @@ def _ok(f) -> bool:
     return f is not None and math.isfinite(f)
 
 
+def distinct_best(rows: Sequence[dict], k: int) -> list[dict]:
+    """The first ``k`` of ``rows`` (best first) with distinct recipes (``recipe_hash``)."""
+    seen, top = set(), []
+    for r in rows:
+        if r["recipe_hash"] not in seen:
+            seen.add(r["recipe_hash"])
+            top.append(r)
+        if len(top) == k:
+            break
+    return top
+
+
 class _Audit:
     """The audits of a non-``full`` estimator: the stage's ``audit_top`` best estimates (distinct
     recipes, among generations up to the audit's) scored on the whole item pool."""
@@ -277,13 +289,7 @@ class _Audit:
 
     def run(self, stage: str, last: int) -> None:
         rows = [r for r in self.log.stage_rows(stage) if r["generation"] <= last and _ok(r["fitness"])]
-        seen, top = set(), []
-        for r in sorted(rows, key=lambda r: (-r["fitness"], r["generation"], r["index"])):
-            if r["recipe_hash"] not in seen:
-                seen.add(r["recipe_hash"])
-                top.append(r)
-            if len(top) == self.top:
-                break
+        top = distinct_best(sorted(rows, key=lambda r: (-r["fitness"], r["generation"], r["index"])), self.top)
         calls = []
         for r in top:
             known = self.ctx.matrix.known(r["generation"], r["index"])

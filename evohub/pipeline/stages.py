@@ -18,7 +18,7 @@ from evohub.evolve.estimators.full import fixed_subset
 from evohub.evolve.genome import Budget, Genome, genome_for
 from evohub.evolve.matrix import COST_FIELDS, ScoreMatrix, totals
 from evohub.evolve.pool import InProcessPool, RayPool
-from evohub.evolve.search import Candidate, Evaluator, Log, Outcome, Scoring, run_stage
+from evohub.evolve.search import Candidate, Evaluator, Log, Outcome, Scoring, distinct_best, run_stage
 from evohub.evolve.worker import WorkerSpec
 from evohub.files import write_json
 from evohub.merging.arch import num_decoder_layers
@@ -133,15 +133,8 @@ def _best_rows(log: Log, stage: str, ranked: list[dict] | None, front: list[dict
         ok = [r | {"fitness_items": r.get("items", 0) if r.get("items", 0) >= whole else 0}
               for r in (front if front is not None else log.stage_rows(stage))
               if r["fitness"] is not None and math.isfinite(r["fitness"])]  # fmt: skip
-    seen, top = set(), []
     order = ok if front is not None else sorted(ok, key=lambda r: (-r["fitness"], r["generation"], r["index"]))
-    for r in order:
-        if r["recipe_hash"] not in seen:
-            seen.add(r["recipe_hash"])
-            top.append(r)
-        if len(top) == VALIDATE_TOP:
-            break
-    return top
+    return distinct_best(order, VALIDATE_TOP)
 
 
 def _own_points(pool: Evaluator, stage: str, genome: Genome, items: tuple[int, ...] | None,
