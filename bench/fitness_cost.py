@@ -6,7 +6,7 @@
 Setup (issue 20): the demo world's three models (jobs/demo-world), a fitness set of 1069 Japanese
 addition problems from the world's own generator (a fixed seed; disjoint from a 64-problem
 validation set and the 300 held-out test problems), the demo's parameter-space stage
-(task_arithmetic, 4 layer groups + embeddings + LM head, 18 genes, popsize 10) with `--evals`
+(task_arithmetic, 4 layer groups + embeddings + LM head, 12 genes, popsize 10) with `--evals`
 evaluations, the winner chosen among its finalists on full-set fitness and validation pooled
 (docs/design.md#fitness-estimators), then scored on the test set. Each strategy runs the same job
 but for `fitness` (`minibatch`: the audited estimator, 75 items a generation, so that with its
@@ -46,6 +46,14 @@ WORLD = ROOT / "jobs" / "demo-world"
 STRATEGIES = {
     "full": {},
     "minibatch": {"estimator": "minibatch", "estimator_options": {"size": 75}},  # audits included: ≤ 1/10
+    # the same items audited, spent on the 3 best every 20 generations instead of the 2 best every 10
+    "minibatch-20x3": {"estimator": "minibatch", "estimator_options": {"size": 75, "audit_every": 20, "audit_top": 3}},
+    # the same share of full's tokens (at --evals 300) spent on twice the evaluations, 32 items each
+    "minibatch-600": {
+        "max_evals": 600,
+        "estimator": "minibatch",
+        "estimator_options": {"size": 32, "audit_every": 20, "audit_top": 3},
+    },
     "full-minibatch": {"minibatch": 107},  # the paper's rule: no audits
     "irt": {"estimator": "irt"},
     "gmp-irt": {"estimator": "gmp-irt"},
@@ -98,8 +106,10 @@ def base_spec(root: Path, name: str, seed: int, evals: int) -> dict:
 
 
 def job(root: Path, strategy: str, seed: int, evals: int) -> Path:
+    fitness = dict(STRATEGIES[strategy])
+    evals = fitness.pop("max_evals", evals)  # a strategy that spends its tokens on more evaluations
     spec = base_spec(root, f"fitness-cost-{strategy}-{seed}", seed, evals)
-    spec["fitness"].update(STRATEGIES[strategy])
+    spec["fitness"].update(fitness)
     out = root / "jobs" / f"{strategy}-{seed}.yaml"
     out.parent.mkdir(exist_ok=True)
     out.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
@@ -124,11 +134,13 @@ def measure(root: Path, strategy: str, seed: int, evals: int) -> dict:
     results = json.loads(run.results_path.read_text())
     held_out = _acc_ja(results)
     unseen = _unseen_acc_ja(root, run_dir)
+    evals = yaml.safe_load(spec_path.read_text())["parameter_space"]["optimizer"]["max_evals"]
     evolution_s = cost["seconds"] + val["seconds"]
     return {"strategy": strategy, "seed": seed, "items": cost["items"] + val["items"],
             "generated_tokens": cost["generated_tokens"] + val["generated_tokens"],
             "prompt_tokens": cost["prompt_tokens"] + val["prompt_tokens"], "evolution_s": round(evolution_s, 2),
-            "wall_s": round(wall, 2), "acc_ja": held_out, "acc_ja_unseen": unseen, "run": summary.run_dir.name}  # fmt: skip
+            "wall_s": round(wall, 2), "acc_ja": held_out, "acc_ja_unseen": unseen, "evals": evals,
+            "run": summary.run_dir.name}  # fmt: skip
 
 
 def _acc_ja(results: dict) -> float:
@@ -222,7 +234,7 @@ def main() -> None:
     args.out.write_text(json.dumps({
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": sys.version.split()[0], "evals": args.evals, "seeds": args.seeds,
-        "reused": [str(p) for p in args.reuse],
+        "reused": [p.name for p in args.reuse],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, "rows": rows, "table": table,
     }, indent=1))  # fmt: skip
 
