@@ -226,9 +226,10 @@ def main() -> None:
     for t in table:
         seeds = ", ".join(f"{a:.1f}" for a in t["acc_ja_per_seed"])
         se = "" if t["gap_unseen_se"] is None else f" ± {t['gap_unseen_se']:.1f}"
+        gap, gap_unseen = (("—" if v is None else f"{v:+.1f}") for v in (t["gap_to_full"], t["gap_unseen"]))
         print(f"| {t['strategy']} | {t['items']:.0f} | {t['generated_tokens']:.0f} | {t['token_share']} | "
-              f"{t['evolution_s']:.0f} | {t['wall_s']:.0f} | {t['acc_ja']:.1f} ({seeds}) | {t['gap_to_full']:+.1f} | "
-              f"{t['acc_ja_unseen']:.1f} | {t['gap_unseen']:+.1f}{se} | "
+              f"{t['evolution_s']:.0f} | {t['wall_s']:.0f} | {t['acc_ja']:.1f} ({seeds}) | {gap} | "
+              f"{t['acc_ja_unseen']:.1f} | {gap_unseen}{se} | "
               f"{t['plan_tokens']:.0f} ({t['plan_tokens_ratio']}) | {t['plan_seconds']:.0f} ({t['plan_seconds_ratio']}) |")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
