@@ -105,11 +105,18 @@ def base_spec(root: Path, name: str, seed: int, evals: int) -> dict:
     return spec
 
 
+def strategy_evals(strategy: str, evals: int) -> int:
+    """The stage's evaluations: ``--evals``, or the strategy's own (one that spends its tokens on more)."""
+    return STRATEGIES[strategy].get("max_evals", evals)
+
+
+def run_path(root: Path, strategy: str, seed: int) -> Path:
+    return root / "runs" / f"{strategy}-{seed}"
+
+
 def job(root: Path, strategy: str, seed: int, evals: int) -> Path:
-    fitness = dict(STRATEGIES[strategy])
-    evals = fitness.pop("max_evals", evals)  # a strategy that spends its tokens on more evaluations
-    spec = base_spec(root, f"fitness-cost-{strategy}-{seed}", seed, evals)
-    spec["fitness"].update(fitness)
+    spec = base_spec(root, f"fitness-cost-{strategy}-{seed}", seed, strategy_evals(strategy, evals))
+    spec["fitness"].update({k: v for k, v in STRATEGIES[strategy].items() if k != "max_evals"})
     out = root / "jobs" / f"{strategy}-{seed}.yaml"
     out.parent.mkdir(exist_ok=True)
     out.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
@@ -122,7 +129,7 @@ def measure(root: Path, strategy: str, seed: int, evals: int) -> dict:
     from evohub.pipeline.rundir import RunDir
 
     spec_path = job(root, strategy, seed, evals)
-    run_dir = root / "runs" / f"{strategy}-{seed}"
+    run_dir = run_path(root, strategy, seed)
     shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
     summary = evohub.run(spec_path, run_dir, device="cpu", progress=False, publish=False)
@@ -134,18 +141,23 @@ def measure(root: Path, strategy: str, seed: int, evals: int) -> dict:
     results = json.loads(run.results_path.read_text())
     held_out = _acc_ja(results)
     unseen = _unseen_acc_ja(root, run_dir)
-    evals = yaml.safe_load(spec_path.read_text())["parameter_space"]["optimizer"]["max_evals"]
     evolution_s = cost["seconds"] + val["seconds"]
     return {"strategy": strategy, "seed": seed, "items": cost["items"] + val["items"],
             "generated_tokens": cost["generated_tokens"] + val["generated_tokens"],
             "prompt_tokens": cost["prompt_tokens"] + val["prompt_tokens"], "evolution_s": round(evolution_s, 2),
-            "wall_s": round(wall, 2), "acc_ja": held_out, "acc_ja_unseen": unseen, "evals": evals,
+            "wall_s": round(wall, 2), "acc_ja": held_out, "acc_ja_unseen": unseen,
+            "evals": strategy_evals(strategy, evals),
             "run": summary.run_dir.name}  # fmt: skip
 
 
 def _acc_ja(results: dict) -> float:
     """The evolved model's held-out acc_ja (0-100) from results.json."""
-    return 100 * float(results["models"]["evolved"]["suites"]["ja-math"]["metrics"]["acc_ja"])
+    return _suite_acc_ja(results["models"]["evolved"]["suites"])
+
+
+def _suite_acc_ja(suites: dict) -> float:
+    """acc_ja (0-100) from one model's evaluated suites (``evaluate``'s ``suites``)."""
+    return 100 * float(suites["ja-math"]["metrics"]["acc_ja"])
 
 
 def _unseen_acc_ja(root: Path, run_dir: Path) -> float:
@@ -159,7 +171,7 @@ def _unseen_acc_ja(root: Path, run_dir: Path) -> float:
     r = evaluate(run_dir / "model", ["ja-math"], out_dir=run_dir / "eval" / "unseen", label="unseen", backend="hf",
                  device="cpu", data={"ja-math": str(root / "unseen.jsonl")}, max_new_tokens=ev.max_new_tokens,
                  prompt=fit.prompt, stop=fit.stop, prompt_version=ev.prompt_version, dtype=job.dtype, batch_size=64)  # fmt: skip
-    return 100 * float(r["suites"]["ja-math"]["metrics"]["acc_ja"])
+    return _suite_acc_ja(r["suites"])
 
 
 def estimate(root: Path, strategy: str, evals: int) -> dict:
@@ -214,7 +226,7 @@ def main() -> None:
             if r is None:
                 r = measure(args.dir, strategy, seed, args.evals)
             elif "acc_ja_unseen" not in r:
-                r = r | {"acc_ja_unseen": _unseen_acc_ja(args.dir, args.dir / "runs" / f"{strategy}-{seed}")}
+                r = r | {"acc_ja_unseen": _unseen_acc_ja(args.dir, run_path(args.dir, strategy, seed))}
             rows.append(r)
             print(json.dumps(r), flush=True)
     table = [summarize(args.dir, strategy, rows, args.evals) for strategy in args.strategies]
