@@ -78,7 +78,8 @@ def run(tmp_path: Path, job: JobSpec, name: str, max_evals: int | None = None, e
     genome = PSGenome.for_job(job)
     fit = job.fitness
     scoring = Scoring(estimator=fit.estimator, options=dict(fit.estimator_options), pool=tuple(range(N_ITEMS)),
-                      item_range=(0.0, 1.0), references=tuple((str(k), r) for k, r in genome.references()),
+                      item_range=(0.0, 1.0), item_binary=True,
+                      references=tuple((str(k), r) for k, r in genome.references()),
                       matrix=tmp_path / name / "scores.jsonl")  # fmt: skip
     (tmp_path / name).mkdir(exist_ok=True)
     ev = ev or Items()
@@ -120,6 +121,26 @@ def test_cheaper_estimators_score_less_and_pick_the_winner_on_full_scores(tmp_pa
     assert ev.truth(res.best.recipe) > full.best_fitness - 0.1
     ck = json.loads((tmp_path / estimator / "ck.json").read_text())
     assert ck["cost"] == totals(m.rows) and ck["estimator"] == estimator and ck["audited"]
+
+
+class Floor(Items):
+    """The same world near its floor: every candidate answers about 1 % of the items."""
+
+    def p(self, recipe) -> np.ndarray:
+        return super().p(recipe) * 0.012
+
+
+def test_a_stage_says_when_its_items_are_too_few_to_rank_its_candidates(tmp_path, caplog):
+    blind = "items right on average: too few to rank them"
+    with caplog.at_level("WARNING", logger="evohub"):
+        run(tmp_path, spec("minibatch", evals=60, size=24), "floor-mb", ev=Floor())  # ~0.3 right of 24 each
+    said = [r.getMessage() for r in caplog.records if blind in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("stage ps: in generations 0-2 ") and "of their 24 items" in said[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="evohub"):
+        run(tmp_path, spec("full", evals=60), "floor-full", ev=Floor())  # every item: ~3 right, and the most there is
+        run(tmp_path, spec("minibatch", evals=60, size=24), "mid-mb")  # the ordinary world: about half right
+    assert not [r for r in caplog.records if blind in r.getMessage()]
 
 
 @pytest.mark.parametrize("estimator", ["minibatch", "race", "irt"])

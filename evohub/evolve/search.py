@@ -151,14 +151,15 @@ def _replayed(log: Log, cands: Sequence[Candidate]) -> list[Candidate]:
 class Scoring:
     """How a stage scores its candidates (docs/design.md#fitness-estimators): the estimator and
     its settings, the item pool every full-set score is over (None: the evaluator scores the rows
-    it has, as synthetic evaluators do), the range of one item's score, the reference models
-    (name, recipe) an estimator may calibrate on, and the score matrix's file."""
+    it has, as synthetic evaluators do), the range of one item's score and whether it is 0 or 1,
+    the reference models (name, recipe) an estimator may calibrate on, and the score matrix's file."""
 
     estimator: str = "full"
     options: dict = field(default_factory=dict)
     minibatch: int | None = None
     pool: tuple[int, ...] | None = None
     item_range: tuple[float, float] | None = None
+    item_binary: bool = False
     references: tuple[tuple[str, Recipe], ...] = ()
     matrix: Path | None = None
 
@@ -317,6 +318,36 @@ class _Audit:
         return sorted(out, key=lambda r: (-r["full"], r["generation"], r["index"]))
 
 
+class _Signal:
+    """Says when a stage's estimates can hardly rank its candidates: for ``BLIND_AFTER`` generations
+    in a row, candidates scored on part of the pool got under ``FEW_RIGHT`` of their items right on
+    average (a task whose items score 0 or 1). A count of 0, 1 or 2 ranks them mostly by ties and chance,
+    so the optimiser drifts where a full-set score would still lead it: on the demo world a start
+    point that answers 2 % of the problems kept a 32-item minibatch there for 40 generations, where
+    `full` left it in 4-11 (bench/README.md, "Cheaper fitness"). Said once a stage (again on resume)."""
+
+    BLIND_AFTER, FEW_RIGHT = 3, 2.0
+
+    def __init__(self, stage: str, pool: int | None, binary: bool):
+        self.stage, self.pool, self.binary = stage, pool, binary
+        self.run, self.said = 0, False
+
+    def see(self, generation: int, rows: list[dict]) -> None:
+        ok = [r for r in rows if _ok(r["fitness"]) and r.get("items")]
+        if not self.binary or not ok or self.said:
+            return
+        items = max(r["items"] for r in ok)
+        right = sum(r["fitness"] * r["items"] for r in ok) / len(ok)
+        self.run = self.run + 1 if self.pool and items < self.pool and right < self.FEW_RIGHT else 0
+        if self.run == self.BLIND_AFTER:
+            self.said = True
+            logging.getLogger("evohub").warning(
+                "stage %s: in generations %d-%d its candidates got %.1f of their %d items right on average: too few "
+                "to rank them, so the search drifts (is the start point a broken merge?); more items a generation "
+                "(fitness.estimator_options.size) or the full estimator would tell them apart",
+                self.stage, generation - self.BLIND_AFTER + 1, generation, right, items)  # fmt: skip
+
+
 def _generation_rows(ctx: _Context, strategy, audited: bool, log: Log, cands: list[Candidate],
                      generation: int) -> list[dict]:  # fmt: skip
     """The log rows of a generation's candidates: logged ones as they are (their genotypes
@@ -379,6 +410,7 @@ def run_stage(
     matrix = ScoreMatrix(scoring.matrix)
     ctx = _Context(stage, seed, scoring, evaluator, matrix, pop, on_call)
     audit = _Audit(ctx, log, genome, options) if estimator.audited else None
+    signal = _Signal(stage, len(ctx.pool) if ctx.pool is not None else None, scoring.item_binary)
 
     def elapsed() -> float:  # evaluation time, resumed runs included: the matrix's, else the log's
         return matrix.cost()["seconds"] if matrix.rows else sum(r.get("seconds", 0.0) for r in log.stage_rows(stage))
@@ -401,6 +433,7 @@ def run_stage(
         n = min([pop] + [e - generation * pop for e in ends])  # the last generation may be cut
         cands = [Candidate(stage, generation, i, tuple(X[i]), genome.decode(X[i])) for i in range(n)]
         rows = _generation_rows(ctx, strategy, audit is not None, log, cands, generation)
+        signal.see(generation, rows)
         if n == pop:  # a cut generation ends the stage and is not told
             search.tell(X, _penalised([r.get("tell", r["fitness"]) for r in rows]),
                         [(r.get("metrics") or {}) if r.get("error") is None else {} for r in rows],

@@ -77,13 +77,15 @@ def _resident_device(dirs: list[Path], device: str) -> str | None:
 
 def scoring_for(job: JobSpec, run: RunDir, stage: str, genome: Genome) -> Scoring:
     """How ``stage`` scores its candidates: the job's estimator and options, the item pool (every
-    fitness row, or the ``limit`` subset), the task's item range, the reference models."""
+    fitness row, or the ``limit`` subset), the task's item range (and whether items score 0 or 1), the
+    reference models."""
     fit = job.fitness
     n = len(load_rows(fit.data))
     names = {None: "base"} | {k: s.name for k, s in enumerate(job.sources)}
     task = TASKS.get(fit.task)
     return Scoring(estimator=fit.estimator, options=dict(fit.estimator_options), minibatch=fit.minibatch,
                    pool=tuple(fixed_subset(n, fit.limit, job.seed)), item_range=task.item_range,
+                   item_binary=task.item_binary,
                    references=tuple((names[k], r) for k, r in genome.references()),
                    matrix=run.scores_path(stage))  # fmt: skip
 
