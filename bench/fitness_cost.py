@@ -82,9 +82,10 @@ def write_world(root: Path, fitness: int = FITNESS) -> None:
             (root / m).symlink_to(WORLD / m)
 
 
-def base_spec(root: Path, name: str, seed: int, evals: int) -> dict:
+def base_spec(root: Path, name: str, seed: int, evals: int, x0: float | None = None) -> dict:
     """The demo's parameter-space stage on the world in ``root`` (write_world): fitness, validation
-    and test sets, ``evals`` evaluations, no data-flow stage, no publication."""
+    and test sets, ``evals`` evaluations, no data-flow stage, no publication; ``x0`` replaces the
+    demo's start point (0.5 of the weight bounds [0, 2.5]: each source's task vector at 1.25)."""
     spec = yaml.safe_load((ROOT / "jobs" / "demo.yaml").read_text())
     spec.pop("data_flow_space")
     spec["name"] = name
@@ -96,6 +97,8 @@ def base_spec(root: Path, name: str, seed: int, evals: int) -> dict:
         {"name": "japanese", "path": str(root / "japanese")},
     ]
     spec["parameter_space"]["optimizer"]["max_evals"] = evals
+    if x0 is not None:
+        spec["parameter_space"]["optimizer"]["x0"] = x0
     fit = spec["fitness"]
     fit["data"] = {"path": str(root / "fitness.jsonl")}
     fit["validation"] = {"path": str(root / "validation.jsonl")}
@@ -114,8 +117,8 @@ def run_path(root: Path, strategy: str, seed: int) -> Path:
     return root / "runs" / f"{strategy}-{seed}"
 
 
-def job(root: Path, strategy: str, seed: int, evals: int) -> Path:
-    spec = base_spec(root, f"fitness-cost-{strategy}-{seed}", seed, strategy_evals(strategy, evals))
+def job(root: Path, strategy: str, seed: int, evals: int, x0: float | None = None) -> Path:
+    spec = base_spec(root, f"fitness-cost-{strategy}-{seed}", seed, strategy_evals(strategy, evals), x0)
     spec["fitness"].update({k: v for k, v in STRATEGIES[strategy].items() if k != "max_evals"})
     out = root / "jobs" / f"{strategy}-{seed}.yaml"
     out.parent.mkdir(exist_ok=True)
@@ -123,12 +126,12 @@ def job(root: Path, strategy: str, seed: int, evals: int) -> Path:
     return out
 
 
-def measure(root: Path, strategy: str, seed: int, evals: int) -> dict:
+def measure(root: Path, strategy: str, seed: int, evals: int, x0: float | None = None) -> dict:
     import evohub
     from evohub.evolve.matrix import ScoreMatrix, totals
     from evohub.pipeline.rundir import RunDir
 
-    spec_path = job(root, strategy, seed, evals)
+    spec_path = job(root, strategy, seed, evals, x0)
     run_dir = run_path(root, strategy, seed)
     shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
@@ -174,15 +177,15 @@ def _unseen_acc_ja(root: Path, run_dir: Path) -> float:
     return _suite_acc_ja(r["suites"])
 
 
-def estimate(root: Path, strategy: str, evals: int) -> dict:
+def estimate(root: Path, strategy: str, evals: int, x0: float | None = None) -> dict:
     """`evohub plan --gpu cpu --json`'s estimate of the parameter-space stage (the command, run now)."""
-    out = subprocess.run([sys.executable, "-m", "evohub", "plan", str(job(root, strategy, 0, evals)), "--gpu", "cpu",
+    out = subprocess.run([sys.executable, "-m", "evohub", "plan", str(job(root, strategy, 0, evals, x0)), "--gpu", "cpu",
                           "--json"], check=True, capture_output=True, text=True).stdout  # fmt: skip
     st = json.loads(out)["cost"]["stages"][0]
     return {"generated_tokens": st["generated_tokens"], "items": st["items"], "seconds": st["hours"] * 3600}
 
 
-def summarize(root: Path, strategy: str, rows: list[dict], evals: int) -> dict:
+def summarize(root: Path, strategy: str, rows: list[dict], evals: int, x0: float | None = None) -> dict:
     """A strategy's table row: means over its seeds, its gaps to ``full`` (the unseen-set gap with
     its standard error over seeds, paired by seed) and the plan's estimate beside the measured."""
     mine = [r for r in rows if r["strategy"] == strategy]
@@ -191,7 +194,7 @@ def summarize(root: Path, strategy: str, rows: list[dict], evals: int) -> dict:
          for k in ("items", "generated_tokens", "evolution_s", "wall_s", "acc_ja", "acc_ja_unseen")}  # fmt: skip
     gaps = [r["acc_ja_unseen"] - full[r["seed"]]["acc_ja_unseen"] for r in mine if r["seed"] in full]
     full_tokens = statistics.mean(r["generated_tokens"] for r in full.values()) if full else None
-    est = estimate(root, strategy, evals)
+    est = estimate(root, strategy, evals, x0)
     return m | {
         "strategy": strategy, "acc_ja_per_seed": [r["acc_ja"] for r in mine],
         "acc_ja_unseen_per_seed": [round(r["acc_ja_unseen"], 2) for r in mine],
@@ -214,6 +217,13 @@ def main() -> None:
     ap.add_argument("--reuse", type=Path, nargs="*", default=[], metavar="JSON",
                     help="earlier outputs of this bench whose runs are still in --dir: their rows are kept (the "
                     "winner scored on the unseen set if the row lacks it) instead of run again")  # fmt: skip
+    ap.add_argument(
+        "--x0",
+        type=float,
+        default=None,
+        help="the stage's start point in the unit cube (default the demo's 0.5: each task vector at "
+        "weight 1.25, a broken merge; 0.2 puts each at 0.5, as the shipped EvoLLM jobs start)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fitness_cost.json")
     args = ap.parse_args()
     os.environ.setdefault("EVOHUB_THREADS", "2")
@@ -224,12 +234,12 @@ def main() -> None:
         for seed in args.seeds:
             r = earlier.get((strategy, seed))
             if r is None:
-                r = measure(args.dir, strategy, seed, args.evals)
+                r = measure(args.dir, strategy, seed, args.evals, args.x0)
             elif "acc_ja_unseen" not in r:
                 r = r | {"acc_ja_unseen": _unseen_acc_ja(args.dir, run_path(args.dir, strategy, seed))}
             rows.append(r)
             print(json.dumps(r), flush=True)
-    table = [summarize(args.dir, strategy, rows, args.evals) for strategy in args.strategies]
+    table = [summarize(args.dir, strategy, rows, args.evals, args.x0) for strategy in args.strategies]
     print(
         "\n| strategy | items | generated tokens | share of full | evolution s | wall s | held-out acc_ja (seeds) | gap to full |"
         " unseen acc_ja | its gap ± s.e. | plan tokens (x) | plan s (x) |"
@@ -246,7 +256,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "python": sys.version.split()[0], "evals": args.evals, "seeds": args.seeds,
+        "python": sys.version.split()[0], "evals": args.evals, "x0": args.x0, "seeds": args.seeds,
         "reused": [p.name for p in args.reuse],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, "rows": rows, "table": table,
     }, indent=1))  # fmt: skip

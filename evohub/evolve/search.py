@@ -344,7 +344,7 @@ class _Signal:
             logging.getLogger("evohub").warning(
                 "stage %s: in generations %d-%d its candidates got %.1f of their %d items right on average: too few "
                 "to rank them, so the search drifts (is the start point a broken merge?); more items a generation "
-                "(fitness.estimator_options.size) or the full estimator would tell them apart",
+                "(a minibatch's size, the anchors) or the full estimator would tell them apart",
                 self.stage, generation - self.BLIND_AFTER + 1, generation, right, items)  # fmt: skip
 
 
