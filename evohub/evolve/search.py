@@ -330,7 +330,7 @@ class _Signal:
 
     def __init__(self, stage: str, pool: int | None, binary: bool):
         self.stage, self.pool, self.binary = stage, pool, binary
-        self.run, self.said = 0, False
+        self.streak, self.said = 0, False
 
     def see(self, generation: int, rows: list[dict]) -> None:
         ok = [r for r in rows if _ok(r["fitness"]) and r.get("items")]
@@ -338,8 +338,8 @@ class _Signal:
             return
         items = max(r["items"] for r in ok)
         right = sum(r["fitness"] * r["items"] for r in ok) / len(ok)
-        self.run = self.run + 1 if self.pool and items < self.pool and right < self.FEW_RIGHT else 0
-        if self.run == self.BLIND_AFTER:
+        self.streak = self.streak + 1 if self.pool and items < self.pool and right < self.FEW_RIGHT else 0
+        if self.streak == self.BLIND_AFTER:
             self.said = True
             logging.getLogger("evohub").warning(
                 "stage %s: in generations %d-%d its candidates got %.1f of their %d items right on average: too few "
