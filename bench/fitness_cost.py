@@ -54,6 +54,8 @@ STRATEGIES = {
         "estimator": "minibatch",
         "estimator_options": {"size": 32, "audit_every": 20, "audit_top": 3},
     },
+    # the stretch: 1/30 of full's tokens (16 items a generation, one audit of the 2 best at the end)
+    "minibatch-16": {"estimator": "minibatch", "estimator_options": {"size": 16, "audit_every": 30}},
     "full-minibatch": {"minibatch": 107},  # the paper's rule: no audits
     "irt": {"estimator": "irt"},
     "gmp-irt": {"estimator": "gmp-irt"},
