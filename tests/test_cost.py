@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evohub.evolve.estimators import ESTIMATORS, PlanInputs
+from evohub.evolve.estimators import ESTIMATORS, PlanInputs, planned_items
 from evohub.pipeline import cost
 from evohub.pipeline.plan import make_plan
 from evohub.spec import load_job
@@ -58,9 +58,13 @@ def test_items_come_from_the_estimator_and_tokens_from_the_per_item_figures(tmp_
     assert (
         irt.items
         == expected
-        == ESTIMATORS.get("irt").planned_items(PlanInputs(ROWS, 9, 90, 3), ESTIMATORS.get("irt").settings({}))
+        == planned_items(
+            ESTIMATORS.get("irt").planned_calls(PlanInputs(ROWS, 9, 90, 3), ESTIMATORS.get("irt").settings({}))
+        )
     )
-    assert irt.items < ps.items and irt.hours < ps.hours
+    # fewer items, more calls (the calibration's references and the audits): with 100 items a call
+    # every call lasts its longest answer, so the items saved save no time
+    assert irt.items < ps.items and irt.calls == 90 + 3 + 4 and irt.hours > ps.hours
     # the job's own prompt over local rows is measured (one token a character), with a short answer's fill
     own = _cost(_job(tmp_path, '  prompt: "Q {input} A "\n  max_new_tokens: 10\n'))
     mean_chars = sum(len(f"Q {i}+1 A ") for i in range(ROWS)) / ROWS
@@ -81,9 +85,14 @@ def test_hours_follow_the_roofline_and_scale_with_evaluations(tmp_path):
     P = plan.sources[0].params
     h100 = cost.PROFILES["h100"]
     kv = plan.sources[0].kv_bytes_per_layer_token * 32
-    rate = cost.decode_rate(h100, P, "bfloat16", ps.batch, kv, 300 + 1024 * 0.35 / 2)
     prefill = ps.prompt_tokens * 2 * P / (989e12 * h100.e_prefill)
-    assert ps.generation_hours * 3600 == pytest.approx(prefill + ps.generated_tokens / rate)
+    # a call of 50 items ends with its longest answer: the budget's 1024 steps of one sequence, each
+    # reading the weights, take longer than its 50 answers' tokens at the call's concurrency
+    step = 1 / cost.decode_rate(h100, P, "bfloat16", 1, kv, 300 + 1024 / 2)
+    items_rate = cost.decode_rate(h100, P, "bfloat16", min(50, ps.batch), kv, 300 + 1024 * 0.35 / 2)
+    assert 1024 * step > 50 * 1024 * 0.35 / items_rate
+    assert ps.calls == 90
+    assert ps.generation_hours * 3600 == pytest.approx(prefill + 90 * 1024 * step)
     assert ps.merge_hours * 3600 == pytest.approx(90 * P * 2 / h100.merge_bps)
     # one sequence: bound by reading the weights; many: by the FLOPs
     assert cost.decode_rate(h100, P, "bfloat16", 1, 0, 0) == pytest.approx(3.35e12 * h100.e_bw / (P * 2))
@@ -93,6 +102,35 @@ def test_hours_follow_the_roofline_and_scale_with_evaluations(tmp_path):
     assert _cost(job, "h200").hours < whole.hours < _cost(job, "a100").hours
 
 
+def test_a_call_is_bound_by_its_items_or_its_longest_answer():
+    """A call of many items runs at the engine's concurrency; a small one at its own, and never
+    ends before its longest answer; each call merges once (a race merges per block)."""
+    h100 = cost.PROFILES["h100"]
+    P, kv = 7_241_732_096, 131_072
+    many = cost.call_decode_seconds(h100, P, "bfloat16", 1069, 73, 1, kv, 300, 358.4, 1024)
+    assert many == pytest.approx(1069 * 358.4 / cost.decode_rate(h100, P, "bfloat16", 73, kv, 300 + 179.2))
+    few = cost.call_decode_seconds(h100, P, "bfloat16", 75, 73, 1, kv, 300, 358.4, 1024)
+    assert few == pytest.approx(1024 / cost.decode_rate(h100, P, "bfloat16", 1, kv, 300 + 512))
+    # a call's items are generated together: 75 items cost no more than 30 when the longest answer rules
+    assert cost.call_decode_seconds(h100, P, "bfloat16", 30, 73, 1, kv, 300, 358.4, 1024) == pytest.approx(few)
+    # with no tail (every answer at the mean) a small call is its items at its own concurrency
+    short = cost.call_decode_seconds(h100, P, "bfloat16", 30, 73, 1, kv, 300, 358.4, 358.4)
+    assert short == pytest.approx(30 * 358.4 / cost.decode_rate(h100, P, "bfloat16", 30, kv, 300 + 179.2))
+    assert cost.call_decode_seconds(h100, P, "bfloat16", 30, 73, 1, kv, 300, 0.0, 0.0) == 0.0
+
+
+def test_merges_are_counted_per_call(tmp_path):
+    full = _cost(_job(tmp_path)).stages[0]
+    race = _cost(_job(tmp_path, "  estimator: race\n")).stages[0]
+    mini = _cost(_job(tmp_path, "  estimator: minibatch\n  estimator_options: {size: 20}\n")).stages[0]
+    assert full.calls == 90 and mini.calls == 90 + (10 // 10 + 1) * 2
+    # 100 rows in blocks of 32: a candidate races on 0.92 of them, a merge per block
+    assert race.calls == pytest.approx(90 * 100 * 0.92 / 32 + 4)
+    for s in (full, race, mini):
+        assert s.merge_hours / s.calls == pytest.approx(full.merge_hours / 90)
+    assert race.merge_hours > 2.5 * full.merge_hours
+
+
 def test_the_data_flow_stage_runs_on_the_fitness_backend(tmp_path):
     h100 = cost.PROFILES["h100"]
     ps, dfs = _cost(_job(tmp_path, dfs=True)).stages  # vllm: the path model, continuous batching
@@ -100,13 +138,16 @@ def test_the_data_flow_stage_runs_on_the_fitness_backend(tmp_path):
     assert 1 <= dfs.batch <= cost.VLLM_MAX_SEQS and any("eager" in n for n in dfs.notes)
     spec = load_job(tmp_path / "job.yaml")
     plan = make_plan(spec)
-    prefill = dfs.prompt_tokens * 2 * plan.output_params / (989e12 * h100.e_prefill)
-    assert dfs.generation_hours * 3600 == pytest.approx(prefill + dfs.generated_tokens / dfs.decode_tokens_per_s)
+    P = plan.output_params
+    prefill = dfs.prompt_tokens * 2 * P / (989e12 * h100.e_prefill)
+    kv = plan.sources[0].kv_bytes_per_layer_token * cost._path_layers(plan, plan.sources[0])
+    call = cost.call_decode_seconds(h100, P, "bfloat16", ROWS, dfs.batch, 1, kv, 300, 1024 * 0.35, 1024)
+    assert dfs.calls == 40 and dfs.generation_hours * 3600 == pytest.approx(prefill + 40 * call)
     hf_ps, hf_dfs = _cost(_job(tmp_path, dfs=True, backend="hf")).stages  # hf: the path executor, slowed
     assert (hf_ps.backend, hf_dfs.backend) == ("hf", "hf")
     assert hf_dfs.evaluations == 40 and hf_dfs.items == 40 * ROWS and hf_dfs.batch == 16
-    plain = prefill + hf_dfs.generated_tokens / hf_dfs.decode_tokens_per_s
-    assert hf_dfs.generation_hours * 3600 == pytest.approx(h100.hf_slowdown * plain)
+    call = cost.call_decode_seconds(h100, P, "bfloat16", ROWS, 16, 1, kv, 300, 1024 * 0.35, 1024)
+    assert hf_dfs.generation_hours * 3600 == pytest.approx(h100.hf_slowdown * (prefill + 40 * call))
     assert hf_dfs.generation_hours > dfs.generation_hours and hf_ps.generation_hours > ps.generation_hours
 
 
@@ -130,6 +171,12 @@ def test_hub_fitness_rows_come_from_the_recorded_snapshot():
     assert cp.n_items == 1069 and "snapshot" in cp.items_source
     assert ps.items == 1000 * 1069 and ps.backend == "vllm"
     assert 5 < cp.hours < 40  # the issue's figure: ~18 H100-hours
+    # calls of 1069 items run at the engine's concurrency; the nightly job's 75-item calls wait on their
+    # longest answers, and the plan says how much
+    assert not any("longest answer" in n for n in ps.notes)
+    fast = load_job(REPO / "jobs" / "evollm-jp-fast.yaml")
+    (mini,) = cost.estimate_cost(fast, make_plan(fast, configs=configs), "h100").stages
+    assert any(n.startswith("49% of the decoding is calls waiting for their longest answer") for n in mini.notes)
 
 
 def test_cli_cost_json_refusal_and_cpu(tmp_path, run_cli):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from evohub.errors import RunError, SpecError
-from evohub.evolve.estimators import ESTIMATORS, PlanInputs
+from evohub.evolve.estimators import ESTIMATORS, Calls, PlanInputs, planned_items
 from evohub.evolve.estimators.irt import anchors_of, fit_items
-from evohub.evolve.estimators.race import decide, half_width
+from evohub.evolve.estimators.race import MEASURED_SHARE, decide, half_width
 from evohub.evolve.genome import PSGenome
 from evohub.evolve.matrix import ScoreMatrix, totals
 from evohub.evolve.search import Log, Outcome, Scoring, run_stage
@@ -243,16 +243,22 @@ def test_a_stage_without_the_reference_models_an_estimator_needs_is_refused(tmp_
     assert ev.calls == []
 
 
-def test_planned_items_follow_each_estimator():
+def test_planned_calls_follow_each_estimator():
+    """A call is one merge and its items: the cost model's unit (docs/design.md#cost-model)."""
     inputs = PlanInputs(n_items=1069, popsize=9, evaluations=1000, references=4)
     settings = lambda name: ESTIMATORS.get(name).settings({})  # noqa: E731
-    assert ESTIMATORS.get("full").planned_items(inputs, settings("full")) == 1000 * 1069
+    calls = lambda name, inp=inputs: ESTIMATORS.get(name).planned_calls(inp, settings(name))  # noqa: E731
+    audits = Calls((111 // 10 + 1) * 2, 1069)
+    assert calls("full") == [Calls(1000, 1069)]
     mb = PlanInputs(n_items=1069, popsize=9, evaluations=1000, references=4, minibatch=200)
-    assert ESTIMATORS.get("full").planned_items(mb, settings("full")) == 1000 * 200
-    irt = ESTIMATORS.get("irt").planned_items(inputs, settings("irt"))
-    audits = (111 // 10 + 1) * 2 * 1069
-    assert irt == (4 + 9) * 1069 + (1000 - 9) * 30 + audits
-    assert ESTIMATORS.get("minibatch").planned_items(inputs, settings("minibatch")) == 1000 * 100 + audits
+    assert calls("full", mb) == [Calls(1000, 200)]
+    assert calls("irt") == [Calls(4 + 9, 1069), Calls(1000 - 9, 30), audits]
+    assert planned_items(calls("irt")) == (4 + 9) * 1069 + (1000 - 9) * 30 + 24 * 1069
+    assert calls("minibatch") == [Calls(1000, 100), audits]
+    # a race merges its candidate again for every block it races on
+    (blocks, race_audits) = calls("race")
+    assert blocks.items == 32 and race_audits == audits
+    assert blocks.count == pytest.approx(1000 * 1069 * MEASURED_SHARE / 32)
 
 
 def test_the_matrix_drops_a_torn_row_and_answers_replayed_calls(tmp_path):

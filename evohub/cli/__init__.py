@@ -153,7 +153,7 @@ COMMANDS = (
              arg("--markdown", action="store_true", help="print the plan as Markdown (CI summaries, PR comments)"),
              arg("--gpu", metavar="NAME", help="the memory of each stage on one GPU (h100, h200, a100, a100-40, l40s):\n"
                  "resident sources, workspace, engine weights, KV cache; exit 2 if a stage cannot fit; and the\n"
-                 "cost of each stage (items, tokens, hours) on h100, h200, a100 or cpu (cpu: the cost only)"),
+                 "cost of each stage (calls, items, tokens, hours) on h100, h200, a100 or cpu (cpu: the cost only)"),
              arg("--max-hours", type=positive_float, metavar="H",
                  help="exit 2 (one line) when the estimated hours on --gpu exceed H (a runner's limit)"),
              arg("--max-evals", type=positive, metavar="N",

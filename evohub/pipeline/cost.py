@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from evohub.errors import SpecError
-from evohub.evolve.estimators import ESTIMATORS, PlanInputs
+from evohub.evolve.estimators import ESTIMATORS, Calls, PlanInputs, planned_items
 from evohub.merging.arch import dtype_bytes
 from evohub.pipeline.plan import Plan
 from evohub.score.tasks import TASKS
@@ -121,18 +121,25 @@ class TaskTokens:
     own_prompt_fill: float = 0.6
     #: beams of the task's decoding (each beam is a sequence the engine decodes)
     beams: int = 1
+    #: the longest answer of a scoring call, as a share of the budget: a call (one candidate's
+    #: items) lasts at least that many decode steps
+    longest: float = 1.0
 
 
 #: Per-task figures. ja-math: the paper's CoT prompt (about 70 characters of template and a
 #: GSM8K-ja question, about one token a Japanese character: ~300 tokens, as pipeline/gpu.py notes);
 #: answers are worked solutions of ~360 tokens, 0.35 of the 1024-token budget (an assumption: a
 #: good merge writes 200-400 tokens, a broken one runs to the budget; fill 1.0 is the upper bound).
+#: The longest answer of a call (tens of items or more) is assumed to run to the budget: greedy
+#: decoding loops on a few items in every hundred, and a broken merge, common in a search's early
+#: generations, runs every answer to it.
 #: ja-vqa: LLaVA-1.6's image (up to 5 tiles of 576 tokens; ~2,200 typical) and the question;
-#: short answers (~25 of 512 tokens), 5 beams. lm-loss: one forward over the text, nothing generated.
+#: short answers (~25 of 512 tokens; a call's longest assumed 0.2 of the budget), 5 beams.
+#: lm-loss: one forward over the text, nothing generated.
 TASK_TOKENS: dict[str, TaskTokens] = {
     "ja-math": TaskTokens(prompt=300, fill=0.35),
-    "ja-vqa": TaskTokens(prompt=2300, fill=0.05, beams=5),
-    "ja-vqa-paper": TaskTokens(prompt=2300, fill=0.05, beams=5),
+    "ja-vqa": TaskTokens(prompt=2300, fill=0.05, beams=5, longest=0.2),
+    "ja-vqa-paper": TaskTokens(prompt=2300, fill=0.05, beams=5, longest=0.2),
     "lm-loss": TaskTokens(prompt=256, fill=0.0),
 }
 DEFAULT_TOKENS = TaskTokens(prompt=300, fill=0.35)
@@ -152,6 +159,7 @@ class StageCost:
     merge_hours: float | None
     hours: float | None
     notes: list[str] = field(default_factory=list)
+    calls: float | None = None  # scoring calls: each merges (or switches to) its candidate once
 
 
 @dataclass
@@ -311,12 +319,12 @@ def estimate_cost(spec: JobSpec, plan: Plan, gpu: str, max_evals: int | None = N
     merged = max((by_name[s.key] for s in spec.sources), key=lambda s: s.params)
     out = CostPlan(gpu, f"{profile.label}-hours", n_items, where, prompt, generated, budget, fit.estimator)
 
-    def items_of(st, references: int):
-        return _stage_items(spec, st, n_items, where, max_evals, references)
+    def calls_of(st, references: int):
+        return _stage_calls(spec, st, n_items, where, max_evals, references)
 
     if plan.image is not None:
         out.prompt_tokens_per_item = out.generated_tokens_per_item = out.budget = 0
-        out.stages = [_image_stage(spec, plan, st, profile, items_of) for st in plan.stages]
+        out.stages = [_image_stage(spec, plan, st, profile, calls_of) for st in plan.stages]
         return out
     for st in plan.stages:
         dfs = st.name == "data_flow_space"
@@ -337,21 +345,57 @@ def estimate_cost(spec: JobSpec, plan: Plan, gpu: str, max_evals: int | None = N
         else:
             batch = fit.batch_size or 16
         rate = decode_rate(profile, params, spec.dtype, batch * beams, kv_token, prompt + generated / 2) / beams
-        evals, items, why = items_of(st, refs)
-        if items is None:
+        evals, calls, why = calls_of(st, refs)
+        if calls is None:
             out.stages.append(
                 StageCost(st.name, backend, evals, None, None, None, batch, rate, None, None, None, [why])
             )
             continue
+        items = planned_items(calls)
         p_tokens, g_tokens = items * prompt, items * generated
-        seconds = prefill_seconds(profile, params, spec.dtype, p_tokens) + (g_tokens / rate if g_tokens else 0.0)
+        shape = {"profile": profile, "params": params, "dtype": spec.dtype, "batch": batch, "beams": beams,
+                 "kv_bytes_per_token": kv_token, "prompt": prompt, "generated": generated}  # fmt: skip
+        decoding, note = _decoding(calls, shape, budget * figures.longest)
+        notes += [note] if note else []
+        seconds = prefill_seconds(profile, params, spec.dtype, p_tokens) + decoding
         if backend == "hf":
             seconds *= profile.hf_slowdown
             notes.append(f"hf backend: x{profile.hf_slowdown:g} (no continuous batching)")
-        merge = 0.0 if dfs else evals * params * dtype_bytes(spec.dtype) / profile.merge_bps
+        n_calls = sum(c.count for c in calls)
+        merge = 0.0 if dfs else n_calls * params * dtype_bytes(spec.dtype) / profile.merge_bps
         out.stages.append(StageCost(st.name, backend, evals, items, p_tokens, g_tokens, batch, rate,
-                                    seconds / 3600, merge / 3600, (seconds + merge) / 3600, notes))  # fmt: skip
+                                    seconds / 3600, merge / 3600, (seconds + merge) / 3600, notes, n_calls))  # fmt: skip
     return out
+
+
+def _decoding(calls: list[Calls], shape: dict, longest: float) -> tuple[float, str | None]:
+    """The decode seconds of a stage's calls (``shape``: :func:`call_decode_seconds`'s other
+    arguments), and a note when over 5% of them are calls waiting for their longest answer."""
+
+    def total(longest: float) -> float:
+        return sum(c.count * call_decode_seconds(items=c.items, longest=longest, **shape) for c in calls)
+
+    decoding = total(longest)
+    waiting = decoding - total(0.0)
+    if waiting <= 0.05 * decoding:
+        return decoding, None
+    return decoding, (f"{waiting / decoding:.0%} of the decoding is calls waiting for their longest answer "
+                      f"({longest:.0f} tokens): a call of fewer items costs about as much; a lower "
+                      "max_new_tokens, fewer evaluations or more items a call spend it better")  # fmt: skip
+
+
+def call_decode_seconds(profile: Profile, params: int, dtype: str, items: int, batch: int, beams: int,
+                        kv_bytes_per_token: float, prompt: float, generated: float, longest: float) -> float:  # fmt: skip
+    """One scoring call's decode: its items' answers (``generated`` tokens each) at the concurrency
+    the call reaches (its items, at most ``batch``), and never less than its ``longest`` answer's
+    steps at one sequence's step time: a call ends when its last answer does, and the next
+    candidate's weights cannot go in before (docs/design.md#cost-model)."""
+    if generated <= 0:
+        return 0.0
+    seqs = min(items, batch) * beams
+    rate = decode_rate(profile, params, dtype, seqs, kv_bytes_per_token, prompt + generated / 2) / beams
+    step = beams / decode_rate(profile, params, dtype, beams, kv_bytes_per_token, prompt + longest / 2)
+    return max(items * generated / rate, longest * step)
 
 
 #: The share of a GPU's peak a diffusers UNet step reaches (eager, no torch.compile, batches of 1-4
@@ -360,9 +404,9 @@ def estimate_cost(spec: JobSpec, plan: Plan, gpu: str, max_evals: int | None = N
 UNET_EFFICIENCY = 0.25
 
 
-def _stage_items(spec: JobSpec, st, n_items: int | None, where: str, max_evals: int | None,
-                 references: int) -> tuple[int | None, float | None, str | None]:  # fmt: skip
-    """(a stage's evaluations, capped by ``max_evals``; the item evaluations its estimator expects,
+def _stage_calls(spec: JobSpec, st, n_items: int | None, where: str, max_evals: int | None,
+                 references: int) -> tuple[int | None, list[Calls] | None, str | None]:  # fmt: skip
+    """(a stage's evaluations, capped by ``max_evals``; the scoring calls its estimator expects,
     or None; why they are unknown: a wall-time budget, or the fitness set's size)."""
     fit = spec.fitness
     evals = st.evaluations if max_evals is None or st.evaluations is None else min(st.evaluations, max_evals)
@@ -372,10 +416,10 @@ def _stage_items(spec: JobSpec, st, n_items: int | None, where: str, max_evals: 
     settings = estimator.settings(getattr(fit, "estimator_options", None) or {})
     inputs = PlanInputs(n_items=n_items, popsize=st.popsize, evaluations=evals, references=references,
                         minibatch=fit.minibatch)  # fmt: skip
-    return evals, estimator.planned_items(inputs, settings), None
+    return evals, estimator.planned_calls(inputs, settings), None
 
 
-def _image_stage(spec: JobSpec, plan: Plan, st, profile: Profile, items_of) -> StageCost:
+def _image_stage(spec: JobSpec, plan: Plan, st, profile: Profile, calls_of) -> StageCost:
     """A diffusion stage: each item is one image, ``steps`` UNet forwards (two with guidance > 1),
     compute-bound at :data:`UNET_EFFICIENCY` of the device's peak (the ``cpu`` profile: its own
     fitted rate), plus each candidate's merge at the measured merge rate."""
@@ -386,15 +430,16 @@ def _image_stage(spec: JobSpec, plan: Plan, st, profile: Profile, items_of) -> S
         "images: UNet FLOPs only (the VAE decode and the judge are not counted); "
         f"{UNET_EFFICIENCY:.0%} of the peak is an assumption until a GPU measures it"
     ]
-    evals, items, why = items_of(st, len(spec.sources) + (1 if spec.base_model is not None else 0))
-    if items is None:
+    evals, calls, why = calls_of(st, len(spec.sources) + (1 if spec.base_model is not None else 0))
+    if calls is None:
         return StageCost(st.name, fit.backend, evals, None, None, None, batch, 0.0, None, None, None, [why])
+    items, n_calls = planned_items(calls), sum(c.count for c in calls)
     passes = img.steps * (2 if img.guidance_scale > 1 else 1)
     efficiency = profile.e_prefill if profile.name == "cpu" else UNET_EFFICIENCY
     seconds = items * passes * img.unet_flops / (profile.peak(spec.dtype) * efficiency)
-    merge = evals * img.unet_params * dtype_bytes(spec.dtype) / profile.merge_bps  # type: ignore[operator]
+    merge = n_calls * img.unet_params * dtype_bytes(spec.dtype) / profile.merge_bps  # type: ignore[operator]
     return StageCost(st.name, fit.backend, evals, items, 0.0, 0.0, batch, 0.0, seconds / 3600, merge / 3600,
-                     (seconds + merge) / 3600, notes)  # fmt: skip
+                     (seconds + merge) / 3600, notes, n_calls)  # fmt: skip
 
 
 def _path_layers(plan: Plan, merged) -> int:
@@ -416,13 +461,14 @@ def render_cost(cp: CostPlan, console) -> None:
     """The cost table on a rich ``console``."""
     from rich.table import Table
 
-    t = Table("stage", "backend", "evals", "items", "prompt tok", "generated tok", cp.unit,
+    t = Table("stage", "backend", "evals", "calls", "items", "prompt tok", "generated tok", cp.unit,
               title=f"cost on one {cp.gpu} (estimator {cp.estimator})")  # fmt: skip
     for s in cp.stages:
-        t.add_row(s.stage, s.backend, str(s.evaluations or "-"), _count(s.items), _count(s.prompt_tokens),
-                  _count(s.generated_tokens), _hours(s.hours))  # fmt: skip
+        t.add_row(s.stage, s.backend, str(s.evaluations or "-"), _count(s.calls), _count(s.items),
+                  _count(s.prompt_tokens), _count(s.generated_tokens), _hours(s.hours))  # fmt: skip
     total = cp.hours
-    t.add_row("total", "", str(cp.evaluations), _count(_sum(s.items for s in cp.stages)),
+    t.add_row("total", "", str(cp.evaluations), _count(_sum(s.calls for s in cp.stages)),
+              _count(_sum(s.items for s in cp.stages)),
               _count(_sum(s.prompt_tokens for s in cp.stages)), _count(_sum(s.generated_tokens for s in cp.stages)),
               _hours(total))  # fmt: skip
     console.print(t)

@@ -12,8 +12,9 @@ Every choice is a function of the job seed and of logged scores, so resume is bi
 scored on the whole item pool, and the stage's winner is chosen on those full scores (and on the
 validation split), never on an estimate.
 
-An entry is light (no torch): its ``create`` builds the per-stage strategy, ``planned_items``
-says how many item evaluations a stage is expected to cost (``evohub plan``'s cost model).
+An entry is light (no torch): its ``create`` builds the per-stage strategy, ``planned_calls``
+says which scoring calls a stage is expected to make (``evohub plan``'s cost model): each call
+merges its candidate into the engine (or switches its path) once, then generates its items.
 """
 
 from __future__ import annotations
@@ -99,8 +100,8 @@ class Estimator(HasOptions):
     doc: str
     #: (options, the spec's ``fitness.minibatch``) -> the strategy of one stage
     create: Callable[[dict, int | None], Strategy]
-    #: (stage inputs, options) -> expected item evaluations of the stage, audits included
-    planned_items: Callable[[PlanInputs, dict], float]
+    #: (stage inputs, options) -> the stage's expected scoring calls, audits included
+    planned_calls: Callable[[PlanInputs, dict], list[Calls]]
     options: tuple[Option, ...] = ()
     #: what the task's per-item scores must be: "any", "bounded" (a known range) or "binary"
     needs: str = "any"
@@ -113,11 +114,30 @@ class Estimator(HasOptions):
     owner = "the {name} estimator"  # names it in option messages
 
 
-def audit_items(inputs: PlanInputs, options: dict, generations: int) -> float:
-    """Expected item evaluations of the audits: each scores ``audit_top`` candidates on the pool
-    (a candidate already scored in full costs nothing; counted in full here, an upper bound)."""
-    audits = generations // int(options["audit_every"]) + 1
-    return audits * int(options["audit_top"]) * inputs.n_items
+@dataclass(frozen=True)
+class Calls:
+    """``count`` scoring calls of ``items`` items each. A call is the unit of a candidate's cost on
+    an engine: one merge (or path switch), then its items generated together, so it lasts at least
+    as long as its longest answer (docs/design.md#cost-model)."""
+
+    count: float
+    items: int
+
+
+def planned_items(calls: Sequence[Calls]) -> float:
+    """The item evaluations of ``calls``."""
+    return float(sum(c.count * c.items for c in calls))
+
+
+def generations(inputs: PlanInputs) -> int:
+    return max(1, inputs.evaluations // max(inputs.popsize, 1))
+
+
+def audit_calls(inputs: PlanInputs, options: dict) -> Calls:
+    """The audits' calls: each scores ``audit_top`` candidates on the pool (a candidate already
+    scored in full costs nothing; counted in full here, an upper bound)."""
+    audits = generations(inputs) // int(options["audit_every"]) + 1
+    return Calls(audits * int(options["audit_top"]), inputs.n_items)
 
 
 ESTIMATORS: Registry[Estimator] = Registry("fitness estimator", package="evohub.evolve.estimators")

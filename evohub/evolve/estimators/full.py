@@ -15,7 +15,16 @@ from __future__ import annotations
 
 import random
 
-from evohub.evolve.estimators import AUDIT_OPTIONS, ESTIMATORS, Estimate, Estimator, Option, PlanInputs, audit_items
+from evohub.evolve.estimators import (
+    AUDIT_OPTIONS,
+    ESTIMATORS,
+    Calls,
+    Estimate,
+    Estimator,
+    Option,
+    PlanInputs,
+    audit_calls,
+)
 
 
 def fixed_subset(n: int, size: int | None, seed: int) -> list[int]:
@@ -42,9 +51,9 @@ class Full:
         return [Estimate(c.fitness, c.metrics, c.error) for c in calls]
 
 
-def planned_items(inputs: PlanInputs, options: dict) -> float:
+def planned_calls(inputs: PlanInputs, options: dict) -> list[Calls]:
     per = min(inputs.minibatch, inputs.n_items) if inputs.minibatch else inputs.n_items
-    return float(inputs.evaluations * per)
+    return [Calls(inputs.evaluations, per)]
 
 
 ESTIMATORS.register(
@@ -52,16 +61,14 @@ ESTIMATORS.register(
         name="full",
         doc="the task's metric on every fitness row (or the spec's `limit` subset, or a fresh `minibatch` per generation)",
         create=lambda options, minibatch_size: Full(minibatch_size),
-        planned_items=planned_items,
+        planned_calls=planned_calls,
         audited=False,
     )
 )
 
 
-def planned_minibatch(inputs: PlanInputs, options: dict) -> float:
-    generations = max(1, inputs.evaluations // max(inputs.popsize, 1))
-    per = min(int(options["size"]), inputs.n_items)
-    return float(inputs.evaluations * per) + audit_items(inputs, options, generations)
+def planned_minibatch(inputs: PlanInputs, options: dict) -> list[Calls]:
+    return [Calls(inputs.evaluations, min(int(options["size"]), inputs.n_items)), audit_calls(inputs, options)]
 
 
 ESTIMATORS.register(
@@ -69,7 +76,7 @@ ESTIMATORS.register(
         name="minibatch",
         doc="a fresh seeded subset of the pool per generation, the same for all its candidates; audited",
         create=lambda options, minibatch_size: Full(int(options["size"])),
-        planned_items=planned_minibatch,
+        planned_calls=planned_minibatch,
         options=(
             Option("size", 100, "items each generation's candidates are scored on (a fresh draw each)", low=1),
             *AUDIT_OPTIONS,

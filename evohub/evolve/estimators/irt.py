@@ -38,7 +38,16 @@ from __future__ import annotations
 import numpy as np
 
 from evohub.errors import RunError
-from evohub.evolve.estimators import AUDIT_OPTIONS, ESTIMATORS, Estimate, Estimator, Option, PlanInputs, audit_items
+from evohub.evolve.estimators import (
+    AUDIT_OPTIONS,
+    ESTIMATORS,
+    Calls,
+    Estimate,
+    Estimator,
+    Option,
+    PlanInputs,
+    audit_calls,
+)
 
 #: the prior scale of the item difficulties β
 B_SCALE = 3.0
@@ -175,11 +184,10 @@ class IRT:
         return out
 
 
-def planned_items(inputs: PlanInputs, options: dict) -> float:
-    generations = max(1, inputs.evaluations // max(inputs.popsize, 1))
-    calibration = (inputs.references + min(inputs.popsize, inputs.evaluations)) * inputs.n_items
-    rest = max(0, inputs.evaluations - inputs.popsize) * min(int(options["anchors"]), inputs.n_items)
-    return calibration + rest + audit_items(inputs, options, generations)
+def planned_calls(inputs: PlanInputs, options: dict) -> list[Calls]:
+    calibration = Calls(inputs.references + min(inputs.popsize, inputs.evaluations), inputs.n_items)
+    anchors = Calls(max(0, inputs.evaluations - inputs.popsize), min(int(options["anchors"]), inputs.n_items))
+    return [calibration, anchors, audit_calls(inputs, options)]
 
 
 _OPTIONS = (
@@ -193,7 +201,7 @@ ESTIMATORS.register(
         name="irt",
         doc="p-IRT (tinyBenchmarks): full-set accuracy predicted from anchor items, a 2PL model fitted on the job's own models",
         create=lambda options, minibatch_size: IRT(options, merged=False),
-        planned_items=planned_items,
+        planned_calls=planned_calls,
         options=_OPTIONS,
         needs="binary",
     )
@@ -203,7 +211,7 @@ ESTIMATORS.register(
         name="gmp-irt",
         doc="gmp-IRT (MERGE³): p-IRT with the merge's ability a combination of its sources', blended with the anchor mean",
         create=lambda options, minibatch_size: IRT(options, merged=True),
-        planned_items=planned_items,
+        planned_calls=planned_calls,
         options=_OPTIONS,
         needs="binary",
         min_references=2,  # θ̂ is a combination of the references' abilities

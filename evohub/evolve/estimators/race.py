@@ -32,7 +32,16 @@ from __future__ import annotations
 import math
 import random
 
-from evohub.evolve.estimators import AUDIT_OPTIONS, ESTIMATORS, Estimate, Estimator, Option, PlanInputs, audit_items
+from evohub.evolve.estimators import (
+    AUDIT_OPTIONS,
+    ESTIMATORS,
+    Calls,
+    Estimate,
+    Estimator,
+    Option,
+    PlanInputs,
+    audit_calls,
+)
 
 #: the share of the pool a race scores per candidate, as measured on the demo world: 0.92 over
 #: the first 120 candidates of bench/fitness_cost.py's seed 0 (2026-12-05; bench/README.md):
@@ -122,10 +131,12 @@ class Race:
         return Estimate(m, {"estimate": m, "items_seen": seen, "race": state}, None, tell)
 
 
-def planned_items(inputs: PlanInputs, options: dict) -> float:
+def planned_calls(inputs: PlanInputs, options: dict) -> list[Calls]:
+    """A call per block a candidate races on (each merges the candidate again: a block's calls
+    go through the generation's candidates in turn), at the measured share of the pool."""
     per = min(int(options["max_items"]) or inputs.n_items, inputs.n_items)
-    generations = max(1, inputs.evaluations // max(inputs.popsize, 1))
-    return inputs.evaluations * per * MEASURED_SHARE + audit_items(inputs, options, generations)
+    block = min(int(options["block"]), per)
+    return [Calls(inputs.evaluations * per * MEASURED_SHARE / block, block), audit_calls(inputs, options)]
 
 
 ESTIMATORS.register(
@@ -133,7 +144,7 @@ ESTIMATORS.register(
         name="race",
         doc="a generation races on shared item blocks; candidates that cannot reach the top μ stop (Hoeffding-Serfling)",
         create=lambda options, minibatch_size: Race(options),
-        planned_items=planned_items,
+        planned_calls=planned_calls,
         options=(
             Option("block", 32, "items per block: after each, the candidates that are decided stop", low=1),
             Option(
