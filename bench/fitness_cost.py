@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -147,12 +148,25 @@ def measure(root: Path, strategy: str, seed: int, evals: int, x0: float | None =
     held_out = _acc_ja(results)
     unseen = _unseen_acc_ja(root, run_dir)
     evolution_s = cost["seconds"] + val["seconds"]
+    budget = results_budget(spec_path)
     return {"strategy": strategy, "seed": seed, "items": cost["items"] + val["items"],
+            "calls": cost["calls"] + val["calls"],
+            # a call's longest answer over the budget, the cost model's `longest` (mean over the stage's calls)
+            "longest_share": round(cost["longest_tokens"] / max(cost["calls"], 1) / budget, 3),
             "generated_tokens": cost["generated_tokens"] + val["generated_tokens"],
             "prompt_tokens": cost["prompt_tokens"] + val["prompt_tokens"], "evolution_s": round(evolution_s, 2),
             "wall_s": round(wall, 2), "acc_ja": held_out, "acc_ja_unseen": unseen,
             "evals": strategy_evals(strategy, evals),
             "run": summary.run_dir.name}  # fmt: skip
+
+
+def results_budget(spec_path: Path) -> int:
+    """The fitness generation budget (max_new_tokens) of a bench job."""
+    from evohub.score.tasks import TASKS
+    from evohub.spec.load import load_job
+
+    fit = load_job(spec_path).fitness
+    return fit.max_new_tokens or TASKS.get(fit.task).max_new_tokens
 
 
 def _acc_ja(results: dict) -> float:
@@ -184,7 +198,12 @@ def estimate(root: Path, strategy: str, evals: int, x0: float | None = None) -> 
     out = subprocess.run([sys.executable, "-m", "evohub", "plan", str(job(root, strategy, 0, evals, x0)), "--gpu", "cpu",
                           "--json"], check=True, capture_output=True, text=True).stdout  # fmt: skip
     st = json.loads(out)["cost"]["stages"][0]
-    return {"generated_tokens": st["generated_tokens"], "items": st["items"], "seconds": st["hours"] * 3600}
+    return {
+        "generated_tokens": st["generated_tokens"],
+        "items": st["items"],
+        "calls": st["calls"],
+        "seconds": st["hours"] * 3600,
+    }
 
 
 def summarize(root: Path, strategy: str, rows: list[dict], evals: int, x0: float | None = None) -> dict:
@@ -205,6 +224,8 @@ def summarize(root: Path, strategy: str, rows: list[dict], evals: int, x0: float
         "gap_unseen_se": round(statistics.stdev(gaps) / len(gaps) ** 0.5, 2) if len(gaps) > 1 and any(gaps) else None,
         "token_share": None if not full_tokens else round(m["generated_tokens"] / full_tokens, 4),
         "plan_tokens": est["generated_tokens"], "plan_seconds": round(est["seconds"], 1),
+        "calls": statistics.mean(r.get("calls", math.nan) for r in mine), "plan_calls": round(est["calls"]),
+        "longest_share": statistics.mean(r.get("longest_share", math.nan) for r in mine),
         "plan_tokens_ratio": round(est["generated_tokens"] / m["generated_tokens"], 2),
         "plan_seconds_ratio": round(est["seconds"] / m["evolution_s"], 2),
     }  # fmt: skip
@@ -244,9 +265,9 @@ def main() -> None:
     table = [summarize(args.dir, strategy, rows, args.evals, args.x0) for strategy in args.strategies]
     print(
         "\n| strategy | items | generated tokens | share of full | evolution s | wall s | held-out acc_ja (seeds) | gap to full |"
-        " unseen acc_ja | its gap ± s.e. | plan tokens (x) | plan s (x) |"
+        " unseen acc_ja | its gap ± s.e. | plan tokens (x) | plan s (x) | calls (plan) | a call's longest / budget |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for t in table:
         seeds = ", ".join(f"{a:.1f}" for a in t["acc_ja_per_seed"])
         se = "" if t["gap_unseen_se"] is None else f" ± {t['gap_unseen_se']:.1f}"
@@ -254,7 +275,8 @@ def main() -> None:
         print(f"| {t['strategy']} | {t['items']:.0f} | {t['generated_tokens']:.0f} | {t['token_share']} | "
               f"{t['evolution_s']:.0f} | {t['wall_s']:.0f} | {t['acc_ja']:.1f} ({seeds}) | {gap} | "
               f"{t['acc_ja_unseen']:.1f} | {gap_unseen}{se} | "
-              f"{t['plan_tokens']:.0f} ({t['plan_tokens_ratio']}) | {t['plan_seconds']:.0f} ({t['plan_seconds_ratio']}) |")  # fmt: skip
+              f"{t['plan_tokens']:.0f} ({t['plan_tokens_ratio']}) | {t['plan_seconds']:.0f} ({t['plan_seconds_ratio']}) | "
+              f"{t['calls']:.0f} ({t['plan_calls']}) | {t['longest_share']:.2f} |")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",

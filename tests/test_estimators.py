@@ -264,14 +264,14 @@ def test_planned_calls_follow_each_estimator():
 def test_the_matrix_drops_a_torn_row_and_answers_replayed_calls(tmp_path):
     m = ScoreMatrix(tmp_path / "s.jsonl")
     m.append({"g": 0, "i": 1, "at": 0, "why": "fitness", "items": [3, 4], "scores": [1.0, 0.0], "error": None,
-              "prompt_tokens": 7, "generated_tokens": 2, "seconds": 0.5})  # fmt: skip
+              "prompt_tokens": 7, "generated_tokens": 2, "longest_tokens": 2, "seconds": 0.5})  # fmt: skip
     with open(tmp_path / "s.jsonl", "a") as f:
         f.write('{"g": 0, "i": 2, "at"')
     again = ScoreMatrix(tmp_path / "s.jsonl")
     assert len(again.rows) == 1 and again.get(0, 1, (3, 4))["scores"] == [1, 0] and again.get(0, 1, (4, 3)) is None
     assert again.known(0, 1) == {3: 1, 4: 0} and again.full_score(0, 1, [3, 4]) == 0.5
-    assert again.cost() == {"calls": 1, "items": 2, "prompt_tokens": 7, "generated_tokens": 2, "merge_s": 0.0,
-                            "generate_s": 0.0, "score_s": 0.0, "seconds": 0.5}  # fmt: skip
+    assert again.cost() == {"calls": 1, "items": 2, "prompt_tokens": 7, "generated_tokens": 2, "longest_tokens": 2,
+                            "merge_s": 0.0, "generate_s": 0.0, "score_s": 0.0, "seconds": 0.5}  # fmt: skip
 
 
 def test_the_hf_backend_counts_the_tokens_it_read_and_generated():
@@ -290,11 +290,36 @@ def test_the_hf_backend_counts_the_tokens_it_read_and_generated():
     scored = task.run(be, rows, max_new_tokens=8)
     prompts = [len(be.tokenizer("問 " + r["question"] + " 答 ").input_ids) for r in rows]
     assert be.usage["prompt_tokens"] == sum(prompts)
-    assert be.usage["generated_tokens"] == sum(min(len(s["output"]) + 1, 8) for s in scored.samples)
+    lengths = [min(len(s["output"]) + 1, 8) for s in scored.samples]
+    assert be.usage["generated_tokens"] == sum(lengths)
+    assert be.usage["longest_tokens"] == max(lengths) and min(lengths) < max(lengths)
     assert be.usage["generate_s"] > 0 and scored.items == [
         float(s["correct"] and s["p_ja"] > 0.5) for s in scored.samples
     ]
     assert sum(scored.items) / len(rows) == scored.metrics["acc_ja"]
+
+
+def test_each_call_records_its_own_longest_answer(tmp_path):
+    """A call decodes as many steps as its longest answer (docs/design.md#cost-model): the worker
+    records that per call, not the longest the backend has ever generated."""
+    from evohub.evolve.genome import PSGenome
+    from evohub.pipeline.job import start_run
+    from evohub.pipeline.pull import pull
+    from evohub.pipeline.stages import worker_spec
+
+    spec, run = start_run(Path(__file__).resolve().parents[1] / "jobs" / "demo.yaml", tmp_path / "run", resume=False)
+    pull(spec, run)
+    worker = worker_spec(spec, run, "ps").build()
+    genome = PSGenome.for_job(spec, pin=run.pinned)
+    x = genome.x0()
+    many = worker.evaluate(x, genome.decode(x), items=range(40))
+    assert many.cost["items"] == 40 and many.cost["generated_tokens"] / 40 < many.cost["longest_tokens"] <= 8
+    shorter = []
+    for i in range(40):
+        one = worker.evaluate(x, genome.decode(x), items=[i])
+        assert one.cost["longest_tokens"] == one.cost["generated_tokens"]
+        shorter += [i] if one.cost["generated_tokens"] < many.cost["longest_tokens"] else []
+    assert shorter  # some answer of the 40 was shorter than their longest: it was measured afresh
 
 
 def test_the_winner_pools_each_finalists_fitness_and_validation_items():

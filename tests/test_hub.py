@@ -266,7 +266,14 @@ def test_verify_rebuilds_a_published_model_and_names_a_tampered_tensor(hub, fini
 def _ledger(tokens: bool = True) -> tuple[list[dict], dict[str, list[dict]]]:
     """Hand-built candidates rows and score matrices of a PS-then-DFS run: 2 generations of 2 per
     stage, each candidate one fitness call on 10 items; PS also scored a reference and an audit."""
-    cost = {"prompt_tokens": 100, "merge_s": 1.0, "generate_s": 8.0, "score_s": 1.0, "seconds": 10.0}
+    cost = {
+        "prompt_tokens": 100,
+        "longest_tokens": 5,
+        "merge_s": 1.0,
+        "generate_s": 8.0,
+        "score_s": 1.0,
+        "seconds": 10.0,
+    }
     rows, matrices = [], {"ps": [], "dfs": []}
     for st in ("ps", "dfs"):
         if st == "ps":
@@ -294,10 +301,11 @@ def test_stage_costs_come_from_the_matrix_else_the_checkpoint_else_the_rows():
     rows, matrices = _ledger()
     ps = summarize("ps", rows, None, matrix=matrices["ps"]).cost
     # the matrix counts the reference and the audit calls that candidates.jsonl does not
-    assert ps == {"calls": 6, "items": 80, "prompt_tokens": 600, "generated_tokens": 230, "merge_s": 6.0,
-                  "generate_s": 48.0, "score_s": 6.0, "seconds": 60.0}  # fmt: skip
-    kept = {"calls": 5, "items": 70, "prompt_tokens": 500, "generated_tokens": 227, "merge_s": 5.0, "generate_s": 40.0,
-            "score_s": 5.0, "seconds": 50.0}  # fmt: skip
+    # (a call's longest answer sums over calls: divided by them, the mean longest answer of a call)
+    assert ps == {"calls": 6, "items": 80, "prompt_tokens": 600, "generated_tokens": 230, "longest_tokens": 30,
+                  "merge_s": 6.0, "generate_s": 48.0, "score_s": 6.0, "seconds": 60.0}  # fmt: skip
+    kept = {"calls": 5, "items": 70, "prompt_tokens": 500, "generated_tokens": 227, "longest_tokens": 25,
+            "merge_s": 5.0, "generate_s": 40.0, "score_s": 5.0, "seconds": 50.0}  # fmt: skip
     assert summarize("ps", rows, None, checkpoint={"generation": 2, "cost": kept}).cost == kept
     from_rows = summarize("dfs", rows, None).cost  # no matrix, no checkpoint: the rows summed
     assert from_rows["items"] == 40 and from_rows["generated_tokens"] == 22000 and from_rows["seconds"] == 40.0
@@ -320,8 +328,8 @@ def test_results_cost_is_labelled_by_device_and_the_card_states_the_totals():
     assert set(cost) == {"device", "stages", "total"} and set(cost["stages"]) == {"ps", "dfs"}
     assert cost["stages"]["ps"]["gpu_seconds"] == 60.0 and "seconds" not in cost["stages"]["ps"]
     assert cost["total"] | {"validation": None} == {
-        "calls": 10, "items": 120, "prompt_tokens": 1000, "generated_tokens": 22230, "merge_s": 10.0,
-        "generate_s": 80.0, "score_s": 10.0, "gpu_seconds": 100.0, "validation": None}  # fmt: skip
+        "calls": 10, "items": 120, "prompt_tokens": 1000, "generated_tokens": 22230, "longest_tokens": 50,
+        "merge_s": 10.0, "generate_s": 80.0, "score_s": 10.0, "gpu_seconds": 100.0, "validation": None}  # fmt: skip
     assert cost["total"]["validation"]["gpu_seconds"] == 400.0 and cost["stages"]["dfs"]["validation"]["items"] == 5
     assert json.loads(json.dumps(cost)) == cost  # results.json holds it as is
     assert "cpu_seconds" in run_cost(stages, "cpu")["total"]

@@ -121,6 +121,7 @@ def test_a_vllm_dfs_worker_scores_candidates_like_the_hf_path_executor(world, vl
     assert want.metrics["acc"] == 0.5  # the even rows' answers are the executor's own numbers ...
     assert got.metrics == want.metrics and got.scores == want.scores  # ... and the path model finds them too
     assert got.cost["generated_tokens"] == want.cost["generated_tokens"] == 8 * len(QUESTIONS)
+    assert got.cost["longest_tokens"] == want.cost["longest_tokens"] == 8  # the call's longest answer
 
 
 def test_switching_paths_without_a_restart_gives_the_path_executors_text(world, vllm_worker, hf_worker):

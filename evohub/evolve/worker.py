@@ -201,6 +201,7 @@ class Worker:
             self._apply(recipe)
             merged = time.perf_counter()
             rows = self._examples(items, split)
+            self.backend.usage["longest_tokens"] = 0  # a running maximum: this call's own
             before = dict(self.backend.usage)
             scored = self.task.run(self.backend, rows, max_new_tokens=self.spec.fitness.max_new_tokens,
                                    batch_size=self._batch)  # fmt: skip
@@ -208,7 +209,8 @@ class Worker:
             used = {k: self.backend.usage[k] - before[k] for k in before}
             cost = {
                 "items": len(rows), "prompt_tokens": int(used["prompt_tokens"]),
-                "generated_tokens": int(used["generated_tokens"]), "merge_s": round(merged - start, 4),
+                "generated_tokens": int(used["generated_tokens"]), "longest_tokens": int(used["longest_tokens"]),
+                "merge_s": round(merged - start, 4),
                 "generate_s": round(used["generate_s"], 4), "score_s": round(done - merged - used["generate_s"], 4),
             }  # fmt: skip
             metrics = dict(scored.metrics)

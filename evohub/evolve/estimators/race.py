@@ -25,6 +25,11 @@ same block (the same items seen) by their mean. CMA-ES uses ranks only, so these
 nothing but the order. Active CMA's negative weights go to the worst ranks: they act on that
 same order, a coarser one than full scores would give (candidates rejected after one block are
 told apart by one block's mean). The recorded ``fitness`` is the mean on the items seen.
+
+Each block is a scoring call per racing candidate: the candidate is merged into the engine again,
+and the call lasts as long as its longest answer. On a CPU with a small model both are cheap; on
+a GPU with a 7B model they cost a race more than the items it saves (docs/design.md#cost-model):
+``evohub plan --gpu`` counts them.
 """
 
 from __future__ import annotations

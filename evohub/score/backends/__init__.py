@@ -49,8 +49,16 @@ class Sampling:
 
 def new_usage() -> dict:
     """A backend's running count of what it generated: prompt tokens read, tokens generated and
-    seconds spent generating (a worker takes the difference around each candidate)."""
-    return {"prompt_tokens": 0, "generated_tokens": 0, "generate_s": 0.0}
+    seconds spent generating (a worker takes the difference around each candidate), and the most
+    tokens one answer took (a running maximum: a worker sets it to 0 before each call)."""
+    return {"prompt_tokens": 0, "generated_tokens": 0, "generate_s": 0.0, "longest_tokens": 0}
+
+
+def count_answer(usage: dict, prompt: int, generated: int) -> None:
+    """Count one answer in ``usage``: its prompt tokens, its generated tokens, the longest answer."""
+    usage["prompt_tokens"] += prompt
+    usage["generated_tokens"] += generated
+    usage["longest_tokens"] = max(usage.get("longest_tokens", 0), generated)
 
 
 class Backend(Protocol):

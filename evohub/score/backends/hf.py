@@ -27,7 +27,16 @@ import transformers
 
 from evohub.errors import ScoreError
 from evohub.models import kind_of
-from evohub.score.backends import Prompt, Sampling, VisionPrompt, continuation, cut_at_stop, new_usage, render
+from evohub.score.backends import (
+    Prompt,
+    Sampling,
+    VisionPrompt,
+    continuation,
+    count_answer,
+    cut_at_stop,
+    new_usage,
+    render,
+)
 
 #: how a model is loaded: ``native`` as its directory says (its kind's auto class and processor);
 #: ``llava`` as Sakana AI's released code loaded EvoVLM-JP (:func:`llava_model`, :func:`llava_processor`)
@@ -242,8 +251,7 @@ class HFBackend:
             if t == pad:
                 n = k
                 break
-        self.usage["prompt_tokens"] += prompt
-        self.usage["generated_tokens"] += n
+        count_answer(self.usage, prompt, n)
 
     @torch.no_grad()
     def _generate_text(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[str]:

@@ -32,7 +32,16 @@ from typing import TYPE_CHECKING
 import torch
 
 from evohub.errors import ScoreError
-from evohub.score.backends import Prompt, Sampling, VisionPrompt, continuation, cut_at_stop, new_usage, render
+from evohub.score.backends import (
+    Prompt,
+    Sampling,
+    VisionPrompt,
+    continuation,
+    count_answer,
+    cut_at_stop,
+    new_usage,
+    render,
+)
 
 if TYPE_CHECKING:
     from evohub.spec import Recipe
@@ -115,8 +124,7 @@ class VLLMBackend:
         )
         outs = self.llm.generate(inputs, params, use_tqdm=False)
         for o in outs:
-            self.usage["prompt_tokens"] += len(o.prompt_token_ids or ())
-            self.usage["generated_tokens"] += len(o.outputs[0].token_ids)
+            count_answer(self.usage, len(o.prompt_token_ids or ()), len(o.outputs[0].token_ids))
         return [o.outputs[0].text for o in outs]
 
     def _beam_search(self, inputs: list[dict], sampling: Sampling) -> list[str]:
@@ -130,8 +138,7 @@ class VLLMBackend:
         for result in self.llm.beam_search(inputs, params):
             best = result.sequences[0]
             n = len(best.orig_prompt["prompt_token_ids"])  # the tokens hold the prompt too
-            self.usage["prompt_tokens"] += n
-            self.usage["generated_tokens"] += len(best.tokens) - n
+            count_answer(self.usage, n, len(best.tokens) - n)
             out.append(cut_at_stop(continuation(self.tokenizer, best.tokens[:n], best.tokens[n:]), sampling.stop))
         return out
 
