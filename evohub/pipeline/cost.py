@@ -3,8 +3,9 @@
 
 Per search stage, from the plan (parameter counts, evaluations) and the job's fitness section:
 
-- **items**: the item evaluations the stage's estimator expects (``Estimator.planned_items``:
-  ``full`` scores every item, ``race`` and the ``irt`` estimators fewer, audits included), over
+- **calls** and **items**: the scoring calls the stage's estimator expects and their items
+  (``Estimator.planned_calls``: ``full`` one call of every item per evaluation, ``race`` one per
+  block a candidate races on, the ``irt`` estimators their anchors, audits included), over
   the fitness set's rows (a local file is counted; a Hub dataset's rows come from its recorded
   snapshot, ``evohub/local/snapshots/datasets/``, else from ``fitness.limit``, else unknown);
 - **prompt tokens**: items × the task's mean prompt length (:data:`TASK_TOKENS`; a job's own prompt
@@ -15,7 +16,7 @@ Per search stage, from the plan (parameter counts, evaluations) and the job's fi
 - **hours**: prefill and decode seconds from a roofline throughput model of one device
   (:class:`Profile`), times a slowdown for the ``hf`` backend (no continuous batching; a data-flow
   stage follows the fitness backend: the transformers path executor on ``hf``, the vLLM path model
-  on ``vllm``), plus each candidate's merge and weight swap (weight bytes at a measured rate).
+  on ``vllm``), plus each call's merge and weight swap (weight bytes at a measured rate).
 
 Decode, one step of ``batch`` sequences (one new token each), is memory- or compute-bound:
 
@@ -24,9 +25,11 @@ Decode, one step of ``batch`` sequences (one new token each), is memory- or comp
     decode tokens/s = batch / step;   prefill s = prompt tokens × 2 × P / (peak FLOP/s × e_prefill)
 
 ``batch`` is vLLM's concurrency (``max_num_seqs``, capped by the KV cache the GPU memory plan leaves
-the engine) or the ``hf`` backend's ``fitness.batch_size``. An estimate, not a measurement: it
-is calibrated against this project's own runs (the ``cpu`` profile) and vendor peaks with stated
-efficiencies (the GPUs); ``bench/`` holds the measurements.
+the engine) or the ``hf`` backend's ``fitness.batch_size``. A call decodes its own items at most
+``batch`` at a time, and lasts at least its longest answer's steps at one sequence's step time
+(:func:`call_decode_seconds`): the next candidate's weights go in only after it. An estimate,
+not a measurement: it is calibrated against this project's own runs (the ``cpu`` profile) and
+vendor peaks with stated efficiencies (the GPUs); ``bench/`` holds the measurements.
 """
 
 from __future__ import annotations

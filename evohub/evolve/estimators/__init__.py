@@ -130,6 +130,7 @@ def planned_items(calls: Sequence[Calls]) -> float:
 
 
 def generations(inputs: PlanInputs) -> int:
+    """The stage's generations (at least one)."""
     return max(1, inputs.evaluations // max(inputs.popsize, 1))
 
 
