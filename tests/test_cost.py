@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from evohub.errors import SpecError
 from evohub.evolve.estimators import ESTIMATORS, PlanInputs, planned_items
 from evohub.pipeline import cost
 from evohub.pipeline.plan import make_plan
@@ -206,6 +207,71 @@ def test_cli_cost_json_refusal_and_cpu(tmp_path, run_cli):
     assert code == 2 and "--gpu" in err
     code, _, err = run_cli("plan", "--gpu", "tpu", job)
     assert code == 2 and "unknown GPU" in err
+
+
+def _measured_run(tmp_path: Path, longest: bool = True) -> Path:
+    """A run of the test job whose ledger holds 3 calls of 10 items: 40 prompt and 200 generated
+    tokens an item, the calls' longest answers 250, 300 and 350 tokens."""
+    from evohub.pipeline.rundir import RunDir
+
+    tmp_path.mkdir(exist_ok=True)
+    job = _job(tmp_path)
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    run.write_job(load_job(job), job)
+    run.stage_dir("ps")
+    rows = [{"g": 0, "i": k, "at": 0, "why": "fitness", "items": list(range(10)), "scores": [1.0] * 10,
+             "prompt_tokens": 400, "generated_tokens": 2000, **({"longest_tokens": 250 + 50 * k} if longest else {})}
+            for k in range(3)]  # fmt: skip
+    run.scores_path("ps").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run.root
+
+
+def test_a_runs_measured_figures_replace_the_assumed_ones(tmp_path, run_cli):
+    """`plan --measured RUN`: the per-item figures a run's ledger counted stand in for the task's
+    assumptions (docs/design.md#cost-model)."""
+    run = _measured_run(tmp_path)
+    m = cost.measured_figures(run)
+    assert (m.prompt, m.generated, m.longest, m.calls, m.task) == (40, 200, 300, 3, "ja-math")
+    spec = load_job(tmp_path / "job.yaml")
+    assumed = cost.estimate_cost(spec, make_plan(spec), "h100")
+    cp = cost.estimate_cost(spec, make_plan(spec), "h100", measured=m)
+    assert (cp.prompt_tokens_per_item, cp.generated_tokens_per_item, cp.longest_tokens) == (40, 200, 300)
+    assert assumed.longest_tokens == 1024 and "3 calls, 30 items" in cp.figures_source
+    ps = cp.stages[0]
+    assert ps.generated_tokens == 90 * ROWS * 200 and ps.hours < assumed.stages[0].hours
+    # each 100-item call now waits for a 300-token answer, not for the budget
+    call = cost.call_decode_seconds(cost.PROFILES["h100"], make_plan(spec).sources[0].params, "bfloat16", ROWS,
+                                    ps.batch, 1, make_plan(spec).sources[0].kv_bytes_per_layer_token * 32, 40, 200, 300)  # fmt: skip
+    prefill = cost.prefill_seconds(
+        cost.PROFILES["h100"], make_plan(spec).sources[0].params, "bfloat16", ps.prompt_tokens
+    )
+    assert ps.generation_hours * 3600 == pytest.approx(prefill + 90 * call)
+    # a ledger from before calls recorded their longest answer keeps the assumed one
+    old = cost.measured_figures(_measured_run(tmp_path / "old", longest=False))
+    assert (
+        old.longest is None and cost.estimate_cost(spec, make_plan(spec), "h100", measured=old).longest_tokens == 1024
+    )
+    code, out, err = run_cli("plan", "--gpu", "h100", "--measured", str(run), tmp_path / "job.yaml")
+    assert code == 0, err
+    assert "a call's longest answer 300 (measured in run (3 calls, 30 items))" in " ".join(out.split())
+    code, _, err = run_cli("plan", "--measured", str(run), tmp_path / "job.yaml")
+    assert code == 2 and "--gpu" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli("plan", "--gpu", "h100", "--measured", str(tmp_path / "empty"), tmp_path / "job.yaml")
+    assert (
+        code == 2
+        and err.strip() == f"evohub: error: --measured {tmp_path / 'empty'}: not a run directory (no job.yaml)"
+    )
+    (run / "stages" / "ps" / "scores.jsonl").write_text("")
+    code, _, err = run_cli("plan", "--gpu", "h100", "--measured", str(run), tmp_path / "job.yaml")
+    assert code == 2 and "no scoring calls with tokens" in err
+    other = tmp_path / "other.yaml"
+    other.write_text(
+        (tmp_path / "job.yaml").read_text().replace("task: ja-math", "task: lm-loss").replace("vllm", "hf")
+    )
+    with pytest.raises(SpecError, match="that run scored ja-math, this job lm-loss"):
+        cost.estimate_cost(load_job(other), make_plan(load_job(other)), "h100", measured=m)
 
 
 def test_nightly_jobs_fit_the_runner_and_paper_exact_jobs_keep_full():

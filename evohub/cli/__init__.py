@@ -154,6 +154,9 @@ COMMANDS = (
              arg("--gpu", metavar="NAME", help="the memory of each stage on one GPU (h100, h200, a100, a100-40, l40s):\n"
                  "resident sources, workspace, engine weights, KV cache; exit 2 if a stage cannot fit; and the\n"
                  "cost of each stage (calls, items, tokens, hours) on h100, h200, a100 or cpu (cpu: the cost only)"),
+             arg("--measured", metavar="RUN", help="with --gpu: the per-item figures (prompt and generated tokens an\n"
+                 "item, a call's longest answer) measured by the run in directory RUN, a run of this job's task,\n"
+                 "instead of the task's assumed ones"),
              arg("--max-hours", type=positive_float, metavar="H",
                  help="exit 2 (one line) when the estimated hours on --gpu exceed H (a runner's limit)"),
              arg("--max-evals", type=positive, metavar="N",

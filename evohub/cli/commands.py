@@ -70,13 +70,15 @@ def plan(args: argparse.Namespace) -> int:
     import evohub
     from evohub.pipeline.plan import render, render_markdown
 
-    if (args.max_hours or args.max_evals) and not args.gpu:
-        raise UsageError("--max-hours and --max-evals need --gpu NAME (the device the hours are counted on)")
+    if (args.max_hours or args.max_evals or args.measured) and not args.gpu:
+        raise UsageError(
+            "--max-hours, --max-evals and --measured need --gpu NAME (the device the hours are counted on)"
+        )
     job = evohub.load_job(args.job)
     p = evohub.plan(job)
     gp = cost = None
     if args.gpu:
-        from evohub.pipeline.cost import PROFILES, estimate_cost
+        from evohub.pipeline.cost import PROFILES, estimate_cost, measured_figures
         from evohub.pipeline.gpu import GPUS, gpu_plan
 
         if args.gpu not in GPUS and args.gpu not in PROFILES:
@@ -84,7 +86,8 @@ def plan(args: argparse.Namespace) -> int:
         if args.max_hours and args.gpu not in PROFILES:
             raise UsageError(f"--max-hours: no cost profile for {args.gpu} (profiles: {', '.join(PROFILES)})")
         gp = gpu_plan(job, p, args.gpu) if args.gpu in GPUS else None
-        cost = estimate_cost(job, p, args.gpu, args.max_evals) if args.gpu in PROFILES else None
+        measured = measured_figures(args.measured) if args.measured else None
+        cost = estimate_cost(job, p, args.gpu, args.max_evals, measured) if args.gpu in PROFILES else None
     if args.json:
         extra = ({"gpu": gp.to_dict()} if gp else {}) | ({"cost": cost.to_dict()} if cost else {})
         print(json.dumps(p.to_dict() | extra, indent=2))

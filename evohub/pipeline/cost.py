@@ -176,6 +176,8 @@ class CostPlan:
     budget: int
     estimator: str
     stages: list[StageCost] = field(default_factory=list)
+    longest_tokens: float = 0.0  # a call's longest answer
+    figures_source: str = "assumed"  # the per-item figures: the task's assumed ones, or a run's
 
     @property
     def hours(self) -> float | None:
@@ -262,11 +264,57 @@ def _snapshot_splits(path: Path, config: str | None) -> dict[str, int]:
 # -- per-item figures ------------------------------------------------------------------------------
 
 
-def token_figures(spec: JobSpec, rows: list[dict] | None) -> tuple[float, float, int, TaskTokens]:
-    """(prompt tokens an item, generated tokens an item, the budget, the task's figures)."""
+@dataclass(frozen=True)
+class Measured:
+    """Per-item token figures a run's ledger measured (``evohub plan --measured RUN``): what the
+    task's assumed figures stand for, counted over every scoring call of the run's stages."""
+
+    task: str
+    prompt: float  # prompt tokens an item
+    generated: float  # generated tokens an item
+    longest: float | None  # a call's longest answer (tokens), mean over calls; None: not recorded
+    calls: int
+    source: str
+
+
+def measured_figures(run_dir: str | Path) -> Measured:
+    """The token figures of the run in ``run_dir``, from its stages' score matrices. A run that
+    has scored nothing (or none of whose calls counted tokens) is refused in one line."""
+    from evohub.pipeline.rundir import RunDir
+
+    run = RunDir(run_dir)
+    if not run.holds_run():
+        raise SpecError(f"--measured {run_dir}: not a run directory (no job.yaml)")
+    rows = [r for st in ("ps", "dfs") for r in run.score_rows(st) if r.get("items") and "generated_tokens" in r]
+    items = sum(len(r["items"]) for r in rows)
+    if not items:
+        raise SpecError(f"--measured {run_dir}: its ledger (stages/*/scores.jsonl) has no scoring calls with tokens")
+    longest = [r["longest_tokens"] for r in rows if "longest_tokens" in r]
+    return Measured(
+        task=run.job().fitness.task,
+        prompt=sum(r.get("prompt_tokens") or 0 for r in rows) / items,
+        generated=sum(r["generated_tokens"] or 0 for r in rows) / items,
+        longest=sum(longest) / len(longest) if longest else None,
+        calls=len(rows),
+        source=f"measured in {Path(run_dir).name} ({len(rows)} calls, {items} items)",
+    )
+
+
+def token_figures(
+    spec: JobSpec, rows: list[dict] | None, measured: Measured | None = None
+) -> tuple[float, float, int, float]:
+    """(prompt tokens an item, generated tokens an item, the budget, a call's longest answer in
+    tokens): the task's assumed figures, or a run's measured ones (capped at this job's budget)."""
     fit = spec.fitness
     figures = TASK_TOKENS.get(fit.task, DEFAULT_TOKENS)
     budget = fit.max_new_tokens or TASKS.get(fit.task).max_new_tokens or 0
+    if measured is not None:
+        if measured.task != fit.task:
+            raise SpecError(
+                f"--measured: that run scored {measured.task}, this job {fit.task}: its figures do not carry"
+            )
+        longest = budget * figures.longest if measured.longest is None else min(measured.longest, budget)
+        return measured.prompt, min(measured.generated, budget), budget, longest
     prompt = figures.prompt
     fill = figures.fill
     if fit.prompt is not None and figures.fill > 0:
@@ -274,7 +322,7 @@ def token_figures(spec: JobSpec, rows: list[dict] | None) -> tuple[float, float,
         inputs = [r.get("question") for r in rows or [] if isinstance(r, dict) and isinstance(r.get("question"), str)]
         if inputs:  # about one token a character (Japanese in Mistral-family tokenizers; a char-level one exactly)
             prompt = sum(len(fit.prompt.format(input=q)) for q in inputs) / len(inputs)
-    return prompt, budget * fill, budget, figures
+    return prompt, budget * fill, budget, budget * figures.longest
 
 
 # -- the throughput model --------------------------------------------------------------------------
@@ -309,66 +357,75 @@ def _vllm_batch(profile: Profile, spec: JobSpec, plan: Plan, stage: str, per_seq
     return VLLM_MAX_SEQS
 
 
-def estimate_cost(spec: JobSpec, plan: Plan, gpu: str, max_evals: int | None = None) -> CostPlan:
+def estimate_cost(spec: JobSpec, plan: Plan, gpu: str, max_evals: int | None = None,
+                  measured: Measured | None = None) -> CostPlan:  # fmt: skip
     """The time and tokens of each search stage of ``spec`` on one ``gpu`` (a key of
-    :data:`PROFILES`); ``max_evals`` caps each stage's evaluations (the nightly cap)."""
+    :data:`PROFILES`); ``max_evals`` caps each stage's evaluations (the nightly cap); ``measured``
+    replaces the task's assumed per-item figures with a run's."""
     if gpu not in PROFILES:
         raise SpecError(f"--gpu {gpu!r}: no cost profile (profiles: {', '.join(PROFILES)})")
     profile = PROFILES[gpu]
     fit = spec.fitness
     n_items, where, rows = fitness_rows(spec)
-    prompt, generated, budget, figures = token_figures(spec, rows)
+    prompt, generated, budget, longest = token_figures(spec, rows, measured)
     by_name = {s.name: s for s in plan.sources}
     merged = max((by_name[s.key] for s in spec.sources), key=lambda s: s.params)
-    out = CostPlan(gpu, f"{profile.label}-hours", n_items, where, prompt, generated, budget, fit.estimator)
+    out = CostPlan(gpu, f"{profile.label}-hours", n_items, where, prompt, generated, budget, fit.estimator,
+                   longest_tokens=longest, figures_source=measured.source if measured else "assumed")  # fmt: skip
 
     def calls_of(st, references: int):
         return _stage_calls(spec, st, n_items, where, max_evals, references)
 
     if plan.image is not None:
-        out.prompt_tokens_per_item = out.generated_tokens_per_item = out.budget = 0
+        out.prompt_tokens_per_item = out.generated_tokens_per_item = out.budget = out.longest_tokens = 0
         out.stages = [_image_stage(spec, plan, st, profile, calls_of) for st in plan.stages]
         return out
     for st in plan.stages:
-        dfs = st.name == "data_flow_space"
-        backend = fit.backend  # a data-flow stage too: vllm runs the path model (vllm_path.py)
-        if dfs:  # the path executor or path model holds A's and B's layers; a path runs the output's
-            params, layers = plan.output_params, None
-        else:
-            params, layers = merged.params, merged.layers
-        refs = len(spec.sources) + (1 if spec.base_model is not None else 0) if not dfs else 0
-        notes: list[str] = ["every path at its longest (all slots on): an upper bound"] if dfs else []
-        if dfs and backend == "vllm":
-            notes.append("vLLM path model: eager (no CUDA graphs), not in the roofline")
-        kv_token = merged.kv_bytes_per_layer_token * (layers or _path_layers(plan, merged))
-        context = prompt + generated
-        beams = figures.beams
-        if backend == "vllm":
-            batch = _vllm_batch(profile, spec, plan, st.name, context * beams * kv_token)
-        else:
-            batch = fit.batch_size or 16
-        rate = decode_rate(profile, params, spec.dtype, batch * beams, kv_token, prompt + generated / 2) / beams
-        evals, calls, why = calls_of(st, refs)
-        if calls is None:
-            out.stages.append(
-                StageCost(st.name, backend, evals, None, None, None, batch, rate, None, None, None, [why])
-            )
-            continue
-        items = planned_items(calls)
-        p_tokens, g_tokens = items * prompt, items * generated
-        shape = {"profile": profile, "params": params, "dtype": spec.dtype, "batch": batch, "beams": beams,
-                 "kv_bytes_per_token": kv_token, "prompt": prompt, "generated": generated}  # fmt: skip
-        decoding, note = _decoding(calls, shape, budget * figures.longest)
-        notes += [note] if note else []
-        seconds = prefill_seconds(profile, params, spec.dtype, p_tokens) + decoding
-        if backend == "hf":
-            seconds *= profile.hf_slowdown
-            notes.append(f"hf backend: x{profile.hf_slowdown:g} (no continuous batching)")
-        n_calls = sum(c.count for c in calls)
-        merge = 0.0 if dfs else n_calls * params * dtype_bytes(spec.dtype) / profile.merge_bps
-        out.stages.append(StageCost(st.name, backend, evals, items, p_tokens, g_tokens, batch, rate,
-                                    seconds / 3600, merge / 3600, (seconds + merge) / 3600, notes, n_calls))  # fmt: skip
+        out.stages.append(_text_stage(spec, plan, st, profile, merged, out, calls_of))
     return out
+
+
+def _text_stage(spec: JobSpec, plan: Plan, st, profile: Profile, merged, out: CostPlan, calls_of) -> StageCost:
+    """One search stage of a text task: its calls' prefill and decode on ``profile`` (``out``'s
+    per-item figures), and a merge per call (none for a data-flow stage: a path switch)."""
+    fit = spec.fitness
+    prompt, generated, longest = out.prompt_tokens_per_item, out.generated_tokens_per_item, out.longest_tokens
+    figures = TASK_TOKENS.get(fit.task, DEFAULT_TOKENS)
+    dfs = st.name == "data_flow_space"
+    backend = fit.backend  # a data-flow stage too: vllm runs the path model (vllm_path.py)
+    if dfs:  # the path executor or path model holds A's and B's layers; a path runs the output's
+        params, layers = plan.output_params, None
+    else:
+        params, layers = merged.params, merged.layers
+    refs = len(spec.sources) + (1 if spec.base_model is not None else 0) if not dfs else 0
+    notes: list[str] = ["every path at its longest (all slots on): an upper bound"] if dfs else []
+    if dfs and backend == "vllm":
+        notes.append("vLLM path model: eager (no CUDA graphs), not in the roofline")
+    kv_token = merged.kv_bytes_per_layer_token * (layers or _path_layers(plan, merged))
+    context = prompt + generated
+    beams = figures.beams
+    if backend == "vllm":
+        batch = _vllm_batch(profile, spec, plan, st.name, context * beams * kv_token)
+    else:
+        batch = fit.batch_size or 16
+    rate = decode_rate(profile, params, spec.dtype, batch * beams, kv_token, prompt + generated / 2) / beams
+    evals, calls, why = calls_of(st, refs)
+    if calls is None:
+        return StageCost(st.name, backend, evals, None, None, None, batch, rate, None, None, None, [why])
+    items = planned_items(calls)
+    p_tokens, g_tokens = items * prompt, items * generated
+    shape = {"profile": profile, "params": params, "dtype": spec.dtype, "batch": batch, "beams": beams,
+             "kv_bytes_per_token": kv_token, "prompt": prompt, "generated": generated}  # fmt: skip
+    decoding, note = _decoding(calls, shape, longest)
+    notes += [note] if note else []
+    seconds = prefill_seconds(profile, params, spec.dtype, p_tokens) + decoding
+    if backend == "hf":
+        seconds *= profile.hf_slowdown
+        notes.append(f"hf backend: x{profile.hf_slowdown:g} (no continuous batching)")
+    n_calls = sum(c.count for c in calls)
+    merge = 0.0 if dfs else n_calls * params * dtype_bytes(spec.dtype) / profile.merge_bps
+    return StageCost(st.name, backend, evals, items, p_tokens, g_tokens, batch, rate, seconds / 3600, merge / 3600,
+                     (seconds + merge) / 3600, notes, n_calls)  # fmt: skip
 
 
 def _decoding(calls: list[Calls], shape: dict, longest: float) -> tuple[float, str | None]:
@@ -476,7 +533,8 @@ def render_cost(cp: CostPlan, console) -> None:
               _hours(total))  # fmt: skip
     console.print(t)
     console.print(f"  fitness items: {cp.items_source}; per item {cp.prompt_tokens_per_item:.0f} prompt tokens, "
-                  f"{cp.generated_tokens_per_item:.1f} generated (budget {cp.budget})")  # fmt: skip
+                  f"{cp.generated_tokens_per_item:.1f} generated (budget {cp.budget}); a call's longest answer "
+                  f"{cp.longest_tokens:.0f} ({cp.figures_source})")  # fmt: skip
     for s in cp.stages:
         for n in s.notes:
             console.print(f"  {s.stage}: {n}")
