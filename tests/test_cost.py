@@ -187,6 +187,13 @@ def test_cli_cost_json_refusal_and_cpu(tmp_path, run_cli):
     doc = json.loads(out)
     assert "gpu" in doc and [s["stage"] for s in doc["cost"]["stages"]] == ["parameter_space", "data_flow_space"]
     assert doc["cost"]["unit"] == "H100-hours" and doc["cost"]["hours"] > 0
+    # the pull-request comment: the plan, then the memory and the cost on the nightly runner's card
+    code, out, err = run_cli("plan", "--markdown", "--gpu", "h100", job)
+    assert code == 0, err
+    memory, costs = out.index("**Memory on one h100 (80.0 GiB)**"), out.index("**Cost on one h100 (estimator full)**")
+    assert out.startswith("### `seven`") and memory < costs
+    assert "| stage | backend | evals | calls | items | prompt tok | generated tok | H100-hours |" in out
+    assert "| total |  | 130 | 130 | 13.00K |" in out and "- data_flow_space: every path at its longest" in out
     code, out, err = run_cli("plan", "--json", "--gpu", "cpu", job)
     doc = json.loads(out)
     assert code == 0 and "gpu" not in doc and doc["cost"]["unit"] == "CPU-hours"

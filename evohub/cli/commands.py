@@ -93,6 +93,14 @@ def plan(args: argparse.Namespace) -> int:
         print(json.dumps(p.to_dict() | extra, indent=2))
     elif args.markdown:
         print(render_markdown(p), end="")
+        if gp is not None:
+            from evohub.pipeline.gpu import gpu_markdown
+
+            print(gpu_markdown(gp), end="")
+        if cost is not None:
+            from evohub.pipeline.cost import cost_markdown
+
+            print(cost_markdown(cost), end="")
     else:
         render(p, _console())
         if gp is not None:

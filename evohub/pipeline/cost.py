@@ -517,27 +517,40 @@ def _count(n: float | None) -> str:
     return "?" if n is None else human_count(n)
 
 
+def cost_table(cp: CostPlan) -> tuple[str, list[str], list[list[str]], list[str]]:
+    """The cost table as (title, header, rows, notes): :func:`render_cost` and
+    :func:`cost_markdown` show the same figures."""
+    header = ["stage", "backend", "evals", "calls", "items", "prompt tok", "generated tok", cp.unit]
+    rows = [[s.stage, s.backend, str(s.evaluations or "-"), _count(s.calls), _count(s.items),
+             _count(s.prompt_tokens), _count(s.generated_tokens), _hours(s.hours)] for s in cp.stages]  # fmt: skip
+    rows.append(["total", "", str(cp.evaluations), *(_count(_sum(getattr(s, k) for s in cp.stages))
+                 for k in ("calls", "items", "prompt_tokens", "generated_tokens")), _hours(cp.hours)])  # fmt: skip
+    notes = [f"fitness items: {cp.items_source}; per item {cp.prompt_tokens_per_item:.0f} prompt tokens, "
+             f"{cp.generated_tokens_per_item:.1f} generated (budget {cp.budget}); a call's longest answer "
+             f"{cp.longest_tokens:.0f} ({cp.figures_source})"]  # fmt: skip
+    notes += [f"{s.stage}: {n}" for s in cp.stages for n in s.notes]
+    return f"cost on one {cp.gpu} (estimator {cp.estimator})", header, rows, notes
+
+
 def render_cost(cp: CostPlan, console) -> None:
     """The cost table on a rich ``console``."""
     from rich.table import Table
 
-    t = Table("stage", "backend", "evals", "calls", "items", "prompt tok", "generated tok", cp.unit,
-              title=f"cost on one {cp.gpu} (estimator {cp.estimator})")  # fmt: skip
-    for s in cp.stages:
-        t.add_row(s.stage, s.backend, str(s.evaluations or "-"), _count(s.calls), _count(s.items),
-                  _count(s.prompt_tokens), _count(s.generated_tokens), _hours(s.hours))  # fmt: skip
-    total = cp.hours
-    t.add_row("total", "", str(cp.evaluations), _count(_sum(s.calls for s in cp.stages)),
-              _count(_sum(s.items for s in cp.stages)),
-              _count(_sum(s.prompt_tokens for s in cp.stages)), _count(_sum(s.generated_tokens for s in cp.stages)),
-              _hours(total))  # fmt: skip
+    title, header, rows, notes = cost_table(cp)
+    t = Table(*header, title=title)
+    for r in rows:
+        t.add_row(*r)
     console.print(t)
-    console.print(f"  fitness items: {cp.items_source}; per item {cp.prompt_tokens_per_item:.0f} prompt tokens, "
-                  f"{cp.generated_tokens_per_item:.1f} generated (budget {cp.budget}); a call's longest answer "
-                  f"{cp.longest_tokens:.0f} ({cp.figures_source})")  # fmt: skip
-    for s in cp.stages:
-        for n in s.notes:
-            console.print(f"  {s.stage}: {n}")
+    for n in notes:
+        console.print(f"  {n}")
+
+
+def cost_markdown(cp: CostPlan) -> str:
+    """The cost table as Markdown (a CI job summary, a pull-request comment)."""
+    title, header, rows, notes = cost_table(cp)
+    lines = ["", f"**{title[0].upper()}{title[1:]}**", "", "| " + " | ".join(header) + " |",
+             "|" + " --- |" * len(header), *("| " + " | ".join(r) + " |" for r in rows), ""]  # fmt: skip
+    return "\n".join(lines + [f"- {n}" for n in notes]) + "\n"
 
 
 def _hours(h: float | None) -> str:

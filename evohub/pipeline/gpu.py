@@ -151,18 +151,35 @@ def refusal(spec: JobSpec, gp: GPUPlan) -> str | None:
     return "\n".join(lines) or None
 
 
-def render_gpu(gp: GPUPlan, console) -> None:
-    """The memory plan as a table on a rich ``console``."""
-    from rich.table import Table
+def gpu_table(gp: GPUPlan) -> tuple[str, list[str], list[list[str]]]:
+    """The memory plan as (title, header, rows): :func:`render_gpu` and :func:`gpu_markdown`."""
 
     def gb(n: int) -> str:
         return f"{n / GiB:.1f} GiB"
 
-    t = Table("stage", "resident sources", "workspace", "engine weights", "KV cache (activations)", "overhead", "on the GPU",
-              "vLLM gpu_memory_utilization", title=f"one {gp.gpu} ({gb(gp.total)})")  # fmt: skip
-    for s in gp.stages:
-        util = f"{s.utilization:.2f}" if s.utilization is not None else "-"
-        t.add_row(s.stage, f"{gb(s.resident)} on the {s.resident_on}", gb(s.workspace), gb(s.engine),
-                  f"{gb(s.kv_cache)} ({s.kv_tokens} tokens)" if s.kv_tokens else gb(s.kv_cache), gb(s.overhead),
-                  f"{gb(s.on_gpu)} ({'fits' if s.fits else 'does NOT fit'})", util)  # fmt: skip
+    header = ["stage", "resident sources", "workspace", "engine weights", "KV cache (activations)", "overhead",
+              "on the GPU", "vLLM gpu_memory_utilization"]  # fmt: skip
+    rows = [[s.stage, f"{gb(s.resident)} on the {s.resident_on}", gb(s.workspace), gb(s.engine),
+             f"{gb(s.kv_cache)} ({s.kv_tokens} tokens)" if s.kv_tokens else gb(s.kv_cache), gb(s.overhead),
+             f"{gb(s.on_gpu)} ({'fits' if s.fits else 'does NOT fit'})",
+             f"{s.utilization:.2f}" if s.utilization is not None else "-"] for s in gp.stages]  # fmt: skip
+    return f"one {gp.gpu} ({gb(gp.total)})", header, rows
+
+
+def render_gpu(gp: GPUPlan, console) -> None:
+    """The memory plan as a table on a rich ``console``."""
+    from rich.table import Table
+
+    title, header, rows = gpu_table(gp)
+    t = Table(*header, title=title)
+    for r in rows:
+        t.add_row(*r)
     console.print(t)
+
+
+def gpu_markdown(gp: GPUPlan) -> str:
+    """The memory plan as Markdown (a CI job summary, a pull-request comment)."""
+    title, header, rows = gpu_table(gp)
+    lines = ["", f"**Memory on {title}**", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
+             *("| " + " | ".join(r) + " |" for r in rows)]  # fmt: skip
+    return "\n".join(lines) + "\n"
