@@ -43,7 +43,7 @@ from pathlib import Path
 from evohub.errors import SpecError
 from evohub.evolve.estimators import ESTIMATORS, Calls, PlanInputs, planned_items
 from evohub.merging.arch import dtype_bytes
-from evohub.pipeline.plan import Plan
+from evohub.pipeline.plan import Plan, markdown_table
 from evohub.score.tasks import TASKS
 from evohub.spec import JobSpec
 
@@ -548,9 +548,8 @@ def render_cost(cp: CostPlan, console) -> None:
 def cost_markdown(cp: CostPlan) -> str:
     """The cost table as Markdown (a CI job summary, a pull-request comment)."""
     title, header, rows, notes = cost_table(cp)
-    lines = ["", f"**{title[0].upper()}{title[1:]}**", "", "| " + " | ".join(header) + " |",
-             "|" + " --- |" * len(header), *("| " + " | ".join(r) + " |" for r in rows), ""]  # fmt: skip
-    return "\n".join(lines + [f"- {n}" for n in notes]) + "\n"
+    lines = [*markdown_table(title[0].upper() + title[1:], header, rows), "", *(f"- {n}" for n in notes)]
+    return "\n".join(lines) + "\n"
 
 
 def _hours(h: float | None) -> str:

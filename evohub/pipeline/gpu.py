@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from evohub.errors import SpecError
 from evohub.merging.arch import dtype_bytes
 from evohub.merging.ps import workspace_bytes
-from evohub.pipeline.plan import Plan
+from evohub.pipeline.plan import Plan, markdown_table
 from evohub.score.backends.vllm import MAX_UTILIZATION
 from evohub.score.tasks import TASKS
 from evohub.spec import JobSpec
@@ -180,6 +180,4 @@ def render_gpu(gp: GPUPlan, console) -> None:
 def gpu_markdown(gp: GPUPlan) -> str:
     """The memory plan as Markdown (a CI job summary, a pull-request comment)."""
     title, header, rows = gpu_table(gp)
-    lines = ["", f"**Memory on {title}**", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
-             *("| " + " | ".join(r) + " |" for r in rows)]  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return "\n".join(markdown_table(f"Memory on {title}", header, rows)) + "\n"

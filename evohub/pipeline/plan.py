@@ -331,6 +331,12 @@ def _pipeline_plan(spec: JobSpec, given: dict) -> Plan:
                 image=ImageFigures(task.size, latent, task.steps, task.guidance, flops, params, largest))  # fmt: skip
 
 
+def markdown_table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """A titled Markdown table's lines (a blank line first)."""
+    return ["", f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]  # fmt: skip
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
