@@ -148,7 +148,7 @@ def measure(root: Path, strategy: str, seed: int, evals: int, x0: float | None =
     held_out = _acc_ja(results)
     unseen = _unseen_acc_ja(root, run_dir)
     evolution_s = cost["seconds"] + val["seconds"]
-    budget = results_budget(spec_path)
+    budget = fitness_budget(spec_path)
     return {"strategy": strategy, "seed": seed, "items": cost["items"] + val["items"],
             "calls": cost["calls"] + val["calls"],
             # a call's longest answer over the budget, the cost model's `longest` (mean over the stage's calls)
@@ -160,7 +160,7 @@ def measure(root: Path, strategy: str, seed: int, evals: int, x0: float | None =
             "run": summary.run_dir.name}  # fmt: skip
 
 
-def results_budget(spec_path: Path) -> int:
+def fitness_budget(spec_path: Path) -> int:
     """The fitness generation budget (max_new_tokens) of a bench job."""
     from evohub.score.tasks import TASKS
     from evohub.spec.load import load_job
