@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -167,11 +167,17 @@ class HasOptions:
         return out
 
 
+def markdown_grid(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A Markdown table's lines: the header, its rule, a line per row (every Markdown table of
+    evohub: the registries', the plan's, its memory and cost)."""
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
 def markdown_table(entries: list, columns: dict[str, str]) -> str:
     """| name | what it is | <columns> |, one row per entry (``columns``: header -> attribute)."""
-    head = ["name", "what it is", *columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for e in entries:
-        cells = [f"`{e.name}`", e.doc, *(str(getattr(e, attr, "") or "") for attr in columns.values())]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = ([f"`{e.name}`", e.doc, *(str(getattr(e, attr, "") or "") for attr in columns.values())] for e in entries)
+    return "\n".join(markdown_grid(["name", "what it is", *columns], rows))

@@ -43,7 +43,8 @@ from pathlib import Path
 from evohub.errors import SpecError
 from evohub.evolve.estimators import ESTIMATORS, Calls, PlanInputs, planned_items
 from evohub.merging.arch import dtype_bytes
-from evohub.pipeline.plan import Plan, markdown_table
+from evohub.pipeline.plan import Plan
+from evohub.registry import markdown_grid
 from evohub.score.tasks import TASKS
 from evohub.spec import JobSpec
 
@@ -548,7 +549,7 @@ def render_cost(cp: CostPlan, console) -> None:
 def cost_markdown(cp: CostPlan) -> str:
     """The cost table as Markdown (a CI job summary, a pull-request comment)."""
     title, header, rows, notes = cost_table(cp)
-    lines = [*markdown_table(title[0].upper() + title[1:], header, rows), "", *(f"- {n}" for n in notes)]
+    lines = ["", f"**{title[0].upper()}{title[1:]}**", "", *markdown_grid(header, rows), "", *(f"- {n}" for n in notes)]
     return "\n".join(lines) + "\n"
 
 

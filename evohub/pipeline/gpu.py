@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 from evohub.errors import SpecError
 from evohub.merging.arch import dtype_bytes
 from evohub.merging.ps import workspace_bytes
-from evohub.pipeline.plan import Plan, markdown_table
+from evohub.pipeline.plan import Plan
+from evohub.registry import markdown_grid
 from evohub.score.backends.vllm import MAX_UTILIZATION
 from evohub.score.tasks import TASKS
 from evohub.spec import JobSpec
@@ -180,4 +181,4 @@ def render_gpu(gp: GPUPlan, console) -> None:
 def gpu_markdown(gp: GPUPlan) -> str:
     """The memory plan as Markdown (a CI job summary, a pull-request comment)."""
     title, header, rows = gpu_table(gp)
-    return "\n".join(markdown_table(f"Memory on {title}", header, rows)) + "\n"
+    return "\n".join(["", f"**Memory on {title}**", "", *markdown_grid(header, rows)]) + "\n"

@@ -30,6 +30,7 @@ from evohub.evolve.optimizers import OPTIMIZERS
 from evohub.hub.client import fetch_config, fetch_json, model_info, pipeline_layout
 from evohub.hub.pipelines import local_layout, read_json
 from evohub.merging.arch import ParamCount, count_parameters, dtype_bytes, read_config, stored_dtype
+from evohub.registry import markdown_grid
 from evohub.spec import JobSpec, ModelRef
 
 #: Output shard size of ``evohub merge`` (bytes); the streaming writer holds one shard at a time.
@@ -331,12 +332,6 @@ def _pipeline_plan(spec: JobSpec, given: dict) -> Plan:
                 image=ImageFigures(task.size, latent, task.steps, task.guidance, flops, params, largest))  # fmt: skip
 
 
-def markdown_table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
-    """A titled Markdown table's lines (a blank line first)."""
-    return ["", f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
-            *("| " + " | ".join(r) + " |" for r in rows)]  # fmt: skip
-
-
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
@@ -395,26 +390,17 @@ def render(plan: Plan, console) -> None:
 
 def render_markdown(plan: Plan) -> str:
     """The plan as Markdown (for a CI job summary or a pull-request comment)."""
+    sources = [[s.name, f"`{s.ref}`" + ("" if s.pinned else " (unpinned)"), s.model_type, str(s.layers),
+                human_count(s.params), human_bytes(s.bytes)] for s in plan.sources]  # fmt: skip
+    stages = [[st.name, str(st.dims), st.dims_detail, str(st.popsize),
+               str(st.evaluations or "-") + (f" (or {st.max_hours:g} h)" if st.max_hours else ""),
+               str(st.generations or "-")] for st in plan.stages]  # fmt: skip
     lines = [
         f"### `{plan.job}` (seed {plan.seed})",
         "",
-        "| source | ref | type | layers | params | size |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for s in plan.sources:
-        ref = f"`{s.ref}`" + ("" if s.pinned else " (unpinned)")
-        lines.append(
-            f"| {s.name} | {ref} | {s.model_type} | {s.layers} | {human_count(s.params)} | {human_bytes(s.bytes)} |"
-        )
-    lines += [
+        *markdown_grid(["source", "ref", "type", "layers", "params", "size"], sources),
         "",
-        "| stage | dims | search space | popsize | evaluations | generations |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for st in plan.stages:
-        evals = str(st.evaluations or "-") + (f" (or {st.max_hours:g} h)" if st.max_hours else "")
-        lines.append(f"| {st.name} | {st.dims} | {st.dims_detail} | {st.popsize} | {evals} | {st.generations or '-'} |")
-    lines += [
+        *markdown_grid(["stage", "dims", "search space", "popsize", "evaluations", "generations"], stages),
         "",
         f"- fitness: {plan.fitness}",
         f"- evaluation: {', '.join(plan.evaluation) or '-'}",
