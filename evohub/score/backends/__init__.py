@@ -58,7 +58,7 @@ def count_answer(usage: dict, prompt: int, generated: int) -> None:
     """Count one answer in ``usage``: its prompt tokens, its generated tokens, the longest answer."""
     usage["prompt_tokens"] += prompt
     usage["generated_tokens"] += generated
-    usage["longest_tokens"] = max(usage.get("longest_tokens", 0), generated)
+    usage["longest_tokens"] = max(usage["longest_tokens"], generated)
 
 
 class Backend(Protocol):
