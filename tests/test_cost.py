@@ -178,6 +178,9 @@ def test_hub_fitness_rows_come_from_the_recorded_snapshot():
     fast = load_job(REPO / "jobs" / "evollm-jp-fast.yaml")
     (mini,) = cost.estimate_cost(fast, make_plan(fast, configs=configs), "h100").stages
     assert any(n.startswith("49% of the decoding is calls waiting for their longest answer") for n in mini.notes)
+    # its loop stop is noted and left out of the estimate (it does not shorten a call's longest answer)
+    assert any(n.startswith("loop stop at 96 tokens") for n in mini.notes)
+    assert not any(n.startswith("loop stop") for n in ps.notes)
 
 
 def test_cli_cost_json_refusal_and_cpu(tmp_path, run_cli):

@@ -105,6 +105,62 @@ def test_ja_math_task_runs_on_a_backend(model_dir):
     assert [s["question"] for s in scored.samples] == ["t1 t2", "t4"]
 
 
+def test_loop_period_finds_the_smallest_period_of_three_repeats_at_least():
+    from evohub.score.loops import continue_loop, first_loop, loop_period
+
+    assert loop_period([9, 1, 2, 3, 1, 2, 3, 1, 2, 3], span=9) == 3
+    assert loop_period([7] * 12, span=12) == 1  # 2, 3 and 4 are periods too: the smallest wins
+    assert loop_period([1, 2, 3, 1, 2, 3, 1, 2, 4], span=9) is None  # the last token breaks it
+    assert loop_period([1, 2, 3, 4, 1, 2, 3, 4], span=8) is None  # two repeats of 4 are not a loop
+    assert loop_period([1, 2, 1, 2], span=6) is None  # shorter than the span
+    assert continue_loop([5, 1, 2, 3, 1, 2, 3], 3, budget=11) == [5, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1]
+    assert first_loop([4, 5, 6, 1, 2, 1, 2, 1, 2, 1, 2, 1], span=6) == (9, 2)
+    assert first_loop([1, 2, 3, 4, 5, 6, 7, 8], span=6) is None
+
+
+@pytest.fixture(scope="module")
+def looping_model(tmp_path_factory) -> Path:
+    """A model that writes t2 t3 t4 t1 ... for ever after t1, t21 t22 t20 ... after t20, t50
+    after t50, and t11 t12 </s> after t10 (tests/support/tiny.py:make_successor)."""
+    from tiny import make_successor
+
+    chain = {1: 2, 2: 3, 3: 4, 4: 1, 10: 11, 11: 12, 12: 127, 20: 21, 21: 22, 22: 20}
+    return make_successor(tmp_path_factory.mktemp("loops") / "m", chain)
+
+
+LOOP_PROMPTS = ["t5 t1", "t7 t10", "t20", "t50"]
+
+
+def test_the_loop_stop_keeps_every_answer_and_decodes_the_loops_only_to_their_span(looping_model):
+    from evohub.score.backends import Sampling
+    from evohub.score.backends.hf import HFBackend
+
+    be = HFBackend.load(looping_model, batch_size=4)
+    full = be.generate(LOOP_PROMPTS, Sampling(max_new_tokens=40))
+    assert full[0].split()[:5] == ["t2", "t3", "t4", "t1", "t2"] and len(full[0].split()) == 40
+    assert full[1] == " t11 t12"  # it ends: nothing to stop
+    decoded = be.usage["generated_tokens"]
+    assert be.generate(LOOP_PROMPTS, Sampling(max_new_tokens=40, loop_span=12)) == full
+    # three loops stopped at 12 tokens each (periods 4, 3, 1), the ending answer's 3 (its </s> counted)
+    assert (decoded, be.usage["generated_tokens"] - decoded) == (3 * 40 + 3, 3 * 12 + 3)
+    # a stop string inside the written-out loop cuts it as it cuts full decoding
+    stop = Sampling(max_new_tokens=40, stop=("t20 t21 t22 t20 t21 t22 t20 t21 t22 t20 t21 t22 t20",))
+    assert be.generate(LOOP_PROMPTS, stop) == be.generate(LOOP_PROMPTS, Sampling(**vars(stop) | {"loop_span": 6}))
+
+
+def test_ja_math_passes_its_loop_span_to_the_backend():
+    class Recorder:
+        def generate(self, prompts, sampling):
+            self.sampling = sampling
+            return ["答えは5です"] * len(prompts)
+
+    be = Recorder()
+    JaMath(loop_span=48).run(be, [{"question": "2+3は?", "answer_number": 5}])
+    assert be.sampling.loop_span == 48 and be.sampling.max_new_tokens == 1024
+    JaMath().run(be, [{"question": "2+3は?", "answer_number": 5}])
+    assert be.sampling.loop_span is None
+
+
 def test_cli_rescores_predictions(tmp_path, run_cli):
     p = tmp_path / "pred.jsonl"
     p.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in [

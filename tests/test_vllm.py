@@ -122,6 +122,35 @@ def test_vllm_beam_search_returns_the_continuation_like_hf(tmp_path):
     assert got == HFBackend.load(a, dtype=torch.float32).generate(prompts, beams)
 
 
+def test_vllm_loop_stop_keeps_the_texts_of_full_decoding_and_decodes_a_round_a_loop(tmp_path):
+    from tiny import make_successor
+
+    from evohub.score.backends import Sampling
+    from evohub.score.backends.hf import HFBackend
+    from evohub.score.backends.vllm import LOOP_CHUNK, VLLMBackend
+
+    chain = {1: 2, 2: 3, 3: 4, 4: 1, 10: 11, 11: 12, 12: 255, 20: 21, 21: 22, 22: 20}
+    chain |= {i: i + 1 for i in range(29, 200)}  # t29 -> t30 ... t200, then t200 for ever: no loop for 171 tokens
+    model = make_successor(tmp_path / "m", chain, vocab=256)
+    prompts = ["t5 t1", "t7 t10", "t20", "t230", "t29"]
+    budget = 3 * LOOP_CHUNK
+    full = Sampling(max_new_tokens=budget)
+    want = HFBackend.load(model).generate(prompts, full)
+    vl = VLLMBackend(model, dtype="float32", max_model_len=256, enforce_eager=True)
+    assert vl.generate(prompts, full) == want
+    decoded = vl.usage["generated_tokens"]
+    assert vl.generate(prompts, Sampling(max_new_tokens=budget, loop_span=12)) == want
+    # three loops seen at the end of the first round; t29's answer runs its budget, t10's ends (</s> counted)
+    assert (decoded, vl.usage["generated_tokens"] - decoded) == (4 * budget + 3, 3 * LOOP_CHUNK + 3 + budget)
+    # a stop string across the rounds' boundary (t93 is the 64th token, t94 the 65th) ends the answer there,
+    # after its second round
+    across = Sampling(max_new_tokens=budget, stop=("t93 t94",))
+    want = HFBackend.load(model).generate(prompts, across)
+    decoded = vl.usage["generated_tokens"]
+    assert want[4].endswith("t92 ") and vl.generate(prompts, Sampling(**vars(across) | {"loop_span": 12})) == want
+    assert vl.usage["generated_tokens"] - decoded == 3 * LOOP_CHUNK + 3 + 2 * LOOP_CHUNK
+
+
 def test_vllm_answers_about_images_like_hf(tmp_path):
     pytest.importorskip(
         "torchvision",

@@ -48,7 +48,8 @@ def evaluate_run(job: JobSpec, run: RunDir, device: str) -> dict:
     assert ev is not None
     fit = job.fitness
     judge = job.judge_model()
-    image_options = {k: getattr(fit, k) for k in TASK_OPTIONS if k not in ("prompt", "stop")}
+    # the evaluation keeps the protocol: every token decoded (a loop stop is a fitness setting)
+    image_options = {k: getattr(fit, k) for k in TASK_OPTIONS if k not in ("prompt", "stop", "loop_span")}
     kw = {"backend": ev.backend, "device": device, "data": ev.data, "limit": ev.limit,
           "max_new_tokens": ev.max_new_tokens, "prompt": fit.prompt, "stop": fit.stop,
           "prompt_version": ev.prompt_version, "dtype": job.dtype,

@@ -136,7 +136,9 @@ class TaskTokens:
 #: good merge writes 200-400 tokens, a broken one runs to the budget; fill 1.0 is the upper bound).
 #: The longest answer of a call (tens of items or more) is assumed to run to the budget: greedy
 #: decoding loops on a few items in every hundred, and a broken merge, common in a search's early
-#: generations, runs every answer to it.
+#: generations, runs every answer to it (bench/answer_loops.py: on SmolLM2-135M-Instruct and
+#: gemma-3-270m every answer of a 75-item call did, and with the loop stop the call's longest
+#: decoded answer still did: docs/design.md#answer-loops).
 #: ja-vqa: LLaVA-1.6's image (up to 5 tiles of 576 tokens; ~2,200 typical) and the question;
 #: short answers (~25 of 512 tokens; a call's longest assumed 0.2 of the budget), 5 beams.
 #: lm-loss: one forward over the text, nothing generated.
@@ -402,6 +404,9 @@ def _text_stage(spec: JobSpec, plan: Plan, st, profile: Profile, merged, out: Co
     notes: list[str] = ["every path at its longest (all slots on): an upper bound"] if dfs else []
     if dfs and backend == "vllm":
         notes.append("vLLM path model: eager (no CUDA graphs), not in the roofline")
+    if fit.loop_span:  # docs/design.md#answer-loops: measured to save tokens, not a call's longest answer
+        notes.append(f"loop stop at {fit.loop_span} tokens: answers caught in a loop decode less, "
+                     "not in the estimate (a call still waits for its longest answer)")  # fmt: skip
     kv_token = merged.kv_bytes_per_layer_token * (layers or _path_layers(plan, merged))
     context = prompt + generated
     beams = figures.beams

@@ -45,7 +45,7 @@ from evohub.spec.yamlio import Loc, dump_yaml, parse_yaml
 SCALE_MAX = 10.0
 
 #: the ``fitness`` fields a task may take (``Task.options``), passed to it by name
-TASK_OPTIONS = ("prompt", "stop", "judge", "steps", "guidance_scale", "image_size")
+TASK_OPTIONS = ("prompt", "stop", "loop_span", "judge", "steps", "guidance_scale", "image_size")
 #: the lock's name for the image judge's model (docs/design.md#image-fitness)
 JUDGE_MODEL = "judge"
 
@@ -184,6 +184,10 @@ class Fitness(Frozen):
     batch_size: int | None = Field(None, gt=0)
     prompt: str | None = Field(None, description="prompt template with {input}; default: the task's (the paper's)")
     stop: tuple[str, ...] | None = Field(None, description="stop strings; default: the task's (the paper's)")
+    loop_span: int | None = Field(
+        None, ge=6, description="stop an answer whose last this many tokens repeat one stretch verbatim (three times "
+        "or more) and write its loop on to the budget undecoded (docs/design.md#answer-loops); default: decode every token",
+    )  # fmt: skip
     #: text-to-image: the image judge, denoising steps, guidance scale and image size (pixels)
     judge: Annotated[str, registered(JUDGES)] | None = Field(None, description="text-to-image: the image judge")
     steps: int | None = Field(None, gt=0, description="text-to-image: denoising steps")

@@ -72,6 +72,33 @@ def make_mistral(
     return path
 
 
+def make_successor(path: str | Path, successor: dict[int, int], seed: int = 0, vocab: int = 128) -> Path:
+    """A tiny Mistral (with its tokenizer) whose greedy next token is ``successor[current]`` (the
+    current token's own id where unmapped), with a wide margin: its decoder layers add nothing
+    (output projections zero), so the last hidden state is the current token's embedding, and
+    its LM head's row for ``successor[i]`` is token i's normalised embedding. A cycle in
+    ``successor`` is an answer that loops for ever; a path to ``</s>`` (the last id) one that ends."""
+    from transformers import MistralForCausalLM
+
+    torch.manual_seed(seed)
+    model = MistralForCausalLM(mistral_config(vocab=vocab))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                p.zero_()
+        emb = model.model.embed_tokens.weight
+        emb.copy_(torch.randn_like(emb))
+        unit = emb / emb.pow(2).mean(-1, keepdim=True).sqrt()
+        head = torch.zeros_like(model.lm_head.weight)
+        for i in range(vocab):
+            head[successor.get(i, i)] += unit[i]
+        model.lm_head.weight.copy_(head)
+    path = Path(path)
+    model.save_pretrained(path)
+    save_tokenizer(path, vocab)
+    return path
+
+
 def make_llava(path: str | Path, lm: str | Path, seed: int = 0, noise: float = 0.02, next: bool = False) -> Path:
     """Save a tiny LLaVA whose language model is ``lm`` (a tiny Mistral dir) + noise: a CLIP
     vision tower at 32 px (patch 8, 16 image tokens), a projector, and a processor whose

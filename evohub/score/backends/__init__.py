@@ -36,7 +36,10 @@ Prompt = str | list[dict] | VisionPrompt
 
 @dataclass(frozen=True)
 class Sampling:
-    """Generation settings; temperature 0 is greedy, ``num_beams`` > 1 beam search (greedy)."""
+    """Generation settings; temperature 0 is greedy, ``num_beams`` > 1 beam search (greedy).
+    ``loop_span``: stop an answer whose last that many tokens repeat one period and write the
+    loop on to the budget undecoded (:mod:`evohub.score.loops`; greedy decoding; on vLLM, text
+    prompts only)."""
 
     max_new_tokens: int = 1024
     temperature: float = 0.0
@@ -45,6 +48,7 @@ class Sampling:
     seed: int = 0
     num_beams: int = 1
     repetition_penalty: float = 1.0
+    loop_span: int | None = None
 
 
 def new_usage() -> dict:
@@ -69,6 +73,16 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def written_out(tokens: Sequence[int], sampling: Sampling) -> list[int]:
+    """An answer's tokens as full decoding would have left them: with ``loop_span``, an answer
+    stopped in a loop has the loop written on to the budget (:func:`evohub.score.loops.continue_loop`)."""
+    from evohub.score.loops import continue_loop, loop_period
+
+    if sampling.loop_span and (period := loop_period(tokens, sampling.loop_span)) is not None:
+        return continue_loop(tokens, period, sampling.max_new_tokens)
+    return list(tokens)
+
+
 def render(tokenizer, prompt: Prompt) -> str:
     """The text a prompt is: as given, its image prompt's text, or chat messages through the
     tokenizer's chat template (with the generation prompt)."""
@@ -81,10 +95,12 @@ def render(tokenizer, prompt: Prompt) -> str:
 
 def continuation(tokenizer, prompt: list[int], new: list[int]) -> str:
     """The generated text as it continues the prompt: decoded in context, as vLLM's generate
-    does (a leading space that belongs to the first new token is kept)."""
+    does (a leading space that belongs to the first new token is kept, and the bytes of a
+    character the answer stopped in the middle of are left out, not shown as U+FFFD)."""
     head = tokenizer.decode(prompt, skip_special_tokens=True)
     full = tokenizer.decode(prompt + new, skip_special_tokens=True)
-    return full[len(head) :] if full.startswith(head) else tokenizer.decode(new, skip_special_tokens=True)
+    text = full[len(head) :] if full.startswith(head) else tokenizer.decode(new, skip_special_tokens=True)
+    return text.rstrip("\ufffd")
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

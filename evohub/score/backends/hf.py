@@ -36,7 +36,9 @@ from evohub.score.backends import (
     cut_at_stop,
     new_usage,
     render,
+    written_out,
 )
+from evohub.score.loops import loop_period
 
 #: how a model is loaded: ``native`` as its directory says (its kind's auto class and processor);
 #: ``llava`` as Sakana AI's released code loaded EvoVLM-JP (:func:`llava_model`, :func:`llava_processor`)
@@ -147,6 +149,30 @@ class _StopStrings:
         return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
 
 
+class _LoopStop:
+    """Stops a row once its new tokens end in a loop (:func:`evohub.score.loops.loop_period`)."""
+
+    def __init__(self, span: int, prompt_width: int):
+        self.span, self.width = span, prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        new = input_ids[:, self.width :]
+        if new.shape[1] < self.span:
+            return torch.zeros(new.shape[0], dtype=torch.bool, device=input_ids.device)
+        tails = new[:, -self.span :].tolist()
+        return torch.tensor([loop_period(t, self.span) is not None for t in tails], device=input_ids.device)
+
+
+def _stopping(sampling: Sampling, tokenizer, width: int) -> dict:
+    """The stopping criteria of ``sampling``: its stop strings, its loop stop."""
+    criteria = []
+    if sampling.stop:
+        criteria.append(_StopStrings(tokenizer, sampling.stop, width))
+    if sampling.loop_span:
+        criteria.append(_LoopStop(sampling.loop_span, width))
+    return {"stopping_criteria": transformers.StoppingCriteriaList(criteria)} if criteria else {}
+
+
 def _generation_kwargs(sampling: Sampling, pad: int) -> dict:
     greedy = sampling.temperature == 0
     kwargs = {
@@ -239,19 +265,22 @@ class HFBackend:
         finally:
             self.usage["generate_s"] += time.perf_counter() - start
 
-    def _count(self, prompt: int, new: list[int]) -> None:
+    def _count(self, prompt: int, new: list[int], sampling: Sampling) -> list[int]:
         """Count a row's prompt tokens and the tokens generated for it: up to its end of
-        sequence (counted) or its first padding (a row stopped early is padded)."""
+        sequence (counted) or its first padding (a row stopped early is padded). Returns the
+        row's answer tokens: as generated, or a row stopped in a loop with its loop written on
+        to the budget (:func:`~evohub.score.backends.written_out`)."""
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         n = len(new)
         for k, t in enumerate(new):
-            if t == eos:
-                n = k + 1
-                break
-            if t == pad:
+            if t in (eos, pad):
                 n = k
                 break
-        count_answer(self.usage, prompt, n)
+        if sampling.loop_span and loop_period(new[:n], sampling.loop_span) is not None:
+            count_answer(self.usage, prompt, n)  # stopped in its loop: it never ended (pad may be eos)
+            return written_out(new[:n], sampling)
+        count_answer(self.usage, prompt, n + 1 if n < len(new) and new[n] == eos else n)
+        return new
 
     @torch.no_grad()
     def _generate_text(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[str]:
@@ -269,15 +298,10 @@ class HFBackend:
             for row, i in enumerate(idx):  # left padding
                 ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
                 mask[row, width - len(encoded[i]) :] = 1
-            kwargs = _generation_kwargs(sampling, pad)
-            if sampling.stop:
-                kwargs["stopping_criteria"] = transformers.StoppingCriteriaList(
-                    [_StopStrings(self.tokenizer, sampling.stop, width)]
-                )
+            kwargs = _generation_kwargs(sampling, pad) | _stopping(sampling, self.tokenizer, width)
             gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
             for row, i in enumerate(idx):
-                new = gen[row, width:].tolist()
-                self._count(len(encoded[i]), new)
+                new = self._count(len(encoded[i]), gen[row, width:].tolist(), sampling)
                 out[i] = cut_at_stop(self._continuation(encoded[i], new), sampling.stop)
         return out
 
@@ -305,16 +329,12 @@ class HFBackend:
             if "pixel_values" in batch:
                 batch["pixel_values"] = batch["pixel_values"].to(self.model.dtype)
             width = batch["input_ids"].shape[1]
-            kwargs = _generation_kwargs(sampling, pad)
-            if sampling.stop:
-                kwargs["stopping_criteria"] = transformers.StoppingCriteriaList(
-                    [_StopStrings(self.tokenizer, sampling.stop, width)]
-                )
+            kwargs = _generation_kwargs(sampling, pad) | _stopping(sampling, self.tokenizer, width)
             gen = self.model.generate(**batch, **kwargs)
             mask = batch["attention_mask"]
             for row, i in enumerate(idx):
-                prompt, new = batch["input_ids"][row][mask[row].bool()].tolist(), gen[row, width:].tolist()
-                self._count(len(prompt), new)
+                prompt = batch["input_ids"][row][mask[row].bool()].tolist()
+                new = self._count(len(prompt), gen[row, width:].tolist(), sampling)
                 if self.loading == "llava":  # Sakana AI's: the new tokens alone, as batch_decode gives them
                     text = self.tokenizer.decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
                 else:

@@ -41,7 +41,9 @@ from evohub.score.backends import (
     cut_at_stop,
     new_usage,
     render,
+    written_out,
 )
+from evohub.score.loops import loop_period
 
 if TYPE_CHECKING:
     from evohub.spec import Recipe
@@ -49,6 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: vLLM refuses a utilisation above what is free; evohub never asks for more than this.
 MAX_UTILIZATION = 0.92
+#: with a loop stop, answers are decoded this many tokens a round: an answer caught in a loop
+#: decodes at most this many tokens past the point its loop shows
+LOOP_CHUNK = 64
 
 
 def free_utilization(device: str, reserve: int = 0, headroom: int = 1 << 30) -> float:
@@ -114,18 +119,59 @@ class VLLMBackend:
         inputs = [self._input(p) for p in prompts]
         if sampling.num_beams > 1:
             return self._beam_search(inputs, sampling)
-        params = SamplingParams(
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_new_tokens,
-            stop=list(sampling.stop) or None,
-            seed=sampling.seed,
-            repetition_penalty=sampling.repetition_penalty,
-        )
+        settings = {"temperature": sampling.temperature, "top_p": sampling.top_p, "stop": list(sampling.stop) or None,
+                    "seed": sampling.seed, "repetition_penalty": sampling.repetition_penalty}  # fmt: skip
+        if sampling.loop_span and not any("multi_modal_data" in i for i in inputs):
+            return self._generate_looped(inputs, sampling, settings)
+        params = SamplingParams(max_tokens=sampling.max_new_tokens, **settings)
         outs = self.llm.generate(inputs, params, use_tqdm=False)
         for o in outs:
             count_answer(self.usage, len(o.prompt_token_ids or ()), len(o.outputs[0].token_ids))
         return [o.outputs[0].text for o in outs]
+
+    def _generate_looped(self, inputs: list[dict], sampling: Sampling, settings: dict) -> list[str]:
+        """Greedy text generation with the loop stop (docs/design.md#answer-loops): the answers
+        are decoded :data:`LOOP_CHUNK` tokens at a time, each round continuing the unfinished
+        ones from their prompt and tokens so far (the prefix cache holds their KV); an answer
+        whose tokens end in a loop leaves the rounds and has its loop written on to the budget.
+        A stop string is looked for in the whole answer, so one across two rounds is found."""
+        from vllm import SamplingParams
+
+        budget, span = sampling.max_new_tokens, sampling.loop_span
+        prompts: list[list[int]] = [[] for _ in inputs]
+        new: list[list[int]] = [[] for _ in inputs]
+        looped: set[int] = set()
+        pending, first = list(range(len(inputs))), True
+        while pending:
+            todo = [inputs[i] if first else {"prompt_token_ids": prompts[i] + new[i]} for i in pending]
+            # every answer still pending has decoded the same rounds in full
+            params = SamplingParams(max_tokens=min(LOOP_CHUNK, budget - len(new[pending[0]])), **settings)
+            outs = self.llm.generate(todo, params, use_tqdm=False)
+            still = []
+            for i, o in zip(pending, outs, strict=True):
+                if first:
+                    prompts[i] = list(o.prompt_token_ids or ())
+                new[i] += o.outputs[0].token_ids
+                if o.outputs[0].finish_reason != "length" or len(new[i]) >= budget:
+                    continue  # ended: its end of sequence, a stop string, the budget
+                if loop_period(new[i], span) is not None:
+                    looped.add(i)
+                elif not self._stopped(prompts[i], new[i], sampling):
+                    still.append(i)
+            pending, first = still, False
+        out = []
+        for i, (p, n) in enumerate(zip(prompts, new, strict=True)):
+            count_answer(self.usage, len(p), len(n))
+            answer = written_out(n, sampling) if i in looped else n
+            out.append(cut_at_stop(continuation(self.tokenizer, p, answer), sampling.stop))
+        return out
+
+    def _stopped(self, prompt: list[int], new: list[int], sampling: Sampling) -> bool:
+        """Whether an answer's text so far holds a stop string (one across two rounds)."""
+        if not sampling.stop:
+            return False
+        text = continuation(self.tokenizer, prompt, new)
+        return cut_at_stop(text, sampling.stop) != text
 
     def _beam_search(self, inputs: list[dict], sampling: Sampling) -> list[str]:
         from vllm.sampling_params import BeamSearchParams

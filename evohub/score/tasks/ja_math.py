@@ -68,7 +68,7 @@ class JaMath:
     name = "ja-math"
     doc = "MGSM-JA protocol: greedy CoT, last number, right and answered in Japanese (acc_ja)"
     fitness_metric = "acc_ja"
-    options = ("prompt", "stop")
+    options = ("prompt", "stop", "loop_span")
     backends = ("vllm", "hf")
     max_new_tokens = MAX_NEW_TOKENS
     shown = ("acc_ja", "acc", "acc_ja_strict", "acc_strict")
@@ -85,9 +85,10 @@ class JaMath:
     def valid_answer(v) -> bool:
         return isinstance(v, int | float) and not isinstance(v, bool)
 
-    def __init__(self, prompt: str | None = None, stop: tuple[str, ...] | None = None):
+    def __init__(self, prompt: str | None = None, stop: tuple[str, ...] | None = None, loop_span: int | None = None):
         self.prompt = prompt or PROMPT
         self.stop = STOP if stop is None else tuple(stop)
+        self.loop_span = loop_span  # fitness only: the evaluation keeps the paper's protocol
 
     def check(self, rows: list[dict]) -> None:
         for i, r in enumerate(rows):
@@ -101,7 +102,8 @@ class JaMath:
         return [self.prompt.format(input=r["question"]) for r in rows]
 
     def run(self, backend, rows: list[dict], max_new_tokens: int | None = None, **_) -> Scored:
-        sampling = Sampling(max_new_tokens=max_new_tokens or MAX_NEW_TOKENS, temperature=0.0, stop=self.stop)
+        sampling = Sampling(max_new_tokens=max_new_tokens or MAX_NEW_TOKENS, temperature=0.0, stop=self.stop,
+                            loop_span=self.loop_span)  # fmt: skip
         outputs = backend.generate(self.prompts(rows), sampling)
         scored = score_outputs(outputs, [r["answer_number"] for r in rows])
         for s, r in zip(scored.samples, rows, strict=True):
