@@ -146,6 +146,8 @@ def test_the_loop_stop_keeps_every_answer_and_decodes_the_loops_only_to_their_sp
     # a stop string inside the written-out loop cuts it as it cuts full decoding
     stop = Sampling(max_new_tokens=40, stop=("t20 t21 t22 t20 t21 t22 t20 t21 t22 t20 t21 t22 t20",))
     assert be.generate(LOOP_PROMPTS, stop) == be.generate(LOOP_PROMPTS, Sampling(**vars(stop) | {"loop_span": 6}))
+    with pytest.raises(ValueError, match="temperature 0"):  # a sampled answer need not go on looping
+        Sampling(temperature=0.7, loop_span=12)
 
 
 def test_ja_math_passes_its_loop_span_to_the_backend():

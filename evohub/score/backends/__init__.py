@@ -50,6 +50,10 @@ class Sampling:
     repetition_penalty: float = 1.0
     loop_span: int | None = None
 
+    def __post_init__(self):
+        if self.loop_span and (self.temperature != 0 or self.num_beams > 1):
+            raise ValueError("loop_span writes a loop on as greedy decoding would: it needs temperature 0, one beam")
+
 
 def new_usage() -> dict:
     """A backend's running count of what it generated: prompt tokens read, tokens generated and
