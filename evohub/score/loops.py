@@ -19,9 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-#: the span the job specs use when they turn loop stopping on (docs/design.md#answer-loops)
-DEFAULT_SPAN = 96
-
 
 def loop_period(tokens: Sequence[int], span: int) -> int | None:
     """The smallest period ``p`` (at most ``span // 3``) with which the last ``span`` of
