@@ -77,14 +77,15 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def written_out(tokens: Sequence[int], sampling: Sampling) -> list[int]:
-    """An answer's tokens as full decoding would have left them: with ``loop_span``, an answer
-    stopped in a loop has the loop written on to the budget (:func:`evohub.score.loops.continue_loop`)."""
+def written_out(tokens: Sequence[int], sampling: Sampling) -> list[int] | None:
+    """An answer stopped in a loop as full decoding would have left it: its tokens with the loop
+    written on to the budget (:func:`evohub.score.loops.continue_loop`); None when ``sampling`` has
+    no ``loop_span`` or the tokens do not end in a loop."""
     from evohub.score.loops import continue_loop, loop_period
 
     if sampling.loop_span and (period := loop_period(tokens, sampling.loop_span)) is not None:
         return continue_loop(tokens, period, sampling.max_new_tokens)
-    return list(tokens)
+    return None
 
 
 def render(tokenizer, prompt: Prompt) -> str:

@@ -276,9 +276,9 @@ class HFBackend:
             if t in (eos, pad):
                 n = k
                 break
-        if sampling.loop_span and loop_period(new[:n], sampling.loop_span) is not None:
+        if (looped := written_out(new[:n], sampling)) is not None:
             count_answer(self.usage, prompt, n)  # stopped in its loop: it never ended (pad may be eos)
-            return written_out(new[:n], sampling)
+            return looped
         count_answer(self.usage, prompt, n + 1 if n < len(new) and new[n] == eos else n)
         return new
 

@@ -43,7 +43,6 @@ from evohub.score.backends import (
     render,
     written_out,
 )
-from evohub.score.loops import loop_period
 
 if TYPE_CHECKING:
     from evohub.spec import Recipe
@@ -137,10 +136,10 @@ class VLLMBackend:
         A stop string is looked for in the whole answer, so one across two rounds is found."""
         from vllm import SamplingParams
 
-        budget, span = sampling.max_new_tokens, sampling.loop_span
+        budget = sampling.max_new_tokens
         prompts: list[list[int]] = [[] for _ in inputs]
         new: list[list[int]] = [[] for _ in inputs]
-        looped: set[int] = set()
+        written: dict[int, list[int]] = {}  # the answers stopped in a loop, written on to the budget
         pending, first = list(range(len(inputs))), True
         while pending:
             todo = [inputs[i] if first else {"prompt_token_ids": prompts[i] + new[i]} for i in pending]
@@ -154,16 +153,15 @@ class VLLMBackend:
                 new[i] += o.outputs[0].token_ids
                 if o.outputs[0].finish_reason != "length" or len(new[i]) >= budget:
                     continue  # ended: its end of sequence, a stop string, the budget
-                if loop_period(new[i], span) is not None:
-                    looped.add(i)
+                if (looped := written_out(new[i], sampling)) is not None:
+                    written[i] = looped
                 elif not self._stopped(prompts[i], new[i], sampling):
                     still.append(i)
             pending, first = still, False
         out = []
         for i, (p, n) in enumerate(zip(prompts, new, strict=True)):
             count_answer(self.usage, len(p), len(n))
-            answer = written_out(n, sampling) if i in looped else n
-            out.append(cut_at_stop(continuation(self.tokenizer, p, answer), sampling.stop))
+            out.append(cut_at_stop(continuation(self.tokenizer, p, written.get(i, n)), sampling.stop))
         return out
 
     def _stopped(self, prompt: list[int], new: list[int], sampling: Sampling) -> bool:
