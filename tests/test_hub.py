@@ -269,6 +269,7 @@ def _ledger(tokens: bool = True) -> tuple[list[dict], dict[str, list[dict]]]:
     cost = {
         "prompt_tokens": 100,
         "longest_tokens": 5,
+        "steps": 4,
         "merge_s": 1.0,
         "generate_s": 8.0,
         "score_s": 1.0,
@@ -303,9 +304,9 @@ def test_stage_costs_come_from_the_matrix_else_the_checkpoint_else_the_rows():
     # the matrix counts the reference and the audit calls that candidates.jsonl does not
     # (a call's longest answer sums over calls: divided by them, the mean longest answer of a call)
     assert ps == {"calls": 6, "items": 80, "prompt_tokens": 600, "generated_tokens": 230, "longest_tokens": 30,
-                  "merge_s": 6.0, "generate_s": 48.0, "score_s": 6.0, "seconds": 60.0}  # fmt: skip
+                  "steps": 24, "merge_s": 6.0, "generate_s": 48.0, "score_s": 6.0, "seconds": 60.0}  # fmt: skip
     kept = {"calls": 5, "items": 70, "prompt_tokens": 500, "generated_tokens": 227, "longest_tokens": 25,
-            "merge_s": 5.0, "generate_s": 40.0, "score_s": 5.0, "seconds": 50.0}  # fmt: skip
+            "steps": 20, "merge_s": 5.0, "generate_s": 40.0, "score_s": 5.0, "seconds": 50.0}  # fmt: skip
     assert summarize("ps", rows, None, checkpoint={"generation": 2, "cost": kept}).cost == kept
     from_rows = summarize("dfs", rows, None).cost  # no matrix, no checkpoint: the rows summed
     assert from_rows["items"] == 40 and from_rows["generated_tokens"] == 22000 and from_rows["seconds"] == 40.0
@@ -329,7 +330,7 @@ def test_results_cost_is_labelled_by_device_and_the_card_states_the_totals():
     assert cost["stages"]["ps"]["gpu_seconds"] == 60.0 and "seconds" not in cost["stages"]["ps"]
     assert cost["total"] | {"validation": None} == {
         "calls": 10, "items": 120, "prompt_tokens": 1000, "generated_tokens": 22230, "longest_tokens": 50,
-        "merge_s": 10.0, "generate_s": 80.0, "score_s": 10.0, "gpu_seconds": 100.0, "validation": None}  # fmt: skip
+        "steps": 40, "merge_s": 10.0, "generate_s": 80.0, "score_s": 10.0, "gpu_seconds": 100.0, "validation": None}  # fmt: skip
     assert cost["total"]["validation"]["gpu_seconds"] == 400.0 and cost["stages"]["dfs"]["validation"]["items"] == 5
     assert json.loads(json.dumps(cost)) == cost  # results.json holds it as is
     assert "cpu_seconds" in run_cost(stages, "cpu")["total"]

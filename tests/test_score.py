@@ -163,6 +163,51 @@ def test_ja_math_passes_its_loop_span_to_the_backend():
     assert be.sampling.loop_span is None
 
 
+def test_workers_start_their_vllm_engine_with_the_jobs_drafts(tmp_path, monkeypatch):
+    """fitness.draft_tokens reaches the engine a worker starts, in both search stages (the vLLM tier
+    checks what the engines do with it: tests/test_vllm.py)."""
+    from tiny import make_mistral
+
+    import evohub.score.backends.vllm as vllm_backend
+    import evohub.score.backends.vllm_path as vllm_path
+    from evohub.evolve.genome import DFSGenome, PSGenome
+    from evohub.evolve.worker import Worker, WorkerSpec
+    from evohub.score.backends import new_usage
+    from evohub.spec import DFSSearch, Fitness, ModelRef, PSSearch
+
+    started = []
+
+    class Engine:  # records what it was started with; merges and paths are no-ops
+        def __init__(self, *args, **kwargs):
+            started.append(kwargs.get("draft_tokens"))
+            self.usage = new_usage()
+
+        def resident(self, *args):
+            return {}
+
+        def merge(self, recipe):
+            return {}
+
+        def set_path(self, path, scales):
+            pass
+
+    monkeypatch.setattr(vllm_backend, "VLLMBackend", Engine)
+    monkeypatch.setattr(vllm_path, "VLLMPathBackend", Engine)
+    base = make_mistral(tmp_path / "base", tokenizer=True)
+    a, b = (make_mistral(tmp_path / n, seed=i, base=base) for i, n in ((1, "a"), (2, "b")))
+    ps = PSGenome(search=PSSearch(method="task_arithmetic", optimizer={"generations": 1}),
+                  sources=(ModelRef(path=str(a)), ModelRef(path=str(b))), base=ModelRef(path=str(base)), seed=0,
+                  dtype="float32", tokenizer_source="base")  # fmt: skip
+    dfs = DFSGenome(search=DFSSearch(a="a", b="b", optimizer={"generations": 1}), layers_a=2, layers_b=2,
+                    a=ModelRef(path=str(a)), b=ModelRef(path=str(b)), base=None, seed=0, dtype="float32")  # fmt: skip
+    (tmp_path / "rows.jsonl").write_text('{"question": "t1 t2", "answer_number": 2}\n')
+    for k in (4, None):
+        fit = Fitness(task="ja-math", data={"path": str(tmp_path / "rows.jsonl")}, backend="vllm", draft_tokens=k)
+        Worker(WorkerSpec("ps", ps, fit, 0, "float32", tuple(map(str, (base, a, b))), tokenizer_dir=str(base)))
+        Worker(WorkerSpec("dfs", dfs, fit, 0, "float32", (str(a), str(b))))
+    assert started == [4, 4, None, None]
+
+
 def test_cli_rescores_predictions(tmp_path, run_cli):
     p = tmp_path / "pred.jsonl"
     p.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in [

@@ -201,6 +201,13 @@ JOB_CASES = [
     ),
     (('split: "train[:8]"', 'split: "train[:8"'), 18, "fitness.data.split", "not a split"),
     (("task: ja-math", "task: math"), 17, "fitness.task", "unknown fitness task 'math'"),
+    (
+        ("task: ja-math", "task: ja-math\n  backend: hf\n  draft_tokens: 4"),
+        19,
+        "fitness.draft_tokens",
+        "drafts are vLLM's speculative decoding: set 'backend: vllm'",
+    ),
+    (("task: ja-math", "task: ja-math\n  draft_tokens: 9"), 18, "fitness.draft_tokens", "less than or equal to 8"),
     (("seed: 3", "seed: three"), 3, "seed", "integer"),
     (("dtype: float32", "dtype: [float32"), 9, "dtype", "YAML syntax"),
     (("seed: 3", "seed: 3\nseed: 4"), 4, "seed", "duplicate key"),

@@ -5,6 +5,7 @@ vLLM runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), on the CPU, with a smal
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -149,6 +150,42 @@ def test_vllm_loop_stop_keeps_the_texts_of_full_decoding_and_decodes_a_round_a_l
     decoded = vl.usage["generated_tokens"]
     assert want[4].endswith("t92 ") and vl.generate(prompts, Sampling(**vars(across) | {"loop_span": 12})) == want
     assert vl.usage["generated_tokens"] - decoded == 3 * LOOP_CHUNK + 3 + 2 * LOOP_CHUNK
+
+
+def test_drafted_answers_are_full_decodings_texts_in_fewer_steps_and_a_call_waits_for_its_longest(tmp_path):
+    """n-gram drafts (docs/design.md#drafted-answers), on a model whose next token is a fixed
+    function of the current one: the same texts as full decoding; a looping answer's loop is
+    drafted from its earlier period, one that never repeats takes a step a token."""
+    from tiny import make_successor
+
+    from evohub.score.backends import Sampling
+    from evohub.score.backends.hf import HFBackend
+    from evohub.score.backends.vllm import VLLMBackend
+    from evohub.score.backends.vllm_path import VLLMPathBackend
+
+    chain = {1: 2, 2: 3, 3: 4, 4: 1, 20: 21, 21: 22, 22: 20} | {i: i + 1 for i in range(29, 200)}
+    a = make_successor(tmp_path / "a", chain, vocab=256)
+    budget, full = 64, Sampling(max_new_tokens=64)
+    loop, chained = ["t5 t1"], ["t29"]  # t2 t3 t4 t1 t2 ... for ever; t30 t31 ... t93, no token twice
+    hf = HFBackend.load(a)
+    vl = VLLMBackend(a, dtype="float32", max_model_len=256, enforce_eager=True, draft_tokens=4)
+    steps = []
+    for prompts in (loop, chained, loop + chained + ["t20"]):
+        before = vl.usage["steps"]
+        assert vl.generate(prompts, full) == hf.generate(prompts, full)
+        steps.append(vl.usage["steps"] - before)
+    # the loop's first 4 tokens have nothing earlier to draft from (t1 then drafts from the prompt's
+    # t1): 4 steps, then 4 drafts + 1 token a step; the chain one a step a token; a call its longest
+    assert steps == [4 + -(-(budget - 4) // 5), budget, budget]
+    del vl
+    gc.collect()
+    # the data-flow path model drafts too (its layers add nothing here: the path is the successor)
+    b = make_successor(tmp_path / "b", chain, seed=1, vocab=256)
+    path = VLLMPathBackend(a, b, hops=4, dtype="float32", max_model_len=256, draft_tokens=4)
+    path.set_path([("a", 0), ("b", 1)], [1.0, 1.5])
+    before = path.usage["steps"]
+    assert path.generate(loop, full) == hf.generate(loop, full) and path.usage["steps"] - before == steps[0]
+    path.close()
 
 
 def test_vllm_answers_about_images_like_hf(tmp_path):

@@ -28,10 +28,12 @@ from evohub.files import append_jsonl, read_jsonl
 
 #: what one scoring call costs; rows of the matrix and of candidates.jsonl carry these fields.
 #: ``longest_tokens`` is a call's longest answer: a call decodes that many steps, and summed over
-#: calls, divided by them, it is the mean a cost model's "longest answer of a call" stands for
-COST_FIELDS = ("items", "prompt_tokens", "generated_tokens", "longest_tokens", "merge_s", "generate_s", "score_s",
-               "seconds")  # fmt: skip
-_INT_FIELDS = frozenset({"items", "prompt_tokens", "generated_tokens", "longest_tokens", "calls"})
+#: calls, divided by them, it is the mean a cost model's "longest answer of a call" stands for;
+#: ``steps`` are the decode steps the call ran (vLLM: engine steps, fewer than the longest answer's
+#: tokens with drafts; hf: each batch's new-token width, summed)
+COST_FIELDS = ("items", "prompt_tokens", "generated_tokens", "longest_tokens", "steps", "merge_s", "generate_s",
+               "score_s", "seconds")  # fmt: skip
+_INT_FIELDS = frozenset({"items", "prompt_tokens", "generated_tokens", "longest_tokens", "steps", "calls"})
 
 
 def totals(rows: Iterable[dict]) -> dict:

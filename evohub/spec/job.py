@@ -188,6 +188,11 @@ class Fitness(Frozen):
         None, ge=6, description="stop an answer whose last this many tokens repeat one stretch verbatim (three times "
         "or more) and write its loop on to the budget undecoded (docs/design.md#answer-loops); default: decode every token",
     )  # fmt: skip
+    draft_tokens: int | None = Field(
+        None, ge=1, le=8, description="vLLM: speculative decoding with up to this many tokens a step drafted from "
+        "earlier stretches of the prompt and answer, verified in the step (docs/design.md#drafted-answers); the same "
+        "greedy answers in fewer steps; default: off",
+    )  # fmt: skip
     #: text-to-image: the image judge, denoising steps, guidance scale and image size (pixels)
     judge: Annotated[str, registered(JUDGES)] | None = Field(None, description="text-to-image: the image judge")
     steps: int | None = Field(None, gt=0, description="text-to-image: denoising steps")
@@ -489,6 +494,8 @@ def _fitness_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:
     for option in (*TASK_OPTIONS, "judge_model"):
         if getattr(fit, option) is not None and option not in task.options:
             yield ("fitness", option), f"{fit.task} takes no {option!r}"
+    if fit.draft_tokens and fit.backend != "vllm":
+        yield ("fitness", "draft_tokens"), "drafts are vLLM's speculative decoding: set 'backend: vllm'"
     if fit.limit and fit.minibatch and fit.minibatch > fit.limit:
         yield ("fitness", "minibatch"), f"{fit.minibatch} is larger than 'limit' ({fit.limit})"
     yield from _estimator_problems(j, task)

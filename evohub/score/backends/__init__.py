@@ -58,8 +58,9 @@ class Sampling:
 def new_usage() -> dict:
     """A backend's running count of what it generated: prompt tokens read, tokens generated and
     seconds spent generating (a worker takes the difference around each candidate), and the most
-    tokens one answer took (a running maximum: a worker sets it to 0 before each call)."""
-    return {"prompt_tokens": 0, "generated_tokens": 0, "generate_s": 0.0, "longest_tokens": 0}
+    tokens one answer took (a running maximum: a worker sets it to 0 before each call), and the
+    decode steps run (vLLM: engine steps; hf: each batch's new-token width)."""
+    return {"prompt_tokens": 0, "generated_tokens": 0, "generate_s": 0.0, "longest_tokens": 0, "steps": 0}
 
 
 def count_answer(usage: dict, prompt: int, generated: int) -> None:

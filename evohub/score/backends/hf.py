@@ -300,6 +300,7 @@ class HFBackend:
                 mask[row, width - len(encoded[i]) :] = 1
             kwargs = _generation_kwargs(sampling, pad) | _stopping(sampling, self.tokenizer, width)
             gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
+            self.usage["steps"] += gen.shape[1] - width
             for row, i in enumerate(idx):
                 new = self._count(len(encoded[i]), gen[row, width:].tolist(), sampling)
                 out[i] = cut_at_stop(self._continuation(encoded[i], new), sampling.stop)
@@ -331,6 +332,7 @@ class HFBackend:
             width = batch["input_ids"].shape[1]
             kwargs = _generation_kwargs(sampling, pad) | _stopping(sampling, self.tokenizer, width)
             gen = self.model.generate(**batch, **kwargs)
+            self.usage["steps"] += gen.shape[1] - width
             mask = batch["attention_mask"]
             for row, i in enumerate(idx):
                 prompt = batch["input_ids"][row][mask[row].bool()].tolist()
