@@ -121,29 +121,38 @@ def measure(args) -> dict:
     }  # fmt: skip
 
 
+def call_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments of one measured scoring call (this bench's and drafts.py's)."""
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--items", type=int, default=75, help="answers in the call (the nightly job's minibatch)")
+    parser.add_argument("--budget", type=int, default=1024, help="max new tokens (the paper's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--out", type=Path)
+
+
+def emit(result: dict, out: Path | None) -> None:
+    """Print ``result`` as JSON, and write it to ``out``."""
+    text = json.dumps(result, ensure_ascii=False, indent=1)
+    print(text)
+    if out:
+        out.write_text(text + "\n", encoding="utf-8")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert", help="write the wheels' GGUF models as safetensors directories")
     c.add_argument("--out", type=Path, required=True)
     m = sub.add_parser("measure", help="one scoring call, full and with the loop stop, on vLLM")
-    m.add_argument("--model", required=True)
-    m.add_argument("--items", type=int, default=75, help="answers in the call (the nightly job's minibatch)")
-    m.add_argument("--budget", type=int, default=1024, help="max new tokens (the paper's)")
+    call_args(m)
     m.add_argument("--span", type=int, default=96, help="the loop stop's loop_span")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--dtype", default="bfloat16")
-    m.add_argument("--out", type=Path)
     m.add_argument("--dump", type=Path, help="write every answer's tokens (full decoding) here")
     args = ap.parse_args(argv)
     if args.cmd == "convert":
         convert(args.out)
         return 0
-    result = measure(args)
-    text = json.dumps(result, ensure_ascii=False, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    emit(measure(args), args.out)
     return 0
 
 

@@ -8,8 +8,9 @@ where they occurred before, and verify them in one step. One call of Japanese wo
 (answer_loops.py's), the paper's prompt and stop strings, greedy, on vLLM:
 
 - full decoding (no drafts): every answer's tokens, texts and ja-math scores, seconds;
-- the same call with ``draft_tokens`` (evohub's VLLMBackend): texts and scores against full
-  decoding, the engine's steps, seconds;
+- the same call with ``draft_tokens`` (evohub's VLLMBackend), and with drafts and the loop stop
+  (``loop_span``, as ``jobs/evollm-jp-fast.yaml`` scores): texts and scores against full decoding,
+  the engine's steps (over the loop stop's rounds too), tokens decoded, seconds;
 - replaying vLLM's n-gram proposer (:func:`proposed`: the longest stretch of ``low``..``high``
   tokens ending the context that occurred earlier, its earliest occurrence, up to ``k`` tokens
   after it) over full decoding's answers: each answer's steps for every ``k`` and lookup range,
@@ -20,7 +21,7 @@ where they occurred before, and verify them in one step. One call of Japanese wo
   drafts.
 
     .venv-vllm/bin/python bench/drafts.py --model /tmp/lm/smollm2-135m-instruct \\
-        --out bench/results/drafts_smollm2.json          # about 6 min on 2 cores; gemma-3-270m 9 min
+        --out bench/results/drafts_smollm2.json          # about 12 min on 2 cores; gemma-3-270m 15 min
 
 (``answer_loops.py convert`` writes the models.)
 """
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 import time
@@ -123,58 +123,61 @@ def measure(args) -> dict:
     rows = questions(args.items, args.seed)
     task, numbers = JaMath(), [r["answer_number"] for r in rows]
     prompts = task.prompts(rows)
-    sampling = Sampling(max_new_tokens=args.budget, stop=STOP)
     runs = {}
-    for name, k in (("full", None), ("drafted", args.draft)):
+    for k in (None, args.draft):
         be = VLLMBackend(args.model, dtype=args.dtype, max_model_len=args.budget + 256, seed=0, draft_tokens=k)
-        if name == "full":  # the answers' token ids, for the replay
+        if k is None:  # the answers' token ids, for the replay
             from vllm import SamplingParams
 
             outs = be.llm.generate(prompts, SamplingParams(temperature=0, max_tokens=args.budget, stop=list(STOP)),
                                    use_tqdm=False)  # fmt: skip
             ids = [list(o.prompt_token_ids) for o in outs], [list(o.outputs[0].token_ids) for o in outs]
-        be.usage["steps"] = 0
-        start = time.perf_counter()
-        texts = be.generate(prompts, sampling)
-        seconds = time.perf_counter() - start
-        scored = task.score_outputs(texts, numbers)
-        runs[name] = {"texts": texts, "items": scored.items, "seconds": round(seconds, 1), "steps": be.usage["steps"],
-                      "generated_tokens": be.usage["generated_tokens"], "acc_ja": scored.metrics["acc_ja"]}  # fmt: skip
+            calls = {"full": None}
+        else:  # the nightly job's fitness: drafts, and drafts with its loop stop
+            calls = {"drafted": None} | ({"drafted_loop_stop": args.span} if args.span else {})
+        for name, span in calls.items():
+            runs[name] = _call(be, prompts, Sampling(max_new_tokens=args.budget, stop=STOP, loop_span=span), task,
+                               numbers)  # fmt: skip
         be.close()
         del be
         gc.collect()
     prompt_ids, answers = ids
     low, high = NGRAM_LOOKUP
     replayed = [len(replay(p, a, args.draft, low, high)) for p, a in zip(prompt_ids, answers, strict=True)]
-    full, drafted = runs["full"], runs["drafted"]
+    full = runs["full"]
     return {
         "model": Path(args.model).name, "items": args.items, "budget": args.budget, "seed": args.seed,
-        "draft_tokens": args.draft, "lookup": [low, high],
+        "draft_tokens": args.draft, "lookup": [low, high], "loop_span": args.span,
         "answers_at_budget": sum(len(a) >= args.budget for a in answers),
-        "full": {k: v for k, v in full.items() if k not in ("texts", "items")},
-        "drafted": {k: v for k, v in drafted.items() if k not in ("texts", "items")},
-        "same_text": sum(a == b for a, b in zip(full["texts"], drafted["texts"], strict=True)),
-        "same_score": sum(a == b for a, b in zip(full["items"], drafted["items"], strict=True)),
+        **{name: {k: v for k, v in r.items() if k not in ("texts", "items")}
+           | {"same_text": sum(a == b for a, b in zip(full["texts"], r["texts"], strict=True)),
+              "same_score": sum(a == b for a, b in zip(full["items"], r["items"], strict=True))}
+           for name, r in runs.items()},
         "replayed_call_steps": max(replayed), "replayed_steps_sorted_top5": sorted(replayed)[-5:],
         "figures": figures(prompt_ids, answers),
     }  # fmt: skip
 
 
+def _call(backend, prompts: list, sampling, task, numbers: list) -> dict:
+    """One scoring call on ``backend``: its texts, item scores, seconds, engine steps and tokens."""
+    backend.usage["steps"] = backend.usage["generated_tokens"] = 0
+    start = time.perf_counter()
+    texts = backend.generate(prompts, sampling)
+    seconds = time.perf_counter() - start
+    scored = task.score_outputs(texts, numbers)
+    return {"texts": texts, "items": scored.items, "seconds": round(seconds, 1), "steps": backend.usage["steps"],
+            "generated_tokens": backend.usage["generated_tokens"], "acc_ja": scored.metrics["acc_ja"]}  # fmt: skip
+
+
 def main(argv=None) -> int:
+    from answer_loops import call_args, emit
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--items", type=int, default=75, help="answers in the call (the nightly job's minibatch)")
-    ap.add_argument("--budget", type=int, default=1024, help="max new tokens (the paper's)")
+    call_args(ap)
     ap.add_argument("--draft", type=int, default=4, help="draft_tokens of the drafted call")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--span", type=int, default=96, help="the drafted call again with this loop_span (0: not)")
     args = ap.parse_args(argv)
-    result = measure(args)
-    text = json.dumps(result, ensure_ascii=False, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    emit(measure(args), args.out)
     return 0
 
 
