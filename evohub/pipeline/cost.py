@@ -171,7 +171,10 @@ class Drafts:
 #: gemma-3-270m (greedy, 1024 tokens, every answer at the budget), checked against the engine's own
 #: steps at 4 drafts; each figure the less favourable model's (gemma-3-270m's for all of them).
 #: A 7B model's answers are assumed to repeat themselves as much where they run to the budget,
-#: which is where a call's longest answer is (docs/design.md#drafted-answers).
+#: which is where a call's longest answer is (docs/design.md#drafted-answers). ``per_step`` and
+#: ``verified`` come from answers that all repeat; a model's chains of thought draft less, which
+#: moves throughput-bound calls (the audits), not a minibatch call's wait: with 1 token a step and 2
+#: verified, jobs/evollm-jp-fast.yaml's estimate is 2.71 H100-hours against 2.61.
 DRAFTS: dict[int, Drafts] = {
     1: Drafts(1, longest_steps=0.754, per_step=1.91, verified=1.045),
     2: Drafts(2, longest_steps=0.688, per_step=2.73, verified=1.092),
