@@ -137,8 +137,11 @@ class VLLMBackend:
     def _count_steps(self) -> None:
         """Count the engine's steps in ``usage["steps"]``: a call lasts as many steps as its
         longest answer takes (fewer than its tokens with drafts), each a read of the weights."""
-        engine = self.llm.llm_engine
-        step = engine.step
+        engine = getattr(self.llm, "llm_engine", None)
+        step = getattr(engine, "step", None)
+        if step is None:  # another vLLM's offline engine: the ledger's steps stay 0 (not counted)
+            log.warning("this vLLM's LLM has no llm_engine.step: decode steps are not counted")
+            return
 
         def counted():
             self.usage["steps"] += 1
