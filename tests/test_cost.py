@@ -335,6 +335,11 @@ def test_a_drafted_runs_steps_carry_to_a_job_with_the_same_drafts(tmp_path):
         cost.prefill_seconds(h100, P, "bfloat16", ps.prompt_tokens) + 90 * call
     )
     assert "a call's longest answer 300, 110 steps (measured in run" in " ".join(cost.cost_table(cp)[3][0].split())
+    # the measured steps decide the wait: from tokens it would be 300 x 0.67 steps a call
+    from dataclasses import replace
+
+    unmeasured = cost.estimate_cost(spec, plan, "h100", measured=replace(m, steps=None))
+    assert unmeasured.longest_steps is None and ps.generation_hours < unmeasured.stages[0].generation_hours
     (tmp_path / "plain").mkdir()
     plain = load_job(_job(tmp_path / "plain"))
     assert cost.estimate_cost(plain, make_plan(plain), "h100", measured=m).longest_steps is None
