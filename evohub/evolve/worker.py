@@ -211,7 +211,7 @@ class Worker:
             cost = {
                 "items": len(rows), "prompt_tokens": int(used["prompt_tokens"]),
                 "generated_tokens": int(used["generated_tokens"]), "longest_tokens": int(used["longest_tokens"]),
-                "steps": int(used.get("steps", 0)), "merge_s": round(merged - start, 4),
+                "steps": int(used["steps"]), "merge_s": round(merged - start, 4),
                 "generate_s": round(used["generate_s"], 4), "score_s": round(done - merged - used["generate_s"], 4),
             }  # fmt: skip
             metrics = dict(scored.metrics)

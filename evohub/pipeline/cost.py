@@ -485,7 +485,7 @@ def _text_stage(spec: JobSpec, plan: Plan, st, profile: Profile, merged, out: Co
     p_tokens, g_tokens = items * prompt, items * generated
     shape = {"profile": profile, "params": params, "dtype": spec.dtype, "batch": batch, "beams": beams,
              "kv_bytes_per_token": kv_token, "prompt": prompt, "generated": generated, "drafts": drafts}  # fmt: skip
-    decoding, note = _decoding(calls, shape, longest, out.longest_steps if backend == "vllm" else None)
+    decoding, note = _decoding(calls, shape, longest, out.longest_steps)  # set for a vLLM job only
     notes += [note] if note else []
     seconds = prefill_seconds(profile, params, spec.dtype, p_tokens) + decoding
     if backend == "hf":
