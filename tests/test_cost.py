@@ -53,9 +53,9 @@ def test_items_come_from_the_estimator_and_tokens_from_the_per_item_figures(tmp_
     mini = _cost(_job(tmp_path, "  minibatch: 20\n")).stages[0]
     assert mini.items == 90 * 20 and mini.generated_tokens == pytest.approx(90 * 20 * 1024 * ja.fill)
     irt = _cost(_job(tmp_path, "  estimator: irt\n")).stages[0]
-    # calibration: 3 references + generation 0 (9) on every item; then 30 anchors; audits of 2 on the pool
-    # after generation 10 and at the end
-    expected = (3 + 9) * ROWS + (90 - 9) * 30 + (10 // 10 + 1) * 2 * ROWS
+    # calibration: 3 references + generation 0 (9) on every item; then 30 anchors; one audit of 2 on the
+    # pool after generation 10, the last (the final audit is that one)
+    expected = (3 + 9) * ROWS + (90 - 9) * 30 + 1 * 2 * ROWS
     assert (
         irt.items
         == expected
@@ -65,7 +65,7 @@ def test_items_come_from_the_estimator_and_tokens_from_the_per_item_figures(tmp_
     )
     # fewer items, more calls (the calibration's references and the audits): with 100 items a call
     # every call lasts its longest answer, so the items saved save no time
-    assert irt.items < ps.items and irt.calls == 90 + 3 + 4 and irt.hours > ps.hours
+    assert irt.items < ps.items and irt.calls == 90 + 3 + 2 and irt.hours > ps.hours
     # the job's own prompt over local rows is measured (one token a character), with a short answer's fill
     own = _cost(_job(tmp_path, '  prompt: "Q {input} A "\n  max_new_tokens: 10\n'))
     mean_chars = sum(len(f"Q {i}+1 A ") for i in range(ROWS)) / ROWS
@@ -153,9 +153,9 @@ def test_merges_are_counted_per_call(tmp_path):
     full = _cost(_job(tmp_path)).stages[0]
     race = _cost(_job(tmp_path, "  estimator: race\n")).stages[0]
     mini = _cost(_job(tmp_path, "  estimator: minibatch\n  estimator_options: {size: 20}\n")).stages[0]
-    assert full.calls == 90 and mini.calls == 90 + (10 // 10 + 1) * 2
+    assert full.calls == 90 and mini.calls == 90 + 1 * 2  # one audit, after generation 10: the last
     # 100 rows in blocks of 32: a candidate races on 0.92 of them, a merge per block
-    assert race.calls == pytest.approx(90 * 100 * 0.92 / 32 + 4)
+    assert race.calls == pytest.approx(90 * 100 * 0.92 / 32 + 2)
     for s in (full, race, mini):
         assert s.merge_hours / s.calls == pytest.approx(full.merge_hours / 90)
     assert race.merge_hours > 2.5 * full.merge_hours
@@ -235,7 +235,7 @@ def test_cli_cost_json_refusal_and_cpu(tmp_path, run_cli):
     code, out, err = run_cli("plan", "--gpu", "h100", "--max-hours", f"{hours / 2:.3f}", job)
     assert code == 2 and "cost on one h100" in out
     (line,) = err.strip().splitlines()
-    assert line.startswith(f"{job}: estimated {hours:.1f} H100-hours for 130 evaluations exceeds the runner's")
+    assert line.startswith(f"{job}: estimated {hours:,.2f} H100-hours for 130 evaluations exceeds the runner's")
     assert f"{hours / 2:.3f}".rstrip("0") in line and "fitness.estimator" in line
     code, _, err = run_cli("plan", "--gpu", "h100", "--max-hours", f"{hours * 2:.3f}", job)
     assert code == 0, err
@@ -343,6 +343,61 @@ def test_a_drafted_runs_steps_carry_to_a_job_with_the_same_drafts(tmp_path):
     (tmp_path / "plain").mkdir()
     plain = load_job(_job(tmp_path / "plain"))
     assert cost.estimate_cost(plain, make_plan(plain), "h100", measured=m).longest_steps is None
+
+
+def test_measured_figures_leave_out_failed_calls_and_waves_and_fit_the_budget(tmp_path):
+    """A failed call scored no items; an audit's call of many items runs in waves, its steps not one
+    answer's (the medians ignore it); a job with a smaller budget waits for fewer steps."""
+    run = _measured_run(tmp_path, steps=True, fitness="  draft_tokens: 4\n")
+    more = [{"g": 1, "i": 0, "at": 1, "why": "fitness", "items": list(range(10)), "scores": None, "error": "OOM",
+             "prompt_tokens": 0, "generated_tokens": 0, "steps": 0},
+            {"g": 0, "i": 0, "at": 1, "why": "audit", "items": list(range(100)), "scores": [1.0] * 100,
+             "prompt_tokens": 4000, "generated_tokens": 20000, "longest_tokens": 400, "steps": 900}]  # fmt: skip
+    with open(run / "stages" / "ps" / "scores.jsonl", "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in more))
+    m = cost.measured_figures(run)
+    assert (m.prompt, m.generated, m.calls, m.longest, m.steps) == (40, 200, 4, 325, 115)
+    assert "(4 calls, 130 items)" in m.source
+    from evohub.evolve.matrix import totals
+
+    assert (
+        totals(json.loads(x) for x in (run / "stages" / "ps" / "scores.jsonl").read_text().splitlines())["items"] == 130
+    )  # the failed call's 10 items were not scored
+    spec = load_job(tmp_path / "job.yaml")
+    assert cost.estimate_cost(spec, make_plan(spec), "h100", measured=m).longest_steps == 115
+    short = tmp_path / "short.yaml"
+    short.write_text(
+        (tmp_path / "job.yaml").read_text().replace("  draft_tokens: 4\n", "  draft_tokens: 4\n  max_new_tokens: 200\n")
+    )
+    cp = cost.estimate_cost(load_job(short), make_plan(load_job(short)), "h100", measured=m)
+    assert cp.longest_tokens == 200 and cp.longest_steps == pytest.approx(115 * 200 / 325)
+
+
+def test_plan_limits_hold_for_every_stage_and_say_what_they_cannot_check(tmp_path, run_cli):
+    """--max-evals caps a stage with a wall-time budget too; --max-hours against no estimate, and
+    --max-evals or --measured on a GPU without a cost profile, stop in one line; hours of a
+    thousand read as such."""
+    job = _job(tmp_path)
+    timed = tmp_path / "timed.yaml"
+    timed.write_text(job.read_text().replace("max_evals: 90", "max_hours: 5"))
+    spec = load_job(timed)
+    assert cost.estimate_cost(spec, make_plan(spec), "h100").hours is None
+    capped = cost.estimate_cost(spec, make_plan(spec), "h100", max_evals=18)
+    assert capped.stages[0].evaluations == 18 and capped.stages[0].calls == 18 and capped.hours > 0
+    code, _, err = run_cli("plan", "--gpu", "h100", "--max-hours", "11", timed)
+    assert code == 2 and err.strip().splitlines() == [
+        f"{timed}: --max-hours 11: stage parameter_space has no estimate "
+        "(a wall-time budget: its evaluations are known at run time)"
+    ]
+    code, _, err = run_cli("plan", "--gpu", "h100", "--max-hours", "11", "--max-evals", "18", timed)
+    assert code == 0, err
+    for flag, value in (("--max-evals", "5"), ("--measured", str(tmp_path))):
+        code, _, err = run_cli("plan", "--gpu", "l40s", flag, value, job)
+        assert (
+            code == 2
+            and err.strip() == f"evohub: error: {flag}: no cost profile for l40s (profiles: h100, h200, a100, cpu)"
+        )
+    assert cost._hours(5670.4) == "5,670" and cost._hours(99.5) == "99.5" and cost._hours(0.05) == "0.05 (180 s)"
 
 
 def test_nightly_jobs_fit_the_runner_and_paper_exact_jobs_keep_full():

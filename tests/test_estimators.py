@@ -350,3 +350,95 @@ def test_the_winner_pools_each_finalists_fitness_and_validation_items():
     assert pick_winner(old, "none")["name"] == "b"  # a validation.json from before: validation alone
     with pytest.raises(RunError, match="none scored"):
         pick_winner([row("a", 0.4, 10, None, 0)], "none scored")
+
+
+@pytest.mark.parametrize("estimator", ["full", "minibatch", "irt"])
+def test_the_plan_counts_the_calls_a_whole_and_a_capped_stage_make(tmp_path, estimator):
+    """`evohub plan --max-evals N` plans a night as `evohub run --max-evals N` runs it: ``full`` stops
+    at the cap, an audited estimator ends the generation the cap falls in and audits only at the
+    stage's end (after generation 10 here: one audit, which is the final one)."""
+    from types import SimpleNamespace
+
+    from evohub.pipeline.cost import _stage_calls
+
+    job = spec(estimator, evals=60, **({"size": 24} if estimator == "minibatch" else {}))
+    st = SimpleNamespace(name="parameter_space", evaluations=60, popsize=6)
+    for name, cap in (("whole", None), ("capped", 9)):
+        run(tmp_path, job, name, max_evals=cap)
+        made = lines(tmp_path / name / "scores.jsonl")
+        evals, planned, _ = _stage_calls(job, st, N_ITEMS, "", cap, references=3)
+        assert evals == len(lines(tmp_path / name / "c.jsonl"))
+        audits = planned.pop() if ESTIMATORS.get(estimator).audited else Calls(0, N_ITEMS)
+        scored = [r for r in made if r["why"] != "audit"]
+        assert sorted((c.count, c.items) for c in planned if c.count) == sorted(
+            {(sum(len(r["items"]) == n for r in scored), n) for r in scored for n in [len(r["items"])]}
+        )
+        # an audit scores a candidate's items not yet scored: at most the pool
+        audited = [r for r in made if r["why"] == "audit"]
+        assert len(audited) == audits.count and all(len(r["items"]) <= audits.items for r in audited)
+    assert audits.count == 0 and len(lines(tmp_path / "whole" / "c.jsonl")) == 60
+
+
+def _timed(estimator: str, **options) -> JobSpec:
+    """A stage its time budget ends: 0.3 s of evaluation time, each synthetic call 0.01 s."""
+    d = spec(estimator, evals=600, **options).model_dump(mode="json")
+    d["parameter_space"]["optimizer"] |= {"max_evals": None, "max_hours": 0.3 / 3600}
+    return JobSpec.model_validate(d)
+
+
+@pytest.mark.parametrize("estimator", ["full", "minibatch"])
+def test_a_stage_its_time_budget_ended_resumes_as_it_ran(tmp_path, estimator):
+    """A process that dies after the stage (scoring the finalists, say) resumes it: the generations
+    replay their recorded time, so the budget ends the stage where it did, nothing is scored
+    again, and the optimiser's answer is the same (the whole matrix's time, counted from
+    generation 0, once ended it there: no candidate, or an untold optimiser's mean)."""
+    job = _timed(estimator, **({"size": 24, "audit_every": 4} if estimator == "minibatch" else {}))
+    first, _ = run(tmp_path, job, "r")
+    assert 2 < first.generations < 100
+    again, ev = run(tmp_path, job, "r")
+    assert not ev.calls
+    assert (again.best_fitness, again.best.genotype, again.generations, again.recommended) == (
+        first.best_fitness, first.best.genotype, first.generations, first.recommended)  # fmt: skip
+    if estimator == "minibatch":  # the final audit the budget called is in the checkpoint
+        ck = json.loads((tmp_path / "r" / "ck.json").read_text())
+        assert ck["best_fitness"] == first.best_fitness and ck["cost"] == totals(
+            json.loads(x) for x in (tmp_path / "r" / "scores.jsonl").read_text().splitlines()
+        )
+        assert set(ck["audited"]) == {f"{r['generation']}/{r['index']}" for r in first.ranked}
+
+
+class _RefsFail(Items):
+    """A world whose reference models cannot be scored (out of memory, a broken source)."""
+
+    def evaluate(self, batch, done):
+        for c in batch:
+            if c.generation < 0:
+                done(c, Outcome(None, {}, "CUDA out of memory", 0.01, None, {}))
+            else:
+                super().evaluate([c], done)
+
+
+def test_gmp_irt_without_a_scored_reference_stops_in_one_line(tmp_path):
+    with pytest.raises(RunError, match="gmp-irt combines the reference models' abilities, and no reference call"):
+        run(tmp_path, spec("gmp-irt", evals=30), "g", ev=_RefsFail())
+
+
+def test_the_too_few_right_warning_counts_what_irt_candidates_answered(tmp_path, caplog):
+    """IRT's fitness is a predicted full-set accuracy; the warning counts the anchors answered right
+    (at 0.15 of the world's chances generations 2-3 answer 2.3 of 24: no warning; at 0.1 generations
+    4-6 answer 1.3, 1.5, 1.0)."""
+    blind = re.compile(r"in generations (\d+)-(\d+) its candidates got ([\d.]+) of their (\d+) items right")
+    for scale, warned in ((0.15, False), (0.1, True)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="evohub"):
+            run(tmp_path, spec("irt", evals=60, anchors=24), f"i{scale}", ev=Floor(scale))
+        right: dict[int, list[float]] = {}
+        for r in ScoreMatrix(tmp_path / f"i{scale}" / "scores.jsonl").rows:
+            if r["why"] == "fitness" and r["g"] > 0:  # generation 0 is scored on every item
+                right.setdefault(r["g"], []).append(sum(r["scores"]))
+        said = [m for r in caplog.records if (m := blind.search(r.getMessage()))]
+        assert len(said) == warned
+        for m in said:
+            first, last = int(m[1]), int(m[2])
+            assert last - first == 2 and all(sum(right[g]) / len(right[g]) < 2 for g in range(first, last + 1))
+            assert float(m[3]) == pytest.approx(sum(right[last]) / len(right[last]), abs=0.05) and m[4] == "24"

@@ -390,3 +390,14 @@ def test_the_published_files_carry_each_stage_score_matrix_gzipped(tmp_path):
     again = publish_files(run, "card", {})["scores-ps.jsonl.gz"]
     assert files["scores-ps.jsonl.gz"] == again  # mtime 0: the same bytes
     assert run.score_rows("ps") == matrices["ps"]
+
+
+def test_an_audited_stages_best_fitness_is_its_best_full_set_score():
+    """A cheap estimator's fitness is an estimate (a 24-item minibatch can score 1.0): the summary's
+    best is the best full-set score its audits found (the checkpoint's ``audited``)."""
+    from evohub.pipeline.report import summarize
+
+    rows = [{"stage": "ps", "generation": 0, "index": k, "fitness": f} for k, f in enumerate((1.0, 0.75, 0.5))]
+    checkpoint = {"generation": 1, "estimator": "minibatch", "audited": {"0/0": 0.61, "0/1": 0.66}}
+    assert summarize("ps", rows, None, checkpoint).best_fitness == 0.66
+    assert summarize("ps", rows, None, {"generation": 1, "estimator": "full"}).best_fitness == 1.0

@@ -338,3 +338,14 @@ def test_job_method_options_reach_every_candidate_recipe(world: Path, run_cli):
     code, _out, err = run_cli("validate", bad)
     assert code == 2 and "parameter_space.options.epsilonx" in err and "has no option 'epsilonx'" in err
     assert "  options:" not in load(write(world, JOB, "plain.yaml")).to_yaml()  # existing specs read as before
+
+
+def test_drafts_are_refused_for_a_task_that_decodes_in_beams(tmp_path):
+    """vLLM's beam search runs without the n-gram drafts: a ja-vqa job asking for them is refused."""
+    text = re.sub(r"\n  backend: \w+", "", (REPO / "jobs" / "evovlm-jp.yaml").read_text())
+    job = tmp_path / "vqa.yaml"
+    job.write_text(text.replace("fitness:\n", "fitness:\n  backend: vllm\n  draft_tokens: 4\n"))
+    with pytest.raises(SpecError, match=r"fitness.draft_tokens: ja-vqa decodes with 5 beams, and vLLM's beam search"):
+        load_job(job)
+    job.write_text(text.replace("fitness:\n", "fitness:\n  backend: vllm\n"))
+    assert load_job(job).fitness.draft_tokens is None

@@ -83,8 +83,10 @@ def plan(args: argparse.Namespace) -> int:
 
         if args.gpu not in GPUS and args.gpu not in PROFILES:
             raise UsageError(f"--gpu {args.gpu!r}: unknown GPU (known: {', '.join([*GPUS, 'cpu'])})")
-        if args.max_hours and args.gpu not in PROFILES:
-            raise UsageError(f"--max-hours: no cost profile for {args.gpu} (profiles: {', '.join(PROFILES)})")
+        costed = [f for f, v in (("--max-hours", args.max_hours), ("--max-evals", args.max_evals),
+                                 ("--measured", args.measured)) if v]  # fmt: skip
+        if costed and args.gpu not in PROFILES:
+            raise UsageError(f"{costed[0]}: no cost profile for {args.gpu} (profiles: {', '.join(PROFILES)})")
         gp = gpu_plan(job, p, args.gpu) if args.gpu in GPUS else None
         measured = measured_figures(args.measured) if args.measured else None
         cost = estimate_cost(job, p, args.gpu, args.max_evals, measured) if args.gpu in PROFILES else None

@@ -38,14 +38,15 @@ _INT_FIELDS = frozenset({"items", "prompt_tokens", "generated_tokens", "longest_
 
 def totals(rows: Iterable[dict]) -> dict:
     """The summed cost of ``rows`` (matrix or candidates rows): ``calls`` and each of
-    :data:`COST_FIELDS` (a row without ``items`` counts the length of its item list)."""
+    :data:`COST_FIELDS` (a row without ``items`` counts the length of its item list; a failed
+    call's items were not scored, and count nothing)."""
     out: dict = {"calls": 0} | {k: 0 for k in COST_FIELDS}
     for r in rows:
         out["calls"] += 1
         for k in COST_FIELDS:
             v = r.get(k)
-            if k == "items" and isinstance(v, list):
-                v = len(v)
+            if k == "items" and (isinstance(v, list) or r.get("error") is not None):
+                v = 0 if r.get("error") is not None else len(v)
             out[k] += v or 0
     return {k: (int(v) if k in _INT_FIELDS else round(float(v), 4)) for k, v in out.items()}
 

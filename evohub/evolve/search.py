@@ -332,12 +332,21 @@ class _Signal:
         self.stage, self.pool, self.binary = stage, pool, binary
         self.streak, self.said = 0, False
 
-    def see(self, generation: int, rows: list[dict]) -> None:
-        ok = [r for r in rows if _ok(r["fitness"]) and r.get("items")]
-        if not self.binary or not ok or self.said:
+    def see(self, generation: int, matrix: ScoreMatrix, cands: list[Candidate]) -> None:
+        """Count the right answers of ``cands`` in this generation's fitness calls (what they were
+        scored on: an estimator's estimate, IRT's, may stand for more)."""
+        if not self.binary or self.said:
             return
-        items = max(r["items"] for r in ok)
-        right = sum(r["fitness"] * r["items"] for r in ok) / len(ok)
+        scored = []
+        for c in cands:
+            calls = [r for r in matrix.calls_of(c.generation, c.index) if r["why"] == "fitness"
+                     and r["at"] == c.generation and r.get("error") is None and r.get("scores")]  # fmt: skip
+            if calls:
+                scored.append((sum(sum(r["scores"]) for r in calls), sum(len(r["scores"]) for r in calls)))
+        if not scored:
+            return
+        items = max(n for _, n in scored)
+        right = sum(k for k, _ in scored) / len(scored)
         self.streak = self.streak + 1 if self.pool and items < self.pool and right < self.FEW_RIGHT else 0
         if self.streak == self.BLIND_AFTER:
             self.said = True
@@ -412,16 +421,28 @@ def run_stage(
     audit = _Audit(ctx, log, genome, options) if estimator.audited else None
     signal = _Signal(stage, len(ctx.pool) if ctx.pool is not None else None, scoring.item_binary)
 
-    def elapsed() -> float:  # evaluation time, resumed runs included: the matrix's, else the log's
-        return matrix.cost()["seconds"] if matrix.rows else sum(r.get("seconds", 0.0) for r in log.stage_rows(stage))
+    def elapsed(before: int) -> float:
+        """The evaluation time of the generations before ``before`` (their audits included): what
+        the run had spent there, so a resumed run replays its time budget as it was."""
+        if matrix.rows:
+            return sum(r.get("seconds") or 0.0 for r in matrix.rows if r["at"] < before)
+        return sum(r.get("seconds", 0.0) for r in log.stage_rows(stage) if r["generation"] < before)
+
+    def save(evaluated: int) -> None:  # checkpoint.json after a generation (or the final audit)
+        extra = {"estimator": scoring.estimator, "cost": matrix.cost()} | audited
+        _checkpoint(checkpoint, stage, generation, evaluated, pop, genome.dims, search, best, spent, extra)
 
     cap = len(log.stage_rows(stage)) + max_evals if max_evals else None  # this call's evaluations end here
-    generation, complete, spent = 0, True, elapsed()
+    generation, complete, spent = 0, True, 0.0
     best: tuple[float, Candidate] | None = None
+    audited: dict = {}
     while not (limit is not None and generation * pop >= limit):
         if _out_of_time(stage, budget, spent, generation * pop):
             if audit is not None and generation % audit.every:
                 audit.run(stage, generation - 1)  # the time budget ended it: the final audit
+                ranked = audit.full(stage)
+                best, audited, spent = _best(ranked, "full", genome), audit.state(ranked), elapsed(generation)
+                save(generation * pop)
             break
         if cap is not None and generation * pop >= cap:
             complete = False
@@ -433,14 +454,13 @@ def run_stage(
         n = min([pop] + [e - generation * pop for e in ends])  # the last generation may be cut
         cands = [Candidate(stage, generation, i, tuple(X[i]), genome.decode(X[i])) for i in range(n)]
         rows = _generation_rows(ctx, strategy, audit is not None, log, cands, generation)
-        signal.see(generation, rows)
+        signal.see(generation, matrix, cands)
         if n == pop:  # a cut generation ends the stage and is not told
             search.tell(X, _penalised([r.get("tell", r["fitness"]) for r in rows]),
                         [(r.get("metrics") or {}) if r.get("error") is None else {} for r in rows],
                         _item_scores(matrix, cands, rows, scoring.item_range) if kind.item_scores else None)  # fmt: skip
         generation += 1
         done = limit is not None and generation * pop - pop + n >= limit
-        audited = {}
         if audit is not None:
             if generation % audit.every == 0 or done:
                 audit.run(stage, generation - 1)
@@ -450,10 +470,8 @@ def run_stage(
         for c, r in zip(cands, rows, strict=True) if audit is None else ():
             if _ok(r["fitness"]) and (best is None or r["fitness"] > best[0]):
                 best = (r["fitness"], c)
-        spent = elapsed()
-        extra = {"estimator": scoring.estimator, "cost": matrix.cost()} | audited
-        _checkpoint(checkpoint, stage, generation, (generation - 1) * pop + n, pop, genome.dims, search, best,
-                    spent, extra)  # fmt: skip
+        spent = elapsed(generation)
+        save((generation - 1) * pop + n)
         if on_generation:
             on_generation(generation - 1, rows)
         if n < pop:

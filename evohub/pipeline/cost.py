@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -308,28 +309,33 @@ def _snapshot_splits(path: Path, config: str | None) -> dict[str, int]:
 @dataclass(frozen=True)
 class Measured:
     """Per-item token figures a run's ledger measured (``evohub plan --measured RUN``): what the
-    task's assumed figures stand for, counted over every scoring call of the run's stages."""
+    task's assumed figures stand for, counted over the scoring calls of the run's stages that
+    scored (a failed call's items were not)."""
 
     task: str
     prompt: float  # prompt tokens an item
     generated: float  # generated tokens an item
-    longest: float | None  # a call's longest answer (tokens), mean over calls; None: not recorded
+    longest: float | None  # a call's longest answer (tokens), median over calls; None: not recorded
     calls: int
     source: str
-    steps: float | None = None  # a call's decode steps, mean over calls; None: not recorded
+    steps: float | None = None  # a call's decode steps, median over calls; None: not recorded
     backend: str = "hf"  # the run's fitness backend
     draft_tokens: int | None = None  # the run's n-gram drafts
 
 
 def measured_figures(run_dir: str | Path) -> Measured:
-    """The token figures of the run in ``run_dir``, from its stages' score matrices. A run that
-    has scored nothing (or none of whose calls counted tokens) is refused in one line."""
+    """The token figures of the run in ``run_dir``, from its stages' score matrices: tokens an item
+    over the calls that scored, a call's longest answer and decode steps as their medians over
+    those calls (a few calls of many items, the audits', run in waves: their steps are not one
+    answer's, and do not move a median). A run that has scored nothing (or none of whose calls
+    counted tokens) is refused in one line."""
     from evohub.pipeline.rundir import RunDir
 
     run = RunDir(run_dir)
     if not run.holds_run():
         raise SpecError(f"--measured {run_dir}: not a run directory (no job.yaml)")
-    rows = [r for st in ("ps", "dfs") for r in run.score_rows(st) if r.get("items") and "generated_tokens" in r]
+    rows = [r for st in ("ps", "dfs") for r in run.score_rows(st)
+            if r.get("items") and "generated_tokens" in r and r.get("error") is None]  # fmt: skip
     items = sum(len(r["items"]) for r in rows)
     if not items:
         raise SpecError(f"--measured {run_dir}: its ledger (stages/*/scores.jsonl) has no scoring calls with tokens")
@@ -340,10 +346,10 @@ def measured_figures(run_dir: str | Path) -> Measured:
         task=fit.task,
         prompt=sum(r.get("prompt_tokens") or 0 for r in rows) / items,
         generated=sum(r["generated_tokens"] or 0 for r in rows) / items,
-        longest=sum(longest) / len(longest) if longest else None,
+        longest=statistics.median(longest) if longest else None,
         calls=len(rows),
         source=f"measured in {Path(run_dir).name} ({len(rows)} calls, {items} items)",
-        steps=sum(steps) / len(steps) if steps else None,
+        steps=statistics.median(steps) if steps else None,
         backend=fit.backend,
         draft_tokens=fit.draft_tokens,
     )
@@ -433,7 +439,10 @@ def estimate_cost(spec: JobSpec, plan: Plan, gpu: str, max_evals: int | None = N
                    longest_tokens=longest, figures_source=measured.source if measured else "assumed")  # fmt: skip
     same_engine = measured is not None and measured.backend == fit.backend == "vllm"
     if same_engine and measured.steps and measured.draft_tokens == fit.draft_tokens:  # type: ignore[union-attr]
-        out.longest_steps = measured.steps  # the engine's steps carry where the drafts are the same
+        # the engine's steps carry where the drafts are the same, as steps a token of the run's
+        # longest answer: a job with a smaller budget waits for fewer
+        share = 1.0 if not measured.longest else min(1.0, longest / measured.longest)  # type: ignore[union-attr]
+        out.longest_steps = measured.steps * share  # type: ignore[union-attr]
 
     def calls_of(st, references: int):
         return _stage_calls(spec, st, n_items, where, max_evals, references)
@@ -463,7 +472,8 @@ def _text_stage(spec: JobSpec, plan: Plan, st, profile: Profile, merged, out: Co
     notes: list[str] = ["every path at its longest (all slots on): an upper bound"] if dfs else []
     if dfs and backend == "vllm":
         notes.append("vLLM path model: eager (no CUDA graphs), not in the roofline")
-    drafts = DRAFTS[fit.draft_tokens] if fit.draft_tokens and backend == "vllm" else None
+    # vLLM's beam search does not draft (the spec refuses drafts for a task that decodes in beams)
+    drafts = DRAFTS[fit.draft_tokens] if fit.draft_tokens and backend == "vllm" and figures.beams == 1 else None
     if drafts is not None:
         notes.append(f"n-gram drafts ({drafts.tokens} a step): a call's longest answer in {drafts.longest_steps:.2f} "
                      "steps a token, as on real LMs' answers (docs/design.md#drafted-answers)")  # fmt: skip
@@ -547,16 +557,25 @@ UNET_EFFICIENCY = 0.25
 
 def _stage_calls(spec: JobSpec, st, n_items: int | None, where: str, max_evals: int | None,
                  references: int) -> tuple[int | None, list[Calls] | None, str | None]:  # fmt: skip
-    """(a stage's evaluations, capped by ``max_evals``; the scoring calls its estimator expects,
-    or None; why they are unknown: a wall-time budget, or the fitness set's size)."""
+    """(a stage's evaluations, capped by ``max_evals`` as a run caps them; the scoring calls its
+    estimator expects, or None; why they are unknown: a wall-time budget, or the fitness set's
+    size). A capped stage (``evohub run --max-evals``) stops at the cap, or for an audited
+    estimator at the end of the generation the cap falls in, without the final audit unless
+    that generation ends the stage (evolve/search.py)."""
     fit = spec.fitness
-    evals = st.evaluations if max_evals is None or st.evaluations is None else min(st.evaluations, max_evals)
+    estimator = ESTIMATORS.get(fit.estimator)
+    capped = max_evals is not None and (st.evaluations is None or max_evals < st.evaluations)
+    evals = max_evals if capped else st.evaluations
+    if capped and estimator.audited:  # whole generations: ranked together
+        evals = -(-evals // st.popsize) * st.popsize
+        if st.evaluations is not None:
+            evals = min(evals, st.evaluations)
     if evals is None or n_items is None:
         return evals, None, "a wall-time budget: its evaluations are known at run time" if evals is None else where
-    estimator = ESTIMATORS.get(fit.estimator)
     settings = estimator.settings(getattr(fit, "estimator_options", None) or {})
+    complete = st.evaluations is not None and evals >= st.evaluations
     inputs = PlanInputs(n_items=n_items, popsize=st.popsize, evaluations=evals, references=references,
-                        minibatch=fit.minibatch)  # fmt: skip
+                        minibatch=fit.minibatch, complete=complete)  # fmt: skip
     return evals, estimator.planned_calls(inputs, settings), None
 
 
@@ -635,7 +654,9 @@ def cost_markdown(cp: CostPlan) -> str:
 
 
 def _hours(h: float | None) -> str:
-    return "?" if h is None else f"{h:.3g}" + (f" ({h * 3600:.0f} s)" if h < 0.1 else "")
+    if h is None:
+        return "?"
+    return f"{h:,.0f}" if h >= 100 else f"{h:.3g}" + (f" ({h * 3600:.0f} s)" if h < 0.1 else "")
 
 
 def _sum(values) -> float | None:
@@ -644,9 +665,14 @@ def _sum(values) -> float | None:
 
 
 def over_limit(path: str, cp: CostPlan, max_hours: float) -> str | None:
-    """One line when the estimate exceeds ``max_hours`` (None: within it)."""
+    """One line when the estimate exceeds ``max_hours``, or when there is none to hold against it
+    (None: within it)."""
     total = cp.hours
-    if total is None or total <= max_hours:
+    if total is None:
+        st = next(s for s in cp.stages if s.hours is None)
+        why = f" ({st.notes[0]})" if st.notes else ""
+        return f"{path}: --max-hours {max_hours:g}: stage {st.stage} has no estimate{why}"
+    if total <= max_hours:
         return None
-    return (f"{path}: estimated {total:.1f} {cp.unit} for {cp.evaluations} evaluations exceeds the runner's "
+    return (f"{path}: estimated {total:,.2f} {cp.unit} for {cp.evaluations} evaluations exceeds the runner's "
             f"{max_hours:g} h limit; choose a cheaper fitness.estimator or cap the night's evaluations")  # fmt: skip

@@ -70,6 +70,8 @@ def summarize(
     (its checkpoint and score matrix rows, when given)."""
     rows = [r for r in rows if r["stage"] == stage]
     ok = [r["fitness"] for r in rows if r["fitness"] is not None]
+    # an audited estimator's fitness is an estimate: its best is the best audited full-set score
+    audited = [v for v in ((checkpoint or {}).get("audited") or {}).values() if v is not None]
     vals = [r["validation"] for r in validation or [] if r["validation"] is not None]
     return StageSummary(
         stage=stage,
@@ -77,7 +79,7 @@ def summarize(
         generations=len({r["generation"] for r in rows}),
         popsize=max((r["index"] for r in rows), default=-1) + 1,
         failed=len(rows) - len(ok),
-        best_fitness=max(ok) if ok else math.nan,
+        best_fitness=max(audited) if audited else max(ok) if ok else math.nan,
         validation=max(vals, default=None),
         cost=stage_cost(stage, rows, checkpoint, matrix),
         validation_cost=totals(validation) if validation and _has_ledger(validation) else None,

@@ -496,6 +496,11 @@ def _fitness_problems(j: JobSpec) -> Iterator[tuple[Loc, str]]:
             yield ("fitness", option), f"{fit.task} takes no {option!r}"
     if fit.draft_tokens and fit.backend != "vllm":
         yield ("fitness", "draft_tokens"), "drafts are vLLM's speculative decoding: set 'backend: vllm'"
+    elif fit.draft_tokens and getattr(task, "beams", 1) > 1:
+        yield (
+            ("fitness", "draft_tokens"),
+            f"{fit.task} decodes with {task.beams} beams, and vLLM's beam search does not draft",
+        )
     if fit.limit and fit.minibatch and fit.minibatch > fit.limit:
         yield ("fitness", "minibatch"), f"{fit.minibatch} is larger than 'limit' ({fit.limit})"
     yield from _estimator_problems(j, task)

@@ -43,6 +43,7 @@ class PlanInputs:
     evaluations: int
     references: int  # reference models the stage can score (the base and the sources of a PS stage)
     minibatch: int | None = None
+    complete: bool = True  # False: a capped night's share of the stage (no final audit)
 
 
 @dataclass
@@ -130,14 +131,17 @@ def planned_items(calls: Sequence[Calls]) -> float:
 
 
 def generations(inputs: PlanInputs) -> int:
-    """The stage's generations (at least one)."""
-    return max(1, inputs.evaluations // max(inputs.popsize, 1))
+    """The stage's generations, a last one cut short by the budget included (at least one)."""
+    return max(1, -(-inputs.evaluations // max(inputs.popsize, 1)))
 
 
 def audit_calls(inputs: PlanInputs, options: dict) -> Calls:
-    """The audits' calls: each scores ``audit_top`` candidates on the pool (a candidate already
-    scored in full costs nothing; counted in full here, an upper bound)."""
-    audits = generations(inputs) // int(options["audit_every"]) + 1
+    """The audits' calls: one every ``audit_every`` generations and, for a stage that ends, one
+    after its last (the same one when that is a multiple); each scores ``audit_top`` candidates
+    on the pool (a candidate already scored in full costs nothing; counted in full here, an upper
+    bound)."""
+    g, every = generations(inputs), int(options["audit_every"])
+    audits = g // every + (1 if inputs.complete and g % every else 0)
     return Calls(audits * int(options["audit_top"]), inputs.n_items)
 
 

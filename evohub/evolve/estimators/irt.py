@@ -151,6 +151,9 @@ class IRT:
             raise RunError(f"stage {ctx.stage}: the irt estimators need right/wrong item scores (0 or 1)")
         theta, alpha, beta = fit_items(Y, self.dims, ctx.seed)
         refs = np.asarray([theta[n] for n, k in enumerate(keys) if k[0] == -1])
+        if self.merged and not len(refs):
+            raise RunError(f"stage {ctx.stage}: gmp-irt combines the reference models' abilities, and no "
+                           "reference call scored (the score matrix's 'reference' rows say why)")  # fmt: skip
         self._fit = (keys, alpha, beta, refs, population(theta))
         return self._fit
 

@@ -51,6 +51,8 @@ class Task(Protocol):
     #: optional: every metric ``run`` reports, so the schema can check a multi-objective optimiser's
     #: ``objectives`` (a task without it is checked at its first outcome)
     # metrics: ClassVar[tuple[str, ...]]
+    #: optional: the beams the protocol decodes with (absent: one, greedy or sampled)
+    # beams: ClassVar[int]
     #: the range of one example's score in ``Scored.items`` (None: unbounded), and whether every
     #: one is 0 or 1: what the cheaper fitness estimators need (``Estimator.needs``)
     item_range: ClassVar[tuple[float, float] | None]

@@ -115,6 +115,7 @@ class JaVQA:
     options = ("prompt",)
     backends = ("vllm", "hf")
     max_new_tokens = SAMPLING.max_new_tokens
+    beams = SAMPLING.num_beams  # vLLM's beam search decodes without n-gram drafts (the spec says so)
     shown = ("rougeL", "rouge1", "rouge2")
     item_range, item_binary = (0.0, 100.0), False
     #: how the fitness metric is published (.eval_results, model-index): its scale and description
