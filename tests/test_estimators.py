@@ -442,3 +442,19 @@ def test_the_too_few_right_warning_counts_what_irt_candidates_answered(tmp_path,
             first, last = int(m[1]), int(m[2])
             assert last - first == 2 and all(sum(right[g]) / len(right[g]) < 2 for g in range(first, last + 1))
             assert float(m[3]) == pytest.approx(sum(right[last]) / len(right[last]), abs=0.05) and m[4] == "24"
+
+
+class _BigCallsFail(Items):
+    """Calls of more than 100 items fail (an audit's whole-pool call out of memory); minibatches fit."""
+
+    def evaluate(self, batch, done):
+        for c in batch:
+            if len(c.items) > 100:
+                done(c, Outcome(None, {}, "CUDA out of memory", 0.01, None, {}))
+            else:
+                super().evaluate([c], done)
+
+
+def test_a_stage_whose_audits_all_failed_says_so(tmp_path):
+    with pytest.raises(RunError, match="no audit scored a candidate on the whole item pool"):
+        run(tmp_path, spec("minibatch", evals=30, size=24), "m", ev=_BigCallsFail())

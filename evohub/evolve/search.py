@@ -487,6 +487,9 @@ def run_stage(
     if optimizer.objectives:  # a multi-objective stage: the best fitness on its final Pareto front
         front = front_rows(log.stage_rows(stage), optimizer.objectives, optimizer.select)
         best = _best(front, "fitness", genome) or best
+    if best is None and ranked is not None and any(_ok(r["fitness"]) for r in log.stage_rows(stage)):
+        raise RunError(f"stage {stage}: no audit scored a candidate on the whole item pool, and the winner is "
+                       f"chosen on such scores (the audit rows of {matrix.path} say why)")  # fmt: skip
     if best is None:
         raise RunError(f"stage {stage}: no candidate was evaluated successfully (see {log.path})")
     rec = search.recommend()
