@@ -232,8 +232,8 @@ class _Flaky:
         key = tuple(genotype)
         self.calls[key] = self.calls.get(key, 0) + 1
         if genotype[0] < 0.35 or (genotype[0] < 0.5 and self.calls[key] == 1):
-            return Outcome(None, {}, "RuntimeError: boom", 0.0)
-        return Outcome(-sum(genotype), {}, None, 0.0)
+            return Outcome(None, {}, "RuntimeError: boom", 1.5, cost={"merge_s": 0.5, "generated_tokens": 7})
+        return Outcome(-sum(genotype), {}, None, 1.0, cost={"merge_s": 0.25, "generated_tokens": 3})
 
 
 def test_failing_candidates_are_retried_once_then_recorded(world, tmp_path):
@@ -251,6 +251,9 @@ def test_failing_candidates_are_retried_once_then_recorded(world, tmp_path):
     assert all(r["error"] == "RuntimeError: boom" and r["fitness"] is None for r in always)
     assert all(r["error"] is None and r["fitness"] is not None for r in once)
     assert sum(flaky.calls.values()) == 30 + len(always) + len(once)  # each failure tried twice
+    # the ledger counts every attempt's time and tokens
+    assert all((r["seconds"], r["merge_s"], r["generated_tokens"]) == (3.0, 1.0, 14) for r in always)
+    assert all((r["seconds"], r["merge_s"], r["generated_tokens"]) == (2.5, 0.75, 10) for r in once)
     assert res.best_fitness == max(r["fitness"] for r in rows if r["fitness"] is not None)
 
 

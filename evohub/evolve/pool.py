@@ -13,11 +13,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from evohub.evolve.search import Candidate, Evaluator, Outcome
 from evohub.evolve.worker import Worker, WorkerSpec
 
 ATTEMPTS = 2  # a failing candidate is evaluated at most twice
+#: what an attempt's cost says of the attempt alone: the last one's items and longest answer
+_OWN = ("items", "longest_tokens")
+
+
+def after(earlier: Outcome | None, out: Outcome) -> Outcome:
+    """``out``, charged with what an ``earlier`` failed attempt at the same candidate spent (its
+    seconds, tokens, steps and stage seconds): the ledger and a time budget count every attempt."""
+    if earlier is None:
+        return out
+    cost = dict(out.cost)
+    for k, v in earlier.cost.items():
+        if k not in _OWN and isinstance(v, int | float):
+            cost[k] = cost.get(k, 0) + v
+    return replace(out, seconds=out.seconds + earlier.seconds, cost=cost)
 
 
 class InProcessPool(Evaluator):
@@ -31,8 +46,9 @@ class InProcessPool(Evaluator):
         if self._worker is None:
             self._worker = self.spec.build()
         for c in batch:
+            out = None
             for _ in range(ATTEMPTS):
-                out = self._worker.evaluate(c.genotype, c.recipe, c.items, c.split)
+                out = after(out, self._worker.evaluate(c.genotype, c.recipe, c.items, c.split))
                 if out.error is None:
                     break
             done(c, out)
@@ -81,6 +97,7 @@ class RayPool(Evaluator):
         ray = self._ray
         queue: list[tuple[Candidate, int]] = [(c, 0) for c in batch]
         pending: dict = {}  # ObjectRef -> (actor slot, candidate, attempt)
+        failed: dict[int, Outcome] = {}  # id(candidate) -> its failed attempt, while it is tried again
         free = list(range(len(self.actors)))
         while queue or pending:
             while queue and free:
@@ -99,7 +116,9 @@ class RayPool(Evaluator):
             except ray.exceptions.RayTaskError as e:
                 out = Outcome(None, {}, str(e).splitlines()[0], 0.0)
             free.append(slot)
+            out = after(failed.pop(id(c), None), out)
             if out.error is not None and attempt + 1 < ATTEMPTS:
+                failed[id(c)] = out
                 queue.append((c, attempt + 1))
             else:
                 done(c, out)
