@@ -57,6 +57,9 @@ STRATEGIES = {
     },
     # the stretch: 1/30 of full's tokens (16 items a generation, one audit of the 2 best at the end)
     "minibatch-16": {"estimator": "minibatch", "estimator_options": {"size": 16, "audit_every": 30}},
+    # the stretch at the paper's 1000 evaluations (--evals 1000): 24 items a generation, audits of the
+    # 2 best at generations 50 and 100, so that with the finalists' full-set scores it is under 1/30
+    "minibatch-24": {"estimator": "minibatch", "estimator_options": {"size": 24, "audit_every": 50}},
     "full-minibatch": {"minibatch": 107},  # the paper's rule: no audits
     "irt": {"estimator": "irt"},
     "gmp-irt": {"estimator": "gmp-irt"},
