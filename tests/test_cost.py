@@ -356,7 +356,8 @@ def test_measured_figures_leave_out_failed_calls_and_waves_and_fit_the_budget(tm
     with open(run / "stages" / "ps" / "scores.jsonl", "a") as f:
         f.write("".join(json.dumps(r) + "\n" for r in more))
     m = cost.measured_figures(run)
-    assert (m.prompt, m.generated, m.calls, m.longest, m.steps) == (40, 200, 4, 325, 115)
+    # the audit's call (longest 400, 900 steps) is left out of the medians: the 3 fitness calls'
+    assert (m.prompt, m.generated, m.calls, m.longest, m.steps) == (40, 200, 4, 300, 110)
     assert "(4 calls, 130 items)" in m.source
     from evohub.evolve.matrix import totals
 
@@ -364,13 +365,13 @@ def test_measured_figures_leave_out_failed_calls_and_waves_and_fit_the_budget(tm
         totals(json.loads(x) for x in (run / "stages" / "ps" / "scores.jsonl").read_text().splitlines())["items"] == 130
     )  # the failed call's 10 items were not scored
     spec = load_job(tmp_path / "job.yaml")
-    assert cost.estimate_cost(spec, make_plan(spec), "h100", measured=m).longest_steps == 115
+    assert cost.estimate_cost(spec, make_plan(spec), "h100", measured=m).longest_steps == 110
     short = tmp_path / "short.yaml"
     short.write_text(
         (tmp_path / "job.yaml").read_text().replace("  draft_tokens: 4\n", "  draft_tokens: 4\n  max_new_tokens: 200\n")
     )
     cp = cost.estimate_cost(load_job(short), make_plan(load_job(short)), "h100", measured=m)
-    assert cp.longest_tokens == 200 and cp.longest_steps == pytest.approx(115 * 200 / 325)
+    assert cp.longest_tokens == 200 and cp.longest_steps == pytest.approx(110 * 200 / 300)
 
 
 def test_plan_limits_hold_for_every_stage_and_say_what_they_cannot_check(tmp_path, run_cli):
@@ -397,6 +398,17 @@ def test_plan_limits_hold_for_every_stage_and_say_what_they_cannot_check(tmp_pat
             code == 2
             and err.strip() == f"evohub: error: {flag}: no cost profile for l40s (profiles: h100, h200, a100, cpu)"
         )
+    # a night capped inside the first stage ends there (`evohub run --max-evals` returns): the
+    # data-flow stage waits for a later night
+    (tmp_path / "two").mkdir()
+    two = load_job(_job(tmp_path / "two", dfs=True))
+    night = cost.estimate_cost(two, make_plan(two), "h100", max_evals=50)
+    assert [(s.evaluations, s.calls) for s in night.stages] == [(50, 50), (0, 0)]
+    assert night.stages[1].notes == ["not reached with --max-evals 50: the run stops in stage parameter_space first"]
+    both = cost.estimate_cost(two, make_plan(two), "h100", max_evals=100)
+    assert [s.evaluations for s in both.stages] == [90, 40] and both.hours == cost.estimate_cost(
+        two, make_plan(two), "h100"
+    ).hours
     assert cost._hours(5670.4) == "5,670" and cost._hours(99.5) == "99.5" and cost._hours(0.05) == "0.05 (180 s)"
 
 

@@ -232,8 +232,10 @@ class _Flaky:
         key = tuple(genotype)
         self.calls[key] = self.calls.get(key, 0) + 1
         if genotype[0] < 0.35 or (genotype[0] < 0.5 and self.calls[key] == 1):
-            return Outcome(None, {}, "RuntimeError: boom", 1.5, cost={"merge_s": 0.5, "generated_tokens": 7})
-        return Outcome(-sum(genotype), {}, None, 1.0, cost={"merge_s": 0.25, "generated_tokens": 3})
+            return Outcome(None, {}, "RuntimeError: boom", 1.5,
+                           cost={"merge_s": 0.5, "generated_tokens": 7, "longest_tokens": 5, "items": 9})  # fmt: skip
+        return Outcome(-sum(genotype), {}, None, 1.0,
+                       cost={"merge_s": 0.25, "generated_tokens": 3, "longest_tokens": 2, "items": 4})  # fmt: skip
 
 
 def test_failing_candidates_are_retried_once_then_recorded(world, tmp_path):
@@ -251,10 +253,40 @@ def test_failing_candidates_are_retried_once_then_recorded(world, tmp_path):
     assert all(r["error"] == "RuntimeError: boom" and r["fitness"] is None for r in always)
     assert all(r["error"] is None and r["fitness"] is not None for r in once)
     assert sum(flaky.calls.values()) == 30 + len(always) + len(once)  # each failure tried twice
-    # the ledger counts every attempt's time and tokens
-    assert all((r["seconds"], r["merge_s"], r["generated_tokens"]) == (3.0, 1.0, 14) for r in always)
-    assert all((r["seconds"], r["merge_s"], r["generated_tokens"]) == (2.5, 0.75, 10) for r in once)
+    # the ledger counts every attempt's time and tokens; a call's longest answer is the last attempt's
+    assert all((r["seconds"], r["merge_s"], r["generated_tokens"], r["longest_tokens"]) == (3.0, 1.0, 14, 5)
+               for r in always)  # fmt: skip
+    assert all((r["seconds"], r["merge_s"], r["generated_tokens"], r["longest_tokens"]) == (2.5, 0.75, 10, 2)
+               for r in once)  # fmt: skip
     assert res.best_fitness == max(r["fitness"] for r in rows if r["fitness"] is not None)
+
+
+def test_a_failed_call_reports_what_it_spent(world, tmp_path):
+    """A call that fails after scoring some rows (out of memory in its second batch, say) reports
+    its merge seconds and the tokens its backend counted: the ledger's cost of that attempt."""
+    from evohub.evolve.search import Candidate
+    from evohub.pipeline.job import start_run
+    from evohub.pipeline.pull import pull
+    from evohub.pipeline.stages import worker_spec
+
+    spec, run = start_run(job_file(world, "fail.yaml", evals=6), tmp_path / "run", resume=False)
+    pull(spec, run)
+    genome = PSGenome.for_job(spec, pin=run.pinned)
+    worker = worker_spec(spec, run, "ps").build()
+    ran = worker.task.run
+
+    def out_of_memory(backend, rows, **kwargs):
+        ran(backend, rows[:2], **kwargs)
+        raise RuntimeError("CUDA out of memory")
+
+    worker.task.run = out_of_memory
+    x = genome.x0()
+    c = Candidate("ps", 0, 0, tuple(x), genome.decode(x))
+    out = worker.evaluate(c.genotype, c.recipe, (0, 1, 2, 3))
+    assert out.fitness is None and out.error.startswith("RuntimeError: CUDA out of memory")
+    # the demo job's lm-loss reads its rows (tokens counted as prompt tokens) and generates none
+    assert out.cost["prompt_tokens"] == 22 and out.cost["generated_tokens"] == 0 and out.cost["merge_s"] > 0
+    assert "items" not in out.cost and out.cost["longest_tokens"] == 0 and out.seconds >= out.cost["merge_s"]
 
 
 @pytest.mark.slow

@@ -27,8 +27,8 @@ from pathlib import Path
 from evohub.files import append_jsonl, read_jsonl
 
 #: what one scoring call costs; rows of the matrix and of candidates.jsonl carry these fields.
-#: ``longest_tokens`` is a call's longest answer: a call decodes that many steps, and summed over
-#: calls, divided by them, it is the mean a cost model's "longest answer of a call" stands for;
+#: ``longest_tokens`` is a call's longest answer: a call decodes that many steps (its median over a
+#: run's calls is what the cost model's "longest answer of a call" stands for: ``plan --measured``);
 #: ``steps`` are the decode steps the call ran (vLLM: engine steps, fewer than the longest answer's
 #: tokens with drafts; hf: each batch's new-token width, summed)
 COST_FIELDS = ("items", "prompt_tokens", "generated_tokens", "longest_tokens", "steps", "merge_s", "generate_s",

@@ -31,7 +31,7 @@ def after(earlier: Outcome | None, out: Outcome) -> Outcome:
     cost = dict(out.cost)
     for k, v in earlier.cost.items():
         if k not in _OWN and isinstance(v, int | float):
-            cost[k] = cost.get(k, 0) + v
+            cost[k] = (cost.get(k) or 0) + v
     return replace(out, seconds=out.seconds + earlier.seconds, cost=cost)
 
 

@@ -198,6 +198,7 @@ class Worker:
         when None), or on the validation split; errors become outcomes. The outcome holds each
         item's score and what the call cost (docs/design.md#per-item-scores-and-the-cost-ledger)."""
         start = time.perf_counter()
+        merged, before = None, None
         try:
             self._apply(recipe)
             merged = time.perf_counter()
@@ -207,19 +208,28 @@ class Worker:
             scored = self.task.run(self.backend, rows, max_new_tokens=self.spec.fitness.max_new_tokens,
                                    batch_size=self._batch)  # fmt: skip
             done = time.perf_counter()
-            used = {k: self.backend.usage[k] - before[k] for k in before}
-            cost = {
-                "items": len(rows), "prompt_tokens": int(used["prompt_tokens"]),
-                "generated_tokens": int(used["generated_tokens"]), "longest_tokens": int(used["longest_tokens"]),
-                "steps": int(used["steps"]), "merge_s": round(merged - start, 4),
-                "generate_s": round(used["generate_s"], 4), "score_s": round(done - merged - used["generate_s"], 4),
-            }  # fmt: skip
+            cost = {"items": len(rows), **self._spent(before, start, merged, done)}
             metrics = dict(scored.metrics)
             return Outcome(float(metrics[self.task.fitness_metric]), metrics, None, done - start, scored.items, cost)
         except Exception as e:  # a failing candidate must not stop the run: it becomes a row
             last = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
             where = f" ({Path(last.filename).name}:{last.lineno})" if last else ""
-            return Outcome(None, {}, f"{type(e).__name__}: {e}{where}", time.perf_counter() - start)
+            done = time.perf_counter()
+            # what it spent before failing (tokens its backend counted, the merge): the ledger's too
+            cost = {} if merged is None else {"merge_s": round(merged - start, 4)}
+            if before is not None:
+                cost = self._spent(before, start, merged, done) | {"longest_tokens": 0}
+            return Outcome(None, {}, f"{type(e).__name__}: {e}{where}", done - start, None, cost)
+
+    def _spent(self, before: dict, start: float, merged: float, done: float) -> dict:
+        """A call's cost fields but ``items``: its backend's counters since ``before``, its seconds."""
+        used = {k: self.backend.usage[k] - before[k] for k in before}
+        return {
+            "prompt_tokens": int(used["prompt_tokens"]), "generated_tokens": int(used["generated_tokens"]),
+            "longest_tokens": int(used["longest_tokens"]), "steps": int(used["steps"]),
+            "merge_s": round(merged - start, 4), "generate_s": round(used["generate_s"], 4),
+            "score_s": round(done - merged - used["generate_s"], 4),
+        }  # fmt: skip
 
     def close(self) -> None:
         """Release the scoring model and the resident inputs (before another engine starts)."""

@@ -325,10 +325,10 @@ class Measured:
 
 def measured_figures(run_dir: str | Path) -> Measured:
     """The token figures of the run in ``run_dir``, from its stages' score matrices: tokens an item
-    over the calls that scored, a call's longest answer and decode steps as their medians over
-    those calls (a few calls of many items, the audits', run in waves: their steps are not one
-    answer's, and do not move a median). A run that has scored nothing (or none of whose calls
-    counted tokens) is refused in one line."""
+    over the calls that scored, a call's longest answer and decode steps as their medians over its
+    candidates' fitness calls (an audit's or a reference's call of the whole pool, run in waves,
+    has steps that are not one answer's: they are left out). A run that has scored nothing (or
+    none of whose calls counted tokens) is refused in one line."""
     from evohub.pipeline.rundir import RunDir
 
     run = RunDir(run_dir)
@@ -339,8 +339,9 @@ def measured_figures(run_dir: str | Path) -> Measured:
     items = sum(len(r["items"]) for r in rows)
     if not items:
         raise SpecError(f"--measured {run_dir}: its ledger (stages/*/scores.jsonl) has no scoring calls with tokens")
-    longest = [r["longest_tokens"] for r in rows if "longest_tokens" in r]
-    steps = [r["steps"] for r in rows if r.get("steps")]
+    calls = [r for r in rows if r.get("why", "fitness") == "fitness"] or rows
+    longest = [r["longest_tokens"] for r in calls if "longest_tokens" in r]
+    steps = [r["steps"] for r in calls if r.get("steps")]
     fit = run.job().fitness
     return Measured(
         task=fit.task,
@@ -449,10 +450,21 @@ def estimate_cost(spec: JobSpec, plan: Plan, gpu: str, max_evals: int | None = N
 
     if plan.image is not None:
         out.prompt_tokens_per_item = out.generated_tokens_per_item = out.budget = out.longest_tokens = 0
-        out.stages = [_image_stage(spec, plan, st, profile, calls_of) for st in plan.stages]
-        return out
+    stopped = None  # a stage the cap stops: `evohub run --max-evals` returns there, the next waits
     for st in plan.stages:
-        out.stages.append(_text_stage(spec, plan, st, profile, merged, out, calls_of))
+        if stopped is not None:
+            why = f"not reached with --max-evals {max_evals}: the run stops in stage {stopped} first"
+            out.stages.append(StageCost(st.name, fit.backend, 0, 0, 0, 0, 0, 0.0, 0, 0, 0, [why], 0))
+            continue
+        if plan.image is not None:
+            s = _image_stage(spec, plan, st, profile, calls_of)
+        else:
+            s = _text_stage(spec, plan, st, profile, merged, out, calls_of)
+        out.stages.append(s)
+        if max_evals is not None and (
+            st.evaluations is None or s.evaluations is None or s.evaluations < st.evaluations
+        ):
+            stopped = st.name
     return out
 
 

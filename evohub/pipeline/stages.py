@@ -192,7 +192,7 @@ class _Progress:
                              tokens=human_count(self.spent["generated_tokens"]))  # fmt: skip
 
     def call(self, row: dict) -> None:
-        self.spent["items"] += len(row["items"] or ())
+        self.spent["items"] += len(row["items"] or ()) if row.get("error") is None else 0  # as the ledger counts
         self.spent["generated_tokens"] += row.get("generated_tokens") or 0
         self._show()
 
