@@ -45,8 +45,8 @@ def totals(rows: Iterable[dict]) -> dict:
         out["calls"] += 1
         for k in COST_FIELDS:
             v = r.get(k)
-            if k == "items" and (isinstance(v, list) or r.get("error") is not None):
-                v = 0 if r.get("error") is not None else len(v)
+            if k == "items":
+                v = 0 if r.get("error") is not None else len(v) if isinstance(v, list) else v
             out[k] += v or 0
     return {k: (int(v) if k in _INT_FIELDS else round(float(v), 4)) for k, v in out.items()}
 
@@ -95,6 +95,10 @@ class ScoreMatrix:
     def calls_of(self, g: int, i: int) -> list[dict]:
         """Every call candidate (g, i) had, in the order they were made."""
         return self._of.get((g, i), [])
+
+    def fitness_calls(self, g: int, i: int) -> list[dict]:
+        """The calls that estimated candidate (g, i)'s fitness in its generation (not its audits)."""
+        return [r for r in self.calls_of(g, i) if r["why"] == "fitness" and r["at"] == g]
 
     def known(self, g: int, i: int) -> dict[int, float]:
         """Item -> score of every item candidate (g, i) was scored on so far."""

@@ -303,6 +303,11 @@ class _Audit:
         self.ctx.generation = last
         self.ctx.score(calls, why="audit")
 
+    def standing(self, stage: str) -> tuple[tuple[float, Candidate] | None, dict]:
+        """(the best candidate by full-set score, the checkpoint's :meth:`state`) after the audits so far."""
+        ranked = self.full(stage)
+        return _best(ranked, "full", self.genome), self.state(ranked)
+
     @staticmethod
     def state(ranked: list[dict]) -> dict:
         """What the checkpoint says of the audits: every full-set score so far (``full``'s rows)."""
@@ -339,8 +344,9 @@ class _Signal:
             return
         scored = []
         for c in cands:
-            calls = [r for r in matrix.calls_of(c.generation, c.index) if r["why"] == "fitness"
-                     and r["at"] == c.generation and r.get("error") is None and r.get("scores")]  # fmt: skip
+            calls = [
+                r for r in matrix.fitness_calls(c.generation, c.index) if r.get("error") is None and r.get("scores")
+            ]
             if calls:
                 scored.append((sum(sum(r["scores"]) for r in calls), sum(len(r["scores"]) for r in calls)))
         if not scored:
@@ -369,8 +375,7 @@ def _generation_rows(ctx: _Context, strategy, audited: bool, log: Log, cands: li
         batch = cands if audited else todo
         for c, est in zip(batch, strategy.generation(ctx, generation, batch), strict=True):
             if c in todo:
-                mine = [r for r in ctx.matrix.calls_of(c.generation, c.index)
-                        if r["at"] == generation and r["why"] == "fitness"]  # fmt: skip
+                mine = ctx.matrix.fitness_calls(c.generation, c.index)
                 log.append(_row(c, est, mine))
     rows = [log.get(c.key) for c in cands]
     if any(r is None for r in rows):
@@ -440,8 +445,7 @@ def run_stage(
         if _out_of_time(stage, budget, spent, generation * pop):
             if audit is not None and generation % audit.every:
                 audit.run(stage, generation - 1)  # the time budget ended it: the final audit
-                ranked = audit.full(stage)
-                best, audited, spent = _best(ranked, "full", genome), audit.state(ranked), elapsed(generation)
+                (best, audited), spent = audit.standing(stage), elapsed(generation)
                 save(generation * pop)
             break
         if cap is not None and generation * pop >= cap:
@@ -464,9 +468,7 @@ def run_stage(
         if audit is not None:
             if generation % audit.every == 0 or done:
                 audit.run(stage, generation - 1)
-            ranked = audit.full(stage)
-            best = _best(ranked, "full", genome)
-            audited = audit.state(ranked)
+            best, audited = audit.standing(stage)
         for c, r in zip(cands, rows, strict=True) if audit is None else ():
             if _ok(r["fitness"]) and (best is None or r["fitness"] > best[0]):
                 best = (r["fitness"], c)
@@ -505,8 +507,8 @@ def _item_scores(matrix: ScoreMatrix, cands: list[Candidate], rows: list[dict],
     lo, hi = item_range or (0.0, 1.0)
     for c, r in zip(cands, rows, strict=True):
         known: dict[int, float] = {}
-        for call in matrix.calls_of(c.generation, c.index):
-            if call["why"] == "fitness" and call["at"] == c.generation and call.get("scores") is not None:
+        for call in matrix.fitness_calls(c.generation, c.index):
+            if call.get("scores") is not None:
                 known.update(zip(call["items"] or range(len(call["scores"])), call["scores"], strict=True))
         if r.get("error") is None and _ok(r["fitness"]) and not known:
             raise RunError(f"stage {c.stage}: the optimiser compares item scores, and the evaluator gave none "

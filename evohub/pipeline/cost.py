@@ -461,9 +461,7 @@ def estimate_cost(spec: JobSpec, plan: Plan, gpu: str, max_evals: int | None = N
         else:
             s = _text_stage(spec, plan, st, profile, merged, out, calls_of)
         out.stages.append(s)
-        if max_evals is not None and (
-            st.evaluations is None or s.evaluations is None or s.evaluations < st.evaluations
-        ):
+        if max_evals is not None and not _night(st, max_evals, ESTIMATORS.get(fit.estimator).audited)[1]:
             stopped = st.name
     return out
 
@@ -567,6 +565,19 @@ def call_decode_seconds(profile: Profile, params: int, dtype: str, items: int, b
 UNET_EFFICIENCY = 0.25
 
 
+def _night(st, max_evals: int | None, audited: bool) -> tuple[int | None, bool]:
+    """(the evaluations a call of ``evohub run --max-evals`` makes in stage ``st``, or None for a
+    wall-time budget; whether they end the stage): ``full`` stops at the cap, an audited estimator
+    at the end of the generation the cap falls in (evolve/search.py)."""
+    capped = max_evals is not None and (st.evaluations is None or max_evals < st.evaluations)
+    evals = max_evals if capped else st.evaluations
+    if capped and audited:  # whole generations: ranked together
+        evals = -(-evals // st.popsize) * st.popsize  # type: ignore[operator]
+        if st.evaluations is not None:
+            evals = min(evals, st.evaluations)
+    return evals, st.evaluations is not None and evals is not None and evals >= st.evaluations
+
+
 def _stage_calls(spec: JobSpec, st, n_items: int | None, where: str, max_evals: int | None,
                  references: int) -> tuple[int | None, list[Calls] | None, str | None]:  # fmt: skip
     """(a stage's evaluations, capped by ``max_evals`` as a run caps them; the scoring calls its
@@ -576,16 +587,10 @@ def _stage_calls(spec: JobSpec, st, n_items: int | None, where: str, max_evals: 
     that generation ends the stage (evolve/search.py)."""
     fit = spec.fitness
     estimator = ESTIMATORS.get(fit.estimator)
-    capped = max_evals is not None and (st.evaluations is None or max_evals < st.evaluations)
-    evals = max_evals if capped else st.evaluations
-    if capped and estimator.audited:  # whole generations: ranked together
-        evals = -(-evals // st.popsize) * st.popsize
-        if st.evaluations is not None:
-            evals = min(evals, st.evaluations)
+    evals, complete = _night(st, max_evals, estimator.audited)
     if evals is None or n_items is None:
         return evals, None, "a wall-time budget: its evaluations are known at run time" if evals is None else where
     settings = estimator.settings(getattr(fit, "estimator_options", None) or {})
-    complete = st.evaluations is not None and evals >= st.evaluations
     inputs = PlanInputs(n_items=n_items, popsize=st.popsize, evaluations=evals, references=references,
                         minibatch=fit.minibatch, complete=complete)  # fmt: skip
     return evals, estimator.planned_calls(inputs, settings), None

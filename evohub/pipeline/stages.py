@@ -192,8 +192,9 @@ class _Progress:
                              tokens=human_count(self.spent["generated_tokens"]))  # fmt: skip
 
     def call(self, row: dict) -> None:
-        self.spent["items"] += len(row["items"] or ()) if row.get("error") is None else 0  # as the ledger counts
-        self.spent["generated_tokens"] += row.get("generated_tokens") or 0
+        one = totals([row])  # a row's items and tokens as the ledger counts them
+        self.spent["items"] += one["items"]
+        self.spent["generated_tokens"] += one["generated_tokens"]
         self._show()
 
     def generation(self, gen: int, rows: list[dict]) -> None:
